@@ -1,0 +1,84 @@
+package attest
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Selector is one attested fact: Type names the attestor ("unix"), Value is
+// "key:value" ("uid:1000").
+type Selector struct {
+	Type  string `json:"type"`
+	Value string `json:"value"`
+}
+
+func (s Selector) String() string { return s.Type + ":" + s.Value }
+
+// knownKeys lists, per selector type, the keys an attestor can produce and how
+// each value must look. A selector outside this table can never match, so
+// registering one is an error.
+var knownKeys = map[string]map[string]*regexp.Regexp{
+	"unix": {
+		"uid":    regexp.MustCompile(`^[0-9]{1,10}$`),
+		"gid":    regexp.MustCompile(`^[0-9]{1,10}$`),
+		"user":   regexp.MustCompile(`^[a-zA-Z0-9._][a-zA-Z0-9._-]{0,63}\$?$`),
+		"group":  regexp.MustCompile(`^[a-zA-Z0-9._][a-zA-Z0-9._-]{0,63}$`),
+		"path":   regexp.MustCompile(`^/[^\x00]{0,4095}$`),
+		"sha256": regexp.MustCompile(`^[0-9a-f]{64}$`),
+	},
+	"join_token": {
+		"id": regexp.MustCompile(`^[0-9a-f]{1,64}$`),
+	},
+}
+
+// ParseSelector parses "type:key:value" and checks that the type and key are
+// known and the value well formed.
+func ParseSelector(s string) (Selector, error) {
+	typ, value, ok := strings.Cut(s, ":")
+	if !ok || typ == "" || value == "" {
+		return Selector{}, fmt.Errorf("selector %q: want type:key:value", s)
+	}
+	sel := Selector{Type: typ, Value: value}
+	return sel, sel.Validate()
+}
+
+// Validate checks a selector against the known types and keys.
+func (s Selector) Validate() error {
+	keys, ok := knownKeys[s.Type]
+	if !ok {
+		return fmt.Errorf("selector %q: unknown type %q (known: %s)", s, s.Type, strings.Join(KnownTypes(), ", "))
+	}
+	key, value, ok := strings.Cut(s.Value, ":")
+	if !ok {
+		return fmt.Errorf("selector %q: want type:key:value", s)
+	}
+	pattern, ok := keys[key]
+	if !ok {
+		return fmt.Errorf("selector %q: unknown key %q for type %q", s, key, s.Type)
+	}
+	if !pattern.MatchString(value) {
+		return fmt.Errorf("selector %q: malformed value for %s:%s", s, s.Type, key)
+	}
+	return nil
+}
+
+// KnownTypes returns the selector types an entry may use, sorted.
+func KnownTypes() []string { return []string{"join_token", "unix"} }
+
+// Subset reports whether every selector in want is among have.
+func Subset(want, have []Selector) bool {
+	if len(want) == 0 {
+		return false
+	}
+	set := make(map[Selector]struct{}, len(have))
+	for _, s := range have {
+		set[s] = struct{}{}
+	}
+	for _, s := range want {
+		if _, ok := set[s]; !ok {
+			return false
+		}
+	}
+	return true
+}

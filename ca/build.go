@@ -1,0 +1,166 @@
+package ca
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"fmt"
+	"math/big"
+	"time"
+
+	"go.step.sm/crypto/x509util"
+)
+
+// CA certificate templates. They are rendered rarely (a new root or
+// intermediate), so the template engine's cost does not matter here. Each
+// carries the trust domain's SPIFFE ID (no path) as its only URI SAN.
+const (
+	rootTemplate = `{
+	"subject": {{ toJson .Subject }},
+	"issuer": {{ toJson .Subject }},
+	"sans": {{ toJson .SANs }},
+	"keyUsage": ["certSign", "crlSign"],
+	"basicConstraints": {"isCA": true, "maxPathLen": 1}
+}`
+	intermediateTemplate = `{
+	"subject": {{ toJson .Subject }},
+	"sans": {{ toJson .SANs }},
+	"keyUsage": ["certSign", "crlSign"],
+	"basicConstraints": {"isCA": true, "maxPathLen": 0}
+}`
+)
+
+func (c *CA) newRoot(ctx context.Context) (*Authority, error) {
+	id := newAuthorityID()
+	signer, ref, err := c.cfg.Keys.CreateKey(ctx, "root-"+id, c.cfg.KeyType)
+	if err != nil {
+		return nil, fmt.Errorf("ca: create root key: %w", err)
+	}
+	now := c.cfg.Clock.Now()
+	cert, err := c.buildCACert(rootTemplate, "shortleaf root "+id, signer.Public(), signer, nil, now, now.Add(c.cfg.RootTTL))
+	if err != nil {
+		return nil, err
+	}
+	return &Authority{ID: id, Kind: KindRoot, State: StateActive, Cert: cert, KeyRef: ref, Signer: signer}, nil
+}
+
+func (c *CA) newIntermediate(ctx context.Context, parent *Authority) (*Authority, error) {
+	id := newAuthorityID()
+	signer, ref, err := c.cfg.Keys.CreateKey(ctx, "intermediate-"+id, c.cfg.KeyType)
+	if err != nil {
+		return nil, fmt.Errorf("ca: create intermediate key: %w", err)
+	}
+	now := c.cfg.Clock.Now()
+	notAfter := now.Add(c.cfg.IntermediateTTL)
+	if notAfter.After(parent.NotAfter()) {
+		notAfter = parent.NotAfter()
+	}
+	cert, err := c.buildCACert(intermediateTemplate, "shortleaf intermediate "+id, signer.Public(), parent.Signer, parent.Cert, now, notAfter)
+	if err != nil {
+		return nil, err
+	}
+	return &Authority{ID: id, Kind: KindIntermediate, State: StatePrepared, Cert: cert, KeyRef: ref, ParentID: parent.ID, Signer: signer}, nil
+}
+
+// buildCACert renders a CA template for pub and signs it with signer; a nil
+// parent makes it self-signed.
+func (c *CA) buildCACert(tmpl, commonName string, pub crypto.PublicKey, signer crypto.Signer, parent *x509.Certificate, notBefore, notAfter time.Time) (*x509.Certificate, error) {
+	subject := pkix.Name{Organization: []string{"shortleaf"}, CommonName: commonName}
+	// x509util renders from a certificate request; a template request carrying
+	// the public key is all it reads.
+	cr := &x509.CertificateRequest{Subject: subject, PublicKey: pub}
+	data := x509util.CreateTemplateData(commonName, []string{c.cfg.TrustDomain.ID().String()})
+	data.SetSubject(x509util.Subject{Organization: x509util.MultiString(subject.Organization), CommonName: commonName})
+	crt, err := x509util.NewCertificate(cr, x509util.WithTemplate(tmpl, data))
+	if err != nil {
+		return nil, fmt.Errorf("ca: render CA template: %w", err)
+	}
+	tpl := crt.GetCertificate()
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	tpl.SerialNumber = serial
+	tpl.NotBefore = notBefore.Add(-Backdate)
+	tpl.NotAfter = notAfter
+	if parent == nil {
+		parent = tpl
+	}
+	cert, err := x509util.CreateCertificate(tpl, parent, pub, signer)
+	if err != nil {
+		return nil, fmt.Errorf("ca: sign CA certificate: %w", err)
+	}
+	return cert, nil
+}
+
+var serialLimit = new(big.Int).Lsh(big.NewInt(1), 128)
+
+// newSerial returns a random, positive, non-zero 128-bit serial number.
+func newSerial() (*big.Int, error) {
+	for {
+		n, err := rand.Int(rand.Reader, serialLimit)
+		if err != nil {
+			return nil, fmt.Errorf("ca: serial number: %w", err)
+		}
+		if n.Sign() > 0 {
+			return n, nil
+		}
+	}
+}
+
+func newAuthorityID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	type equaler interface{ Equal(crypto.PublicKey) bool }
+	e, ok := a.(equaler)
+	return ok && e.Equal(b)
+}
+
+// testSignature signs a random digest with s and verifies it with s's public key.
+func testSignature(s crypto.Signer) error {
+	msg := make([]byte, 32)
+	if _, err := rand.Read(msg); err != nil {
+		return err
+	}
+	digest := sha256.Sum256(msg)
+	switch pub := s.Public().(type) {
+	case *ecdsa.PublicKey:
+		sig, err := s.Sign(rand.Reader, digest[:], crypto.SHA256)
+		if err != nil {
+			return fmt.Errorf("ca: test signature: %w", err)
+		}
+		if !ecdsa.VerifyASN1(pub, digest[:], sig) {
+			return fmt.Errorf("ca: test signature does not verify")
+		}
+	case *rsa.PublicKey:
+		sig, err := s.Sign(rand.Reader, digest[:], crypto.SHA256)
+		if err != nil {
+			return fmt.Errorf("ca: test signature: %w", err)
+		}
+		if err := rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig); err != nil {
+			return fmt.Errorf("ca: test signature does not verify: %w", err)
+		}
+	case ed25519.PublicKey:
+		sig, err := s.Sign(rand.Reader, msg, crypto.Hash(0))
+		if err != nil {
+			return fmt.Errorf("ca: test signature: %w", err)
+		}
+		if !ed25519.Verify(pub, msg, sig) {
+			return fmt.Errorf("ca: test signature does not verify")
+		}
+	default:
+		return fmt.Errorf("ca: unsupported key type %T", pub)
+	}
+	return nil
+}

@@ -1,0 +1,74 @@
+package ca
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/x509"
+	"encoding/asn1"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// MaxCSRSize bounds a DER CSR; a P-256 CSR with a SPIFFE ID is a few hundred bytes.
+const MaxCSRSize = 8 << 10
+
+var oidExtensionSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
+
+// ParseX509SVIDCSR parses a DER CSR for an X.509-SVID, checks its signature and
+// that it asks for nothing beyond want: at most one URI SAN, equal to want, no
+// other SANs and no other extensions. Every failure is a *RequestError naming
+// the field at fault.
+func ParseX509SVIDCSR(der []byte, want spiffeid.ID) (*x509.CertificateRequest, error) {
+	if len(der) == 0 {
+		return nil, requestErr("csr", "is empty")
+	}
+	if len(der) > MaxCSRSize {
+		return nil, requestErr("csr", "is %d bytes, larger than the limit of %d", len(der), MaxCSRSize)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, requestErr("csr", "malformed: %v", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, requestErr("csr.signature", "does not verify: %v", err)
+	}
+	if err := checkCSRKey(csr); err != nil {
+		return nil, err
+	}
+	switch len(csr.URIs) {
+	case 0:
+	case 1:
+		got, err := spiffeid.FromURI(csr.URIs[0])
+		if err != nil {
+			return nil, requestErr("csr.uri_sans", "%q is not a valid SPIFFE ID: %v", csr.URIs[0], err)
+		}
+		if got != want {
+			return nil, requestErr("csr.uri_sans", "asks for %q, not the requested SPIFFE ID %q", got, want)
+		}
+	default:
+		return nil, requestErr("csr.uri_sans", "has %d URI SANs; an X.509-SVID has exactly one", len(csr.URIs))
+	}
+	if len(csr.DNSNames) > 0 || len(csr.EmailAddresses) > 0 || len(csr.IPAddresses) > 0 {
+		return nil, requestErr("csr.sans", "asks for DNS, email or IP SANs; they come from the registration entry only")
+	}
+	for _, ext := range csr.Extensions {
+		if !ext.Id.Equal(oidExtensionSubjectAltName) {
+			return nil, requestErr("csr.extensions", "asks for extension %s; only subjectAltName is allowed", ext.Id)
+		}
+	}
+	return csr, nil
+}
+
+func checkCSRKey(csr *x509.CertificateRequest) error {
+	if k, ok := csr.PublicKey.(*ecdsa.PublicKey); ok {
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return requestErr("csr.public_key", "EC curve %s is not allowed (P-256 or P-384)", k.Curve.Params().Name)
+		}
+		return nil
+	}
+	_, err := leafKeyUsage(csr.PublicKey)
+	if err != nil {
+		return requestErr("csr.public_key", "%s", err.(*RequestError).Reason)
+	}
+	return nil
+}

@@ -1,0 +1,163 @@
+package datastore
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// CreateJoinToken stores a join token (its hash only).
+func (s *Store) CreateJoinToken(_ context.Context, t *JoinToken) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTokens)
+		if b.Get([]byte(t.ID)) != nil {
+			return ErrAlreadyExists
+		}
+		return putJSON(b, []byte(t.ID), t)
+	})
+	if err != nil {
+		return fmt.Errorf("datastore: create join token: %w", err)
+	}
+	return nil
+}
+
+// AttestJoinToken consumes the join token tokenID if secretHash matches and it
+// has not expired at now, and records agent, in one transaction: a token
+// attests at most one agent. An expired token is deleted and ErrTokenExpired
+// returned; an unknown, used or mismatching one is ErrTokenInvalid.
+func (s *Store) AttestJoinToken(_ context.Context, tokenID string, secretHash []byte, now time.Time, agent *Agent) error {
+	expired := false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTokens)
+		raw := b.Get([]byte(tokenID))
+		if raw == nil {
+			return ErrTokenInvalid
+		}
+		var t JoinToken
+		if err := json.Unmarshal(raw, &t); err != nil {
+			return fmt.Errorf("decode join token: %w", err)
+		}
+		if subtle.ConstantTimeCompare(t.SecretHash, secretHash) != 1 {
+			return ErrTokenInvalid
+		}
+		if err := b.Delete([]byte(tokenID)); err != nil {
+			return err
+		}
+		if !now.Before(t.ExpiresAt) {
+			expired = true
+			return nil
+		}
+		agents := tx.Bucket(bucketAgents)
+		if agents.Get([]byte(agent.SPIFFEID)) != nil {
+			return ErrAlreadyExists
+		}
+		return putJSON(agents, []byte(agent.SPIFFEID), agent)
+	})
+	if err != nil {
+		return fmt.Errorf("datastore: attest join token: %w", err)
+	}
+	if expired {
+		return fmt.Errorf("datastore: attest join token: %w", ErrTokenExpired)
+	}
+	return nil
+}
+
+// GetAgent returns the agent with the given SPIFFE ID.
+func (s *Store) GetAgent(_ context.Context, spiffeID string) (*Agent, error) {
+	var a Agent
+	err := s.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketAgents).Get([]byte(spiffeID))
+		if raw == nil {
+			return ErrNotFound
+		}
+		return json.Unmarshal(raw, &a)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datastore: get agent: %w", err)
+	}
+	return &a, nil
+}
+
+// UpdateAgent rewrites an existing agent; a missing one is ErrNotFound, so an
+// evicted agent is never recreated by a late renewal.
+func (s *Store) UpdateAgent(_ context.Context, a *Agent) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAgents)
+		if b.Get([]byte(a.SPIFFEID)) == nil {
+			return ErrNotFound
+		}
+		return putJSON(b, []byte(a.SPIFFEID), a)
+	})
+	if err != nil {
+		return fmt.Errorf("datastore: update agent: %w", err)
+	}
+	return nil
+}
+
+// ListAgents returns every agent in SPIFFE ID order.
+func (s *Store) ListAgents(_ context.Context) ([]*Agent, error) {
+	var out []*Agent
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAgents).ForEach(func(_, v []byte) error {
+			var a Agent
+			if err := json.Unmarshal(v, &a); err != nil {
+				return err
+			}
+			out = append(out, &a)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datastore: list agents: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteAgent removes (evicts) an agent.
+func (s *Store) DeleteAgent(_ context.Context, spiffeID string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAgents)
+		if b.Get([]byte(spiffeID)) == nil {
+			return ErrNotFound
+		}
+		return b.Delete([]byte(spiffeID))
+	})
+	if err != nil {
+		return fmt.Errorf("datastore: delete agent: %w", err)
+	}
+	return nil
+}
+
+// LoadCAJournal returns the stored CA journal, or nil if there is none yet.
+func (s *Store) LoadCAJournal(_ context.Context) ([]byte, error) {
+	var out []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyCAJournal); v != nil {
+			out = append([]byte(nil), v...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datastore: load CA journal: %w", err)
+	}
+	return out, nil
+}
+
+// SaveCAJournal replaces the stored CA journal.
+func (s *Store) SaveCAJournal(_ context.Context, record []byte) error {
+	if len(record) == 0 {
+		return errors.New("datastore: save CA journal: empty record")
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keyCAJournal, record)
+	})
+	if err != nil {
+		return fmt.Errorf("datastore: save CA journal: %w", err)
+	}
+	return nil
+}

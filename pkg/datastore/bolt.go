@@ -1,0 +1,253 @@
+package datastore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bucketEntries    = []byte("entries")
+	bucketByParent   = []byte("entries_by_parent")
+	bucketByIdentity = []byte("entries_by_identity")
+	bucketAgents     = []byte("agents")
+	bucketTokens     = []byte("join_tokens")
+	bucketMeta       = []byte("meta")
+
+	keyCAJournal = []byte("ca_journal")
+)
+
+// Store is the bbolt datastore.
+type Store struct {
+	db *bolt.DB
+}
+
+// Open opens (creating if needed) the bbolt file at path, mode 0600.
+func Open(path string) (*Store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("datastore: open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketEntries, bucketByParent, bucketByIdentity, bucketAgents, bucketTokens, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("datastore: create buckets: %w", err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the file. It is safe to call more than once.
+func (s *Store) Close() error { return s.db.Close() }
+
+func newID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func parentKey(parentID, entryID string) []byte {
+	return []byte(parentID + "\x00" + entryID)
+}
+
+func putJSON(b *bolt.Bucket, key []byte, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put(key, raw)
+}
+
+// CreateEntry stores a new entry and returns it with its ID set. An entry with
+// the same SPIFFE ID, parent and selectors is ErrAlreadyExists.
+func (s *Store) CreateEntry(_ context.Context, e *Entry) (*Entry, error) {
+	out := *e
+	out.ID = newID()
+	out.Revision = 1
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		ident := tx.Bucket(bucketByIdentity)
+		if ident.Get([]byte(out.identityKey())) != nil {
+			return ErrAlreadyExists
+		}
+		if err := putJSON(tx.Bucket(bucketEntries), []byte(out.ID), &out); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketByParent).Put(parentKey(out.ParentID, out.ID), nil); err != nil {
+			return err
+		}
+		return ident.Put([]byte(out.identityKey()), []byte(out.ID))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datastore: create entry: %w", err)
+	}
+	return &out, nil
+}
+
+func getEntry(tx *bolt.Tx, id string) (*Entry, error) {
+	raw := tx.Bucket(bucketEntries).Get([]byte(id))
+	if raw == nil {
+		return nil, ErrNotFound
+	}
+	var e Entry
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return nil, fmt.Errorf("decode entry %s: %w", id, err)
+	}
+	return &e, nil
+}
+
+// GetEntry returns the entry with the given ID.
+func (s *Store) GetEntry(_ context.Context, id string) (*Entry, error) {
+	var e *Entry
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		e, err = getEntry(tx, id)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datastore: get entry: %w", err)
+	}
+	return e, nil
+}
+
+// UpdateEntry replaces the entry with e.ID, keeping its creation time and
+// bumping its revision.
+func (s *Store) UpdateEntry(_ context.Context, e *Entry) (*Entry, error) {
+	var out Entry
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		old, err := getEntry(tx, e.ID)
+		if err != nil {
+			return err
+		}
+		out = *e
+		out.CreatedAt = old.CreatedAt
+		out.Revision = old.Revision + 1
+		ident := tx.Bucket(bucketByIdentity)
+		if other := ident.Get([]byte(out.identityKey())); other != nil && string(other) != out.ID {
+			return ErrAlreadyExists
+		}
+		if err := ident.Delete([]byte(old.identityKey())); err != nil {
+			return err
+		}
+		if err := ident.Put([]byte(out.identityKey()), []byte(out.ID)); err != nil {
+			return err
+		}
+		byParent := tx.Bucket(bucketByParent)
+		if err := byParent.Delete(parentKey(old.ParentID, old.ID)); err != nil {
+			return err
+		}
+		if err := byParent.Put(parentKey(out.ParentID, out.ID), nil); err != nil {
+			return err
+		}
+		return putJSON(tx.Bucket(bucketEntries), []byte(out.ID), &out)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datastore: update entry: %w", err)
+	}
+	return &out, nil
+}
+
+// DeleteEntry removes an entry.
+func (s *Store) DeleteEntry(_ context.Context, id string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		old, err := getEntry(tx, id)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketByIdentity).Delete([]byte(old.identityKey())); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketByParent).Delete(parentKey(old.ParentID, old.ID)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketEntries).Delete([]byte(id))
+	})
+	if err != nil {
+		return fmt.Errorf("datastore: delete entry: %w", err)
+	}
+	return nil
+}
+
+// ListEntries returns up to pageSize entries in ID order after pageToken (the
+// last ID of the previous page), and the token of the next page ("" at the end).
+func (s *Store) ListEntries(_ context.Context, pageToken string, pageSize int) ([]*Entry, string, error) {
+	if pageSize <= 0 {
+		pageSize = 1000
+	}
+	var out []*Entry
+	next := ""
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketEntries).Cursor()
+		k, v := c.First()
+		if pageToken != "" {
+			k, v = c.Seek([]byte(pageToken))
+			if k != nil && string(k) == pageToken {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil; k, v = c.Next() {
+			if len(out) == pageSize {
+				next = out[len(out)-1].ID
+				return nil
+			}
+			var e Entry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("decode entry %s: %w", k, err)
+			}
+			out = append(out, &e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("datastore: list entries: %w", err)
+	}
+	return out, next, nil
+}
+
+// ListEntriesByParent returns up to pageSize of the entries parented to
+// parentID, after the entry ID pageToken, and the next page's token.
+func (s *Store) ListEntriesByParent(_ context.Context, parentID, pageToken string, pageSize int) ([]*Entry, string, error) {
+	if pageSize <= 0 {
+		pageSize = 1000
+	}
+	prefix := []byte(parentID + "\x00")
+	var out []*Entry
+	next := ""
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketByParent).Cursor()
+		seek := prefix
+		if pageToken != "" {
+			seek = parentKey(parentID, pageToken+"\x00")
+		}
+		for k, _ := c.Seek(seek); k != nil && hasPrefix(k, prefix); k, _ = c.Next() {
+			if len(out) == pageSize {
+				next = out[len(out)-1].ID
+				return nil
+			}
+			e, err := getEntry(tx, string(k[len(prefix):]))
+			if err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("datastore: list entries by parent: %w", err)
+	}
+	return out, next, nil
+}
+
+func hasPrefix(b, prefix []byte) bool {
+	return len(b) >= len(prefix) && string(b[:len(prefix)]) == string(prefix)
+}

@@ -1,0 +1,15 @@
+package datastore
+
+import "errors"
+
+var (
+	// ErrNotFound means the requested record does not exist.
+	ErrNotFound = errors.New("datastore: not found")
+	// ErrAlreadyExists means an equal record is already stored.
+	ErrAlreadyExists = errors.New("datastore: already exists")
+	// ErrTokenInvalid means a join token is unknown, already used or does not match.
+	ErrTokenInvalid = errors.New("datastore: join token is unknown or already used")
+	// ErrTokenExpired means a join token was presented after its expiry; it is
+	// deleted all the same.
+	ErrTokenExpired = errors.New("datastore: join token has expired")
+)

@@ -1,0 +1,54 @@
+package datastore
+
+import (
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/shortleaf/shortleaf/attest"
+)
+
+// Entry is a registration entry: which workloads (Selectors) under which agent
+// (ParentID) get which SPIFFE ID.
+type Entry struct {
+	ID          string            `json:"id"`
+	SPIFFEID    string            `json:"spiffe_id"`
+	ParentID    string            `json:"parent_id"`
+	Selectors   []attest.Selector `json:"selectors"`
+	X509SVIDTTL time.Duration     `json:"x509_svid_ttl"`
+	DNSNames    []string          `json:"dns_names,omitempty"`
+	Hint        string            `json:"hint,omitempty"`
+	Admin       bool              `json:"admin,omitempty"`
+	CreatedAt   time.Time         `json:"created_at"`
+	// Revision goes up on every update, so agents can tell a changed entry.
+	Revision int64 `json:"revision"`
+}
+
+// identityKey is what makes two entries the same registration.
+func (e *Entry) identityKey() string {
+	sels := make([]string, len(e.Selectors))
+	for i, s := range e.Selectors {
+		sels[i] = s.String()
+	}
+	slices.Sort(sels)
+	return e.SPIFFEID + "\x00" + e.ParentID + "\x00" + strings.Join(sels, "\x00")
+}
+
+// Agent is an attested node.
+type Agent struct {
+	SPIFFEID        string            `json:"spiffe_id"`
+	AttestationType string            `json:"attestation_type"`
+	Selectors       []attest.Selector `json:"selectors,omitempty"`
+	SerialNumber    string            `json:"serial_number"`
+	NotAfter        time.Time         `json:"not_after"`
+	CreatedAt       time.Time         `json:"created_at"`
+	LastSeen        time.Time         `json:"last_seen"`
+}
+
+// JoinToken is a single-use node attestation secret. Only the hash of the
+// secret is stored.
+type JoinToken struct {
+	ID         string    `json:"id"`
+	SecretHash []byte    `json:"secret_hash"`
+	ExpiresAt  time.Time `json:"expires_at"`
+}

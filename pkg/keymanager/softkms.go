@@ -1,0 +1,154 @@
+package keymanager
+
+import (
+	"context"
+	"crypto"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"go.step.sm/crypto/kms/apiv1"
+	"go.step.sm/crypto/kms/softkms"
+	"go.step.sm/crypto/pemutil"
+)
+
+// Config configures the software key manager.
+type Config struct {
+	// Dir holds the key files.
+	Dir string
+	// Passphrase encrypts every key file. Empty means unencrypted (dev only).
+	Passphrase []byte
+}
+
+// Soft keeps CA keys in encrypted PKCS#8 files through softkms.
+type Soft struct {
+	cfg Config
+	kms *softkms.SoftKMS
+}
+
+const softPrefix = "softkms:"
+
+var keyNamePattern = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,128}$`)
+
+// New returns a software key manager storing keys in cfg.Dir.
+func New(cfg Config) (*Soft, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("keymanager: key directory is required")
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("keymanager: create key directory: %w", err)
+	}
+	k, err := softkms.New(context.Background(), apiv1.Options{Type: apiv1.SoftKMS})
+	if err != nil {
+		return nil, fmt.Errorf("keymanager: softkms: %w", err)
+	}
+	return &Soft{cfg: cfg, kms: k}, nil
+}
+
+// KeyAlgorithm maps a shortleaf key type name to a KMS signature algorithm and
+// RSA size.
+func KeyAlgorithm(keyType string) (apiv1.SignatureAlgorithm, int, error) {
+	switch keyType {
+	case "ec-p256", "":
+		return apiv1.ECDSAWithSHA256, 0, nil
+	case "ec-p384":
+		return apiv1.ECDSAWithSHA384, 0, nil
+	case "rsa-2048":
+		return apiv1.SHA256WithRSA, 2048, nil
+	case "rsa-4096":
+		return apiv1.SHA256WithRSA, 4096, nil
+	default:
+		return 0, 0, fmt.Errorf("keymanager: unknown key type %q (ec-p256, ec-p384, rsa-2048, rsa-4096)", keyType)
+	}
+}
+
+// CreateKey makes a new key, writes it to <dir>/<name>.key (0600, encrypted)
+// before returning, and returns its signer and reference. The file is written
+// to a temporary name and renamed, so a crash never leaves half a key.
+func (s *Soft) CreateKey(_ context.Context, name, keyType string) (crypto.Signer, string, error) {
+	if !keyNamePattern.MatchString(name) {
+		return nil, "", fmt.Errorf("keymanager: invalid key name %q", name)
+	}
+	alg, bits, err := KeyAlgorithm(keyType)
+	if err != nil {
+		return nil, "", err
+	}
+	resp, err := s.kms.CreateKey(&apiv1.CreateKeyRequest{Name: name, SignatureAlgorithm: alg, Bits: bits})
+	if err != nil {
+		return nil, "", fmt.Errorf("keymanager: create key: %w", err)
+	}
+	signer, ok := resp.PrivateKey.(crypto.Signer)
+	if !ok {
+		return nil, "", fmt.Errorf("keymanager: created key is %T, not a signer", resp.PrivateKey)
+	}
+	opts := []pemutil.Options{pemutil.WithPKCS8(true)}
+	if len(s.cfg.Passphrase) > 0 {
+		opts = append(opts, pemutil.WithPassword(s.cfg.Passphrase))
+	}
+	block, err := pemutil.Serialize(signer, opts...)
+	if err != nil {
+		return nil, "", fmt.Errorf("keymanager: serialize key: %w", err)
+	}
+	file := name + ".key"
+	if err := writeFileAtomic(filepath.Join(s.cfg.Dir, file), pem.EncodeToMemory(block)); err != nil {
+		return nil, "", err
+	}
+	return signer, softPrefix + file, nil
+}
+
+// LoadKey opens a key created by CreateKey.
+func (s *Soft) LoadKey(_ context.Context, keyRef string) (crypto.Signer, error) {
+	file, ok := strings.CutPrefix(keyRef, softPrefix)
+	if !ok || !keyNamePattern.MatchString(strings.TrimSuffix(file, ".key")) {
+		return nil, fmt.Errorf("keymanager: key reference %q is not a softkms reference", keyRef)
+	}
+	path := filepath.Join(s.cfg.Dir, file)
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("keymanager: key %s: %w", keyRef, err)
+	}
+	if info.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("keymanager: key file %s has mode %o; it must be readable by its owner only (0600)", path, info.Mode().Perm())
+	}
+	req := &apiv1.CreateSignerRequest{SigningKey: path}
+	if len(s.cfg.Passphrase) > 0 {
+		req.Password = s.cfg.Passphrase
+	}
+	signer, err := s.kms.CreateSigner(req)
+	if err != nil {
+		// The wrapped error may name the file but never holds key material.
+		return nil, fmt.Errorf("keymanager: open key %s (wrong passphrase?): %w", keyRef, err)
+	}
+	return signer, nil
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("keymanager: write key: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return fmt.Errorf("keymanager: write key: %w", err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("keymanager: write key: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("keymanager: write key: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("keymanager: write key: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("keymanager: write key: %w", err)
+	}
+	return nil
+}
