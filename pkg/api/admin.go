@@ -1,0 +1,306 @@
+package api
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/shortleaf/shortleaf/attest/jointoken"
+	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/pkg/clock"
+	"github.com/shortleaf/shortleaf/pkg/datastore"
+	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
+)
+
+// AdminStore is what the admin API needs of the datastore.
+type AdminStore interface {
+	CreateEntry(ctx context.Context, e *datastore.Entry) (*datastore.Entry, error)
+	GetEntry(ctx context.Context, id string) (*datastore.Entry, error)
+	UpdateEntry(ctx context.Context, e *datastore.Entry) (*datastore.Entry, error)
+	DeleteEntry(ctx context.Context, id string) error
+	ListEntries(ctx context.Context, pageToken string, pageSize int) ([]*datastore.Entry, string, error)
+	CreateJoinToken(ctx context.Context, t *datastore.JoinToken) error
+	ListAgents(ctx context.Context) ([]*datastore.Agent, error)
+	GetAgent(ctx context.Context, spiffeID string) (*datastore.Agent, error)
+	DeleteAgent(ctx context.Context, spiffeID string) error
+}
+
+// Join token lifetimes.
+const (
+	DefaultJoinTokenTTL = 10 * time.Minute
+	MaxJoinTokenTTL     = 7 * 24 * time.Hour
+	maxListPageSize     = 1000
+)
+
+// AdminConfig configures the admin API.
+type AdminConfig struct {
+	CA             Authority
+	Store          AdminStore
+	DefaultSVIDTTL time.Duration
+	Clock          clock.Clock
+	Logger         *slog.Logger
+}
+
+// AdminService implements the admin API.
+type AdminService struct {
+	adminv1.UnimplementedAdminAPIServer
+	cfg AdminConfig
+}
+
+// NewAdminService returns the admin API.
+func NewAdminService(cfg AdminConfig) *AdminService {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real
+	}
+	return &AdminService{cfg: cfg}
+}
+
+// CreateEntry validates and stores a registration entry.
+func (s *AdminService) CreateEntry(ctx context.Context, req *adminv1.CreateEntryRequest) (*adminv1.Entry, error) {
+	e, err := entryFromProto(req.GetEntry(), s.cfg.CA.TrustDomain())
+	if err != nil {
+		return nil, err
+	}
+	e.ID = ""
+	e.CreatedAt = s.cfg.Clock.Now()
+	out, err := s.cfg.Store.CreateEntry(ctx, e)
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "create entry", err)
+	}
+	s.cfg.Logger.InfoContext(ctx, "entry created", slog.String("entry_id", out.ID), slog.String("spiffe_id", out.SPIFFEID))
+	return entryToProto(out), nil
+}
+
+// GetEntry returns one entry.
+func (s *AdminService) GetEntry(ctx context.Context, req *adminv1.GetEntryRequest) (*adminv1.Entry, error) {
+	if req.GetId() == "" {
+		return nil, invalid("id", "is required")
+	}
+	e, err := s.cfg.Store.GetEntry(ctx, req.GetId())
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "get entry", err)
+	}
+	return entryToProto(e), nil
+}
+
+// UpdateEntry replaces an entry after validating it.
+func (s *AdminService) UpdateEntry(ctx context.Context, req *adminv1.UpdateEntryRequest) (*adminv1.Entry, error) {
+	if req.GetEntry().GetId() == "" {
+		return nil, invalid("entry.id", "is required")
+	}
+	e, err := entryFromProto(req.GetEntry(), s.cfg.CA.TrustDomain())
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.cfg.Store.UpdateEntry(ctx, e)
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "update entry", err)
+	}
+	s.cfg.Logger.InfoContext(ctx, "entry updated", slog.String("entry_id", out.ID))
+	return entryToProto(out), nil
+}
+
+// DeleteEntry removes an entry.
+func (s *AdminService) DeleteEntry(ctx context.Context, req *adminv1.DeleteEntryRequest) (*adminv1.DeleteEntryResponse, error) {
+	if req.GetId() == "" {
+		return nil, invalid("id", "is required")
+	}
+	if err := s.cfg.Store.DeleteEntry(ctx, req.GetId()); err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "delete entry", err)
+	}
+	s.cfg.Logger.InfoContext(ctx, "entry deleted", slog.String("entry_id", req.GetId()))
+	return &adminv1.DeleteEntryResponse{}, nil
+}
+
+// ListEntries pages through entries, optionally filtered by parent or SPIFFE ID.
+func (s *AdminService) ListEntries(ctx context.Context, req *adminv1.ListEntriesRequest) (*adminv1.ListEntriesResponse, error) {
+	size := int(req.GetPageSize())
+	if size < 0 || size > maxListPageSize {
+		return nil, invalid("page_size", "must be between 0 and %d", maxListPageSize)
+	}
+	if size == 0 {
+		size = maxListPageSize
+	}
+	resp := &adminv1.ListEntriesResponse{}
+	token := req.GetPageToken()
+	// Filters are applied while paging, so a page may hold fewer than size.
+	entries, next, err := s.cfg.Store.ListEntries(ctx, token, size)
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "list entries", err)
+	}
+	for _, e := range entries {
+		if req.GetParentId() != "" && e.ParentID != req.GetParentId() {
+			continue
+		}
+		if req.GetSpiffeId() != "" && e.SPIFFEID != req.GetSpiffeId() {
+			continue
+		}
+		resp.Entries = append(resp.Entries, entryToProto(e))
+	}
+	resp.NextPageToken = next
+	return resp, nil
+}
+
+// CreateJoinToken makes a single-use join token; only its hash is stored.
+func (s *AdminService) CreateJoinToken(ctx context.Context, req *adminv1.CreateJoinTokenRequest) (*adminv1.CreateJoinTokenResponse, error) {
+	ttl := DefaultJoinTokenTTL
+	if req.GetTtlSeconds() != 0 {
+		ttl = time.Duration(req.GetTtlSeconds()) * time.Second
+		if ttl < time.Second || ttl > MaxJoinTokenTTL {
+			return nil, invalid("ttl", "%s is out of range (1s to %s)", ttl, MaxJoinTokenTTL)
+		}
+	}
+	tok, err := jointoken.Generate()
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "create join token", err)
+	}
+	agentID, err := jointoken.AgentID(s.cfg.CA.TrustDomain(), tok.ID)
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "create join token", err)
+	}
+	expires := s.cfg.Clock.Now().Add(ttl)
+	if err := s.cfg.Store.CreateJoinToken(ctx, &datastore.JoinToken{ID: tok.ID, SecretHash: tok.SecretHash, ExpiresAt: expires}); err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "create join token", err)
+	}
+	s.cfg.Logger.InfoContext(ctx, "join token created", slog.String("join_token_id", tok.ID), slog.Time("expires_at", expires))
+	return &adminv1.CreateJoinTokenResponse{Token: tok.String(), TokenId: tok.ID, AgentId: agentID.String(), ExpiresAt: expires.Unix()}, nil
+}
+
+// ListAgents returns every attested agent.
+func (s *AdminService) ListAgents(ctx context.Context, _ *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
+	agents, err := s.cfg.Store.ListAgents(ctx)
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "list agents", err)
+	}
+	resp := &adminv1.ListAgentsResponse{}
+	for _, a := range agents {
+		resp.Agents = append(resp.Agents, agentToProto(a))
+	}
+	return resp, nil
+}
+
+// GetAgent returns one agent.
+func (s *AdminService) GetAgent(ctx context.Context, req *adminv1.GetAgentRequest) (*adminv1.Agent, error) {
+	if _, err := parseAgentID("spiffe_id", req.GetSpiffeId(), s.cfg.CA.TrustDomain()); err != nil {
+		return nil, err
+	}
+	a, err := s.cfg.Store.GetAgent(ctx, req.GetSpiffeId())
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "get agent", err)
+	}
+	return agentToProto(a), nil
+}
+
+// EvictAgent deletes an agent: its next call fails and it must attest again.
+func (s *AdminService) EvictAgent(ctx context.Context, req *adminv1.EvictAgentRequest) (*adminv1.EvictAgentResponse, error) {
+	if _, err := parseAgentID("spiffe_id", req.GetSpiffeId(), s.cfg.CA.TrustDomain()); err != nil {
+		return nil, err
+	}
+	if err := s.cfg.Store.DeleteAgent(ctx, req.GetSpiffeId()); err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "evict agent", err)
+	}
+	s.cfg.Logger.InfoContext(ctx, "agent evicted", slog.String("agent_id", req.GetSpiffeId()))
+	return &adminv1.EvictAgentResponse{}, nil
+}
+
+// GetBundle returns the trust bundle.
+func (s *AdminService) GetBundle(context.Context, *adminv1.GetBundleRequest) (*adminv1.Bundle, error) {
+	b, seq := s.cfg.CA.Bundle()
+	out := &adminv1.Bundle{TrustDomain: b.TrustDomain().Name(), Sequence: seq}
+	for _, c := range b.X509Authorities() {
+		out.X509Authorities = append(out.X509Authorities, c.Raw)
+	}
+	return out, nil
+}
+
+// MintX509SVID signs an X.509-SVID for tooling: from a CSR, or for a fresh
+// P-256 key that is returned with it.
+func (s *AdminService) MintX509SVID(ctx context.Context, req *adminv1.MintX509SVIDRequest) (*adminv1.MintX509SVIDResponse, error) {
+	id, err := parseWorkloadID("spiffe_id", req.GetSpiffeId(), s.cfg.CA.TrustDomain())
+	if err != nil {
+		return nil, err
+	}
+	ttl, err := validateTTL("ttl", req.GetTtlSeconds())
+	if err != nil {
+		return nil, err
+	}
+	if ttl == 0 {
+		ttl = s.cfg.DefaultSVIDTTL
+	}
+	if err := validateDNSNames("dns_names", req.GetDnsNames()); err != nil {
+		return nil, err
+	}
+	resp := &adminv1.MintX509SVIDResponse{}
+	var params ca.X509SVIDParams
+	if len(req.GetCsr()) > 0 {
+		csr, err := ca.ParseX509SVIDCSR(req.GetCsr(), id)
+		if err != nil {
+			return nil, toStatus(ctx, s.cfg.Logger, "mint", err)
+		}
+		params.PublicKey = csr.PublicKey
+	} else {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, toStatus(ctx, s.cfg.Logger, "mint", err)
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return nil, toStatus(ctx, s.cfg.Logger, "mint", err)
+		}
+		params.PublicKey = key.Public()
+		resp.PrivateKey = der
+	}
+	params.SPIFFEID, params.TTL, params.DNSNames = id, ttl, req.GetDnsNames()
+	chain, err := s.cfg.CA.SignX509SVID(params)
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "mint", err)
+	}
+	for _, c := range chain {
+		resp.CertChain = append(resp.CertChain, c.Raw)
+	}
+	b, _ := s.cfg.CA.Bundle()
+	for _, c := range b.X509Authorities() {
+		resp.Bundle = append(resp.Bundle, c.Raw)
+	}
+	s.cfg.Logger.InfoContext(ctx, "X.509-SVID minted", slog.String("spiffe_id", id.String()), slog.String("serial", chain[0].SerialNumber.Text(16)))
+	return resp, nil
+}
+
+func agentToProto(a *datastore.Agent) *adminv1.Agent {
+	sels := make([]string, len(a.Selectors))
+	for i, s := range a.Selectors {
+		sels[i] = s.String()
+	}
+	return &adminv1.Agent{
+		SpiffeId:        a.SPIFFEID,
+		AttestationType: a.AttestationType,
+		Selectors:       sels,
+		SerialNumber:    a.SerialNumber,
+		NotAfter:        a.NotAfter.Unix(),
+		CreatedAt:       a.CreatedAt.Unix(),
+		LastSeen:        a.LastSeen.Unix(),
+	}
+}
+
+// errNotAdmin is returned to callers of another uid on the admin socket.
+var errNotAdmin = status.Error(codes.PermissionDenied, "the admin socket accepts only the server's own uid or root")
+
+// AdminPeerCheck refuses admin calls from any uid but allowed and root. It
+// takes the caller's uid from the socket's peer credentials.
+func AdminPeerCheck(uidOf func(context.Context) (uint32, bool), allowed uint32) func(context.Context) error {
+	return func(ctx context.Context) error {
+		uid, ok := uidOf(ctx)
+		if !ok || (uid != allowed && uid != 0) {
+			return errNotAdmin
+		}
+		return nil
+	}
+}
+

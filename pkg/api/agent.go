@@ -1,0 +1,313 @@
+package api
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/shortleaf/shortleaf/attest/jointoken"
+	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/pkg/clock"
+	"github.com/shortleaf/shortleaf/pkg/datastore"
+	"github.com/shortleaf/shortleaf/pkg/telemetry"
+	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
+)
+
+// Authority is what the services need of the CA.
+type Authority interface {
+	TrustDomain() spiffeid.TrustDomain
+	SignX509SVID(ca.X509SVIDParams) ([]*x509.Certificate, error)
+	Bundle() (*x509bundle.Bundle, uint64)
+}
+
+// AgentStore is what the agent API needs of the datastore.
+type AgentStore interface {
+	AttestJoinToken(ctx context.Context, tokenID string, secretHash []byte, now time.Time, agent *datastore.Agent) error
+	GetAgent(ctx context.Context, spiffeID string) (*datastore.Agent, error)
+	UpdateAgent(ctx context.Context, a *datastore.Agent) error
+	GetEntry(ctx context.Context, id string) (*datastore.Entry, error)
+	ListEntriesByParent(ctx context.Context, parentID, pageToken string, pageSize int) ([]*datastore.Entry, string, error)
+}
+
+// Limits of the agent API.
+const (
+	// MaxBatchSize is the most CSRs one BatchNewX509SVID call may carry.
+	MaxBatchSize = 1000
+	// SyncPageSize is how many entries one SyncEntries message carries; a few
+	// hundred bytes each keeps every message far below gRPC's 4 MB limit.
+	SyncPageSize = 500
+)
+
+// AgentConfig configures the agent API.
+type AgentConfig struct {
+	CA             Authority
+	Store          AgentStore
+	DefaultSVIDTTL time.Duration
+	AgentSVIDTTL   time.Duration
+	Clock          clock.Clock
+	Logger         *slog.Logger
+	Metrics        *telemetry.Server
+}
+
+// AgentService implements the agent API.
+type AgentService struct {
+	agentv1.UnimplementedAgentAPIServer
+	cfg AgentConfig
+}
+
+// NewAgentService returns the agent API.
+func NewAgentService(cfg AgentConfig) *AgentService {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real
+	}
+	return &AgentService{cfg: cfg}
+}
+
+// AttestAgent consumes a join token and issues the agent's first SVID.
+func (s *AgentService) AttestAgent(ctx context.Context, req *agentv1.AttestAgentRequest) (*agentv1.AttestAgentResponse, error) {
+	jt := req.GetJoinToken()
+	if jt == nil {
+		s.cfg.Metrics.AgentAttestations.WithLabelValues("none", telemetry.ResultBad).Inc()
+		return nil, invalid("attestation", "a join_token is required")
+	}
+	tokenID, hash, err := jointoken.Parse(jt.GetToken())
+	if err != nil {
+		s.cfg.Metrics.AgentAttestations.WithLabelValues(jointoken.Type, telemetry.ResultBad).Inc()
+		return nil, invalid("join_token.token", "malformed (want <id>.<secret>)")
+	}
+	td := s.cfg.CA.TrustDomain()
+	agentID, err := jointoken.AgentID(td, tokenID)
+	if err != nil {
+		return nil, invalid("join_token.token", "%v", err)
+	}
+	csr, err := ca.ParseX509SVIDCSR(req.GetCsr(), agentID)
+	if err != nil {
+		s.cfg.Metrics.AgentAttestations.WithLabelValues(jointoken.Type, telemetry.ResultBad).Inc()
+		return nil, toStatus(ctx, s.cfg.Logger, "attest", err)
+	}
+	now := s.cfg.Clock.Now()
+	agent := &datastore.Agent{SPIFFEID: agentID.String(), AttestationType: jointoken.Type, CreatedAt: now, LastSeen: now}
+	if err := s.cfg.Store.AttestJoinToken(ctx, tokenID, hash, now, agent); err != nil {
+		s.cfg.Metrics.AgentAttestations.WithLabelValues(jointoken.Type, telemetry.ResultDenied).Inc()
+		s.cfg.Logger.WarnContext(ctx, "agent attestation refused", slog.String("join_token_id", tokenID), slog.Any("error", err))
+		return nil, toStatus(ctx, s.cfg.Logger, "attest", err)
+	}
+	svid, err := s.signAgentSVID(ctx, agent, csr)
+	if err != nil {
+		return nil, err
+	}
+	s.cfg.Metrics.AgentAttestations.WithLabelValues(jointoken.Type, telemetry.ResultOK).Inc()
+	s.cfg.Logger.InfoContext(ctx, "agent attested", slog.String("agent_id", agentID.String()), slog.String("join_token_id", tokenID))
+	return &agentv1.AttestAgentResponse{Svid: svid, Bundle: s.bundleProto()}, nil
+}
+
+// RenewAgent issues a fresh agent SVID to an attested agent.
+func (s *AgentService) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRequest) (*agentv1.RenewAgentResponse, error) {
+	agentID, agent, err := s.callerAgent(ctx)
+	if err != nil {
+		s.cfg.Metrics.AgentRenewals.WithLabelValues(telemetry.ResultDenied).Inc()
+		return nil, err
+	}
+	csr, err := ca.ParseX509SVIDCSR(req.GetCsr(), agentID)
+	if err != nil {
+		s.cfg.Metrics.AgentRenewals.WithLabelValues(telemetry.ResultBad).Inc()
+		return nil, toStatus(ctx, s.cfg.Logger, "renew agent", err)
+	}
+	svid, err := s.signAgentSVID(ctx, agent, csr)
+	if err != nil {
+		s.cfg.Metrics.AgentRenewals.WithLabelValues(telemetry.ResultError).Inc()
+		return nil, err
+	}
+	s.cfg.Metrics.AgentRenewals.WithLabelValues(telemetry.ResultOK).Inc()
+	return &agentv1.RenewAgentResponse{Svid: svid}, nil
+}
+
+func (s *AgentService) signAgentSVID(ctx context.Context, agent *datastore.Agent, csr *x509.CertificateRequest) (*agentv1.X509SVID, error) {
+	id, err := spiffeid.FromString(agent.SPIFFEID)
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "sign agent SVID", err)
+	}
+	chain, err := s.cfg.CA.SignX509SVID(ca.X509SVIDParams{PublicKey: csr.PublicKey, SPIFFEID: id, TTL: s.cfg.AgentSVIDTTL})
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "sign agent SVID", err)
+	}
+	agent.SerialNumber = chain[0].SerialNumber.Text(16)
+	agent.NotAfter = chain[0].NotAfter
+	agent.LastSeen = s.cfg.Clock.Now()
+	if err := s.cfg.Store.UpdateAgent(ctx, agent); err != nil {
+		if errors.Is(err, datastore.ErrNotFound) {
+			return nil, status.Error(codes.PermissionDenied, "agent was evicted; attest again")
+		}
+		return nil, toStatus(ctx, s.cfg.Logger, "record agent SVID", err)
+	}
+	return svidProto(id, chain), nil
+}
+
+// callerAgent authenticates the caller by its agent SVID (already verified
+// against the bundle during the TLS handshake) and checks it is still attested.
+func (s *AgentService) callerAgent(ctx context.Context) (spiffeid.ID, *datastore.Agent, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return spiffeid.ID{}, nil, status.Error(codes.Unauthenticated, "no peer information")
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return spiffeid.ID{}, nil, status.Error(codes.Unauthenticated, "an agent SVID is required as client certificate")
+	}
+	id, err := x509svid.IDFromCert(info.State.PeerCertificates[0])
+	if err != nil {
+		return spiffeid.ID{}, nil, status.Errorf(codes.Unauthenticated, "client certificate is not an SVID: %v", err)
+	}
+	if id.TrustDomain() != s.cfg.CA.TrustDomain() || !strings.HasPrefix(id.Path(), agentPathPrefix) {
+		return spiffeid.ID{}, nil, status.Errorf(codes.PermissionDenied, "%s is not an agent of this trust domain", id)
+	}
+	agent, err := s.cfg.Store.GetAgent(ctx, id.String())
+	if errors.Is(err, datastore.ErrNotFound) {
+		return spiffeid.ID{}, nil, status.Errorf(codes.PermissionDenied, "agent %s is not attested (evicted?); attest again", id)
+	}
+	if err != nil {
+		return spiffeid.ID{}, nil, toStatus(ctx, s.cfg.Logger, "authenticate agent", err)
+	}
+	return id, agent, nil
+}
+
+// SyncEntries streams the caller's entries page by page; the last message
+// carries the bundle.
+func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agentv1.AgentAPI_SyncEntriesServer) error {
+	ctx := stream.Context()
+	agentID, agent, err := s.callerAgent(ctx)
+	if err != nil {
+		return err
+	}
+	agent.LastSeen = s.cfg.Clock.Now()
+	if err := s.cfg.Store.UpdateAgent(ctx, agent); err != nil {
+		return toStatus(ctx, s.cfg.Logger, "sync", err)
+	}
+	token := ""
+	for {
+		entries, next, err := s.cfg.Store.ListEntriesByParent(ctx, agentID.String(), token, SyncPageSize)
+		if err != nil {
+			return toStatus(ctx, s.cfg.Logger, "sync", err)
+		}
+		msg := &agentv1.SyncEntriesResponse{Entries: make([]*agentv1.Entry, 0, len(entries)), More: next != ""}
+		for _, e := range entries {
+			msg.Entries = append(msg.Entries, s.agentEntryProto(e))
+		}
+		if next == "" {
+			msg.Bundle = s.bundleProto()
+		}
+		if err := stream.Send(msg); err != nil {
+			return err
+		}
+		if next == "" {
+			return nil
+		}
+		token = next
+	}
+}
+
+// BatchNewX509SVID signs each CSR whose entry is parented to the caller. Each
+// request gets its own result; one bad CSR does not fail the batch.
+func (s *AgentService) BatchNewX509SVID(ctx context.Context, req *agentv1.BatchNewX509SVIDRequest) (*agentv1.BatchNewX509SVIDResponse, error) {
+	agentID, _, err := s.callerAgent(ctx)
+	if err != nil {
+		s.cfg.Metrics.SVIDsIssued.WithLabelValues(telemetry.ResultDenied).Add(float64(len(req.GetParams())))
+		return nil, err
+	}
+	if len(req.GetParams()) > MaxBatchSize {
+		return nil, invalid("params", "has %d requests, more than the limit of %d", len(req.GetParams()), MaxBatchSize)
+	}
+	resp := &agentv1.BatchNewX509SVIDResponse{Results: make([]*agentv1.BatchNewX509SVIDResult, 0, len(req.GetParams()))}
+	for _, p := range req.GetParams() {
+		resp.Results = append(resp.Results, s.newX509SVID(ctx, agentID, p))
+	}
+	return resp, nil
+}
+
+func (s *AgentService) newX509SVID(ctx context.Context, agentID spiffeid.ID, p *agentv1.NewX509SVIDParams) *agentv1.BatchNewX509SVIDResult {
+	start := time.Now()
+	res := &agentv1.BatchNewX509SVIDResult{EntryId: p.GetEntryId()}
+	fail := func(result string, err error) *agentv1.BatchNewX509SVIDResult {
+		s.cfg.Metrics.SVIDsIssued.WithLabelValues(result).Inc()
+		st := status.Convert(err)
+		res.StatusCode, res.StatusMessage = int32(st.Code()), st.Message()
+		return res
+	}
+	entry, err := s.cfg.Store.GetEntry(ctx, p.GetEntryId())
+	if errors.Is(err, datastore.ErrNotFound) || (err == nil && entry.ParentID != agentID.String()) {
+		// The same answer for "no such entry" and "not yours": an agent learns
+		// nothing about other agents' entries.
+		return fail(telemetry.ResultDenied, status.Errorf(codes.PermissionDenied, "entry %q is not authorized for %s", p.GetEntryId(), agentID))
+	}
+	if err != nil {
+		return fail(telemetry.ResultError, toStatus(ctx, s.cfg.Logger, "get entry", err))
+	}
+	id, err := spiffeid.FromString(entry.SPIFFEID)
+	if err != nil {
+		return fail(telemetry.ResultError, toStatus(ctx, s.cfg.Logger, "parse entry ID", err))
+	}
+	csr, err := ca.ParseX509SVIDCSR(p.GetCsr(), id)
+	if err != nil {
+		return fail(telemetry.ResultBad, toStatus(ctx, s.cfg.Logger, "new X509-SVID", err))
+	}
+	ttl := entry.X509SVIDTTL
+	if ttl == 0 {
+		ttl = s.cfg.DefaultSVIDTTL
+	}
+	chain, err := s.cfg.CA.SignX509SVID(ca.X509SVIDParams{PublicKey: csr.PublicKey, SPIFFEID: id, DNSNames: entry.DNSNames, TTL: ttl})
+	if err != nil {
+		return fail(telemetry.ResultError, toStatus(ctx, s.cfg.Logger, "sign X509-SVID", err))
+	}
+	s.cfg.Metrics.SVIDsIssued.WithLabelValues(telemetry.ResultOK).Inc()
+	telemetry.ObserveSince(s.cfg.Metrics.SignDuration, start)
+	res.Svid = svidProto(id, chain)
+	return res
+}
+
+func (s *AgentService) agentEntryProto(e *datastore.Entry) *agentv1.Entry {
+	sels := make([]*agentv1.Selector, len(e.Selectors))
+	for i, sel := range e.Selectors {
+		sels[i] = &agentv1.Selector{Type: sel.Type, Value: sel.Value}
+	}
+	ttl := e.X509SVIDTTL
+	if ttl == 0 {
+		ttl = s.cfg.DefaultSVIDTTL
+	}
+	return &agentv1.Entry{
+		Id:                 e.ID,
+		SpiffeId:           e.SPIFFEID,
+		Selectors:          sels,
+		X509SvidTtlSeconds: int32(ttl / time.Second),
+		DnsNames:           e.DNSNames,
+		Hint:               e.Hint,
+		Revision:           e.Revision,
+	}
+}
+
+func (s *AgentService) bundleProto() *agentv1.Bundle {
+	b, seq := s.cfg.CA.Bundle()
+	out := &agentv1.Bundle{TrustDomain: b.TrustDomain().Name(), Sequence: seq}
+	for _, c := range b.X509Authorities() {
+		out.X509Authorities = append(out.X509Authorities, c.Raw)
+	}
+	return out
+}
+
+func svidProto(id spiffeid.ID, chain []*x509.Certificate) *agentv1.X509SVID {
+	out := &agentv1.X509SVID{SpiffeId: id.String(), ExpiresAt: chain[0].NotAfter.Unix()}
+	for _, c := range chain {
+		out.CertChain = append(out.CertChain, c.Raw)
+	}
+	return out
+}

@@ -1,0 +1,51 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/pkg/datastore"
+)
+
+// invalid is an InvalidArgument naming the field at fault.
+func invalid(field, format string, args ...any) error {
+	return status.Errorf(codes.InvalidArgument, "%s: %s", field, fmt.Sprintf(format, args...))
+}
+
+// toStatus maps a domain error to a gRPC status. Unexpected errors are logged
+// here, once, and reach the caller as a bare Internal.
+func toStatus(ctx context.Context, log *slog.Logger, op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var reqErr *ca.RequestError
+	switch {
+	case errors.As(err, &reqErr):
+		return status.Errorf(codes.InvalidArgument, "%s: %s", reqErr.Field, reqErr.Reason)
+	case errors.Is(err, datastore.ErrNotFound):
+		return status.Error(codes.NotFound, "not found")
+	case errors.Is(err, datastore.ErrAlreadyExists):
+		return status.Error(codes.AlreadyExists, "an equal record already exists")
+	case errors.Is(err, datastore.ErrTokenInvalid):
+		return status.Error(codes.PermissionDenied, "join token is unknown, already used or wrong")
+	case errors.Is(err, datastore.ErrTokenExpired):
+		return status.Error(codes.PermissionDenied, "join token has expired")
+	case errors.Is(err, ca.ErrNoActiveIntermediate), errors.Is(err, ca.ErrSignerExpired):
+		log.ErrorContext(ctx, "CA cannot sign", slog.String("op", op), slog.Any("error", err))
+		return status.Error(codes.Unavailable, "the CA cannot sign right now")
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
+	default:
+		log.ErrorContext(ctx, "request failed", slog.String("op", op), slog.Any("error", err))
+		return status.Error(codes.Internal, "internal error")
+	}
+}

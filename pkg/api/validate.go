@@ -1,0 +1,154 @@
+package api
+
+import (
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/pkg/datastore"
+	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
+)
+
+// TTL bounds for X.509-SVIDs.
+const (
+	MinX509SVIDTTL = time.Minute
+	MaxX509SVIDTTL = 24 * time.Hour
+	maxHintLength  = 128
+	maxDNSNames    = 32
+)
+
+// agentPathPrefix is reserved for agent IDs: no workload entry may claim it.
+const agentPathPrefix = "/agent/"
+
+var dnsLabel = regexp.MustCompile(`^([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]{0,61}[a-zA-Z0-9])$`)
+
+// parseWorkloadID checks a workload SPIFFE ID: well formed, in td, with a path
+// outside the agent namespace.
+func parseWorkloadID(field, s string, td spiffeid.TrustDomain) (spiffeid.ID, error) {
+	id, err := spiffeid.FromString(s)
+	if err != nil {
+		return spiffeid.ID{}, invalid(field, "%q is not a valid SPIFFE ID: %v", s, err)
+	}
+	if id.TrustDomain() != td {
+		return spiffeid.ID{}, invalid(field, "%q is not in trust domain %q", s, td)
+	}
+	if id.Path() == "" {
+		return spiffeid.ID{}, invalid(field, "%q has no path; workload IDs need one", s)
+	}
+	if strings.HasPrefix(id.Path(), agentPathPrefix) {
+		return spiffeid.ID{}, invalid(field, "%q is in %s, which is reserved for agents", s, agentPathPrefix)
+	}
+	return id, nil
+}
+
+// parseAgentID checks an agent SPIFFE ID (spiffe://<td>/agent/...).
+func parseAgentID(field, s string, td spiffeid.TrustDomain) (spiffeid.ID, error) {
+	id, err := spiffeid.FromString(s)
+	if err != nil {
+		return spiffeid.ID{}, invalid(field, "%q is not a valid SPIFFE ID: %v", s, err)
+	}
+	if id.TrustDomain() != td {
+		return spiffeid.ID{}, invalid(field, "%q is not in trust domain %q", s, td)
+	}
+	if !strings.HasPrefix(id.Path(), agentPathPrefix) {
+		return spiffeid.ID{}, invalid(field, "%q is not an agent ID (spiffe://%s/agent/...)", s, td)
+	}
+	return id, nil
+}
+
+func validateTTL(field string, seconds int32) (time.Duration, error) {
+	if seconds == 0 {
+		return 0, nil
+	}
+	ttl := time.Duration(seconds) * time.Second
+	if ttl < MinX509SVIDTTL || ttl > MaxX509SVIDTTL {
+		return 0, invalid(field, "%s is out of range (%s to %s)", ttl, MinX509SVIDTTL, MaxX509SVIDTTL)
+	}
+	return ttl, nil
+}
+
+func validateDNSNames(field string, names []string) error {
+	if len(names) > maxDNSNames {
+		return invalid(field, "has %d names, more than %d", len(names), maxDNSNames)
+	}
+	for _, n := range names {
+		if len(n) == 0 || len(n) > 253 {
+			return invalid(field, "%q must be 1 to 253 characters", n)
+		}
+		labels := strings.Split(strings.TrimPrefix(n, "*."), ".")
+		for _, l := range labels {
+			if !dnsLabel.MatchString(l) {
+				return invalid(field, "%q is not a valid DNS name", n)
+			}
+		}
+	}
+	return nil
+}
+
+// entryFromProto validates an admin entry and converts it to the domain type.
+func entryFromProto(in *adminv1.Entry, td spiffeid.TrustDomain) (*datastore.Entry, error) {
+	if in == nil {
+		return nil, invalid("entry", "is required")
+	}
+	id, err := parseWorkloadID("entry.spiffe_id", in.GetSpiffeId(), td)
+	if err != nil {
+		return nil, err
+	}
+	parent, err := parseAgentID("entry.parent_id", in.GetParentId(), td)
+	if err != nil {
+		return nil, err
+	}
+	if len(in.GetSelectors()) == 0 {
+		return nil, invalid("entry.selectors", "at least one selector is required")
+	}
+	sels := make([]attest.Selector, 0, len(in.GetSelectors()))
+	for _, s := range in.GetSelectors() {
+		sel, err := attest.ParseSelector(s)
+		if err != nil {
+			return nil, invalid("entry.selectors", "%v", err)
+		}
+		sels = append(sels, sel)
+	}
+	ttl, err := validateTTL("entry.x509_svid_ttl", in.GetX509SvidTtlSeconds())
+	if err != nil {
+		return nil, err
+	}
+	if err := validateDNSNames("entry.dns_names", in.GetDnsNames()); err != nil {
+		return nil, err
+	}
+	if len(in.GetHint()) > maxHintLength {
+		return nil, invalid("entry.hint", "is longer than %d characters", maxHintLength)
+	}
+	return &datastore.Entry{
+		ID:          in.GetId(),
+		SPIFFEID:    id.String(),
+		ParentID:    parent.String(),
+		Selectors:   sels,
+		X509SVIDTTL: ttl,
+		DNSNames:    in.GetDnsNames(),
+		Hint:        in.GetHint(),
+		Admin:       in.GetAdmin(),
+	}, nil
+}
+
+func entryToProto(e *datastore.Entry) *adminv1.Entry {
+	sels := make([]string, len(e.Selectors))
+	for i, s := range e.Selectors {
+		sels[i] = s.String()
+	}
+	return &adminv1.Entry{
+		Id:                 e.ID,
+		SpiffeId:           e.SPIFFEID,
+		ParentId:           e.ParentID,
+		Selectors:          sels,
+		X509SvidTtlSeconds: int32(e.X509SVIDTTL / time.Second),
+		DnsNames:           e.DNSNames,
+		Hint:               e.Hint,
+		Admin:              e.Admin,
+		CreatedAt:          e.CreatedAt.Unix(),
+		Revision:           e.Revision,
+	}
+}

@@ -1,0 +1,295 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/pkg/api"
+	"github.com/shortleaf/shortleaf/pkg/clock"
+	"github.com/shortleaf/shortleaf/pkg/datastore"
+	"github.com/shortleaf/shortleaf/pkg/keymanager"
+	"github.com/shortleaf/shortleaf/pkg/telemetry"
+	"github.com/shortleaf/shortleaf/pkg/uds"
+	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
+	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
+)
+
+// Config configures a server. Zero values take the documented defaults.
+type Config struct {
+	TrustDomain     spiffeid.TrustDomain
+	DataDir         string
+	AgentAPIAddr    string        // default 127.0.0.1:8081; ":0" picks a port
+	AdminSocket     string        // default <DataDir>/admin.sock
+	MetricsAddr     string        // empty: no metrics listener
+	DefaultSVIDTTL  time.Duration // default 5m
+	AgentSVIDTTL    time.Duration // default 1h
+	KeyType         string        // default ec-p256
+	RootTTL         time.Duration // default 1 year
+	IntermediateTTL time.Duration // default 24h
+	// KeyPassphrase encrypts CA key files. Empty is allowed only when
+	// InsecureUnencryptedKeys is set (dev mode).
+	KeyPassphrase           []byte
+	InsecureUnencryptedKeys bool
+	Clock                   clock.Clock
+	Logger                  *slog.Logger
+	// Registry receives the server's metrics; default a new registry.
+	Registry *prometheus.Registry
+}
+
+// Defaults.
+const (
+	DefaultAgentAPIAddr   = "127.0.0.1:8081"
+	DefaultX509SVIDTTL    = 5 * time.Minute
+	DefaultAgentSVIDTTL   = time.Hour
+	serverSVIDTTL         = time.Hour
+	adminSocketName       = "admin.sock"
+	datastoreFileName     = "datastore.db"
+	keysDirName           = "keys"
+	shutdownGrace         = 5 * time.Second
+	serverSVIDPathSegment = "shortleaf"
+)
+
+// Server is a running shortleaf server.
+type Server struct {
+	cfg       Config
+	store     *datastore.Store
+	ca        *ca.CA
+	agentLis  net.Listener
+	adminLis  net.Listener
+	metricLis net.Listener
+	agentSrv  *grpc.Server
+	adminSrv  *grpc.Server
+	httpSrv   *http.Server
+	tlsCert   *serverCertificate
+	closeOnce sync.Once
+}
+
+// New opens the datastore, loads or creates the CA and opens every listener.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if err := applyDefaults(&cfg); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: create data dir: %w", err)
+	}
+	if len(cfg.KeyPassphrase) == 0 && !cfg.InsecureUnencryptedKeys {
+		return nil, errors.New("server: a key passphrase is required (SHORTLEAF_KEY_PASSPHRASE or key_passphrase_file); only dev mode may store keys unencrypted")
+	}
+	if len(cfg.KeyPassphrase) == 0 {
+		cfg.Logger.Warn("CA keys are stored UNENCRYPTED; use this for development only", slog.String("dir", filepath.Join(cfg.DataDir, keysDirName)))
+	}
+	s := &Server{cfg: cfg}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Close()
+		}
+	}()
+	var err error
+	if s.store, err = datastore.Open(filepath.Join(cfg.DataDir, datastoreFileName)); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	keys, err := keymanager.New(keymanager.Config{Dir: filepath.Join(cfg.DataDir, keysDirName), Passphrase: cfg.KeyPassphrase})
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s.ca, err = ca.New(ctx, ca.Config{
+		TrustDomain: cfg.TrustDomain, KeyType: cfg.KeyType, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
+		Keys: keys, Journal: s.store, Clock: cfg.Clock, Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	if s.tlsCert, err = newServerCertificate(s.ca, cfg.Clock); err != nil {
+		return nil, err
+	}
+	metrics := telemetry.NewServer(cfg.Registry)
+	s.agentSrv = grpc.NewServer(grpc.Creds(credentials.NewTLS(s.agentTLSConfig())))
+	agentv1.RegisterAgentAPIServer(s.agentSrv, api.NewAgentService(api.AgentConfig{
+		CA: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, AgentSVIDTTL: cfg.AgentSVIDTTL,
+		Clock: cfg.Clock, Logger: cfg.Logger, Metrics: metrics,
+	}))
+	check := api.AdminPeerCheck(func(ctx context.Context) (uint32, bool) {
+		c, ok := uds.PeerFromContext(ctx)
+		return c.UID, ok
+	}, uint32(os.Getuid()))
+	s.adminSrv = grpc.NewServer(grpc.Creds(uds.NewCredentials()),
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if err := check(ctx); err != nil {
+				return nil, err
+			}
+			return h(ctx, req)
+		}))
+	adminv1.RegisterAdminAPIServer(s.adminSrv, api.NewAdminService(api.AdminConfig{
+		CA: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, Clock: cfg.Clock, Logger: cfg.Logger,
+	}))
+	healthpb.RegisterHealthServer(s.adminSrv, health.NewServer())
+
+	if s.agentLis, err = net.Listen("tcp", cfg.AgentAPIAddr); err != nil {
+		return nil, fmt.Errorf("server: agent API listener: %w", err)
+	}
+	if s.adminLis, err = uds.Listen(cfg.AdminSocket, 0o600); err != nil {
+		return nil, fmt.Errorf("server: admin socket: %w", err)
+	}
+	if cfg.MetricsAddr != "" {
+		if s.metricLis, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return nil, fmt.Errorf("server: metrics listener: %w", err)
+		}
+		s.httpSrv = &http.Server{Handler: telemetry.Handler(cfg.Registry, s.ca.CheckSigner), ReadHeaderTimeout: 5 * time.Second}
+	}
+	ok = true
+	return s, nil
+}
+
+func applyDefaults(cfg *Config) error {
+	if cfg.TrustDomain.IsZero() {
+		return errors.New("server: trust_domain is required")
+	}
+	if cfg.DataDir == "" {
+		return errors.New("server: data_dir is required")
+	}
+	if cfg.AgentAPIAddr == "" {
+		cfg.AgentAPIAddr = DefaultAgentAPIAddr
+	}
+	if cfg.AdminSocket == "" {
+		cfg.AdminSocket = filepath.Join(cfg.DataDir, adminSocketName)
+	}
+	if cfg.DefaultSVIDTTL == 0 {
+		cfg.DefaultSVIDTTL = DefaultX509SVIDTTL
+	}
+	if cfg.AgentSVIDTTL == 0 {
+		cfg.AgentSVIDTTL = DefaultAgentSVIDTTL
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	return nil
+}
+
+// agentTLSConfig asks for (but does not require) a client certificate: only
+// AttestAgent may be called without one. A certificate that is sent must be
+// an SVID chaining to the current bundle, checked on every handshake.
+func (s *Server) agentTLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: s.tlsCert.get,
+		ClientAuth:     tls.RequestClientCert,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return verifyAgentPeer(cs, s.ca, s.cfg.Clock)
+		},
+	}
+}
+
+// AgentAddr is the agent API's listening address.
+func (s *Server) AgentAddr() string { return s.agentLis.Addr().String() }
+
+// AdminSocket is the admin socket's path.
+func (s *Server) AdminSocket() string { return s.cfg.AdminSocket }
+
+// MetricsAddr is the metrics listener's address, or "".
+func (s *Server) MetricsAddr() string {
+	if s.metricLis == nil {
+		return ""
+	}
+	return s.metricLis.Addr().String()
+}
+
+// CA exposes the authority, for dev mode and tests.
+func (s *Server) CA() *ca.CA { return s.ca }
+
+// Run serves until ctx is done or a listener fails, then stops gracefully.
+func (s *Server) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serveGRPC(s.agentSrv, s.agentLis) })
+	g.Go(func() error { return serveGRPC(s.adminSrv, s.adminLis) })
+	if s.httpSrv != nil {
+		g.Go(func() error {
+			if err := s.httpSrv.Serve(s.metricLis); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("server: metrics: %w", err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		s.stop()
+		return nil
+	})
+	s.cfg.Logger.Info("server running", slog.String("trust_domain", s.cfg.TrustDomain.Name()),
+		slog.String("agent_api", s.AgentAddr()), slog.String("admin_socket", s.cfg.AdminSocket), slog.String("metrics", s.MetricsAddr()))
+	err := g.Wait()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func serveGRPC(srv *grpc.Server, lis net.Listener) error {
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("server: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) stop() {
+	for _, srv := range []*grpc.Server{s.agentSrv, s.adminSrv} {
+		done := make(chan struct{})
+		go func() { srv.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(shutdownGrace):
+			srv.Stop()
+		}
+	}
+	if s.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		_ = s.httpSrv.Shutdown(ctx)
+	}
+}
+
+// Close releases the listeners and the datastore. It is idempotent.
+func (s *Server) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		if s.agentSrv != nil {
+			s.agentSrv.Stop()
+		}
+		if s.adminSrv != nil {
+			s.adminSrv.Stop()
+		}
+		for _, l := range []net.Listener{s.agentLis, s.adminLis, s.metricLis} {
+			if l != nil {
+				_ = l.Close()
+			}
+		}
+		if s.store != nil {
+			err = s.store.Close()
+		}
+	})
+	return err
+}

@@ -1,0 +1,118 @@
+// Package telemetry defines shortleaf's Prometheus metrics and the HTTP
+// handler that serves them with /healthz and /readyz.
+//
+// Metric names follow shortleaf_<component>_<what>_<unit>, counters end in
+// _total, and no label ever carries a per-SVID or per-token value.
+package telemetry
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Result label values.
+const (
+	ResultOK     = "ok"
+	ResultDenied = "denied"
+	ResultError  = "error"
+	ResultBad    = "invalid"
+)
+
+// Server holds the server's metrics.
+type Server struct {
+	SVIDsIssued       *prometheus.CounterVec
+	SignDuration      prometheus.Histogram
+	AgentAttestations *prometheus.CounterVec
+	AgentRenewals     *prometheus.CounterVec
+}
+
+// NewServer registers the server's metrics on reg.
+func NewServer(reg prometheus.Registerer) *Server {
+	m := &Server{
+		SVIDsIssued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shortleaf_server_x509_svids_issued_total",
+			Help: "X.509-SVID signing requests by result (ok, denied, invalid, error).",
+		}, []string{"result"}),
+		SignDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "shortleaf_server_x509_svid_sign_duration_seconds",
+			Help:    "Time to check a CSR and sign one X.509-SVID.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
+		}),
+		AgentAttestations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shortleaf_server_agent_attestations_total",
+			Help: "Node attestations by attestor and result.",
+		}, []string{"attestor", "result"}),
+		AgentRenewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shortleaf_server_agent_svid_renewals_total",
+			Help: "Agent SVID renewals by result.",
+		}, []string{"result"}),
+	}
+	reg.MustRegister(m.SVIDsIssued, m.SignDuration, m.AgentAttestations, m.AgentRenewals)
+	return m
+}
+
+// Agent holds the agent's metrics.
+type Agent struct {
+	WorkloadRequests *prometheus.CounterVec
+	SVIDRenewals     *prometheus.CounterVec
+	SyncFailures     prometheus.Counter
+	CachedSVIDs      prometheus.Gauge
+}
+
+// NewAgent registers the agent's metrics on reg.
+func NewAgent(reg prometheus.Registerer) *Agent {
+	m := &Agent{
+		WorkloadRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shortleaf_agent_workload_api_requests_total",
+			Help: "Workload API calls by method and result.",
+		}, []string{"method", "result"}),
+		SVIDRenewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shortleaf_agent_x509_svid_renewals_total",
+			Help: "Workload X.509-SVIDs obtained by the agent, by cause (new, scheduled, entry_changed).",
+		}, []string{"cause"}),
+		SyncFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shortleaf_agent_sync_failures_total",
+			Help: "Failed entry syncs with the server.",
+		}),
+		CachedSVIDs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "shortleaf_agent_cached_x509_svids",
+			Help: "X.509-SVIDs the agent holds ready for workloads.",
+		}),
+	}
+	reg.MustRegister(m.WorkloadRequests, m.SVIDRenewals, m.SyncFailures, m.CachedSVIDs)
+	return m
+}
+
+// NewRegistry returns a registry with the Go and process collectors.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// ObserveSince records the seconds since start on h.
+func ObserveSince(h prometheus.Observer, start time.Time) {
+	h.Observe(time.Since(start).Seconds())
+}
+
+// Handler serves /metrics from g, /healthz (the process is up) and /readyz
+// (ready returns nil).
+func Handler(g prometheus.Gatherer, ready func() error) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}
