@@ -1,0 +1,247 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/attest/unix"
+	"github.com/shortleaf/shortleaf/pkg/clock"
+	"github.com/shortleaf/shortleaf/pkg/telemetry"
+	"github.com/shortleaf/shortleaf/pkg/uds"
+	"github.com/shortleaf/shortleaf/pkg/workloadapi"
+	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
+)
+
+// Config configures an agent. Zero values take the documented defaults.
+type Config struct {
+	ServerAddr  string
+	TrustDomain spiffeid.TrustDomain
+	// TrustBundle authenticates the server at first attestation. Required
+	// unless InsecureBootstrap is set or the data dir already holds a bundle.
+	TrustBundle       []*x509.Certificate
+	InsecureBootstrap bool
+	// JoinToken is needed only when the data dir holds no valid agent SVID.
+	JoinToken    string
+	DataDir      string
+	SocketPath   string        // default /tmp/shortleaf/agent.sock
+	SyncInterval time.Duration // default 5s
+	// WorkloadAttestor defaults to Unix peer credentials.
+	WorkloadAttestor workloadapi.Attestor
+	Clock            clock.Clock
+	Logger           *slog.Logger
+	Registry         prometheus.Registerer
+}
+
+// Defaults.
+const (
+	DefaultSocketPath   = "/tmp/shortleaf/agent.sock"
+	DefaultSyncInterval = 5 * time.Second
+	batchSize           = 500
+	rpcTimeout          = 30 * time.Second
+	shutdownGrace       = 5 * time.Second
+)
+
+// Agent is a running node agent.
+type Agent struct {
+	cfg     Config
+	store   storage
+	cache   *cache
+	metrics *telemetry.Agent
+
+	mu           sync.Mutex
+	svidChain    []*x509.Certificate // the agent's own SVID
+	tlsCert      *tls.Certificate
+	agentRenewAt time.Time
+
+	conn   *grpc.ClientConn
+	client agentv1.AgentAPIClient
+
+	lis       net.Listener
+	wl        *grpc.Server
+	closeOnce sync.Once
+}
+
+// New loads the agent's stored identity and opens the Workload API socket.
+// It fails when there is neither a usable stored SVID nor a join token.
+func New(_ context.Context, cfg Config) (*Agent, error) {
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("agent: trust_domain is required")
+	}
+	if cfg.ServerAddr == "" {
+		return nil, errors.New("agent: server_address is required")
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("agent: data_dir is required")
+	}
+	if cfg.SocketPath == "" {
+		cfg.SocketPath = DefaultSocketPath
+	}
+	if cfg.SyncInterval == 0 {
+		cfg.SyncInterval = DefaultSyncInterval
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.WorkloadAttestor == nil {
+		cfg.WorkloadAttestor = unixAttestor{unix.New()}
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("agent: create data dir: %w", err)
+	}
+	a := &Agent{cfg: cfg, store: storage{dir: cfg.DataDir}, cache: newCache(cfg.TrustDomain), metrics: telemetry.NewAgent(cfg.Registry)}
+	if err := a.restore(); err != nil {
+		return nil, err
+	}
+	if a.tlsCert == nil {
+		if cfg.JoinToken == "" {
+			return nil, errors.New("agent: join_token is required: the data dir holds no valid agent SVID")
+		}
+		if len(cfg.TrustBundle) == 0 && !cfg.InsecureBootstrap {
+			return nil, errors.New("agent: trust_bundle_path is required for the first attestation (or insecure_bootstrap: true, dev only)")
+		}
+		if len(cfg.TrustBundle) > 0 {
+			a.cache.setBundle(cfg.TrustBundle, 0)
+		}
+	}
+	if cfg.InsecureBootstrap && a.tlsCert == nil {
+		cfg.Logger.Warn("insecure_bootstrap: the server is not authenticated during attestation; use for development only")
+	}
+	var err error
+	if a.lis, err = uds.Listen(cfg.SocketPath, 0o777); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.wl = workloadapi.NewGRPCServer(workloadapi.New(workloadapi.Config{
+		Source: a.cache, Attestor: cfg.WorkloadAttestor, Logger: cfg.Logger, Metrics: a.metrics,
+	}))
+	return a, nil
+}
+
+// unixAttestor adapts the unix attestor to workloadapi.Attestor.
+type unixAttestor struct{ a *unix.Attestor }
+
+func (u unixAttestor) Attest(c uds.PeerCred) ([]attest.Selector, error) {
+	return u.a.Attest(unix.Caller{PID: c.PID, UID: c.UID, GID: c.GID})
+}
+
+// restore loads a stored identity that is still valid.
+func (a *Agent) restore() error {
+	key, p, err := a.store.load()
+	if err != nil {
+		return err
+	}
+	if key == nil {
+		return nil
+	}
+	bundle, err := parseCerts(p.Bundle)
+	if err != nil {
+		return fmt.Errorf("agent: stored bundle: %w", err)
+	}
+	if len(bundle) > 0 {
+		a.cache.setBundle(bundle, p.BundleSequence)
+	}
+	chain, err := parseCerts(p.SVIDChain)
+	if err != nil || len(chain) == 0 {
+		return fmt.Errorf("agent: stored SVID is unreadable: %v", err)
+	}
+	if !a.cfg.Clock.Now().Before(chain[0].NotAfter) {
+		a.cfg.Logger.Warn("stored agent SVID has expired; attesting again", slog.Time("not_after", chain[0].NotAfter))
+		return nil
+	}
+	a.setSVID(key, chain)
+	a.cfg.Logger.Info("resumed with stored agent SVID", slog.String("agent_id", a.ID()), slog.Time("not_after", chain[0].NotAfter))
+	return nil
+}
+
+// ID is the agent's SPIFFE ID, or "" before attestation.
+func (a *Agent) ID() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.svidChain) == 0 || len(a.svidChain[0].URIs) == 0 {
+		return ""
+	}
+	return a.svidChain[0].URIs[0].String()
+}
+
+// SocketPath is the Workload API socket.
+func (a *Agent) SocketPath() string { return a.cfg.SocketPath }
+
+func (a *Agent) setSVID(key any, chain []*x509.Certificate) {
+	cert := &tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, c := range chain {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.svidChain, a.tlsCert = chain, cert
+	a.agentRenewAt = renewAt(a.cfg.Clock.Now(), chain[0].NotAfter)
+}
+
+func (a *Agent) currentCert() *tls.Certificate {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.tlsCert
+}
+
+func (a *Agent) bundleCerts() []*x509.Certificate {
+	b, _ := a.cache.getBundle()
+	return b
+}
+
+// Run serves the Workload API and keeps identities fresh until ctx is done.
+func (a *Agent) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := a.wl.Serve(a.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("agent: workload API: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		defer a.stopWorkloadAPI()
+		return a.manage(gctx)
+	})
+	a.cfg.Logger.Info("agent running", slog.String("socket", a.cfg.SocketPath), slog.String("server", a.cfg.ServerAddr))
+	return g.Wait()
+}
+
+func (a *Agent) stopWorkloadAPI() {
+	done := make(chan struct{})
+	go func() { a.wl.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(shutdownGrace):
+		a.wl.Stop()
+	}
+}
+
+// Close releases the socket and the server connection. It is idempotent.
+func (a *Agent) Close() error {
+	a.closeOnce.Do(func() {
+		a.wl.Stop()
+		_ = a.lis.Close()
+		if a.conn != nil {
+			_ = a.conn.Close()
+		}
+	})
+	return nil
+}

@@ -1,0 +1,162 @@
+package agent
+
+import (
+	"bytes"
+	"crypto/x509"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/pkg/workloadapi"
+)
+
+// entry is a synced registration entry.
+type entry struct {
+	ID        string
+	SPIFFEID  spiffeid.ID
+	Selectors []attest.Selector
+	TTL       time.Duration
+	DNSNames  []string
+	Hint      string
+	Revision  int64
+}
+
+// svid is an SVID the agent holds for an entry.
+type svid struct {
+	Revision int64 // of the entry it was issued for
+	Chain    []*x509.Certificate
+	ChainDER []byte
+	KeyDER   []byte
+	RenewAt  time.Time
+}
+
+// cache is the agent's view: entries, SVIDs and the bundle. Every change
+// publishes a new immutable workloadapi.State and wakes its watchers.
+type cache struct {
+	mu        sync.Mutex
+	td        spiffeid.TrustDomain
+	synced    bool
+	entries   map[string]*entry
+	svids     map[string]*svid
+	bundle    []*x509.Certificate
+	bundleSeq uint64
+
+	state   *workloadapi.State
+	changed chan struct{}
+}
+
+func newCache(td spiffeid.TrustDomain) *cache {
+	c := &cache{td: td, entries: map[string]*entry{}, svids: map[string]*svid{}, changed: make(chan struct{})}
+	c.state = &workloadapi.State{TrustDomain: td}
+	return c
+}
+
+// Current implements workloadapi.Source.
+func (c *cache) Current() (*workloadapi.State, <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state, c.changed
+}
+
+// publish rebuilds the served state and wakes every watcher. Callers hold mu.
+func (c *cache) publish() {
+	var bundleDER bytes.Buffer
+	for _, cert := range c.bundle {
+		bundleDER.Write(cert.Raw)
+	}
+	st := &workloadapi.State{Ready: c.synced, TrustDomain: c.td, BundleDER: bundleDER.Bytes()}
+	for _, e := range c.entries {
+		id := &workloadapi.Identity{EntryID: e.ID, SPIFFEID: e.SPIFFEID, Hint: e.Hint, Selectors: e.Selectors}
+		if s, ok := c.svids[e.ID]; ok && s.Revision == e.Revision {
+			id.ChainDER, id.KeyDER, id.Serial = s.ChainDER, s.KeyDER, s.Chain[0].SerialNumber.Text(16)
+		}
+		st.Identities = append(st.Identities, id)
+	}
+	c.state = st
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// setEntries replaces the synced entries and bundle, dropping SVIDs of
+// entries that are gone.
+func (c *cache) setEntries(entries map[string]*entry, bundle []*x509.Certificate, seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	changed := !c.synced || len(entries) != len(c.entries) || seq != c.bundleSeq
+	for id, e := range entries {
+		if old, ok := c.entries[id]; !ok || old.Revision != e.Revision {
+			changed = true
+		}
+	}
+	for id := range c.svids {
+		if _, ok := entries[id]; !ok {
+			delete(c.svids, id)
+		}
+	}
+	c.entries, c.bundle, c.bundleSeq, c.synced = entries, bundle, seq, true
+	if changed {
+		c.publish()
+	}
+}
+
+// setBundle replaces the bundle (bootstrap, or loaded from disk).
+func (c *cache) setBundle(bundle []*x509.Certificate, seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.bundle, c.bundleSeq = bundle, seq
+	c.publish()
+}
+
+func (c *cache) getBundle() ([]*x509.Certificate, uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bundle, c.bundleSeq
+}
+
+// due lists the entries that need an SVID now (none yet, entry changed, or
+// past their renewal time), soonest expiry first, and the earliest future
+// renewal time among the rest.
+func (c *cache) due(now time.Time) (due []*entry, next time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, e := range c.entries {
+		s, ok := c.svids[id]
+		if !ok || s.Revision != e.Revision || !now.Before(s.RenewAt) {
+			due = append(due, e)
+			continue
+		}
+		if next.IsZero() || s.RenewAt.Before(next) {
+			next = s.RenewAt
+		}
+	}
+	return due, next
+}
+
+// setSVIDs stores freshly issued SVIDs and publishes them once.
+func (c *cache) setSVIDs(issued map[string]*svid) {
+	if len(issued) == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, s := range issued {
+		if _, ok := c.entries[id]; ok {
+			c.svids[id] = s
+		}
+	}
+	c.publish()
+}
+
+func (c *cache) svidCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.svids)
+}
+
+func (c *cache) lookup(id string) (*entry, *svid) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.entries[id], c.svids[id]
+}

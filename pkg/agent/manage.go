@@ -1,0 +1,401 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/shortleaf/shortleaf/attest"
+	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
+)
+
+// manage is the agent's control loop: attest if needed, renew the agent
+// SVID, sync entries and obtain workload SVIDs, each on its own schedule and
+// each with its own backoff, and sleep until the earliest next deadline.
+func (a *Agent) manage(ctx context.Context) error {
+	attestB := backoff{min: time.Second, max: 30 * time.Second}
+	renewB := backoff{min: time.Second, max: 30 * time.Second}
+	syncB := backoff{min: time.Second, max: 30 * time.Second}
+	svidB := backoff{min: time.Second, max: 30 * time.Second}
+	var nextSync, svidRetry time.Time
+	for {
+		now := a.cfg.Clock.Now()
+		if a.currentCert() == nil {
+			if err := a.attest(ctx); err != nil {
+				wait := attestB.next()
+				a.cfg.Logger.Error("attestation failed", slog.Any("error", err), slog.Duration("retry_in", wait))
+				if !a.sleep(ctx, wait) {
+					return nil
+				}
+				continue
+			}
+			attestB.reset()
+		}
+		if a.conn == nil {
+			if err := a.connect(); err != nil {
+				return err
+			}
+		}
+		a.mu.Lock()
+		agentRenew := a.agentRenewAt
+		a.mu.Unlock()
+		if !now.Before(agentRenew) {
+			if err := a.renewAgent(ctx); err != nil {
+				wait := renewB.next()
+				a.cfg.Logger.Error("agent SVID renewal failed", slog.Any("error", err), slog.Duration("retry_in", wait))
+				a.mu.Lock()
+				a.agentRenewAt = now.Add(wait)
+				a.mu.Unlock()
+			} else {
+				renewB.reset()
+			}
+		}
+		if !now.Before(nextSync) {
+			if err := a.sync(ctx); err != nil {
+				a.metrics.SyncFailures.Inc()
+				wait := syncB.next()
+				a.logServerError("entry sync failed", err, wait)
+				nextSync = now.Add(wait)
+			} else {
+				syncB.reset()
+				nextSync = now.Add(a.cfg.SyncInterval)
+			}
+		}
+		due, nextRenew := a.cache.due(now)
+		if len(due) > 0 && !now.Before(svidRetry) {
+			if err := a.issue(ctx, due); err != nil {
+				wait := svidB.next()
+				a.logServerError("X.509-SVID issuance failed", err, wait)
+				svidRetry = now.Add(wait)
+			} else {
+				svidB.reset()
+			}
+			due, nextRenew = a.cache.due(now)
+		}
+		a.metrics.CachedSVIDs.Set(float64(a.cache.svidCount()))
+
+		a.mu.Lock()
+		wake := earliest(nextSync, a.agentRenewAt, nextRenew)
+		a.mu.Unlock()
+		if len(due) > 0 {
+			wake = earliest(wake, svidRetry)
+		}
+		if !a.sleep(ctx, wake.Sub(a.cfg.Clock.Now())) {
+			return nil
+		}
+	}
+}
+
+func (a *Agent) logServerError(msg string, err error, retry time.Duration) {
+	if status.Code(err) == codes.PermissionDenied {
+		msg += "; if this agent was evicted, restart it with an empty data dir and a new join token"
+	}
+	a.cfg.Logger.Error(msg, slog.Any("error", err), slog.Duration("retry_in", retry))
+}
+
+func earliest(ts ...time.Time) time.Time {
+	var out time.Time
+	for _, t := range ts {
+		if !t.IsZero() && (out.IsZero() || t.Before(out)) {
+			out = t
+		}
+	}
+	return out
+}
+
+// sleep waits for d or ctx; it reports whether to go on.
+func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	select {
+	case <-a.cfg.Clock.After(d):
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (a *Agent) connect() error {
+	conn, err := dial(a.cfg.ServerAddr, tlsConfig(a.cfg.TrustDomain, a.bundleCerts, a.currentCert))
+	if err != nil {
+		return err
+	}
+	a.conn, a.client = conn, agentv1.NewAgentAPIClient(conn)
+	return nil
+}
+
+// newKeyAndCSR makes a P-256 key and a CSR for id (no SANs when id is zero).
+func newKeyAndCSR(id spiffeid.ID) (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tpl := &x509.CertificateRequest{}
+	if !id.IsZero() {
+		tpl.URIs = []*url.URL{id.URL()}
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, tpl, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, csr, nil
+}
+
+// attest presents the join token on a one-off connection (no client
+// certificate) and stores the resulting identity and bundle.
+func (a *Agent) attest(ctx context.Context) error {
+	tlsCfg := insecureBootstrapTLS()
+	if len(a.bundleCerts()) > 0 {
+		tlsCfg = tlsConfig(a.cfg.TrustDomain, a.bundleCerts, func() *tls.Certificate { return nil })
+	}
+	conn, err := dial(a.cfg.ServerAddr, tlsCfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	key, csr, err := newKeyAndCSR(spiffeid.ID{})
+	if err != nil {
+		return fmt.Errorf("agent: key: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	defer cancel()
+	resp, err := agentv1.NewAgentAPIClient(conn).AttestAgent(ctx, &agentv1.AttestAgentRequest{
+		Attestation: &agentv1.AttestAgentRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: a.cfg.JoinToken}},
+		Csr:         csr,
+	})
+	if err != nil {
+		return fmt.Errorf("agent: attest: %w", err)
+	}
+	chain, err := parseCerts(resp.GetSvid().GetCertChain())
+	if err != nil || len(chain) == 0 {
+		return fmt.Errorf("agent: attest: server returned an unreadable SVID: %v", err)
+	}
+	bundle, err := parseCerts(resp.GetBundle().GetX509Authorities())
+	if err != nil || len(bundle) == 0 {
+		return fmt.Errorf("agent: attest: server returned an unreadable bundle: %v", err)
+	}
+	if err := a.store.saveKey(key); err != nil {
+		return err
+	}
+	if err := a.store.saveState(&persisted{SVIDChain: rawCerts(chain), Bundle: rawCerts(bundle), BundleSequence: resp.GetBundle().GetSequence()}); err != nil {
+		return err
+	}
+	a.cache.setBundle(bundle, resp.GetBundle().GetSequence())
+	a.setSVID(key, chain)
+	a.cfg.Logger.Info("attested", slog.String("agent_id", resp.GetSvid().GetSpiffeId()), slog.Time("svid_not_after", chain[0].NotAfter))
+	return nil
+}
+
+// renewAgent replaces the agent SVID with a fresh one under a new key.
+func (a *Agent) renewAgent(ctx context.Context) error {
+	id, err := spiffeid.FromString(a.ID())
+	if err != nil {
+		return fmt.Errorf("agent: own ID: %w", err)
+	}
+	key, csr, err := newKeyAndCSR(id)
+	if err != nil {
+		return fmt.Errorf("agent: key: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	defer cancel()
+	resp, err := a.client.RenewAgent(ctx, &agentv1.RenewAgentRequest{Csr: csr})
+	if err != nil {
+		return fmt.Errorf("agent: renew: %w", err)
+	}
+	chain, err := parseCerts(resp.GetSvid().GetCertChain())
+	if err != nil || len(chain) == 0 {
+		return fmt.Errorf("agent: renew: server returned an unreadable SVID: %v", err)
+	}
+	bundle, seq := a.cache.getBundle()
+	if err := a.store.saveKey(key); err != nil {
+		return err
+	}
+	if err := a.store.saveState(&persisted{SVIDChain: rawCerts(chain), Bundle: rawCerts(bundle), BundleSequence: seq}); err != nil {
+		return err
+	}
+	a.setSVID(key, chain)
+	a.cfg.Logger.Info("agent SVID renewed", slog.Time("not_after", chain[0].NotAfter))
+	return nil
+}
+
+// sync reads every authorized entry and the bundle from the server.
+func (a *Agent) sync(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	defer cancel()
+	_, seq := a.cache.getBundle()
+	stream, err := a.client.SyncEntries(ctx, &agentv1.SyncEntriesRequest{BundleSequence: seq})
+	if err != nil {
+		return fmt.Errorf("agent: sync: %w", err)
+	}
+	entries := make(map[string]*entry)
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return fmt.Errorf("agent: sync: %w", err)
+		}
+		for _, pe := range msg.GetEntries() {
+			e, err := entryFromProto(pe)
+			if err != nil {
+				a.cfg.Logger.Warn("skipping malformed entry from server", slog.String("entry_id", pe.GetId()), slog.Any("error", err))
+				continue
+			}
+			entries[e.ID] = e
+		}
+		if !msg.GetMore() {
+			return a.applySync(entries, msg.GetBundle())
+		}
+	}
+}
+
+func (a *Agent) applySync(entries map[string]*entry, pb *agentv1.Bundle) error {
+	bundle, err := parseCerts(pb.GetX509Authorities())
+	if err != nil || len(bundle) == 0 {
+		return fmt.Errorf("agent: sync: unreadable bundle: %v", err)
+	}
+	old, oldSeq := a.cache.getBundle()
+	if pb.GetSequence() != oldSeq || !sameCerts(old, bundle) {
+		a.mu.Lock()
+		chain := a.svidChain
+		a.mu.Unlock()
+		if err := a.store.saveState(&persisted{SVIDChain: rawCerts(chain), Bundle: rawCerts(bundle), BundleSequence: pb.GetSequence()}); err != nil {
+			return err
+		}
+		a.cfg.Logger.Info("trust bundle updated", slog.Uint64("sequence", pb.GetSequence()))
+	}
+	a.cache.setEntries(entries, bundle, pb.GetSequence())
+	return nil
+}
+
+func sameCerts(a, b []*x509.Certificate) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !a[i].Equal(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func entryFromProto(pe *agentv1.Entry) (*entry, error) {
+	id, err := spiffeid.FromString(pe.GetSpiffeId())
+	if err != nil {
+		return nil, err
+	}
+	sels := make([]attest.Selector, len(pe.GetSelectors()))
+	for i, s := range pe.GetSelectors() {
+		sels[i] = attest.Selector{Type: s.GetType(), Value: s.GetValue()}
+	}
+	if pe.GetX509SvidTtlSeconds() <= 0 {
+		return nil, errors.New("entry has no TTL")
+	}
+	return &entry{
+		ID: pe.GetId(), SPIFFEID: id, Selectors: sels, TTL: time.Duration(pe.GetX509SvidTtlSeconds()) * time.Second,
+		DNSNames: pe.GetDnsNames(), Hint: pe.GetHint(), Revision: pe.GetRevision(),
+	}, nil
+}
+
+// issue obtains SVIDs for due entries in batches. It returns an error if any
+// request failed, so the caller backs off before retrying those.
+func (a *Agent) issue(ctx context.Context, due []*entry) error {
+	var failed error
+	for start := 0; start < len(due); start += batchSize {
+		batch := due[start:min(start+batchSize, len(due))]
+		if err := a.issueBatch(ctx, batch); err != nil {
+			failed = err
+		}
+	}
+	return failed
+}
+
+func (a *Agent) issueBatch(ctx context.Context, batch []*entry) error {
+	keys := make(map[string]crypto.Signer, len(batch))
+	req := &agentv1.BatchNewX509SVIDRequest{}
+	for _, e := range batch {
+		key, csr, err := newKeyAndCSR(e.SPIFFEID)
+		if err != nil {
+			return fmt.Errorf("agent: key: %w", err)
+		}
+		keys[e.ID] = key
+		req.Params = append(req.Params, &agentv1.NewX509SVIDParams{EntryId: e.ID, Csr: csr})
+	}
+	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	defer cancel()
+	resp, err := a.client.BatchNewX509SVID(ctx, req)
+	if err != nil {
+		return fmt.Errorf("agent: new X.509-SVIDs: %w", err)
+	}
+	byID := make(map[string]*entry, len(batch))
+	for _, e := range batch {
+		byID[e.ID] = e
+	}
+	now := a.cfg.Clock.Now()
+	issued := make(map[string]*svid, len(resp.GetResults()))
+	var failed error
+	for _, r := range resp.GetResults() {
+		e, ok := byID[r.GetEntryId()]
+		if !ok {
+			continue
+		}
+		if r.GetStatusCode() != 0 {
+			failed = status.Error(codes.Code(r.GetStatusCode()), r.GetStatusMessage())
+			a.cfg.Logger.Warn("server refused an X.509-SVID", slog.String("entry_id", e.ID), slog.String("reason", r.GetStatusMessage()))
+			continue
+		}
+		s, err := newSVID(e, keys[e.ID], r.GetSvid().GetCertChain(), now)
+		if err != nil {
+			failed = err
+			continue
+		}
+		_, old := a.cache.lookup(e.ID)
+		a.metrics.SVIDRenewals.WithLabelValues(renewalCause(old, e)).Inc()
+		issued[e.ID] = s
+	}
+	a.cache.setSVIDs(issued)
+	return failed
+}
+
+func renewalCause(old *svid, e *entry) string {
+	switch {
+	case old == nil:
+		return "new"
+	case old.Revision != e.Revision:
+		return "entry_changed"
+	default:
+		return "scheduled"
+	}
+}
+
+func newSVID(e *entry, key crypto.Signer, chainDER [][]byte, now time.Time) (*svid, error) {
+	chain, err := parseCerts(chainDER)
+	if err != nil || len(chain) == 0 {
+		return nil, fmt.Errorf("agent: server returned an unreadable SVID for entry %s: %v", e.ID, err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("agent: marshal workload key: %w", err)
+	}
+	return &svid{
+		Revision: e.Revision,
+		Chain:    chain,
+		ChainDER: bytes.Join(chainDER, nil),
+		KeyDER:   keyDER,
+		RenewAt:  renewAt(now, chain[0].NotAfter),
+	}, nil
+}

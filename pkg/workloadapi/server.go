@@ -1,0 +1,175 @@
+package workloadapi
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+
+	workload "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/pkg/telemetry"
+	"github.com/shortleaf/shortleaf/pkg/uds"
+)
+
+// Config configures the Workload API server.
+type Config struct {
+	Source   Source
+	Attestor Attestor
+	Logger   *slog.Logger
+	Metrics  *telemetry.Agent
+}
+
+// Server implements SpiffeWorkloadAPI. JWT methods answer Unimplemented.
+type Server struct {
+	workload.UnimplementedSpiffeWorkloadAPIServer
+	cfg Config
+}
+
+// New returns a Workload API server.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg}
+}
+
+// NewGRPCServer returns a gRPC server with the Workload API registered and the
+// peer-credential transport the Workload API needs.
+func NewGRPCServer(s *Server) *grpc.Server {
+	g := grpc.NewServer(grpc.Creds(uds.NewCredentials()))
+	workload.RegisterSpiffeWorkloadAPIServer(g, s)
+	return g
+}
+
+const headerKey = "workload.spiffe.io"
+
+// checkHeader enforces the Workload API's security header.
+func checkHeader(ctx context.Context) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if vals := md.Get(headerKey); len(vals) != 1 || vals[0] != "true" {
+		return status.Error(codes.InvalidArgument, "security header missing from request: workload.spiffe.io: true")
+	}
+	return nil
+}
+
+// attestCaller checks the header and returns the caller's selectors.
+func (s *Server) attestCaller(ctx context.Context) ([]attest.Selector, error) {
+	if err := checkHeader(ctx); err != nil {
+		return nil, err
+	}
+	cred, ok := uds.PeerFromContext(ctx)
+	if !ok {
+		return nil, status.Error(codes.Internal, "caller's peer credentials are unknown")
+	}
+	sels, err := s.cfg.Attestor.Attest(cred)
+	if err != nil {
+		s.cfg.Logger.WarnContext(ctx, "workload attestation failed", slog.Int("pid", int(cred.PID)), slog.Any("error", err))
+		return nil, status.Error(codes.PermissionDenied, "workload attestation failed")
+	}
+	return sels, nil
+}
+
+// matching returns the current state for a caller with sels: Unavailable until the
+// agent is ready, PermissionDenied when no entry matches.
+func (s *Server) matching(ctx context.Context, sels []attest.Selector) (*State, []*Identity, <-chan struct{}, error) {
+	state, changed := s.cfg.Source.Current()
+	if !state.Ready {
+		return nil, nil, nil, status.Error(codes.Unavailable, "agent is starting; no entries synced yet")
+	}
+	ids := state.match(sels)
+	if len(ids) == 0 {
+		return nil, nil, nil, status.Error(codes.PermissionDenied, "no identity issued")
+	}
+	return state, ids, changed, nil
+}
+
+func (s *Server) count(method string, err error) {
+	if s.cfg.Metrics == nil {
+		return
+	}
+	result := telemetry.ResultOK
+	switch status.Code(err) {
+	case codes.OK, codes.Canceled:
+	case codes.PermissionDenied, codes.InvalidArgument:
+		result = telemetry.ResultDenied
+	default:
+		result = telemetry.ResultError
+	}
+	s.cfg.Metrics.WorkloadRequests.WithLabelValues(method, result).Inc()
+}
+
+// FetchX509SVID streams the caller's X.509-SVIDs, again on every renewal,
+// entry change or bundle change.
+func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.SpiffeWorkloadAPI_FetchX509SVIDServer) (err error) {
+	defer func() { s.count("FetchX509SVID", err) }()
+	ctx := stream.Context()
+	sels, err := s.attestCaller(ctx)
+	if err != nil {
+		return err
+	}
+	var lastSent []string
+	for {
+		state, ids, changed, err := s.matching(ctx, sels)
+		if err != nil {
+			return err
+		}
+		resp := &workload.X509SVIDResponse{}
+		var sent []string
+		for _, id := range ids {
+			if len(id.ChainDER) == 0 {
+				continue // not issued yet; the change that issues it wakes us
+			}
+			resp.Svids = append(resp.Svids, &workload.X509SVID{
+				SpiffeId: id.SPIFFEID.String(), X509Svid: id.ChainDER, X509SvidKey: id.KeyDER,
+				Bundle: state.BundleDER, Hint: id.Hint,
+			})
+			sent = append(sent, id.Serial)
+		}
+		sent = append(sent, string(state.BundleDER))
+		if len(resp.Svids) > 0 && !slices.Equal(sent, lastSent) {
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			lastSent = sent
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// FetchX509Bundles streams the trust bundles the caller should trust.
+func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workload.SpiffeWorkloadAPI_FetchX509BundlesServer) (err error) {
+	defer func() { s.count("FetchX509Bundles", err) }()
+	ctx := stream.Context()
+	sels, err := s.attestCaller(ctx)
+	if err != nil {
+		return err
+	}
+	var lastSent []byte
+	for {
+		state, _, changed, err := s.matching(ctx, sels)
+		if err != nil {
+			return err
+		}
+		if lastSent == nil || string(lastSent) != string(state.BundleDER) {
+			resp := &workload.X509BundlesResponse{Bundles: map[string][]byte{state.TrustDomain.IDString(): state.BundleDER}}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			lastSent = state.BundleDER
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}

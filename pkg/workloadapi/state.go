@@ -1,0 +1,65 @@
+package workloadapi
+
+import (
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/pkg/uds"
+)
+
+// Identity is one registration entry as the agent can serve it.
+type Identity struct {
+	EntryID   string
+	SPIFFEID  spiffeid.ID
+	Hint      string
+	Selectors []attest.Selector
+	// ChainDER is the DER chain, leaf first, concatenated; empty until the
+	// agent has obtained an SVID for this entry.
+	ChainDER []byte
+	// KeyDER is the unencrypted PKCS#8 private key of the SVID.
+	KeyDER []byte
+	// Serial identifies the SVID, so streams can tell a renewal.
+	Serial string
+}
+
+// State is an immutable snapshot of what the agent can serve.
+type State struct {
+	// Ready is false until the agent has synced with the server once.
+	Ready       bool
+	TrustDomain spiffeid.TrustDomain
+	// BundleDER is the trust domain's root certificates, DER, concatenated.
+	BundleDER  []byte
+	Identities []*Identity
+}
+
+// Source provides the current state and a channel closed at its next change.
+type Source interface {
+	Current() (*State, <-chan struct{})
+}
+
+// Attestor turns a caller's peer credentials into selectors.
+type Attestor interface {
+	Attest(cred uds.PeerCred) ([]attest.Selector, error)
+}
+
+// match returns the identities whose selectors are all among sels.
+func (s *State) match(sels []attest.Selector) []*Identity {
+	have := make(map[attest.Selector]struct{}, len(sels))
+	for _, sel := range sels {
+		have[sel] = struct{}{}
+	}
+	var out []*Identity
+next:
+	for _, id := range s.Identities {
+		if len(id.Selectors) == 0 {
+			continue
+		}
+		for _, want := range id.Selectors {
+			if _, ok := have[want]; !ok {
+				continue next
+			}
+		}
+		out = append(out, id)
+	}
+	return out
+}
