@@ -24,13 +24,16 @@ var knownKeys = map[string]map[string]*regexp.Regexp{
 		"gid":    regexp.MustCompile(`^[0-9]{1,10}$`),
 		"user":   regexp.MustCompile(`^[a-zA-Z0-9._][a-zA-Z0-9._-]{0,63}\$?$`),
 		"group":  regexp.MustCompile(`^[a-zA-Z0-9._][a-zA-Z0-9._-]{0,63}$`),
-		"path":   regexp.MustCompile(`^/[^\x00]{0,4095}$`),
+		"path":   regexp.MustCompile(`^/[^\x00]*$`),
 		"sha256": regexp.MustCompile(`^[0-9a-f]{64}$`),
 	},
 	"join_token": {
 		"id": regexp.MustCompile(`^[0-9a-f]{1,64}$`),
 	},
 }
+
+// maxSelectorValue bounds a selector value (PATH_MAX).
+const maxSelectorValue = 4096
 
 // ParseSelector parses "type:key:value" and checks that the type and key are
 // known and the value well formed.
@@ -52,6 +55,9 @@ func (s Selector) Validate() error {
 	key, value, ok := strings.Cut(s.Value, ":")
 	if !ok {
 		return fmt.Errorf("selector %q: want type:key:value", s)
+	}
+	if len(value) > maxSelectorValue {
+		return fmt.Errorf("selector %q: value is longer than %d bytes", s, maxSelectorValue)
 	}
 	pattern, ok := keys[key]
 	if !ok {

@@ -44,7 +44,7 @@ func (c *CA) newRoot(ctx context.Context) (*Authority, error) {
 		return nil, fmt.Errorf("ca: create root key: %w", err)
 	}
 	now := c.cfg.Clock.Now()
-	cert, err := c.buildCACert(rootTemplate, "shortleaf root "+id, signer.Public(), signer, nil, now, now.Add(c.cfg.RootTTL))
+	cert, err := c.buildCACert(rootTemplate, "shortleaf root "+id, signer, signer, nil, now, now.Add(c.cfg.RootTTL))
 	if err != nil {
 		return nil, err
 	}
@@ -62,20 +62,27 @@ func (c *CA) newIntermediate(ctx context.Context, parent *Authority) (*Authority
 	if notAfter.After(parent.NotAfter()) {
 		notAfter = parent.NotAfter()
 	}
-	cert, err := c.buildCACert(intermediateTemplate, "shortleaf intermediate "+id, signer.Public(), parent.Signer, parent.Cert, now, notAfter)
+	cert, err := c.buildCACert(intermediateTemplate, "shortleaf intermediate "+id, signer, parent.Signer, parent.Cert, now, notAfter)
 	if err != nil {
 		return nil, err
 	}
 	return &Authority{ID: id, Kind: KindIntermediate, State: StatePrepared, Cert: cert, KeyRef: ref, ParentID: parent.ID, Signer: signer}, nil
 }
 
-// buildCACert renders a CA template for pub and signs it with signer; a nil
-// parent makes it self-signed.
-func (c *CA) buildCACert(tmpl, commonName string, pub crypto.PublicKey, signer crypto.Signer, parent *x509.Certificate, notBefore, notAfter time.Time) (*x509.Certificate, error) {
+// buildCACert renders a CA template for subjectKey and signs it with
+// issuerKey; a nil parent makes it self-signed.
+func (c *CA) buildCACert(tmpl, commonName string, subjectKey, issuerKey crypto.Signer, parent *x509.Certificate, notBefore, notAfter time.Time) (*x509.Certificate, error) {
 	subject := pkix.Name{Organization: []string{"shortleaf"}, CommonName: commonName}
-	// x509util renders from a certificate request; a template request carrying
-	// the public key is all it reads.
-	cr := &x509.CertificateRequest{Subject: subject, PublicKey: pub}
+	// x509util renders from a certificate request, whose signature it checks:
+	// the new key signs one, proving the CA holds it.
+	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: subject}, subjectKey)
+	if err != nil {
+		return nil, fmt.Errorf("ca: CA certificate request: %w", err)
+	}
+	cr, err := x509.ParseCertificateRequest(csrDER)
+	if err != nil {
+		return nil, fmt.Errorf("ca: CA certificate request: %w", err)
+	}
 	data := x509util.CreateTemplateData(commonName, []string{c.cfg.TrustDomain.ID().String()})
 	data.SetSubject(x509util.Subject{Organization: x509util.MultiString(subject.Organization), CommonName: commonName})
 	crt, err := x509util.NewCertificate(cr, x509util.WithTemplate(tmpl, data))
@@ -93,7 +100,7 @@ func (c *CA) buildCACert(tmpl, commonName string, pub crypto.PublicKey, signer c
 	if parent == nil {
 		parent = tpl
 	}
-	cert, err := x509util.CreateCertificate(tpl, parent, pub, signer)
+	cert, err := x509util.CreateCertificate(tpl, parent, subjectKey.Public(), issuerKey)
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign CA certificate: %w", err)
 	}

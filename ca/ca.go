@@ -56,6 +56,7 @@ const (
 type CA struct {
 	cfg Config
 
+	renewMu     sync.Mutex // one intermediate renewal at a time
 	mu          sync.RWMutex
 	authorities []*Authority
 	bundleSeq   uint64
@@ -107,7 +108,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	} else if err := c.restore(ctx, raw); err != nil {
 		return nil, err
 	}
-	if err := c.ensureUsableIntermediate(ctx); err != nil {
+	if err := c.RenewIntermediateIfDue(ctx); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -163,10 +164,14 @@ func (c *CA) restore(ctx context.Context, raw []byte) error {
 	return nil
 }
 
-// ensureUsableIntermediate replaces the active intermediate when it is missing
-// or past half of its life, which happens after a long stop. Scheduled rotation
-// while running belongs to the rotation loop.
-func (c *CA) ensureUsableIntermediate(ctx context.Context) error {
+// RenewIntermediateIfDue activates a new intermediate when the active one is
+// missing or past half of its life. The old one keeps validating the SVIDs it
+// signed (the bundle holds only roots, so nothing else changes). The server
+// calls it at start and periodically; the full PREPARED → ACTIVE → OLD
+// schedule with taint and revoke builds on it.
+func (c *CA) RenewIntermediateIfDue(ctx context.Context) error {
+	c.renewMu.Lock()
+	defer c.renewMu.Unlock()
 	now := c.cfg.Clock.Now()
 	cur := c.active.Load()
 	if cur != nil {

@@ -114,7 +114,7 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 	}
 	if a.tlsCert == nil {
 		if cfg.JoinToken == "" {
-			return nil, errors.New("agent: join_token is required: the data dir holds no valid agent SVID")
+			return nil, ErrNoIdentity
 		}
 		if len(cfg.TrustBundle) == 0 && !cfg.InsecureBootstrap {
 			return nil, errors.New("agent: trust_bundle_path is required for the first attestation (or insecure_bootstrap: true, dev only)")

@@ -303,4 +303,3 @@ func AdminPeerCheck(uidOf func(context.Context) (uint32, bool), allowed uint32) 
 		return nil
 	}
 }
-

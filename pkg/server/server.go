@@ -56,15 +56,16 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultAgentAPIAddr   = "127.0.0.1:8081"
-	DefaultX509SVIDTTL    = 5 * time.Minute
-	DefaultAgentSVIDTTL   = time.Hour
-	serverSVIDTTL         = time.Hour
-	adminSocketName       = "admin.sock"
-	datastoreFileName     = "datastore.db"
-	keysDirName           = "keys"
-	shutdownGrace         = 5 * time.Second
-	serverSVIDPathSegment = "shortleaf"
+	DefaultAgentAPIAddr       = "127.0.0.1:8081"
+	DefaultX509SVIDTTL        = 5 * time.Minute
+	DefaultAgentSVIDTTL       = time.Hour
+	serverSVIDTTL             = time.Hour
+	intermediateCheckInterval = time.Minute
+	adminSocketName           = "admin.sock"
+	datastoreFileName         = "datastore.db"
+	keysDirName               = "keys"
+	shutdownGrace             = 5 * time.Second
+	serverSVIDPathSegment     = "shortleaf"
 )
 
 // Server is a running shortleaf server.
@@ -239,6 +240,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.stop()
 		return nil
 	})
+	g.Go(func() error { s.renewIntermediates(gctx); return nil })
 	s.cfg.Logger.Info("server running", slog.String("trust_domain", s.cfg.TrustDomain.Name()),
 		slog.String("agent_api", s.AgentAddr()), slog.String("admin_socket", s.cfg.AdminSocket), slog.String("metrics", s.MetricsAddr()))
 	err := g.Wait()
@@ -246,6 +248,20 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// renewIntermediates replaces the intermediate at half-life while running.
+func (s *Server) renewIntermediates(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.cfg.Clock.After(intermediateCheckInterval):
+		}
+		if err := s.ca.RenewIntermediateIfDue(ctx); err != nil {
+			s.cfg.Logger.Error("intermediate renewal failed", slog.Any("error", err))
+		}
+	}
 }
 
 func serveGRPC(srv *grpc.Server, lis net.Listener) error {

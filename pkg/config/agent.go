@@ -1,0 +1,127 @@
+package config
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/shortleaf/shortleaf/pkg/agent"
+)
+
+// AgentFile is agent.yaml as written by an operator.
+type AgentFile struct {
+	ServerAddress     string   `yaml:"server_address"`
+	TrustDomain       string   `yaml:"trust_domain"`
+	TrustBundlePath   string   `yaml:"trust_bundle_path"`
+	InsecureBootstrap bool     `yaml:"insecure_bootstrap"`
+	JoinToken         string   `yaml:"join_token"`
+	DataDir           string   `yaml:"data_dir"`
+	SocketPath        string   `yaml:"socket_path"`
+	SyncInterval      Duration `yaml:"sync_interval"`
+	MetricsAddress    string   `yaml:"metrics_address"`
+	LogLevel          string   `yaml:"log_level"`
+}
+
+// Agent is the resolved agent config plus what the command itself needs.
+type Agent struct {
+	Agent       agent.Config
+	MetricsAddr string
+	LogLevel    slog.Level
+}
+
+// LoadAgent reads and validates an agent config file.
+func LoadAgent(path string) (Agent, error) {
+	var f AgentFile
+	if err := loadFile(path, &f); err != nil {
+		return Agent{}, err
+	}
+	return f.Resolve()
+}
+
+// ParseAgent is LoadAgent on a reader.
+func ParseAgent(r io.Reader) (Agent, error) {
+	var f AgentFile
+	if err := decodeStrict("agent config", r, &f); err != nil {
+		return Agent{}, err
+	}
+	return f.Resolve()
+}
+
+// Resolve validates the file and applies defaults.
+func (f *AgentFile) Resolve() (Agent, error) {
+	if f.ServerAddress == "" {
+		return Agent{}, fieldErr("server_address", "is required")
+	}
+	if f.TrustDomain == "" {
+		return Agent{}, fieldErr("trust_domain", "is required")
+	}
+	td, err := spiffeid.TrustDomainFromString(f.TrustDomain)
+	if err != nil {
+		return Agent{}, fieldErr("trust_domain", "%q is not a valid trust domain name", f.TrustDomain)
+	}
+	if f.DataDir == "" {
+		return Agent{}, fieldErr("data_dir", "is required")
+	}
+	if f.SyncInterval != 0 && (time.Duration(f.SyncInterval) < time.Second || time.Duration(f.SyncInterval) > 10*time.Minute) {
+		return Agent{}, fieldErr("sync_interval", "%s is out of range (1s to 10m)", time.Duration(f.SyncInterval))
+	}
+	if f.TrustBundlePath != "" && f.InsecureBootstrap {
+		return Agent{}, fieldErr("insecure_bootstrap", "cannot be combined with trust_bundle_path")
+	}
+	level, err := ParseLogLevel(f.LogLevel)
+	if err != nil {
+		return Agent{}, err
+	}
+	out := Agent{
+		Agent: agent.Config{
+			ServerAddr: f.ServerAddress, TrustDomain: td, InsecureBootstrap: f.InsecureBootstrap,
+			JoinToken: f.JoinToken, DataDir: f.DataDir, SocketPath: f.SocketPath, SyncInterval: time.Duration(f.SyncInterval),
+		},
+		MetricsAddr: f.MetricsAddress,
+		LogLevel:    level,
+	}
+	if f.TrustBundlePath != "" {
+		out.Agent.TrustBundle, err = ReadPEMCertificates(f.TrustBundlePath)
+		if err != nil {
+			return Agent{}, fieldErr("trust_bundle_path", "%v", err)
+		}
+	}
+	return out, nil
+}
+
+// ReadPEMCertificates reads every CERTIFICATE block of a PEM file.
+func ReadPEMCertificates(path string) ([]*x509.Certificate, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, raw = pem.Decode(raw)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, errNoCerts(path)
+	}
+	return out, nil
+}
+
+type errNoCerts string
+
+func (e errNoCerts) Error() string { return string(e) + " holds no PEM certificates" }

@@ -1,0 +1,157 @@
+package config
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/shortleaf/shortleaf/pkg/keymanager"
+	"github.com/shortleaf/shortleaf/pkg/server"
+)
+
+// PassphraseEnv names the environment variable holding the CA key passphrase.
+const PassphraseEnv = "SHORTLEAF_KEY_PASSPHRASE"
+
+// ServerFile is server.yaml as written by an operator.
+type ServerFile struct {
+	TrustDomain       string   `yaml:"trust_domain"`
+	DataDir           string   `yaml:"data_dir"`
+	AgentAPIAddress   string   `yaml:"agent_api_address"`
+	AdminSocket       string   `yaml:"admin_socket"`
+	MetricsAddress    string   `yaml:"metrics_address"`
+	X509SVIDTTL       Duration `yaml:"x509_svid_ttl"`
+	AgentSVIDTTL      Duration `yaml:"agent_svid_ttl"`
+	CAKeyType         string   `yaml:"ca_key_type"`
+	RootTTL           Duration `yaml:"root_ttl"`
+	IntermediateTTL   Duration `yaml:"intermediate_ttl"`
+	KeyPassphraseFile string   `yaml:"key_passphrase_file"`
+	LogLevel          string   `yaml:"log_level"`
+}
+
+// Server defaults that are not the server package's own.
+const (
+	DefaultMetricsAddress = "127.0.0.1:8088"
+	MinX509SVIDTTL        = time.Minute
+	MaxX509SVIDTTL        = 24 * time.Hour
+)
+
+// LoadServer reads and validates a server config file. getenv is os.Getenv
+// outside tests.
+func LoadServer(path string, getenv func(string) string) (server.Config, slog.Level, error) {
+	var f ServerFile
+	if err := loadFile(path, &f); err != nil {
+		return server.Config{}, 0, err
+	}
+	return f.Resolve(getenv)
+}
+
+// ParseServer is LoadServer on a reader, for tests and fuzzing.
+func ParseServer(r io.Reader, getenv func(string) string) (server.Config, slog.Level, error) {
+	var f ServerFile
+	if err := decodeStrict("server config", r, &f); err != nil {
+		return server.Config{}, 0, err
+	}
+	return f.Resolve(getenv)
+}
+
+// Resolve validates the file, applies defaults and reads the passphrase.
+func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Level, error) {
+	var cfg server.Config
+	td, err := spiffeid.TrustDomainFromString(f.TrustDomain)
+	if f.TrustDomain == "" {
+		return cfg, 0, fieldErr("trust_domain", "is required")
+	}
+	if err != nil || strings.Contains(f.TrustDomain, "/") {
+		return cfg, 0, fieldErr("trust_domain", "%q is not a valid trust domain name (lowercase letters, digits, '.', '-', '_')", f.TrustDomain)
+	}
+	if f.DataDir == "" {
+		return cfg, 0, fieldErr("data_dir", "is required")
+	}
+	level, err := ParseLogLevel(f.LogLevel)
+	if err != nil {
+		return cfg, 0, err
+	}
+	cfg = server.Config{
+		TrustDomain:     td,
+		DataDir:         f.DataDir,
+		AgentAPIAddr:    orDefault(f.AgentAPIAddress, server.DefaultAgentAPIAddr),
+		AdminSocket:     f.AdminSocket,
+		MetricsAddr:     orDefault(f.MetricsAddress, DefaultMetricsAddress),
+		DefaultSVIDTTL:  durationOr(f.X509SVIDTTL, server.DefaultX509SVIDTTL),
+		AgentSVIDTTL:    durationOr(f.AgentSVIDTTL, server.DefaultAgentSVIDTTL),
+		KeyType:         orDefault(f.CAKeyType, "ec-p256"),
+		RootTTL:         durationOr(f.RootTTL, 365*24*time.Hour),
+		IntermediateTTL: durationOr(f.IntermediateTTL, 24*time.Hour),
+	}
+	if f.MetricsAddress == "off" {
+		cfg.MetricsAddr = ""
+	}
+	if err := ValidateServer(&cfg); err != nil {
+		return cfg, 0, err
+	}
+	pass, err := readPassphrase(f.KeyPassphraseFile, getenv)
+	if err != nil {
+		return cfg, 0, err
+	}
+	cfg.KeyPassphrase = pass
+	return cfg, level, nil
+}
+
+// ValidateServer checks the values of a server config, file-loaded or from
+// dev-mode flags, naming the config key at fault.
+func ValidateServer(cfg *server.Config) error {
+	if cfg.DefaultSVIDTTL < MinX509SVIDTTL || cfg.DefaultSVIDTTL > MaxX509SVIDTTL {
+		return fieldErr("x509_svid_ttl", "%s is out of range (%s to %s)", cfg.DefaultSVIDTTL, MinX509SVIDTTL, MaxX509SVIDTTL)
+	}
+	if cfg.AgentSVIDTTL < MinX509SVIDTTL || cfg.AgentSVIDTTL > 30*24*time.Hour {
+		return fieldErr("agent_svid_ttl", "%s is out of range (1m to 720h)", cfg.AgentSVIDTTL)
+	}
+	if _, _, err := keymanager.KeyAlgorithm(cfg.KeyType); err != nil {
+		return fieldErr("ca_key_type", "%q is not one of ec-p256, ec-p384, rsa-2048, rsa-4096", cfg.KeyType)
+	}
+	if cfg.IntermediateTTL < 2*cfg.DefaultSVIDTTL || cfg.IntermediateTTL < 2*cfg.AgentSVIDTTL {
+		return fieldErr("intermediate_ttl", "%s must be at least twice x509_svid_ttl (%s) and agent_svid_ttl (%s); raise intermediate_ttl or lower the SVID TTLs",
+			cfg.IntermediateTTL, cfg.DefaultSVIDTTL, cfg.AgentSVIDTTL)
+	}
+	if cfg.RootTTL < 2*cfg.IntermediateTTL {
+		return fieldErr("root_ttl", "%s must be at least twice intermediate_ttl (%s)", cfg.RootTTL, cfg.IntermediateTTL)
+	}
+	return nil
+}
+
+func readPassphrase(file string, getenv func(string) string) ([]byte, error) {
+	if file != "" {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fieldErr("key_passphrase_file", "%v", err)
+		}
+		pass := strings.TrimRight(string(raw), "\r\n")
+		if pass == "" {
+			return nil, fieldErr("key_passphrase_file", "%s is empty", file)
+		}
+		return []byte(pass), nil
+	}
+	if v := getenv(PassphraseEnv); v != "" {
+		return []byte(v), nil
+	}
+	return nil, errors.New("config: no CA key passphrase: set " + PassphraseEnv + " or key_passphrase_file")
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func durationOr(d Duration, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return time.Duration(d)
+}
