@@ -263,4 +263,3 @@ func newHealthcheckCommand() *cobra.Command {
 	af.register(cmd)
 	return cmd
 }
-

@@ -101,6 +101,9 @@ func (a *Agent) manage(ctx context.Context) error {
 }
 
 func (a *Agent) logServerError(msg string, err error, retry time.Duration) {
+	if status.Code(err) == codes.Canceled {
+		return // shutting down
+	}
 	if status.Code(err) == codes.PermissionDenied {
 		msg += "; if this agent was evicted, restart it with an empty data dir and a new join token"
 	}

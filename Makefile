@@ -1,0 +1,50 @@
+# shortleaf — the two commands a newcomer needs are `make demo` and `make test`.
+GO      ?= go
+BUF     := tools/bin/buf
+PKGS    := ./...
+
+.PHONY: all build test lint generate generate-check demo bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build $(PKGS)
+
+## test: vet and every test with the race detector (what .ci/run runs)
+test:
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+## lint: formatting and vet (golangci-lint config in .golangci.yml)
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+$(BUF): tools/go.mod tools/go.sum
+	cd tools && $(GO) build -o bin/buf github.com/bufbuild/buf/cmd/buf
+
+## generate: regenerate the Go code of proto/ (buf pinned in tools/go.mod)
+generate: $(BUF)
+	cd proto && ../$(BUF) lint && ../$(BUF) generate
+
+## generate-check: fail if the committed generated code is stale
+generate-check: generate
+	@git diff --exit-code -- proto/ || (echo "generated code in proto/ is stale: run make generate" && exit 1)
+
+## demo: dev mode with 1-minute SVIDs, two go-spiffe workloads doing mTLS across a renewal
+demo:
+	bash scripts/demo.sh
+
+## bench: the issuance benchmarks (see README for how to read them)
+bench:
+	bash scripts/bench.sh
+
+## fuzz: run each fuzz target briefly
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParseX509SVIDCSR -fuzztime 30s ./ca/
+	$(GO) test -run '^$$' -fuzz FuzzParseSelector -fuzztime 30s ./attest/
+	$(GO) test -run '^$$' -fuzz FuzzParseServerConfig -fuzztime 30s ./pkg/config/
+
+clean:
+	rm -rf tools/bin
