@@ -161,7 +161,7 @@ func TestAgentResumesAfterRestartWithoutToken(t *testing.T) {
 }
 
 func TestServerRestartKeepsEntriesAgentsAndCA(t *testing.T) {
-	srv := harness.StartServer(t)
+	srv := harness.StartServer(t, harness.WithPassphrase)
 	ag := harness.StartAgent(t, srv)
 	entry := srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
 	rootBefore := srv.CA().Authorities()

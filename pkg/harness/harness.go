@@ -30,8 +30,16 @@ import (
 // TrustDomain is the harness's trust domain.
 var TrustDomain = spiffeid.RequireTrustDomainFromString("example.org")
 
-// Passphrase encrypts the harness's CA keys, so tests run the real encrypted path.
+// Passphrase is for tests that want the real encrypted key path (WithPassphrase).
+// The default is unencrypted keys: PBKDF2 with 600k rounds costs seconds per
+// server under the race detector.
 const Passphrase = "harness-passphrase"
+
+// WithPassphrase makes the server encrypt its CA keys.
+func WithPassphrase(c *server.Config) {
+	c.KeyPassphrase = []byte(Passphrase)
+	c.InsecureUnencryptedKeys = false
+}
 
 // Server is a running server.
 type Server struct {
@@ -59,12 +67,12 @@ func ShortDir(t testing.TB) string {
 func StartServer(t testing.TB, opts ...func(*server.Config)) *Server {
 	t.Helper()
 	cfg := server.Config{
-		TrustDomain:     TrustDomain,
-		DataDir:         t.TempDir(),
-		AgentAPIAddr:    "127.0.0.1:0",
-		KeyPassphrase:   []byte(Passphrase),
-		IntermediateTTL: 24 * time.Hour,
-		Logger:          TestLogger(t),
+		TrustDomain:             TrustDomain,
+		DataDir:                 t.TempDir(),
+		AgentAPIAddr:            "127.0.0.1:0",
+		InsecureUnencryptedKeys: true,
+		IntermediateTTL:         24 * time.Hour,
+		Logger:                  TestLogger(t),
 	}
 	cfg.AdminSocket = filepath.Join(ShortDir(t), "admin.sock")
 	for _, o := range opts {

@@ -1,0 +1,183 @@
+package harness_test
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/shortleaf/shortleaf/pkg/harness"
+	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
+	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
+)
+
+const issuedMetric = "shortleaf_server_x509_svids_issued_total"
+
+var signedOK = map[string]string{"result": "ok"}
+
+func TestAgentCannotObtainAnotherAgentsEntry(t *testing.T) {
+	srv := harness.StartServer(t)
+	a := harness.AttestRaw(t, srv)
+	b := harness.AttestRaw(t, srv)
+	entryB := srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/b-only", ParentId: b.ID.String(), Selectors: []string{"unix:uid:1"}})
+	id := spiffeid.RequireFromString(entryB.GetSpiffeId())
+	_, csr := harness.NewCSR(t, id)
+
+	before := srv.CounterValue(t, issuedMetric, signedOK)
+	for name, entryID := range map[string]string{"other agent's entry": entryB.GetId(), "unknown entry": "does-not-exist"} {
+		resp, err := a.Client.BatchNewX509SVID(context.Background(), &agentv1.BatchNewX509SVIDRequest{
+			Params: []*agentv1.NewX509SVIDParams{{EntryId: entryID, Csr: csr}},
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		r := resp.GetResults()[0]
+		if codes.Code(r.GetStatusCode()) != codes.PermissionDenied || r.GetSvid() != nil {
+			t.Errorf("%s: got code %d svid %v, want PermissionDenied and nothing signed", name, r.GetStatusCode(), r.GetSvid())
+		}
+	}
+	if after := srv.CounterValue(t, issuedMetric, signedOK); after != before {
+		t.Errorf("signed %v SVIDs for an unauthorized agent", after-before)
+	}
+
+	// B itself gets it.
+	resp, err := b.Client.BatchNewX509SVID(context.Background(), &agentv1.BatchNewX509SVIDRequest{
+		Params: []*agentv1.NewX509SVIDParams{{EntryId: entryB.GetId(), Csr: csr}},
+	})
+	if err != nil || resp.GetResults()[0].GetSvid() == nil {
+		t.Fatalf("owning agent was refused: %v %v", err, resp.GetResults())
+	}
+}
+
+func TestJoinTokenIsSingleUse(t *testing.T) {
+	srv := harness.StartServer(t)
+	token, _ := srv.NewJoinToken(t)
+	_, csr := harness.NewCSR(t, spiffeid.ID{})
+	if _, err := harness.Attest(t, srv, token, csr); err != nil {
+		t.Fatalf("first use: %v", err)
+	}
+	_, err := harness.Attest(t, srv, token, csr)
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("reuse: %v, want PermissionDenied", err)
+	}
+}
+
+func TestExpiredJoinTokenFails(t *testing.T) {
+	srv := harness.StartServer(t)
+	resp, err := srv.Admin.CreateJoinToken(context.Background(), &adminv1.CreateJoinTokenRequest{TtlSeconds: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	_, csr := harness.NewCSR(t, spiffeid.ID{})
+	_, err = harness.Attest(t, srv, resp.GetToken(), csr)
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("expired token: %v, want PermissionDenied naming expiry", err)
+	}
+}
+
+func TestWrongJoinTokenSecretFails(t *testing.T) {
+	srv := harness.StartServer(t)
+	token, _ := srv.NewJoinToken(t)
+	id, _, _ := strings.Cut(token, ".")
+	forged := id + "." + strings.Repeat("A", 43)
+	_, csr := harness.NewCSR(t, spiffeid.ID{})
+	if _, err := harness.Attest(t, srv, forged, csr); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("forged secret: %v, want PermissionDenied", err)
+	}
+	// The real token still works: a wrong guess does not burn it.
+	if _, err := harness.Attest(t, srv, token, csr); err != nil {
+		t.Fatalf("real token after a forged attempt: %v", err)
+	}
+}
+
+func TestEvictedAgentIsRefused(t *testing.T) {
+	srv := harness.StartServer(t)
+	a := harness.AttestRaw(t, srv)
+	ctx := context.Background()
+	if _, err := srv.Admin.EvictAgent(ctx, &adminv1.EvictAgentRequest{SpiffeId: a.ID.String()}); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := a.Client.SyncEntries(ctx, &agentv1.SyncEntriesRequest{})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("sync after eviction: %v, want PermissionDenied", err)
+	}
+	_, csr := harness.NewCSR(t, a.ID)
+	if _, err := a.Client.RenewAgent(ctx, &agentv1.RenewAgentRequest{Csr: csr}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("renew after eviction: %v, want PermissionDenied", err)
+	}
+	if _, err := a.Client.BatchNewX509SVID(ctx, &agentv1.BatchNewX509SVIDRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("batch after eviction: %v, want PermissionDenied", err)
+	}
+}
+
+func TestAgentAPINeedsAgentSVID(t *testing.T) {
+	srv := harness.StartServer(t)
+	c := harness.UnauthenticatedClient(t, srv)
+	stream, err := c.SyncEntries(context.Background(), &agentv1.SyncEntriesRequest{})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("sync without client certificate: %v, want Unauthenticated", err)
+	}
+}
+
+func TestForeignCAClientCertificateFailsHandshake(t *testing.T) {
+	srv := harness.StartServer(t)
+	other := harness.StartServer(t)
+	a := harness.AttestRaw(t, other) // an SVID from a different root
+	// Point a client holding the foreign SVID at srv.
+	c := harness.ClientWithSVID(t, srv, a.SVID)
+	_, err := c.RenewAgent(context.Background(), &agentv1.RenewAgentRequest{})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("foreign client certificate: %v, want a failed handshake (Unavailable)", err)
+	}
+}
+
+func TestSyncStreamsManyEntriesInPages(t *testing.T) {
+	srv := harness.StartServer(t)
+	a := harness.AttestRaw(t, srv)
+	const n = 1203 // more than two pages
+	for i := range n {
+		srv.CreateEntry(t, &adminv1.Entry{
+			SpiffeId: "spiffe://example.org/w/" + strconv.Itoa(i), ParentId: a.ID.String(), Selectors: []string{"unix:uid:1"},
+		})
+	}
+	stream, err := a.Client.SyncEntries(context.Background(), &agentv1.SyncEntriesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	msgs := 0
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs++
+		for _, e := range msg.GetEntries() {
+			if seen[e.GetId()] {
+				t.Fatalf("entry %s sent twice", e.GetId())
+			}
+			seen[e.GetId()] = true
+		}
+		if !msg.GetMore() {
+			if msg.GetBundle() == nil {
+				t.Fatal("last message carries no bundle")
+			}
+			break
+		}
+	}
+	if len(seen) != n || msgs < 3 {
+		t.Fatalf("got %d entries in %d messages, want %d in at least 3", len(seen), msgs, n)
+	}
+}
