@@ -1,0 +1,166 @@
+package harness_test
+
+import (
+	"context"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"net"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/shortleaf/shortleaf/pkg/harness"
+	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
+	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
+)
+
+func TestAdminRejectsBadEntriesNamingTheField(t *testing.T) {
+	srv := harness.StartServer(t)
+	parent := "spiffe://example.org/agent/join_token/0123456789abcdef"
+	good := func() *adminv1.Entry {
+		return &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: parent, Selectors: []string{"unix:uid:1000"}}
+	}
+	cases := []struct {
+		name, field string
+		mutate      func(*adminv1.Entry)
+	}{
+		{"empty SPIFFE ID", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "" }},
+		{"not a URI", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "web" }},
+		{"wrong scheme", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "https://example.org/web" }},
+		{"uppercase trust domain", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "spiffe://Example.org/web" }},
+		{"query", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "spiffe://example.org/web?x=1" }},
+		{"port", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "spiffe://example.org:443/web" }},
+		{"trailing slash", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "spiffe://example.org/web/" }},
+		{"dot segment", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "spiffe://example.org/a/../b" }},
+		{"percent encoding", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "spiffe://example.org/w%20b" }},
+		{"no path", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "spiffe://example.org" }},
+		{"other trust domain", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "spiffe://other.org/web" }},
+		{"agent namespace", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "spiffe://example.org/agent/join_token/x" }},
+		{"parent not an agent", "entry.parent_id", func(e *adminv1.Entry) { e.ParentId = "spiffe://example.org/web" }},
+		{"parent malformed", "entry.parent_id", func(e *adminv1.Entry) { e.ParentId = "spiffe:///agent" }},
+		{"no selectors", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = nil }},
+		{"unknown selector type", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = []string{"k8s:ns:default"} }},
+		{"unknown selector key", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = []string{"unix:shoe:9"} }},
+		{"malformed selector", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = []string{"unix"} }},
+		{"bad uid value", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = []string{"unix:uid:root"} }},
+		{"TTL too short", "entry.x509_svid_ttl", func(e *adminv1.Entry) { e.X509SvidTtlSeconds = 59 }},
+		{"TTL too long", "entry.x509_svid_ttl", func(e *adminv1.Entry) { e.X509SvidTtlSeconds = 24*3600 + 1 }},
+		{"negative TTL", "entry.x509_svid_ttl", func(e *adminv1.Entry) { e.X509SvidTtlSeconds = -5 }},
+		{"bad DNS name", "entry.dns_names", func(e *adminv1.Entry) { e.DnsNames = []string{"bad_name.example"} }},
+		{"empty DNS name", "entry.dns_names", func(e *adminv1.Entry) { e.DnsNames = []string{""} }},
+		{"hint too long", "entry.hint", func(e *adminv1.Entry) { e.Hint = strings.Repeat("h", 200) }},
+	}
+	ctx := context.Background()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := good()
+			tc.mutate(e)
+			_, err := srv.Admin.CreateEntry(ctx, &adminv1.CreateEntryRequest{Entry: e})
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), tc.field) {
+				t.Fatalf("got %v, want InvalidArgument naming %s", err, tc.field)
+			}
+		})
+	}
+	// Nothing was stored, and the server still serves a good request.
+	list, err := srv.Admin.ListEntries(ctx, &adminv1.ListEntriesRequest{})
+	if err != nil || len(list.GetEntries()) != 0 {
+		t.Fatalf("after bad requests: %d entries stored, err %v", len(list.GetEntries()), err)
+	}
+	if _, err := srv.Admin.CreateEntry(ctx, &adminv1.CreateEntryRequest{Entry: good()}); err != nil {
+		t.Fatalf("good entry after bad ones: %v", err)
+	}
+	// A 2048-byte SPIFFE ID is accepted.
+	long := good()
+	long.SpiffeId = "spiffe://example.org/" + strings.Repeat("a", 2048-len("spiffe://example.org/"))
+	if _, err := srv.Admin.CreateEntry(ctx, &adminv1.CreateEntryRequest{Entry: long}); err != nil {
+		t.Fatalf("2048-byte SPIFFE ID: %v", err)
+	}
+}
+
+func TestAgentAPIRejectsBadCSRsNamingTheField(t *testing.T) {
+	srv := harness.StartServer(t)
+	a := harness.AttestRaw(t, srv)
+	entry := srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: a.ID.String(), Selectors: []string{"unix:uid:1"}})
+	id := spiffeid.RequireFromString(entry.GetSpiffeId())
+	_, good := harness.NewCSR(t, id)
+	_, noURI := harness.NewCSR(t, spiffeid.ID{})
+	_, badSig := harness.NewCSR(t, id)
+	badSig[len(badSig)-3] ^= 0xff
+
+	otherID := spiffeid.RequireFromString("spiffe://example.org/admin")
+	cases := []struct {
+		name, field string
+		csr         []byte
+	}{
+		{"empty", "csr", nil},
+		{"garbage", "csr", []byte("not a CSR at all")},
+		{"oversized", "csr", append(append([]byte{}, good...), make([]byte, 9000)...)},
+		{"bad signature", "csr.signature", badSig},
+		{"other SPIFFE ID", "csr.uri_sans", csrWith(t, id, func(r *x509.CertificateRequest) { r.URIs = []*url.URL{otherID.URL()} })},
+		{"two URI SANs", "csr.uri_sans", csrWith(t, id, func(r *x509.CertificateRequest) { r.URIs = append(r.URIs, otherID.URL()) })},
+		{"extra DNS SAN", "csr.sans", csrWith(t, id, func(r *x509.CertificateRequest) { r.DNSNames = []string{"evil.example"} })},
+		{"extra IP SAN", "csr.sans", csrWith(t, id, func(r *x509.CertificateRequest) { r.IPAddresses = []net.IP{net.IPv4(10, 0, 0, 1)} })},
+		{"extra email SAN", "csr.sans", csrWith(t, id, func(r *x509.CertificateRequest) { r.EmailAddresses = []string{"a@example.org"} })},
+		{"asks for CA", "csr.extensions", csrWith(t, id, func(r *x509.CertificateRequest) {
+			v, _ := asn1.Marshal(struct{ IsCA bool }{true})
+			r.ExtraExtensions = []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 19}, Critical: true, Value: v}}
+		})},
+	}
+	before := srv.CounterValue(t, issuedMetric, signedOK)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := a.Client.BatchNewX509SVID(context.Background(), &agentv1.BatchNewX509SVIDRequest{
+				Params: []*agentv1.NewX509SVIDParams{{EntryId: entry.GetId(), Csr: tc.csr}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := resp.GetResults()[0]
+			if codes.Code(r.GetStatusCode()) != codes.InvalidArgument || !strings.HasPrefix(r.GetStatusMessage(), tc.field+":") || r.GetSvid() != nil {
+				t.Fatalf("got %d %q, want InvalidArgument naming %s", r.GetStatusCode(), r.GetStatusMessage(), tc.field)
+			}
+		})
+	}
+	if after := srv.CounterValue(t, issuedMetric, signedOK); after != before {
+		t.Fatalf("%v SVIDs were signed for bad CSRs", after-before)
+	}
+	// A CSR without a URI SAN is fine (the entry decides the ID), and the
+	// server still serves.
+	for _, csr := range [][]byte{good, noURI} {
+		resp, err := a.Client.BatchNewX509SVID(context.Background(), &agentv1.BatchNewX509SVIDRequest{
+			Params: []*agentv1.NewX509SVIDParams{{EntryId: entry.GetId(), Csr: csr}},
+		})
+		if err != nil || resp.GetResults()[0].GetSvid() == nil {
+			t.Fatalf("good CSR after bad ones: %v %v", err, resp.GetResults())
+		}
+	}
+	// Too many requests in one batch is refused whole.
+	many := &agentv1.BatchNewX509SVIDRequest{}
+	for range 1001 {
+		many.Params = append(many.Params, &agentv1.NewX509SVIDParams{EntryId: entry.GetId(), Csr: good})
+	}
+	if _, err := a.Client.BatchNewX509SVID(context.Background(), many); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("1001-request batch: %v, want InvalidArgument", err)
+	}
+}
+
+func TestAttestRejectsMalformedToken(t *testing.T) {
+	srv := harness.StartServer(t)
+	_, csr := harness.NewCSR(t, spiffeid.ID{})
+	for _, tok := range []string{"", "nodot", "zz.zz", strings.Repeat("a", 5000)} {
+		_, err := harness.Attest(t, srv, tok, csr)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "join_token.token") {
+			t.Errorf("token %.20q: %v, want InvalidArgument naming join_token.token", tok, err)
+		}
+	}
+}
+
+func csrWith(t *testing.T, id spiffeid.ID, mutate func(*x509.CertificateRequest)) []byte {
+	_, der := harness.NewCSR(t, id, mutate)
+	return der
+}
