@@ -6,7 +6,10 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha1" //nolint:gosec // key identifiers only
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"fmt"
 	"net/url"
 	"time"
@@ -71,6 +74,10 @@ func (c *CA) SignX509SVID(p X509SVIDParams) ([]*x509.Certificate, error) {
 	tpl.NotBefore = now.Add(-Backdate)
 	tpl.NotAfter = notAfter
 	tpl.KeyUsage = keyUsage
+	tpl.SubjectKeyId, err = subjectKeyID(p.PublicKey)
+	if err != nil {
+		return nil, err
+	}
 	tpl.URIs = []*url.URL{p.SPIFFEID.URL()}
 	tpl.DNSNames = p.DNSNames
 	der, err := x509.CreateCertificate(rand.Reader, &tpl, signer.Cert, p.PublicKey, signer.Signer)
@@ -102,4 +109,22 @@ func leafKeyUsage(pub crypto.PublicKey) (x509.KeyUsage, error) {
 	default:
 		return 0, requestErr("public_key", "unsupported key type %T", pub)
 	}
+}
+
+// subjectKeyID is RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey
+// bits. Go adds it only to CA certificates; leaves should carry it too.
+func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, requestErr("public_key", "cannot be encoded: %v", err)
+	}
+	var spki struct {
+		Algorithm pkix.AlgorithmIdentifier
+		PublicKey asn1.BitString
+	}
+	if _, err := asn1.Unmarshal(der, &spki); err != nil {
+		return nil, requestErr("public_key", "cannot be encoded: %v", err)
+	}
+	sum := sha1.Sum(spki.PublicKey.Bytes) //nolint:gosec // RFC 5280 key identifier, not a security use
+	return sum[:], nil
 }

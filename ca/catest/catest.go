@@ -1,0 +1,69 @@
+// Package catest builds real CAs for tests in one line: softkms keys in a
+// temporary directory and an in-memory journal (the journal is the seam; the
+// datastore's own tests cover its persistence).
+//
+//	c := catest.New(t)
+//	chain, err := c.SignX509SVID(ca.X509SVIDParams{...})
+package catest
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/pkg/keymanager"
+)
+
+// TrustDomain is the test CA's trust domain.
+var TrustDomain = spiffeid.RequireTrustDomainFromString("example.org")
+
+// MemoryJournal keeps the CA journal in memory.
+type MemoryJournal struct {
+	mu  sync.Mutex
+	rec []byte
+}
+
+// LoadCAJournal implements ca.Journal.
+func (j *MemoryJournal) LoadCAJournal(context.Context) ([]byte, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.rec, nil
+}
+
+// SaveCAJournal implements ca.Journal.
+func (j *MemoryJournal) SaveCAJournal(_ context.Context, rec []byte) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.rec = append([]byte(nil), rec...)
+	return nil
+}
+
+// Config returns a CA config with softkms keys under a temporary directory
+// and an in-memory journal; change it and pass it to NewFromConfig.
+func Config(t testing.TB) ca.Config {
+	t.Helper()
+	km, err := keymanager.New(keymanager.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca.Config{TrustDomain: TrustDomain, Keys: km, Journal: &MemoryJournal{}}
+}
+
+// New returns a fresh CA with default settings.
+func New(t testing.TB) *ca.CA {
+	t.Helper()
+	return NewFromConfig(t, Config(t))
+}
+
+// NewFromConfig returns a CA built from cfg.
+func NewFromConfig(t testing.TB, cfg ca.Config) *ca.CA {
+	t.Helper()
+	c, err := ca.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("new CA: %v", err)
+	}
+	return c
+}
