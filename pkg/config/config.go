@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -49,13 +51,45 @@ func decodeStrict(name string, r io.Reader, out any) error {
 		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("config: %s is empty", name)
 		}
-		return fmt.Errorf("config: %s: %s", name, strings.ReplaceAll(err.Error(), "yaml: unmarshal errors:\n  ", ""))
+		msg := strings.ReplaceAll(err.Error(), "yaml: unmarshal errors:\n  ", "")
+		return fmt.Errorf("config: %s: %s", name, nameKeys(raw, msg))
 	}
 	var extra any
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return fmt.Errorf("config: %s: holds more than one YAML document", name)
 	}
 	return nil
+}
+
+var lineRef = regexp.MustCompile(`line (\d+): `)
+
+// nameKeys prefixes each "line N: " in a decoder message with the key written
+// on that line, so an error names the field even where the decoder does not.
+func nameKeys(raw []byte, msg string) string {
+	var doc yaml.Node
+	if yaml.Unmarshal(raw, &doc) != nil {
+		return msg
+	}
+	keys := map[int]string{}
+	var walk func(n *yaml.Node)
+	walk = func(n *yaml.Node) {
+		if n.Kind == yaml.MappingNode {
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				keys[n.Content[i].Line] = n.Content[i].Value
+			}
+		}
+		for _, c := range n.Content {
+			walk(c)
+		}
+	}
+	walk(&doc)
+	return lineRef.ReplaceAllStringFunc(msg, func(m string) string {
+		line, _ := strconv.Atoi(lineRef.FindStringSubmatch(m)[1])
+		if k, ok := keys[line]; ok && !strings.Contains(msg, "field "+k+" ") {
+			return k + " (" + strings.TrimSuffix(m, ": ") + "): "
+		}
+		return m
+	})
 }
 
 func loadFile(path string, out any) error {

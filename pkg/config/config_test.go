@@ -1,0 +1,122 @@
+package config_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shortleaf/shortleaf/pkg/config"
+)
+
+func env(vals map[string]string) func(string) string {
+	return func(k string) string { return vals[k] }
+}
+
+var withPass = env(map[string]string{config.PassphraseEnv: "s3cret"})
+
+func TestServerConfigDefaults(t *testing.T) {
+	cfg, _, err := config.ParseServer(strings.NewReader("trust_domain: example.org\ndata_dir: /var/lib/sl\n"), withPass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.AgentAPIAddr != "127.0.0.1:8081" || cfg.DefaultSVIDTTL != 5*time.Minute || cfg.AgentSVIDTTL != time.Hour ||
+		cfg.IntermediateTTL != 24*time.Hour || cfg.RootTTL != 365*24*time.Hour || cfg.KeyType != "ec-p256" ||
+		cfg.MetricsAddr != config.DefaultMetricsAddress || string(cfg.KeyPassphrase) != "s3cret" {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+}
+
+func TestServerConfigErrorsNameTheField(t *testing.T) {
+	base := "trust_domain: example.org\ndata_dir: /d\n"
+	cases := []struct{ name, yaml, field string }{
+		{"unknown key", base + "trust_domian: x\n", "trust_domian"},
+		{"missing trust domain", "data_dir: /d\n", "trust_domain"},
+		{"bad trust domain", "trust_domain: Exa mple\ndata_dir: /d\n", "trust_domain"},
+		{"missing data dir", "trust_domain: example.org\n", "data_dir"},
+		{"TTL too short", base + "x509_svid_ttl: 30s\n", "x509_svid_ttl"},
+		{"TTL too long", base + "x509_svid_ttl: 25h\n", "x509_svid_ttl"},
+		{"TTL not a duration", base + "x509_svid_ttl: five\n", "five"},
+		{"unknown key type", base + "ca_key_type: dsa\n", "ca_key_type"},
+		{"intermediate too short", base + "intermediate_ttl: 5m\n", "intermediate_ttl"},
+		{"root too short", base + "root_ttl: 30h\n", "root_ttl"},
+		{"bad log level", base + "log_level: loud\n", "log_level"},
+		{"two documents", base + "---\ntrust_domain: b\n", "more than one"},
+		{"wrong type", base + "agent_svid_ttl: [1]\n", "agent_svid_ttl"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := config.ParseServer(strings.NewReader(tc.yaml), withPass)
+			if err == nil || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("error %v does not name %q", err, tc.field)
+			}
+		})
+	}
+}
+
+func TestServerPassphraseSources(t *testing.T) {
+	base := "trust_domain: example.org\ndata_dir: /d\n"
+	if _, _, err := config.ParseServer(strings.NewReader(base), env(nil)); err == nil || !strings.Contains(err.Error(), config.PassphraseEnv) {
+		t.Fatalf("no passphrase: %v", err)
+	}
+	file := filepath.Join(t.TempDir(), "pass")
+	if err := os.WriteFile(file, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := config.ParseServer(strings.NewReader(base+"key_passphrase_file: "+file+"\n"), withPass)
+	if err != nil || string(cfg.KeyPassphrase) != "from-file" {
+		t.Fatalf("passphrase file: %q, %v", cfg.KeyPassphrase, err)
+	}
+	// The passphrase never shows up in an error.
+	_, _, err = config.ParseServer(strings.NewReader(base+"key_passphrase_file: /nonexistent\n"), withPass)
+	if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "key_passphrase_file") {
+		t.Fatalf("missing passphrase file: %v", err)
+	}
+}
+
+func TestAgentConfig(t *testing.T) {
+	cfg, err := config.ParseAgent(strings.NewReader("server_address: 127.0.0.1:8081\ntrust_domain: example.org\ndata_dir: /d\ninsecure_bootstrap: true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Agent.ServerAddr != "127.0.0.1:8081" || !cfg.Agent.InsecureBootstrap {
+		t.Fatalf("agent config: %+v", cfg.Agent)
+	}
+	for _, tc := range []struct{ yaml, field string }{
+		{"trust_domain: example.org\ndata_dir: /d\n", "server_address"},
+		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nsocket: /x\n", "socket"},
+		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nsync_interval: 1ms\n", "sync_interval"},
+		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\ntrust_bundle_path: /nonexistent\n", "trust_bundle_path"},
+	} {
+		if _, err := config.ParseAgent(strings.NewReader(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("error %v does not name %q", err, tc.field)
+		}
+	}
+}
+
+// The example configs shipped in testdata/ load.
+func TestExampleConfigsLoad(t *testing.T) {
+	if _, _, err := config.LoadServer("../../testdata/server.yaml", withPass); err != nil {
+		t.Errorf("testdata/server.yaml: %v", err)
+	}
+	if _, err := config.LoadAgent("../../testdata/agent.yaml"); err != nil {
+		t.Errorf("testdata/agent.yaml: %v", err)
+	}
+}
+
+func FuzzParseServerConfig(f *testing.F) {
+	f.Add("trust_domain: example.org\ndata_dir: /d\n")
+	f.Add("trust_domain: example.org\ndata_dir: /d\nx509_svid_ttl: 1m\nintermediate_ttl: 2m\n")
+	f.Add("{}")
+	f.Fuzz(func(t *testing.T, doc string) {
+		cfg, _, err := config.ParseServer(strings.NewReader(doc), withPass)
+		if err != nil {
+			return
+		}
+		// Whatever is accepted satisfies the validation rules.
+		if cfg.DefaultSVIDTTL < time.Minute || cfg.DefaultSVIDTTL > 24*time.Hour || cfg.IntermediateTTL < 2*cfg.DefaultSVIDTTL {
+			t.Fatalf("accepted an invalid config: %+v", cfg)
+		}
+	})
+}
