@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -57,13 +58,19 @@ func (f *adminFlags) run(cmd *cobra.Command, fn func(ctx context.Context, c *adm
 
 func (f *adminFlags) json() bool { return f.output == "json" }
 
-// printJSON writes one proto message as JSON.
+// printJSON writes one proto message as indented JSON. protojson's own
+// indentation varies on purpose, so the output is re-indented to stay stable
+// for scripts.
 func printJSON(w io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true, Multiline: true}.Marshal(m)
+	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintln(w, string(b))
+	var out bytes.Buffer
+	if err := json.Indent(&out, b, "", "  "); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(w, out.String())
 	return err
 }
 

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+
+	"github.com/shortleaf/shortleaf/pkg/harness"
+)
+
+// shortleaf runs the CLI in process and returns stdout and the error.
+func shortleaf(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRootCommand()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func TestAdminVerbsAgainstARealServer(t *testing.T) {
+	srv := harness.StartServer(t)
+	sock := srv.AdminSocket()
+	ag := harness.StartAgent(t, srv)
+
+	out, err := shortleaf(t, "healthcheck", "--admin-socket", sock)
+	if err != nil || !strings.Contains(out, "healthy") {
+		t.Fatalf("healthcheck: %q %v", out, err)
+	}
+
+	out, err = shortleaf(t, "entry", "create", "--admin-socket", sock, "-o", "json",
+		"--spiffe-id", "spiffe://example.org/web", "--parent-id", ag.ID(), "--selector", "unix:uid:1000", "--dns", "web.internal")
+	if err != nil {
+		t.Fatalf("entry create: %v", err)
+	}
+	var created struct {
+		ID       string   `json:"id"`
+		DNSNames []string `json:"dns_names"`
+	}
+	if err := json.Unmarshal([]byte(out), &created); err != nil || created.ID == "" || created.DNSNames[0] != "web.internal" {
+		t.Fatalf("entry create -o json: %q %v", out, err)
+	}
+
+	out, err = shortleaf(t, "entry", "update", created.ID, "--admin-socket", sock, "--hint", "internal")
+	if err != nil || !strings.Contains(out, "internal") || !strings.Contains(out, "web.internal") {
+		t.Fatalf("entry update keeps other fields: %q %v", out, err)
+	}
+
+	out, err = shortleaf(t, "entry", "list", "--admin-socket", sock, "-o", "json")
+	var list []map[string]any
+	if err != nil || json.Unmarshal([]byte(out), &list) != nil || len(list) != 1 {
+		t.Fatalf("entry list -o json: %q %v", out, err)
+	}
+
+	// A bad request is one clear line naming the field, and a failure exit.
+	_, err = shortleaf(t, "entry", "create", "--admin-socket", sock,
+		"--spiffe-id", "spiffe://example.org/web/", "--parent-id", ag.ID(), "--selector", "unix:uid:1000")
+	if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "entry.spiffe_id") {
+		t.Fatalf("bad entry: %v", err)
+	}
+
+	out, err = shortleaf(t, "token", "create", "--admin-socket", sock, "-o", "json")
+	if err != nil || !strings.Contains(out, `"agent_id": "spiffe://example.org/agent/join_token/`) {
+		t.Fatalf("token create: %q %v", out, err)
+	}
+
+	out, err = shortleaf(t, "agent", "list", "--admin-socket", sock)
+	if err != nil || !strings.Contains(out, ag.ID()) {
+		t.Fatalf("agent list: %q %v", out, err)
+	}
+
+	out, err = shortleaf(t, "bundle", "show", "--admin-socket", sock)
+	if block, _ := pem.Decode([]byte(out)); err != nil || block == nil || block.Type != "CERTIFICATE" {
+		t.Fatalf("bundle show: %q %v", out, err)
+	}
+	out, err = shortleaf(t, "bundle", "show", "--admin-socket", sock, "--format", "spiffe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := spiffebundle.Parse(harness.TrustDomain, []byte(out))
+	if err != nil || len(b.X509Authorities()) != 1 {
+		t.Fatalf("bundle show --format spiffe does not parse as a SPIFFE bundle: %v", err)
+	}
+
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid.key")
+	if _, err := shortleaf(t, "x509", "mint", "--admin-socket", sock, "--spiffe-id", "spiffe://example.org/tool",
+		"--cert-out", certFile, "--key-out", keyFile); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := os.Stat(keyFile); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("minted key file: %v %v", info, err)
+	}
+
+	if _, err := shortleaf(t, "agent", "evict", ag.ID(), "--admin-socket", sock); err != nil {
+		t.Fatal(err)
+	}
+	_, err = shortleaf(t, "agent", "show", ag.ID(), "--admin-socket", sock)
+	if err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("show evicted agent: %v", err)
+	}
+}
+
+func TestAdminSocketRequired(t *testing.T) {
+	t.Setenv(adminSocketEnv, "")
+	_, err := shortleaf(t, "entry", "list")
+	if err == nil || !strings.Contains(err.Error(), "admin socket") {
+		t.Fatalf("no socket: %v", err)
+	}
+}
