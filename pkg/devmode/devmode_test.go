@@ -1,0 +1,94 @@
+package devmode_test
+
+import (
+	"bytes"
+	"context"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/shortleaf/shortleaf/pkg/devmode"
+	"github.com/shortleaf/shortleaf/pkg/harness"
+)
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// runDev starts dev mode and returns once it printed its export line.
+func runDev(t *testing.T, dataDir, socket string) (stop func() error, out *lockedBuffer) {
+	t.Helper()
+	out = &lockedBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- devmode.Run(ctx, devmode.Config{DataDir: dataDir, SocketPath: socket, X509SVIDTTL: time.Minute, Out: out, Logger: harness.TestLogger(t)})
+	}()
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(out.String(), "export SPIFFE_ENDPOINT_SOCKET=unix://"+socket) {
+		select {
+		case err := <-done:
+			t.Fatalf("dev mode exited early: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dev mode printed no export line: %q", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return func() error { cancel(); return <-done }, out
+}
+
+func TestDevModeServesTheInvokingUserAndRestarts(t *testing.T) {
+	dir := harness.ShortDir(t)
+	socket := filepath.Join(dir, "agent.sock")
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "spiffe://example.org/dev/" + u.Username
+
+	for run := range 2 { // the second run resumes from the same data dir
+		stop, _ := runDev(t, filepath.Join(dir, "data"), socket)
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		var x *workloadapi.X509Context
+		for ctx.Err() == nil {
+			if x, err = workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+socket)); err == nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		cancel()
+		if err != nil {
+			t.Fatalf("run %d: FetchX509Context: %v", run, err)
+		}
+		if got := x.DefaultSVID().ID.String(); got != want {
+			t.Fatalf("run %d: SVID for %s, want %s", run, got, want)
+		}
+		if _, _, err := x509svid.Verify(x.DefaultSVID().Certificates, x.Bundles); err != nil {
+			t.Fatalf("run %d: %v", run, err)
+		}
+		if err := stop(); err != nil {
+			t.Fatalf("run %d: dev mode stopped with %v", run, err)
+		}
+	}
+}
