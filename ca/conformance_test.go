@@ -253,4 +253,3 @@ func hasEKU(c *x509.Certificate, want x509.ExtKeyUsage) bool {
 	}
 	return false
 }
-

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# make bench: the server's issuance path against the crypto bound, and the
+# same path end to end over real gRPC+TLS. Prints the ratio; quote ratios,
+# never raw times (machines are shared and noisy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+count=${COUNT:-5}
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+go test -run '^$' -bench 'BenchmarkIssuance$|BenchmarkCryptoBound$' -benchmem -count "$count" ./ca/ | tee "$out"
+go test -run '^$' -bench 'BenchmarkBatchNewX509SVID' -benchmem -count "$count" ./pkg/harness/ | tee -a "$out"
+awk '
+  /^BenchmarkIssuance-/      { for (i=1;i<=NF;i++) if ($(i+1)=="ns/op") { iss+=$i; ni++ } }
+  /^BenchmarkCryptoBound-/   { for (i=1;i<=NF;i++) if ($(i+1)=="ns/op") { bound+=$i; nb++ } }
+  /^BenchmarkBatchNewX509SVID-/ { for (i=1;i<=NF;i++) if ($(i+1)=="ns/svid") { rpc+=$i; nr++ } }
+  END {
+    if (ni && nb) printf "\nissuance / crypto bound = %.2fx (mean of %d runs)\n", (iss/ni)/(bound/nb), ni
+    if (nr && nb) printf "gRPC batch issuance per SVID / crypto bound = %.2fx\n", (rpc/nr)/(bound/nb)
+  }' "$out"
