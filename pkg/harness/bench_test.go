@@ -2,11 +2,13 @@ package harness_test
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/shortleaf/shortleaf/pkg/harness"
+	"github.com/shortleaf/shortleaf/pkg/server"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
@@ -15,7 +17,7 @@ import (
 // batches of 100 CSRs over mTLS gRPC, authorization against the bbolt
 // datastore, CSR checks and signing. It reports ns per SVID.
 func BenchmarkBatchNewX509SVID(b *testing.B) {
-	srv := harness.StartServer(b)
+	srv := harness.StartServer(b, func(c *server.Config) { c.Logger = slog.New(slog.DiscardHandler) })
 	a := harness.AttestRaw(b, srv)
 	const batch = 100
 	req := &agentv1.BatchNewX509SVIDRequest{}
