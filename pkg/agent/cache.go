@@ -3,6 +3,8 @@ package agent
 import (
 	"bytes"
 	"crypto/x509"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -74,6 +76,14 @@ func (c *cache) publish() {
 		}
 		st.Identities = append(st.Identities, id)
 	}
+	// A stable order: go-spiffe's default picker takes the first SVID, and
+	// hints are deduplicated first come, first served.
+	slices.SortFunc(st.Identities, func(a, b *workloadapi.Identity) int {
+		if c := strings.Compare(a.SPIFFEID.String(), b.SPIFFEID.String()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.EntryID, b.EntryID)
+	})
 	c.state = st
 	close(c.changed)
 	c.changed = make(chan struct{})

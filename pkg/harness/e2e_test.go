@@ -2,6 +2,7 @@ package harness_test
 
 import (
 	"context"
+	"net"
 	"os"
 	"strconv"
 	"testing"
@@ -224,5 +225,47 @@ func TestBundleStreamAndSVIDShareTheBundle(t *testing.T) {
 	want, _ := srv.CA().Bundle()
 	if !b.Equal(want) {
 		t.Error("Workload API bundle differs from the server's")
+	}
+}
+
+// While the server is down the agent keeps serving what it holds; when the
+// server comes back on the same address the agent reconnects by itself.
+func TestAgentServesCacheWhileServerIsDownAndReconnects(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	srv := harness.StartServer(t, func(c *server.Config) { c.AgentAPIAddr = addr })
+	ag := harness.StartAgent(t, srv)
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	before, err := fetchX509(t, ag.Addr(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	srv.Stop()
+	time.Sleep(time.Second) // several failed syncs
+	during, err := fetchX509(t, ag.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatalf("agent stopped serving while the server was down: %v", err)
+	}
+	if !during.DefaultSVID().Certificates[0].Equal(before.DefaultSVID().Certificates[0]) {
+		t.Fatal("the cached SVID changed while the server was down")
+	}
+
+	srv = srv.Restart(t)
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/after", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	deadline := time.Now().Add(45 * time.Second) // backoff is capped at 30s
+	for {
+		x, err := fetchX509(t, ag.Addr(), 5*time.Second)
+		if err == nil && len(x.SVIDs) == 2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent did not reconnect: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -120,9 +120,18 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 		}
 		resp := &workload.X509SVIDResponse{}
 		var sent []string
+		hints := map[string]bool{}
 		for _, id := range ids {
 			if len(id.ChainDER) == 0 {
 				continue // not issued yet; the change that issues it wakes us
+			}
+			if id.Hint != "" {
+				// Hints must be unique in a response: the first identity
+				// (in the source's stable order) keeps it.
+				if hints[id.Hint] {
+					continue
+				}
+				hints[id.Hint] = true
 			}
 			resp.Svids = append(resp.Svids, &workload.X509SVID{
 				SpiffeId: id.SPIFFEID.String(), X509Svid: id.ChainDER, X509SvidKey: id.KeyDER,
