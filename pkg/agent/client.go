@@ -11,19 +11,16 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-)
 
-// ServerID is the SPIFFE ID the agent requires of the server.
-func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
-	return spiffeid.RequireFromSegments(td, "shortleaf", "server")
-}
+	"github.com/shortleaf/shortleaf/ca"
+)
 
 // tlsConfig authenticates the server as the SVID ServerID(td), verified
 // against bundle(), and presents clientCert() when it has one. Go's hostname
 // verification is replaced by SPIFFE verification, not skipped: an unverifiable
 // server fails the handshake.
 func tlsConfig(td spiffeid.TrustDomain, bundle func() []*x509.Certificate, clientCert func() *tls.Certificate) *tls.Config {
-	want := ServerID(td)
+	want := ca.ServerID(td)
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		InsecureSkipVerify: true, //nolint:gosec // replaced by VerifyPeerCertificate below

@@ -274,14 +274,10 @@ func (s *AdminService) MintX509SVID(ctx context.Context, req *adminv1.MintX509SV
 }
 
 func agentToProto(a *datastore.Agent) *adminv1.Agent {
-	sels := make([]string, len(a.Selectors))
-	for i, s := range a.Selectors {
-		sels[i] = s.String()
-	}
 	return &adminv1.Agent{
 		SpiffeId:        a.SPIFFEID,
 		AttestationType: a.AttestationType,
-		Selectors:       sels,
+		Selectors:       selectorStrings(a.Selectors),
 		SerialNumber:    a.SerialNumber,
 		NotAfter:        a.NotAfter.Unix(),
 		CreatedAt:       a.CreatedAt.Unix(),

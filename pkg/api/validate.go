@@ -135,15 +135,11 @@ func entryFromProto(in *adminv1.Entry, td spiffeid.TrustDomain) (*datastore.Entr
 }
 
 func entryToProto(e *datastore.Entry) *adminv1.Entry {
-	sels := make([]string, len(e.Selectors))
-	for i, s := range e.Selectors {
-		sels[i] = s.String()
-	}
 	return &adminv1.Entry{
 		Id:                 e.ID,
 		SpiffeId:           e.SPIFFEID,
 		ParentId:           e.ParentID,
-		Selectors:          sels,
+		Selectors:          selectorStrings(e.Selectors),
 		X509SvidTtlSeconds: int32(e.X509SVIDTTL / time.Second),
 		DnsNames:           e.DNSNames,
 		Hint:               e.Hint,
@@ -151,4 +147,12 @@ func entryToProto(e *datastore.Entry) *adminv1.Entry {
 		CreatedAt:          e.CreatedAt.Unix(),
 		Revision:           e.Revision,
 	}
+}
+
+func selectorStrings(sels []attest.Selector) []string {
+	out := make([]string, len(sels))
+	for i, s := range sels {
+		out[i] = s.String()
+	}
+	return out
 }

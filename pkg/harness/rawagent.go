@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/shortleaf/shortleaf/pkg/server"
+	"github.com/shortleaf/shortleaf/ca"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
 
@@ -36,7 +36,7 @@ type RawAgent struct {
 func Attest(t testing.TB, srv *Server, token string, csr []byte) (*agentv1.AttestAgentResponse, error) {
 	t.Helper()
 	bundle, _ := srv.CA().Bundle()
-	cfg := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(server.ServerID(TrustDomain)))
+	cfg := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(ca.ServerID(TrustDomain)))
 	conn := dialTLS(t, srv.AgentAddr(), cfg)
 	return agentv1.NewAgentAPIClient(conn).AttestAgent(context.Background(), &agentv1.AttestAgentRequest{
 		Attestation: &agentv1.AttestAgentRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: token}},
@@ -63,14 +63,14 @@ func AttestRaw(t testing.TB, srv *Server) *RawAgent {
 		t.Fatalf("agent SVID: %v", err)
 	}
 	bundle, _ := srv.CA().Bundle()
-	cfg := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(server.ServerID(TrustDomain)))
+	cfg := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(ca.ServerID(TrustDomain)))
 	return &RawAgent{ID: svid.ID, SVID: svid, Client: agentv1.NewAgentAPIClient(dialTLS(t, srv.AgentAddr(), cfg))}
 }
 
 // UnauthenticatedClient connects without a client certificate.
 func UnauthenticatedClient(t testing.TB, srv *Server) agentv1.AgentAPIClient {
 	bundle, _ := srv.CA().Bundle()
-	cfg := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(server.ServerID(TrustDomain)))
+	cfg := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(ca.ServerID(TrustDomain)))
 	return agentv1.NewAgentAPIClient(dialTLS(t, srv.AgentAddr(), cfg))
 }
 
@@ -147,6 +147,6 @@ func labelsMatch(have []*dto.LabelPair, want map[string]string) bool {
 func ClientWithSVID(t testing.TB, srv *Server, svid *x509svid.SVID) agentv1.AgentAPIClient {
 	t.Helper()
 	bundle, _ := srv.CA().Bundle()
-	cfg := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(server.ServerID(TrustDomain)))
+	cfg := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(ca.ServerID(TrustDomain)))
 	return agentv1.NewAgentAPIClient(dialTLS(t, srv.AgentAddr(), cfg))
 }

@@ -10,17 +10,11 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/clock"
 )
-
-// ServerID is the SPIFFE ID the server presents to agents.
-func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
-	return spiffeid.RequireFromSegments(td, serverSVIDPathSegment, "server")
-}
 
 // serverCertificate is the server's own SVID for the agent API, re-signed by
 // the CA once it is past half of its life.
@@ -55,7 +49,7 @@ func (sc *serverCertificate) get(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	if err != nil {
 		return nil, fmt.Errorf("server: TLS key: %w", err)
 	}
-	chain, err := sc.ca.SignX509SVID(ca.X509SVIDParams{PublicKey: key.Public(), SPIFFEID: ServerID(sc.ca.TrustDomain()), TTL: serverSVIDTTL})
+	chain, err := sc.ca.SignX509SVID(ca.X509SVIDParams{PublicKey: key.Public(), SPIFFEID: ca.ServerID(sc.ca.TrustDomain()), TTL: serverSVIDTTL})
 	if err != nil {
 		return nil, fmt.Errorf("server: sign server SVID: %w", err)
 	}
