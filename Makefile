@@ -1,6 +1,7 @@
 # shortleaf — the two commands a newcomer needs are `make demo` and `make test`.
 GO      ?= go
 BUF     := tools/bin/buf
+LINTER  := tools/bin/golangci-lint
 PKGS    := ./...
 
 .PHONY: all build test lint generate generate-check demo bench fuzz clean
@@ -10,16 +11,19 @@ all: build
 build:
 	$(GO) build $(PKGS)
 
-## test: vet and every test with the race detector (what .ci/run runs)
-test:
+## test: linters, generated code current, vet, and every test with the race detector (what .ci/run runs)
+test: lint generate-check
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
-## lint: formatting and vet (golangci-lint config in .golangci.yml)
-lint:
+$(LINTER): tools/go.mod tools/go.sum
+	cd tools && $(GO) build -o bin/golangci-lint github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+
+## lint: gofmt and golangci-lint (pinned in tools/go.mod, config in .golangci.yml)
+lint: $(LINTER)
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
-	$(GO) vet $(PKGS)
+	$(LINTER) run ./...
 
 $(BUF): tools/go.mod tools/go.sum
 	cd tools && $(GO) build -o bin/buf github.com/bufbuild/buf/cmd/buf

@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"crypto/x509"
 	"encoding/asn1"
+	"errors"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -66,9 +67,12 @@ func checkCSRKey(csr *x509.CertificateRequest) error {
 		}
 		return nil
 	}
-	_, err := leafKeyUsage(csr.PublicKey)
-	if err != nil {
-		return requestErr("csr.public_key", "%s", err.(*RequestError).Reason)
+	if _, err := leafKeyUsage(csr.PublicKey); err != nil {
+		var re *RequestError
+		if errors.As(err, &re) {
+			return requestErr("csr.public_key", "%s", re.Reason)
+		}
+		return err
 	}
 	return nil
 }

@@ -62,15 +62,14 @@ func (a *Attestor) Attest(c Caller) ([]attest.Selector, error) {
 	if c.PID <= 0 {
 		return sels, nil
 	}
+	// A process we cannot inspect (gone, or another user's while the agent is
+	// not root) still gets its uid and gid selectors; path and hash are absent.
 	exeLink := fmt.Sprintf("%s/%d/exe", a.ProcRoot, c.PID)
-	path, err := os.Readlink(exeLink)
-	if err != nil {
-		// Not fatal: path and hash selectors are simply absent.
-		return sels, nil
-	}
-	sels = append(sels, sel("path", path))
-	if sum, err := a.hashExecutable(exeLink); err == nil {
-		sels = append(sels, sel("sha256", sum))
+	if path, err := os.Readlink(exeLink); err == nil {
+		sels = append(sels, sel("path", path))
+		if sum, err := a.hashExecutable(exeLink); err == nil {
+			sels = append(sels, sel("sha256", sum))
+		}
 	}
 	return sels, nil
 }
@@ -82,7 +81,7 @@ func sel(key, value string) attest.Selector {
 // hashExecutable hashes the file behind /proc/<pid>/exe (which still points at
 // the running binary even if its path was replaced).
 func (a *Attestor) hashExecutable(exeLink string) (string, error) {
-	f, err := os.Open(exeLink)
+	f, err := os.Open(exeLink) //nolint:gosec // reading the caller's executable is the point
 	if err != nil {
 		return "", err
 	}

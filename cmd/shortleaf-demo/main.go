@@ -89,7 +89,7 @@ func run(ctx context.Context, serverHint string) error {
 	}
 
 	fmt.Printf("\n== waiting for the agent to renew the client SVID (serial %s, half-life %s)\n",
-		clientSVID.Certificates[0].SerialNumber.Text(16), clientSVID.Certificates[0].NotAfter.Sub(time.Now())/2)
+		clientSVID.Certificates[0].SerialNumber.Text(16), time.Until(clientSVID.Certificates[0].NotAfter)/2)
 	renewed, err := waitForRenewal(ctx, clientSource, clientSVID.Certificates[0])
 	if err != nil {
 		return err

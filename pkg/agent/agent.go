@@ -160,8 +160,11 @@ func (a *Agent) restore() error {
 		a.cache.setBundle(bundle, p.BundleSequence)
 	}
 	chain, err := parseCerts(p.SVIDChain)
-	if err != nil || len(chain) == 0 {
-		return fmt.Errorf("agent: stored SVID is unreadable: %v", err)
+	if err != nil {
+		return fmt.Errorf("agent: stored SVID is unreadable: %w", err)
+	}
+	if len(chain) == 0 {
+		return errors.New("agent: stored SVID is empty")
 	}
 	if !a.cfg.Clock.Now().Before(chain[0].NotAfter) {
 		a.cfg.Logger.Warn("stored agent SVID has expired; attesting again", slog.Time("not_after", chain[0].NotAfter))

@@ -28,7 +28,7 @@ func (b *backoff) reset() { b.cur = 0 }
 
 // jitter returns d ± frac·d, uniformly.
 func jitter(d time.Duration, frac float64) time.Duration {
-	return time.Duration(float64(d) * (1 + frac*(2*rand.Float64()-1)))
+	return time.Duration(float64(d) * (1 + frac*(2*rand.Float64()-1))) //nolint:gosec // jitter needs spread, not secrecy
 }
 
 // renewAt is half of the remaining life from issuedAt, ±10%.

@@ -24,12 +24,13 @@ func tlsConfig(td spiffeid.TrustDomain, bundle func() []*x509.Certificate, clien
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		InsecureSkipVerify: true, //nolint:gosec // replaced by VerifyPeerCertificate below
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+		// VerifyConnection runs on resumed sessions too, unlike VerifyPeerCertificate.
+		VerifyConnection: func(cs tls.ConnectionState) error {
 			roots := bundle()
 			if len(roots) == 0 {
 				return errors.New("agent: no trust bundle to verify the server with")
 			}
-			id, _, err := x509svid.ParseAndVerify(raw, x509bundle.FromX509Authorities(td, roots))
+			id, _, err := x509svid.Verify(cs.PeerCertificates, x509bundle.FromX509Authorities(td, roots))
 			if err != nil {
 				return fmt.Errorf("agent: server certificate: %w", err)
 			}

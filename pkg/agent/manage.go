@@ -184,13 +184,13 @@ func (a *Agent) attest(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: attest: %w", err)
 	}
-	chain, err := parseCerts(resp.GetSvid().GetCertChain())
-	if err != nil || len(chain) == 0 {
-		return fmt.Errorf("agent: attest: server returned an unreadable SVID: %v", err)
+	chain, err := parseNonEmpty(resp.GetSvid().GetCertChain())
+	if err != nil {
+		return fmt.Errorf("agent: attest: server returned an unreadable SVID: %w", err)
 	}
-	bundle, err := parseCerts(resp.GetBundle().GetX509Authorities())
-	if err != nil || len(bundle) == 0 {
-		return fmt.Errorf("agent: attest: server returned an unreadable bundle: %v", err)
+	bundle, err := parseNonEmpty(resp.GetBundle().GetX509Authorities())
+	if err != nil {
+		return fmt.Errorf("agent: attest: server returned an unreadable bundle: %w", err)
 	}
 	if err := a.store.saveKey(key); err != nil {
 		return err
@@ -220,9 +220,9 @@ func (a *Agent) renewAgent(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: renew: %w", err)
 	}
-	chain, err := parseCerts(resp.GetSvid().GetCertChain())
-	if err != nil || len(chain) == 0 {
-		return fmt.Errorf("agent: renew: server returned an unreadable SVID: %v", err)
+	chain, err := parseNonEmpty(resp.GetSvid().GetCertChain())
+	if err != nil {
+		return fmt.Errorf("agent: renew: server returned an unreadable SVID: %w", err)
 	}
 	bundle, seq := a.cache.getBundle()
 	if err := a.store.saveKey(key); err != nil {
@@ -266,9 +266,9 @@ func (a *Agent) sync(ctx context.Context) error {
 }
 
 func (a *Agent) applySync(entries map[string]*entry, pb *agentv1.Bundle) error {
-	bundle, err := parseCerts(pb.GetX509Authorities())
-	if err != nil || len(bundle) == 0 {
-		return fmt.Errorf("agent: sync: unreadable bundle: %v", err)
+	bundle, err := parseNonEmpty(pb.GetX509Authorities())
+	if err != nil {
+		return fmt.Errorf("agent: sync: unreadable bundle: %w", err)
 	}
 	old, oldSeq := a.cache.getBundle()
 	if pb.GetSequence() != oldSeq || !sameCerts(old, bundle) {
@@ -386,9 +386,9 @@ func renewalCause(old *svid, e *entry) string {
 }
 
 func newSVID(e *entry, key crypto.Signer, chainDER [][]byte, now time.Time) (*svid, error) {
-	chain, err := parseCerts(chainDER)
-	if err != nil || len(chain) == 0 {
-		return nil, fmt.Errorf("agent: server returned an unreadable SVID for entry %s: %v", e.ID, err)
+	chain, err := parseNonEmpty(chainDER)
+	if err != nil {
+		return nil, fmt.Errorf("agent: server returned an unreadable SVID for entry %s: %w", e.ID, err)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {

@@ -98,6 +98,14 @@ func parseCerts(ders [][]byte) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
+// parseNonEmpty is parseCerts that also refuses an empty list.
+func parseNonEmpty(ders [][]byte) ([]*x509.Certificate, error) {
+	if len(ders) == 0 {
+		return nil, errors.New("no certificates")
+	}
+	return parseCerts(ders)
+}
+
 func rawCerts(certs []*x509.Certificate) [][]byte {
 	out := make([][]byte, len(certs))
 	for i, c := range certs {

@@ -42,7 +42,7 @@ func Open(path string) (*Store, error) {
 		return nil
 	})
 	if err != nil {
-		db.Close()
+		_ = db.Close()
 		return nil, fmt.Errorf("datastore: create buckets: %w", err)
 	}
 	return &Store{db: db}, nil

@@ -144,7 +144,7 @@ func startAgent(ctx context.Context, acfg agent.Config, adminSocket string) (*ag
 		Selectors: []string{"unix:uid:" + strconv.Itoa(os.Getuid())},
 	}})
 	if err != nil && status.Code(err) != codes.AlreadyExists {
-		ag.Close()
+		_ = ag.Close()
 		return nil, fmt.Errorf("dev: register %s: %w", devID(acfg.TrustDomain), err)
 	}
 	return ag, nil

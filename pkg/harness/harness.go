@@ -50,7 +50,7 @@ func ShortDir(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	return dir
 }
 
@@ -91,12 +91,12 @@ func startServer(t testing.TB, cfg server.Config) *Server {
 	var once sync.Once
 	s.stop = func() {
 		once.Do(func() {
-			admin.Close()
+			_ = admin.Close()
 			cancel()
 			if err := <-done; err != nil {
 				t.Errorf("server stopped with error: %v", err)
 			}
-			srv.Close()
+			_ = srv.Close()
 		})
 	}
 	t.Cleanup(s.stop)
@@ -181,7 +181,7 @@ func RunAgent(t testing.TB, cfg agent.Config) *Agent {
 			if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 				t.Errorf("agent stopped with error: %v", err)
 			}
-			ag.Close()
+			_ = ag.Close()
 		})
 	}
 	t.Cleanup(a.stop)

@@ -81,7 +81,7 @@ func dialTLS(t testing.TB, addr string, cfg *tls.Config) *grpc.ClientConn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { _ = conn.Close() })
 	return conn
 }
 

@@ -101,7 +101,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	ok := false
 	defer func() {
 		if !ok {
-			s.Close()
+			_ = s.Close()
 		}
 	}()
 	var err error
@@ -243,11 +243,11 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { s.renewIntermediates(gctx); return nil })
 	s.cfg.Logger.Info("server running", slog.String("trust_domain", s.cfg.TrustDomain.Name()),
 		slog.String("agent_api", s.AgentAddr()), slog.String("admin_socket", s.cfg.AdminSocket), slog.String("metrics", s.MetricsAddr()))
-	err := g.Wait()
-	if ctx.Err() != nil {
-		return nil
+	// Listener errors caused by our own shutdown are not failures.
+	if err := g.Wait(); err != nil && ctx.Err() == nil {
+		return err
 	}
-	return err
+	return nil
 }
 
 // renewIntermediates replaces the intermediate at half-life while running.

@@ -98,7 +98,9 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("uds: socket path %q must be absolute", path)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	// Workloads must be able to reach the Workload API socket, so its directory
+	// is world-traversable; the admin socket is protected by its own mode.
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { //nolint:gosec // see above
 		return nil, fmt.Errorf("uds: create socket directory: %w", err)
 	}
 	if info, err := os.Lstat(path); err == nil {
@@ -116,7 +118,7 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 		return nil, fmt.Errorf("uds: listen on %s: %w", path, err)
 	}
 	if err := os.Chmod(path, mode); err != nil {
-		lis.Close()
+		_ = lis.Close()
 		return nil, fmt.Errorf("uds: chmod %s: %w", path, err)
 	}
 	return lis, nil
