@@ -145,6 +145,16 @@ func TestAgentResumesAfterRestartWithoutToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	ag.Stop()
+	files, err := os.ReadDir(ag.Config.DataDir)
+	if err != nil || len(files) == 0 {
+		t.Fatalf("agent data dir: %v (%d files)", err, len(files))
+	}
+	for _, f := range files {
+		info, _ := f.Info()
+		if info.Mode().Perm() != 0o600 {
+			t.Errorf("agent file %s has mode %o, want 0600", f.Name(), info.Mode().Perm())
+		}
+	}
 
 	cfg := ag.Config
 	cfg.JoinToken = "" // the token is spent; the stored SVID must suffice
