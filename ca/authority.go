@@ -2,7 +2,9 @@ package ca
 
 import (
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -11,44 +13,76 @@ import (
 // Kind is what an authority is for.
 type Kind string
 
-// Authority kinds.
+// Authority kinds. Intermediates and JWT keys rotate on a schedule; roots are
+// rotated by an admin.
 const (
 	KindRoot         Kind = "root"
 	KindIntermediate Kind = "intermediate"
+	KindJWT          Kind = "jwt"
 )
 
-// State is where an authority is in its lifecycle: PREPARED → ACTIVE → OLD.
+// State is where an authority is in its lifecycle: PREPARED → ACTIVE → OLD,
+// then removed from the journal.
 type State string
 
 // Authority states.
 const (
+	// StatePrepared: created and published (in the bundle or JWKS) but not
+	// signing yet.
 	StatePrepared State = "prepared"
-	StateActive   State = "active"
-	StateOld      State = "old"
+	// StateActive: the one key of its kind that signs.
+	StateActive State = "active"
+	// StateOld: signs nothing more; kept while what it signed is still valid.
+	StateOld State = "old"
 )
 
-// Authority is one CA key and its certificate.
+// Authority is one CA key: a root, an intermediate or a JWT signing key.
 type Authority struct {
-	ID       string
-	Kind     Kind
-	State    State
-	Cert     *x509.Certificate
-	KeyRef   string // where the KeyManager keeps the key; never the key itself
-	ParentID string // the authority that signed Cert; empty for a self-signed root
-	Signer   crypto.Signer
+	ID        string
+	Kind      Kind
+	State     State
+	Cert      *x509.Certificate // nil for JWT keys
+	PublicKey crypto.PublicKey
+	NotBefore time.Time
+	NotAfter  time.Time
+	KeyRef    string // where the KeyManager keeps the key; never the key itself
+	ParentID  string // the authority that signed Cert; empty for a root
+	// Tainted marks a key an admin no longer trusts: agents replace
+	// everything it signed, after which it may be revoked.
+	Tainted bool
+	// BundleSequence is, for roots and JWT keys, the bundle sequence number
+	// that first published it.
+	BundleSequence uint64
+	Signer         crypto.Signer
 }
 
-// NotAfter is when the authority stops being able to sign.
-func (a *Authority) NotAfter() time.Time { return a.Cert.NotAfter }
+// KeyID identifies the key: for certificates its subject key ID (which
+// leaves carry as authority key ID), for JWT keys the JWT "kid".
+func (a *Authority) KeyID() string {
+	if a.Cert != nil {
+		return hex.EncodeToString(a.Cert.SubjectKeyId)
+	}
+	return a.ID
+}
+
+func (a *Authority) clone() *Authority {
+	cp := *a
+	return &cp
+}
 
 // authorityRecord is the persisted form of an Authority in the journal.
 type authorityRecord struct {
-	ID       string `json:"id"`
-	Kind     Kind   `json:"kind"`
-	State    State  `json:"state"`
-	CertDER  []byte `json:"cert_der"`
-	KeyRef   string `json:"key_ref"`
-	ParentID string `json:"parent_id,omitempty"`
+	ID             string    `json:"id"`
+	Kind           Kind      `json:"kind"`
+	State          State     `json:"state"`
+	CertDER        []byte    `json:"cert_der,omitempty"`
+	PublicKeyDER   []byte    `json:"public_key_der,omitempty"`
+	NotBefore      time.Time `json:"not_before"`
+	NotAfter       time.Time `json:"not_after"`
+	KeyRef         string    `json:"key_ref"`
+	ParentID       string    `json:"parent_id,omitempty"`
+	Tainted        bool      `json:"tainted,omitempty"`
+	BundleSequence uint64    `json:"bundle_sequence,omitempty"`
 }
 
 // journalRecord is what the CA persists: every authority and the bundle sequence.
@@ -63,9 +97,20 @@ const journalVersion = 1
 func encodeJournal(seq uint64, auths []*Authority) ([]byte, error) {
 	rec := journalRecord{Version: journalVersion, BundleSequence: seq}
 	for _, a := range auths {
-		rec.Authorities = append(rec.Authorities, authorityRecord{
-			ID: a.ID, Kind: a.Kind, State: a.State, CertDER: a.Cert.Raw, KeyRef: a.KeyRef, ParentID: a.ParentID,
-		})
+		r := authorityRecord{
+			ID: a.ID, Kind: a.Kind, State: a.State, NotBefore: a.NotBefore, NotAfter: a.NotAfter,
+			KeyRef: a.KeyRef, ParentID: a.ParentID, Tainted: a.Tainted, BundleSequence: a.BundleSequence,
+		}
+		if a.Cert != nil {
+			r.CertDER = a.Cert.Raw
+		} else {
+			der, err := x509.MarshalPKIXPublicKey(a.PublicKey)
+			if err != nil {
+				return nil, fmt.Errorf("authority %s: %w", a.ID, err)
+			}
+			r.PublicKeyDER = der
+		}
+		rec.Authorities = append(rec.Authorities, r)
 	}
 	return json.Marshal(rec)
 }
@@ -79,4 +124,39 @@ func decodeJournal(b []byte) (*journalRecord, error) {
 		return nil, fmt.Errorf("ca: journal: unsupported version %d", rec.Version)
 	}
 	return &rec, nil
+}
+
+// fromRecord rebuilds an authority (without its signer) from the journal.
+func fromRecord(r authorityRecord) (*Authority, error) {
+	a := &Authority{
+		ID: r.ID, Kind: r.Kind, State: r.State, NotBefore: r.NotBefore, NotAfter: r.NotAfter,
+		KeyRef: r.KeyRef, ParentID: r.ParentID, Tainted: r.Tainted, BundleSequence: r.BundleSequence,
+	}
+	switch {
+	case len(r.CertDER) > 0:
+		cert, err := x509.ParseCertificate(r.CertDER)
+		if err != nil {
+			return nil, fmt.Errorf("ca: journal: authority %s: %w", r.ID, err)
+		}
+		a.Cert, a.PublicKey = cert, cert.PublicKey
+	case len(r.PublicKeyDER) > 0:
+		pub, err := x509.ParsePKIXPublicKey(r.PublicKeyDER)
+		if err != nil {
+			return nil, fmt.Errorf("ca: journal: authority %s: %w", r.ID, err)
+		}
+		a.PublicKey = pub
+	default:
+		return nil, fmt.Errorf("ca: journal: authority %s has neither certificate nor public key", r.ID)
+	}
+	return a, nil
+}
+
+// jwtKeyID derives a stable kid from a public key.
+func jwtKeyID(pub crypto.PublicKey) (string, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:12]), nil
 }

@@ -37,36 +37,73 @@ const (
 }`
 )
 
-func (c *CA) newRoot(ctx context.Context) (*Authority, error) {
+func (c *CA) newRoot(ctx context.Context, now time.Time) (*Authority, error) {
 	id := newAuthorityID()
 	signer, ref, err := c.cfg.Keys.CreateKey(ctx, "root-"+id, c.cfg.KeyType)
 	if err != nil {
 		return nil, fmt.Errorf("ca: create root key: %w", err)
 	}
-	now := c.cfg.Clock.Now()
 	cert, err := c.buildCACert(rootTemplate, "shortleaf root "+id, signer, signer, nil, now, now.Add(c.cfg.RootTTL))
 	if err != nil {
 		return nil, err
 	}
-	return &Authority{ID: id, Kind: KindRoot, State: StateActive, Cert: cert, KeyRef: ref, Signer: signer}, nil
+	return certAuthority(id, KindRoot, cert, ref, "", signer), nil
 }
 
-func (c *CA) newIntermediate(ctx context.Context, parent *Authority) (*Authority, error) {
+// upstreamRoot represents the upstream CA as the root authority: it signs the
+// intermediates, and its key stays where the operator keeps it.
+func (c *CA) upstreamRoot() *Authority {
+	up := c.cfg.Upstream
+	return certAuthority("upstream", KindRoot, up.Chain[0], upstreamKeyRef, "", up.Signer)
+}
+
+const upstreamKeyRef = "upstream"
+
+func (c *CA) newIntermediate(ctx context.Context, parent *Authority, now time.Time) (*Authority, error) {
 	id := newAuthorityID()
 	signer, ref, err := c.cfg.Keys.CreateKey(ctx, "intermediate-"+id, c.cfg.KeyType)
 	if err != nil {
 		return nil, fmt.Errorf("ca: create intermediate key: %w", err)
 	}
-	now := c.cfg.Clock.Now()
 	notAfter := now.Add(c.cfg.IntermediateTTL)
-	if notAfter.After(parent.NotAfter()) {
-		notAfter = parent.NotAfter()
+	if notAfter.After(parent.NotAfter) {
+		notAfter = parent.NotAfter
 	}
 	cert, err := c.buildCACert(intermediateTemplate, "shortleaf intermediate "+id, signer, parent.Signer, parent.Cert, now, notAfter)
 	if err != nil {
 		return nil, err
 	}
-	return &Authority{ID: id, Kind: KindIntermediate, State: StatePrepared, Cert: cert, KeyRef: ref, ParentID: parent.ID, Signer: signer}, nil
+	a := certAuthority(id, KindIntermediate, cert, ref, parent.ID, signer)
+	a.State = StatePrepared
+	return a, nil
+}
+
+// newJWTKey makes a JWT signing key living as long as an intermediate. Its
+// ID is its "kid".
+func (c *CA) newJWTKey(ctx context.Context, now time.Time) (*Authority, error) {
+	signer, ref, err := c.cfg.Keys.CreateKey(ctx, "jwt-"+newAuthorityID(), c.cfg.KeyType)
+	if err != nil {
+		return nil, fmt.Errorf("ca: create JWT key: %w", err)
+	}
+	kid, err := jwtKeyID(signer.Public())
+	if err != nil {
+		return nil, fmt.Errorf("ca: JWT key ID: %w", err)
+	}
+	return &Authority{
+		ID: kid, Kind: KindJWT, State: StatePrepared, PublicKey: signer.Public(),
+		NotBefore: now, NotAfter: now.Add(c.cfg.IntermediateTTL), KeyRef: ref, Signer: signer,
+	}, nil
+}
+
+func certAuthority(id string, kind Kind, cert *x509.Certificate, ref, parent string, signer crypto.Signer) *Authority {
+	return &Authority{
+		ID: id, Kind: kind, State: StateActive, Cert: cert, PublicKey: cert.PublicKey,
+		NotBefore: cert.NotBefore, NotAfter: cert.NotAfter, KeyRef: ref, ParentID: parent, Signer: signer,
+	}
+}
+
+func isSelfSigned(c *x509.Certificate) bool {
+	return c.CheckSignatureFrom(c) == nil
 }
 
 // buildCACert renders a CA template for subjectKey and signs it with

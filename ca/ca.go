@@ -36,11 +36,27 @@ type Config struct {
 	TrustDomain     spiffeid.TrustDomain
 	KeyType         string        // ec-p256 (default), ec-p384, rsa-2048
 	RootTTL         time.Duration // default 1 year
-	IntermediateTTL time.Duration // default 24h
-	Keys            KeyManager
-	Journal         Journal
-	Clock           clock.Clock // default clock.Real
-	Logger          *slog.Logger
+	IntermediateTTL time.Duration // default 24h; also the life of JWT keys
+	// MaxSVIDTTL is the longest lifetime the CA will be asked to sign; every
+	// SVID up to it gets its full lifetime. Default IntermediateTTL / 4.
+	MaxSVIDTTL time.Duration
+	// Upstream, when set, signs the intermediates instead of a self-signed
+	// root; root rotation is then the upstream CA's business.
+	Upstream *Upstream
+	Keys     KeyManager
+	Journal  Journal
+	Clock    clock.Clock // default clock.Real
+	Logger   *slog.Logger
+	// OnTransition, if set, is told of every state change, for metrics.
+	OnTransition func(kind Kind, transition string)
+}
+
+// Upstream is an existing CA that signs shortleaf's intermediates.
+type Upstream struct {
+	// Chain is the upstream signing certificate first, then any certificates
+	// up to and including its root.
+	Chain  []*x509.Certificate
+	Signer crypto.Signer
 }
 
 // Defaults for Config.
@@ -54,25 +70,28 @@ const (
 
 // CA signs SVIDs with its active intermediate and publishes its roots.
 type CA struct {
-	cfg Config
+	cfg      Config
+	schedule Schedule
 
-	renewMu     sync.Mutex // one intermediate renewal at a time
+	writeMu     sync.Mutex // one change of authorities at a time
 	mu          sync.RWMutex
 	authorities []*Authority
 	bundleSeq   uint64
 
-	// active is read on every signature without taking mu.
-	active atomic.Pointer[activeSigner]
+	// active and activeJWT are read on every signature without taking mu.
+	active    atomic.Pointer[activeSigner]
+	activeJWT atomic.Pointer[Authority]
 }
 
 // activeSigner is the intermediate the hot path signs with.
 type activeSigner struct {
 	authority *Authority
-	chainTail []*x509.Certificate // the intermediate, appended after each leaf
+	chainTail []*x509.Certificate // the intermediate (and any upstream chain), appended after each leaf
 }
 
-// New loads the CA from its journal, or creates a root and an intermediate on
-// first start and records them.
+// New loads the CA from its journal, or creates a root, an intermediate and a
+// JWT key on first start and records them, then brings the schedule up to
+// date (a long stop may have left keys to rotate).
 func New(ctx context.Context, cfg Config) (*CA, error) {
 	if cfg.TrustDomain.IsZero() {
 		return nil, errors.New("ca: trust domain is required")
@@ -89,52 +108,36 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	if cfg.IntermediateTTL == 0 {
 		cfg.IntermediateTTL = DefaultIntermediateTTL
 	}
+	if cfg.MaxSVIDTTL == 0 {
+		cfg.MaxSVIDTTL = cfg.IntermediateTTL / 4
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	c := &CA{cfg: cfg}
+	if cfg.Upstream != nil && (len(cfg.Upstream.Chain) == 0 || cfg.Upstream.Signer == nil) {
+		return nil, errors.New("ca: upstream authority needs a certificate chain and a key")
+	}
+	c := &CA{cfg: cfg, schedule: Schedule{TTL: cfg.IntermediateTTL, MaxSignedTTL: cfg.MaxSVIDTTL}}
+	if err := c.schedule.Validate(); err != nil {
+		return nil, err
+	}
 
 	raw, err := cfg.Journal.LoadCAJournal(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("ca: load journal: %w", err)
 	}
-	if raw == nil {
-		if err := c.bootstrap(ctx); err != nil {
+	if raw != nil {
+		if err := c.restore(ctx, raw); err != nil {
 			return nil, err
 		}
-	} else if err := c.restore(ctx, raw); err != nil {
-		return nil, err
 	}
-	if err := c.RenewIntermediateIfDue(ctx); err != nil {
+	if err := c.Rotate(ctx); err != nil {
 		return nil, err
 	}
 	return c, nil
-}
-
-// bootstrap creates the first root and intermediate.
-func (c *CA) bootstrap(ctx context.Context) error {
-	root, err := c.newRoot(ctx)
-	if err != nil {
-		return err
-	}
-	c.authorities = []*Authority{root}
-	c.bundleSeq = 1
-	inter, err := c.newIntermediate(ctx, root)
-	if err != nil {
-		return err
-	}
-	inter.State = StateActive
-	c.authorities = append(c.authorities, inter)
-	if err := c.save(ctx); err != nil {
-		return err
-	}
-	c.setActive(inter)
-	c.cfg.Logger.Info("created CA", slog.String("root_id", root.ID), slog.String("intermediate_id", inter.ID),
-		slog.Time("root_not_after", root.NotAfter()), slog.Time("intermediate_not_after", inter.NotAfter()))
-	return nil
 }
 
 func (c *CA) restore(ctx context.Context, raw []byte) error {
@@ -142,102 +145,78 @@ func (c *CA) restore(ctx context.Context, raw []byte) error {
 	if err != nil {
 		return err
 	}
-	c.bundleSeq = rec.BundleSequence
+	auths := make([]*Authority, 0, len(rec.Authorities))
 	for _, r := range rec.Authorities {
-		cert, err := x509.ParseCertificate(r.CertDER)
+		a, err := fromRecord(r)
 		if err != nil {
-			return fmt.Errorf("ca: journal: authority %s: %w", r.ID, err)
+			return err
 		}
-		signer, err := c.cfg.Keys.LoadKey(ctx, r.KeyRef)
-		if err != nil {
-			return fmt.Errorf("ca: load key of authority %s: %w", r.ID, err)
+		if a.Kind == KindRoot && c.cfg.Upstream != nil {
+			a.Signer = c.cfg.Upstream.Signer
+		} else {
+			if a.Signer, err = c.cfg.Keys.LoadKey(ctx, a.KeyRef); err != nil {
+				return fmt.Errorf("ca: load key of authority %s: %w", a.ID, err)
+			}
 		}
-		if !publicKeysEqual(signer.Public(), cert.PublicKey) {
-			return fmt.Errorf("ca: key of authority %s does not match its certificate", r.ID)
+		if !publicKeysEqual(a.Signer.Public(), a.PublicKey) {
+			return fmt.Errorf("ca: key of authority %s does not match its record", a.ID)
 		}
-		a := &Authority{ID: r.ID, Kind: r.Kind, State: r.State, Cert: cert, KeyRef: r.KeyRef, ParentID: r.ParentID, Signer: signer}
-		c.authorities = append(c.authorities, a)
-		if a.Kind == KindIntermediate && a.State == StateActive {
-			c.setActive(a)
-		}
+		auths = append(auths, a)
 	}
+	c.install(auths, rec.BundleSequence)
 	return nil
 }
 
-// RenewIntermediateIfDue activates a new intermediate when the active one is
-// missing or past half of its life. The old one keeps validating the SVIDs it
-// signed (the bundle holds only roots, so nothing else changes). The server
-// calls it at start and periodically; the full PREPARED → ACTIVE → OLD
-// schedule with taint and revoke builds on it.
-func (c *CA) RenewIntermediateIfDue(ctx context.Context) error {
-	c.renewMu.Lock()
-	defer c.renewMu.Unlock()
-	now := c.cfg.Clock.Now()
-	cur := c.active.Load()
-	if cur != nil {
-		life := cur.authority.Cert.NotAfter.Sub(cur.authority.Cert.NotBefore)
-		if cur.authority.Cert.NotAfter.Sub(now) > life/2 {
-			return nil
-		}
-	}
-	root := c.activeRoot()
-	if root == nil {
-		return errors.New("ca: journal holds no active root")
-	}
-	if !root.NotAfter().After(now) {
-		return fmt.Errorf("ca: root %s expired at %s", root.ID, root.NotAfter().Format(time.RFC3339))
-	}
-	inter, err := c.newIntermediate(ctx, root)
-	if err != nil {
-		return err
-	}
-	inter.State = StateActive
+// install replaces the authorities and points the signers at the active ones.
+func (c *CA) install(auths []*Authority, seq uint64) {
 	c.mu.Lock()
-	for _, a := range c.authorities {
-		if a.Kind == KindIntermediate && a.State == StateActive {
-			a.State = StateOld
-		}
-	}
-	c.authorities = append(c.authorities, inter)
+	c.authorities, c.bundleSeq = auths, seq
 	c.mu.Unlock()
-	if err := c.save(ctx); err != nil {
-		return err
-	}
-	c.setActive(inter)
-	c.cfg.Logger.Info("activated new intermediate", slog.String("intermediate_id", inter.ID), slog.Time("not_after", inter.NotAfter()))
-	return nil
-}
-
-func (c *CA) activeRoot() *Authority {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	for _, a := range c.authorities {
-		if a.Kind == KindRoot && a.State == StateActive {
-			return a
+	var inter, jwt *Authority
+	for _, a := range auths {
+		if a.State != StateActive {
+			continue
+		}
+		switch a.Kind {
+		case KindIntermediate:
+			inter = a
+		case KindJWT:
+			jwt = a
 		}
 	}
-	return nil
+	if inter == nil {
+		c.active.Store(nil)
+	} else {
+		tail := []*x509.Certificate{inter.Cert}
+		if c.cfg.Upstream != nil {
+			// Intermediates chain to the upstream signing certificate; send it
+			// along so verifiers that hold only the upstream root can build the path.
+			tail = append(tail, c.upstreamIntermediates()...)
+		}
+		c.active.Store(&activeSigner{authority: inter, chainTail: tail})
+	}
+	c.activeJWT.Store(jwt)
 }
 
-func (c *CA) setActive(a *Authority) {
-	c.active.Store(&activeSigner{authority: a, chainTail: []*x509.Certificate{a.Cert}})
-}
-
-func (c *CA) save(ctx context.Context) error {
-	c.mu.RLock()
-	raw, err := encodeJournal(c.bundleSeq, c.authorities)
-	c.mu.RUnlock()
-	if err != nil {
-		return fmt.Errorf("ca: encode journal: %w", err)
+// upstreamIntermediates is the upstream chain without its self-signed root.
+func (c *CA) upstreamIntermediates() []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, cert := range c.cfg.Upstream.Chain {
+		if !isSelfSigned(cert) {
+			out = append(out, cert)
+		}
 	}
-	if err := c.cfg.Journal.SaveCAJournal(ctx, raw); err != nil {
-		return fmt.Errorf("ca: save journal: %w", err)
-	}
-	return nil
+	return out
 }
 
 // TrustDomain is the trust domain the CA signs for.
 func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.cfg.TrustDomain }
+
+// Schedule is the rotation schedule in force.
+func (c *CA) Schedule() Schedule { return c.schedule }
+
+// MaxSVIDTTL is the longest SVID lifetime the CA guarantees in full.
+func (c *CA) MaxSVIDTTL() time.Duration { return c.cfg.MaxSVIDTTL }
 
 // Authorities returns a snapshot of every authority (without signers).
 func (c *CA) Authorities() []Authority {
@@ -252,7 +231,7 @@ func (c *CA) Authorities() []Authority {
 	return out
 }
 
-// ActiveIntermediate returns the authority that signs SVIDs now.
+// ActiveIntermediate returns the certificate that signs SVIDs now.
 func (c *CA) ActiveIntermediate() (*x509.Certificate, error) {
 	cur := c.active.Load()
 	if cur == nil {
@@ -267,11 +246,44 @@ func (c *CA) Bundle() (*x509bundle.Bundle, uint64) {
 	defer c.mu.RUnlock()
 	var roots []*x509.Certificate
 	for _, a := range c.authorities {
-		if a.Kind == KindRoot {
+		switch {
+		case a.Kind != KindRoot:
+		case a.KeyRef == upstreamKeyRef:
+			roots = append(roots, c.upstreamRoots()...)
+		default:
 			roots = append(roots, a.Cert)
 		}
 	}
 	return x509bundle.FromX509Authorities(c.cfg.TrustDomain, roots), c.bundleSeq
+}
+
+// upstreamRoots are the self-signed certificates of the upstream chain (the
+// last certificate if none is self-signed): what verifiers must trust.
+func (c *CA) upstreamRoots() []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, cert := range c.cfg.Upstream.Chain {
+		if isSelfSigned(cert) {
+			out = append(out, cert)
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, c.cfg.Upstream.Chain[len(c.cfg.Upstream.Chain)-1])
+	}
+	return out
+}
+
+// TaintedKeyIDs returns the key IDs of tainted intermediates: agents replace
+// every SVID whose authority key ID is among them.
+func (c *CA) TaintedKeyIDs() [][]byte {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out [][]byte
+	for _, a := range c.authorities {
+		if a.Tainted && a.Cert != nil {
+			out = append(out, a.Cert.SubjectKeyId)
+		}
+	}
+	return out
 }
 
 // CheckSigner proves the active intermediate's key can sign right now, by
@@ -281,7 +293,7 @@ func (c *CA) CheckSigner() error {
 	if cur == nil {
 		return ErrNoActiveIntermediate
 	}
-	if !cur.authority.NotAfter().After(c.cfg.Clock.Now()) {
+	if !cur.authority.NotAfter.After(c.cfg.Clock.Now()) {
 		return ErrSignerExpired
 	}
 	return testSignature(cur.authority.Signer)

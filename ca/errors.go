@@ -26,3 +26,26 @@ func (e *RequestError) Error() string {
 func requestErr(field, format string, args ...any) error {
 	return &RequestError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
+
+var (
+	// ErrNoActiveRoot means no root may sign intermediates.
+	ErrNoActiveRoot = errors.New("ca: no active root authority")
+	// ErrNotFound means no authority has the given ID.
+	ErrNotFound = errors.New("ca: no such authority")
+)
+
+// RefusedError is an admin operation refused as unsafe, with the reason and,
+// where it applies, what still stands in the way (agent IDs, authority IDs).
+type RefusedError struct {
+	Op       string
+	Reason   string
+	Blockers []string
+}
+
+func (e *RefusedError) Error() string {
+	msg := fmt.Sprintf("ca: %s refused: %s", e.Op, e.Reason)
+	if len(e.Blockers) > 0 {
+		msg += fmt.Sprintf(" (%d: %v)", len(e.Blockers), e.Blockers)
+	}
+	return msg
+}

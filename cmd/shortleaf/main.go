@@ -40,6 +40,7 @@ func newRootCommand() *cobra.Command {
 		newTokenCommand(),
 		newBundleCommand(),
 		newX509Command(),
+		newCACommand(),
 		newHealthcheckCommand(),
 	)
 	return root

@@ -66,6 +66,7 @@ type Agent struct {
 	svidChain    []*x509.Certificate // the agent's own SVID
 	tlsCert      *tls.Certificate
 	agentRenewAt time.Time
+	agentTainted bool // its signer is tainted and its replacement is scheduled
 
 	conn   *grpc.ClientConn
 	client agentv1.AgentAPIClient
@@ -195,7 +196,7 @@ func (a *Agent) setSVID(key any, chain []*x509.Certificate) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.svidChain, a.tlsCert = chain, cert
+	a.svidChain, a.tlsCert, a.agentTainted = chain, cert, false
 	a.agentRenewAt = renewAt(a.cfg.Clock.Now(), chain[0].NotAfter)
 }
 

@@ -31,6 +31,14 @@ func jitter(d time.Duration, frac float64) time.Duration {
 	return time.Duration(float64(d) * (1 + frac*(2*rand.Float64()-1))) //nolint:gosec // jitter needs spread, not secrecy
 }
 
+// spread returns a uniformly random duration in [0, window).
+func spread(window time.Duration) time.Duration {
+	if window <= 0 {
+		return 0
+	}
+	return time.Duration(rand.Int64N(int64(window))) //nolint:gosec // load spreading, not secrecy
+}
+
 // renewAt is half of the remaining life from issuedAt, ±10%.
 func renewAt(issuedAt, notAfter time.Time) time.Time {
 	return issuedAt.Add(jitter(notAfter.Sub(issuedAt)/2, 0.1))

@@ -32,6 +32,9 @@ type svid struct {
 	ChainDER []byte
 	KeyDER   []byte
 	RenewAt  time.Time
+	// Tainted is set once the SVID's signer was reported tainted and its
+	// replacement scheduled, so later syncs do not push it back again.
+	Tainted bool
 }
 
 // cache is the agent's view: entries, SVIDs and the bundle. Every change
@@ -157,6 +160,44 @@ func (c *cache) setSVIDs(issued map[string]*svid) {
 		}
 	}
 	c.publish()
+}
+
+// signerKeyIDs lists the distinct authority key IDs of the SVIDs held.
+func (c *cache) signerKeyIDs() [][]byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen := map[string]bool{}
+	var out [][]byte
+	for _, s := range c.svids {
+		aki := s.Chain[0].AuthorityKeyId
+		if len(aki) > 0 && !seen[string(aki)] {
+			seen[string(aki)] = true
+			out = append(out, aki)
+		}
+	}
+	return out
+}
+
+// replaceTainted schedules the replacement of every SVID signed by a tainted
+// key at a random moment within window, so a taint does not flood the server.
+func (c *cache) replaceTainted(tainted map[string]bool, now time.Time, window time.Duration) int {
+	if len(tainted) == 0 {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, s := range c.svids {
+		if s.Tainted || !tainted[string(s.Chain[0].AuthorityKeyId)] {
+			continue
+		}
+		s.Tainted = true
+		if at := now.Add(spread(window)); at.Before(s.RenewAt) {
+			s.RenewAt = at
+		}
+		n++
+	}
+	return n
 }
 
 func (c *cache) svidCount() int {

@@ -241,7 +241,13 @@ func (a *Agent) sync(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
 	_, seq := a.cache.getBundle()
-	stream, err := a.client.SyncEntries(ctx, &agentv1.SyncEntriesRequest{BundleSequence: seq})
+	signers := a.cache.signerKeyIDs()
+	a.mu.Lock()
+	if len(a.svidChain) > 0 && len(a.svidChain[0].AuthorityKeyId) > 0 {
+		signers = append(signers, a.svidChain[0].AuthorityKeyId)
+	}
+	a.mu.Unlock()
+	stream, err := a.client.SyncEntries(ctx, &agentv1.SyncEntriesRequest{BundleSequence: seq, SignerKeyIds: signers})
 	if err != nil {
 		return fmt.Errorf("agent: sync: %w", err)
 	}
@@ -260,7 +266,11 @@ func (a *Agent) sync(ctx context.Context) error {
 			entries[e.ID] = e
 		}
 		if !msg.GetMore() {
-			return a.applySync(entries, msg.GetBundle())
+			if err := a.applySync(entries, msg.GetBundle()); err != nil {
+				return err
+			}
+			a.applyTaints(msg.GetTaintedKeyIds())
+			return nil
 		}
 	}
 }
@@ -282,6 +292,30 @@ func (a *Agent) applySync(entries map[string]*entry, pb *agentv1.Bundle) error {
 	}
 	a.cache.setEntries(entries, bundle, pb.GetSequence())
 	return nil
+}
+
+// applyTaints schedules the replacement of everything signed by a tainted
+// intermediate within one sync interval, the agent's own SVID included.
+func (a *Agent) applyTaints(ids [][]byte) {
+	if len(ids) == 0 {
+		return
+	}
+	tainted := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		tainted[string(id)] = true
+	}
+	now := a.cfg.Clock.Now()
+	if n := a.cache.replaceTainted(tainted, now, a.cfg.SyncInterval); n > 0 {
+		a.cfg.Logger.Info("replacing SVIDs signed by a tainted authority", slog.Int("svids", n))
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.svidChain) > 0 && tainted[string(a.svidChain[0].AuthorityKeyId)] && !a.agentTainted {
+		a.agentTainted = true
+		if at := now.Add(spread(a.cfg.SyncInterval)); at.Before(a.agentRenewAt) {
+			a.agentRenewAt = at
+		}
+	}
 }
 
 func sameCerts(a, b []*x509.Certificate) bool {

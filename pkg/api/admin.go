@@ -41,11 +41,17 @@ const (
 
 // AdminConfig configures the admin API.
 type AdminConfig struct {
-	CA             Authority
+	CA Authority
+	// Lifecycle is the CA itself, for the key lifecycle operations.
+	Lifecycle      *ca.CA
 	Store          AdminStore
 	DefaultSVIDTTL time.Duration
-	Clock          clock.Clock
-	Logger         *slog.Logger
+	// MaxSVIDTTL bounds entry and mint TTLs: the longest lifetime the CA
+	// guarantees in full.
+	MaxSVIDTTL    time.Duration
+	AgentLiveness time.Duration // default DefaultAgentLiveness
+	Clock         clock.Clock
+	Logger        *slog.Logger
 }
 
 // AdminService implements the admin API.
@@ -59,12 +65,18 @@ func NewAdminService(cfg AdminConfig) *AdminService {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real
 	}
+	if cfg.AgentLiveness == 0 {
+		cfg.AgentLiveness = DefaultAgentLiveness
+	}
+	if cfg.MaxSVIDTTL == 0 {
+		cfg.MaxSVIDTTL = MaxX509SVIDTTL
+	}
 	return &AdminService{cfg: cfg}
 }
 
 // CreateEntry validates and stores a registration entry.
 func (s *AdminService) CreateEntry(ctx context.Context, req *adminv1.CreateEntryRequest) (*adminv1.Entry, error) {
-	e, err := entryFromProto(req.GetEntry(), s.cfg.CA.TrustDomain())
+	e, err := entryFromProto(req.GetEntry(), s.cfg.CA.TrustDomain(), s.cfg.MaxSVIDTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +107,7 @@ func (s *AdminService) UpdateEntry(ctx context.Context, req *adminv1.UpdateEntry
 	if req.GetEntry().GetId() == "" {
 		return nil, invalid("entry.id", "is required")
 	}
-	e, err := entryFromProto(req.GetEntry(), s.cfg.CA.TrustDomain())
+	e, err := entryFromProto(req.GetEntry(), s.cfg.CA.TrustDomain(), s.cfg.MaxSVIDTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -227,7 +239,7 @@ func (s *AdminService) MintX509SVID(ctx context.Context, req *adminv1.MintX509SV
 	if err != nil {
 		return nil, err
 	}
-	ttl, err := validateTTL("ttl", req.GetTtlSeconds())
+	ttl, err := validateTTL("ttl", req.GetTtlSeconds(), s.cfg.MaxSVIDTTL)
 	if err != nil {
 		return nil, err
 	}

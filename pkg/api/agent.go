@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"runtime"
@@ -31,6 +32,7 @@ type Authority interface {
 	TrustDomain() spiffeid.TrustDomain
 	SignX509SVID(ca.X509SVIDParams) ([]*x509.Certificate, error)
 	Bundle() (*x509bundle.Bundle, uint64)
+	TaintedKeyIDs() [][]byte
 }
 
 // AgentStore is what the agent API needs of the datastore.
@@ -193,6 +195,11 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 		return err
 	}
 	agent.LastSeen = s.cfg.Clock.Now()
+	agent.BundleSequence = req.GetBundleSequence()
+	agent.SignerKeyIDs = agent.SignerKeyIDs[:0]
+	for _, id := range req.GetSignerKeyIds() {
+		agent.SignerKeyIDs = append(agent.SignerKeyIDs, hex.EncodeToString(id))
+	}
 	if err := s.cfg.Store.UpdateAgent(ctx, agent); err != nil {
 		return toStatus(ctx, s.cfg.Logger, "sync", err)
 	}
@@ -208,6 +215,7 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 		}
 		if next == "" {
 			msg.Bundle = s.bundleProto()
+			msg.TaintedKeyIds = s.cfg.CA.TaintedKeyIDs()
 		}
 		if err := stream.Send(msg); err != nil {
 			return err

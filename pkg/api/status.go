@@ -28,7 +28,12 @@ func toStatus(ctx context.Context, log *slog.Logger, op string, err error) error
 		return err
 	}
 	var reqErr *ca.RequestError
+	var refused *ca.RefusedError
 	switch {
+	case errors.As(err, &refused):
+		return status.Error(codes.FailedPrecondition, refused.Error())
+	case errors.Is(err, ca.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
 	case errors.As(err, &reqErr):
 		return status.Errorf(codes.InvalidArgument, "%s: %s", reqErr.Field, reqErr.Reason)
 	case errors.Is(err, datastore.ErrNotFound):

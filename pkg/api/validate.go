@@ -59,13 +59,18 @@ func parseAgentID(field, s string, td spiffeid.TrustDomain) (spiffeid.ID, error)
 	return id, nil
 }
 
-func validateTTL(field string, seconds int32) (time.Duration, error) {
+// validateTTL checks a TTL in seconds (0 means the default) against the
+// fixed range and the CA's max, the longest lifetime it gives in full.
+func validateTTL(field string, seconds int32, maxTTL time.Duration) (time.Duration, error) {
 	if seconds == 0 {
 		return 0, nil
 	}
 	ttl := time.Duration(seconds) * time.Second
 	if ttl < MinX509SVIDTTL || ttl > MaxX509SVIDTTL {
 		return 0, invalid(field, "%s is out of range (%s to %s)", ttl, MinX509SVIDTTL, MaxX509SVIDTTL)
+	}
+	if ttl > maxTTL {
+		return 0, invalid(field, "%s is above the server's max_x509_svid_ttl of %s (raise it, with intermediate_ttl at least twice as long)", ttl, maxTTL)
 	}
 	return ttl, nil
 }
@@ -89,7 +94,7 @@ func validateDNSNames(field string, names []string) error {
 }
 
 // entryFromProto validates an admin entry and converts it to the domain type.
-func entryFromProto(in *adminv1.Entry, td spiffeid.TrustDomain) (*datastore.Entry, error) {
+func entryFromProto(in *adminv1.Entry, td spiffeid.TrustDomain, maxTTL time.Duration) (*datastore.Entry, error) {
 	if in == nil {
 		return nil, invalid("entry", "is required")
 	}
@@ -112,7 +117,7 @@ func entryFromProto(in *adminv1.Entry, td spiffeid.TrustDomain) (*datastore.Entr
 		}
 		sels = append(sels, sel)
 	}
-	ttl, err := validateTTL("entry.x509_svid_ttl", in.GetX509SvidTtlSeconds())
+	ttl, err := validateTTL("entry.x509_svid_ttl", in.GetX509SvidTtlSeconds(), maxTTL)
 	if err != nil {
 		return nil, err
 	}

@@ -29,8 +29,18 @@ type ServerFile struct {
 	CAKeyType         string   `yaml:"ca_key_type"`
 	RootTTL           Duration `yaml:"root_ttl"`
 	IntermediateTTL   Duration `yaml:"intermediate_ttl"`
+	MaxX509SVIDTTL    Duration `yaml:"max_x509_svid_ttl"`
 	KeyPassphraseFile string   `yaml:"key_passphrase_file"`
-	LogLevel          string   `yaml:"log_level"`
+	// UpstreamAuthority, when set, signs the intermediates instead of a
+	// self-signed root.
+	UpstreamAuthority *UpstreamFile `yaml:"upstream_authority"`
+	LogLevel          string        `yaml:"log_level"`
+}
+
+// UpstreamFile names an existing CA's certificate chain and key.
+type UpstreamFile struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // Server defaults that are not the server package's own.
@@ -87,6 +97,7 @@ func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Le
 		KeyType:         orDefault(f.CAKeyType, "ec-p256"),
 		RootTTL:         durationOr(f.RootTTL, 365*24*time.Hour),
 		IntermediateTTL: durationOr(f.IntermediateTTL, 24*time.Hour),
+		MaxSVIDTTL:      time.Duration(f.MaxX509SVIDTTL),
 	}
 	if f.MetricsAddress == "off" {
 		cfg.MetricsAddr = ""
@@ -99,6 +110,11 @@ func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Le
 		return cfg, 0, err
 	}
 	cfg.KeyPassphrase = pass
+	if f.UpstreamAuthority != nil {
+		if cfg.Upstream, err = LoadUpstream(f.UpstreamAuthority.CertFile, f.UpstreamAuthority.KeyFile, pass); err != nil {
+			return cfg, 0, err
+		}
+	}
 	return cfg, level, nil
 }
 
@@ -114,9 +130,19 @@ func ValidateServer(cfg *server.Config) error {
 	if _, _, err := keymanager.KeyAlgorithm(cfg.KeyType); err != nil {
 		return fieldErr("ca_key_type", "%q is not one of ec-p256, ec-p384, rsa-2048, rsa-4096", cfg.KeyType)
 	}
-	if cfg.IntermediateTTL < 2*cfg.DefaultSVIDTTL || cfg.IntermediateTTL < 2*cfg.AgentSVIDTTL {
-		return fieldErr("intermediate_ttl", "%s must be at least twice x509_svid_ttl (%s) and agent_svid_ttl (%s); raise intermediate_ttl or lower the SVID TTLs",
-			cfg.IntermediateTTL, cfg.DefaultSVIDTTL, cfg.AgentSVIDTTL)
+	if cfg.MaxSVIDTTL == 0 {
+		cfg.MaxSVIDTTL = max(cfg.DefaultSVIDTTL, cfg.AgentSVIDTTL)
+	}
+	if cfg.MaxSVIDTTL < cfg.DefaultSVIDTTL || cfg.MaxSVIDTTL < cfg.AgentSVIDTTL || cfg.MaxSVIDTTL > MaxX509SVIDTTL {
+		return fieldErr("max_x509_svid_ttl", "%s must be at least x509_svid_ttl (%s) and agent_svid_ttl (%s), and at most %s",
+			cfg.MaxSVIDTTL, cfg.DefaultSVIDTTL, cfg.AgentSVIDTTL, MaxX509SVIDTTL)
+	}
+	// The next intermediate takes over while the active one can still sign a
+	// max-TTL SVID, and is prepared at half of its life: both fit only if an
+	// intermediate lives at least twice the longest SVID.
+	if cfg.IntermediateTTL < 2*cfg.MaxSVIDTTL {
+		return fieldErr("intermediate_ttl", "%s cannot give every SVID its full lifetime: it must be at least twice the longest SVID TTL (%s, from x509_svid_ttl, agent_svid_ttl and max_x509_svid_ttl); raise intermediate_ttl to %s or lower those",
+			cfg.IntermediateTTL, cfg.MaxSVIDTTL, 2*cfg.MaxSVIDTTL)
 	}
 	if cfg.RootTTL < 2*cfg.IntermediateTTL {
 		return fieldErr("root_ttl", "%s must be at least twice intermediate_ttl (%s)", cfg.RootTTL, cfg.IntermediateTTL)

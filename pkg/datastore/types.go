@@ -43,6 +43,12 @@ type Agent struct {
 	NotAfter        time.Time         `json:"not_after"`
 	CreatedAt       time.Time         `json:"created_at"`
 	LastSeen        time.Time         `json:"last_seen"`
+	// BundleSequence is the trust bundle sequence the agent last reported
+	// holding; root activation waits for every live agent to hold the newest.
+	BundleSequence uint64 `json:"bundle_sequence,omitempty"`
+	// SignerKeyIDs are the key IDs (hex) of the intermediates that signed the
+	// SVIDs the agent last reported holding.
+	SignerKeyIDs []string `json:"signer_key_ids,omitempty"`
 }
 
 // JoinToken is a single-use node attestation secret. Only the hash of the

@@ -70,15 +70,18 @@ func Run(ctx context.Context, cfg Config) error {
 	scfg := server.Config{
 		TrustDomain: td, DataDir: filepath.Join(dataDir, "server"), AgentAPIAddr: "127.0.0.1:0",
 		AdminSocket: filepath.Join(dataDir, "admin.sock"), DefaultSVIDTTL: cfg.X509SVIDTTL,
-		AgentSVIDTTL: time.Hour, KeyType: "ec-p256", RootTTL: 365 * 24 * time.Hour, IntermediateTTL: cfg.IntermediateTTL,
+		AgentSVIDTTL: time.Hour, KeyType: "ec-p256", AgentLiveness: time.Minute, RootTTL: 365 * 24 * time.Hour, IntermediateTTL: cfg.IntermediateTTL,
 		InsecureUnencryptedKeys: true, Logger: cfg.Logger.With(slog.String("component", "server")),
 	}
 	if scfg.IntermediateTTL == 0 {
 		scfg.IntermediateTTL = 24 * time.Hour
 	}
-	if scfg.AgentSVIDTTL > scfg.IntermediateTTL/2 {
-		scfg.AgentSVIDTTL = scfg.IntermediateTTL / 2
+	// Agent SVIDs are signed by the intermediates too: keep them short enough
+	// that a short --intermediate-ttl still rotates on schedule.
+	if scfg.AgentSVIDTTL > scfg.IntermediateTTL/4 {
+		scfg.AgentSVIDTTL = max(scfg.IntermediateTTL/4, scfg.DefaultSVIDTTL)
 	}
+	scfg.RotationInterval = time.Second
 	if err := config.ValidateServer(&scfg); err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}

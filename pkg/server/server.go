@@ -43,7 +43,18 @@ type Config struct {
 	AgentSVIDTTL    time.Duration // default 1h
 	KeyType         string        // default ec-p256
 	RootTTL         time.Duration // default 1 year
-	IntermediateTTL time.Duration // default 24h
+	IntermediateTTL time.Duration // default 24h; JWT signing keys live as long
+	// MaxSVIDTTL is the longest SVID lifetime the CA gives in full (entries
+	// may not ask for more). Default: the longer of DefaultSVIDTTL and
+	// AgentSVIDTTL. IntermediateTTL must be at least twice as long.
+	MaxSVIDTTL time.Duration
+	// RotationInterval is how often the key schedule is checked; default 5s.
+	RotationInterval time.Duration
+	// AgentLiveness is how recently an agent must have synced to count as live
+	// for root activation and revocation; default 10m.
+	AgentLiveness time.Duration
+	// Upstream, when set, signs the intermediates instead of a self-signed root.
+	Upstream *ca.Upstream
 	// KeyPassphrase encrypts CA key files. Empty is allowed only when
 	// InsecureUnencryptedKeys is set (dev mode).
 	KeyPassphrase           []byte
@@ -59,8 +70,8 @@ const (
 	DefaultAgentAPIAddr       = "127.0.0.1:8081"
 	DefaultX509SVIDTTL        = 5 * time.Minute
 	DefaultAgentSVIDTTL       = time.Hour
-	serverSVIDTTL             = time.Hour
-	intermediateCheckInterval = time.Minute
+	serverSVIDTTL           = time.Hour
+	defaultRotationInterval = 5 * time.Second
 	adminSocketName           = "admin.sock"
 	datastoreFileName         = "datastore.db"
 	keysDirName               = "keys"
@@ -80,6 +91,8 @@ type Server struct {
 	adminSrv  *grpc.Server
 	httpSrv   *http.Server
 	tlsCert   *serverCertificate
+	admin     *api.AdminService
+	caMetrics *telemetry.CA
 	closeOnce sync.Once
 }
 
@@ -97,7 +110,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if len(cfg.KeyPassphrase) == 0 {
 		cfg.Logger.Warn("CA keys are stored UNENCRYPTED; use this for development only", slog.String("dir", filepath.Join(cfg.DataDir, keysDirName)))
 	}
-	s := &Server{cfg: cfg}
+	s := &Server{cfg: cfg, caMetrics: telemetry.NewCA(cfg.Registry)}
 	ok := false
 	defer func() {
 		if !ok {
@@ -114,12 +127,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.ca, err = ca.New(ctx, ca.Config{
 		TrustDomain: cfg.TrustDomain, KeyType: cfg.KeyType, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
-		Keys: keys, Journal: s.store, Clock: cfg.Clock, Logger: cfg.Logger,
+		MaxSVIDTTL: cfg.MaxSVIDTTL, Upstream: cfg.Upstream, Keys: keys, Journal: s.store, Clock: cfg.Clock, Logger: cfg.Logger,
+		OnTransition: func(kind ca.Kind, what string) { s.caMetrics.Transitions.WithLabelValues(string(kind), what).Inc() },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	if s.tlsCert, err = newServerCertificate(s.ca, cfg.Clock); err != nil {
+	if s.tlsCert, err = newServerCertificate(s.ca, cfg.Clock, min(serverSVIDTTL, cfg.MaxSVIDTTL)); err != nil {
 		return nil, err
 	}
 	metrics := telemetry.NewServer(cfg.Registry)
@@ -139,9 +153,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			}
 			return h(ctx, req)
 		}))
-	adminv1.RegisterAdminAPIServer(s.adminSrv, api.NewAdminService(api.AdminConfig{
-		CA: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, Clock: cfg.Clock, Logger: cfg.Logger,
-	}))
+	s.admin = api.NewAdminService(api.AdminConfig{
+		CA: s.ca, Lifecycle: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, MaxSVIDTTL: cfg.MaxSVIDTTL,
+		AgentLiveness: cfg.AgentLiveness, Clock: cfg.Clock, Logger: cfg.Logger,
+	})
+	adminv1.RegisterAdminAPIServer(s.adminSrv, s.admin)
 	healthpb.RegisterHealthServer(s.adminSrv, health.NewServer())
 
 	if s.agentLis, err = net.Listen("tcp", cfg.AgentAPIAddr); err != nil {
@@ -178,6 +194,19 @@ func applyDefaults(cfg *Config) error {
 	}
 	if cfg.AgentSVIDTTL == 0 {
 		cfg.AgentSVIDTTL = DefaultAgentSVIDTTL
+	}
+	if cfg.MaxSVIDTTL == 0 {
+		cfg.MaxSVIDTTL = max(cfg.DefaultSVIDTTL, cfg.AgentSVIDTTL)
+	}
+	if cfg.RotationInterval == 0 {
+		cfg.RotationInterval = defaultRotationInterval
+	}
+	if cfg.AgentLiveness == 0 {
+		cfg.AgentLiveness = api.DefaultAgentLiveness
+	}
+	if cfg.DefaultSVIDTTL > cfg.MaxSVIDTTL || cfg.AgentSVIDTTL > cfg.MaxSVIDTTL {
+		return fmt.Errorf("server: max_x509_svid_ttl (%s) must be at least x509_svid_ttl (%s) and agent_svid_ttl (%s)",
+			cfg.MaxSVIDTTL, cfg.DefaultSVIDTTL, cfg.AgentSVIDTTL)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real
@@ -240,7 +269,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.stop()
 		return nil
 	})
-	g.Go(func() error { s.renewIntermediates(gctx); return nil })
+	g.Go(func() error { s.rotate(gctx); return nil })
 	s.cfg.Logger.Info("server running", slog.String("trust_domain", s.cfg.TrustDomain.Name()),
 		slog.String("agent_api", s.AgentAddr()), slog.String("admin_socket", s.cfg.AdminSocket), slog.String("metrics", s.MetricsAddr()))
 	// Listener errors caused by our own shutdown are not failures.
@@ -250,18 +279,44 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-// renewIntermediates replaces the intermediate at half-life while running.
-func (s *Server) renewIntermediates(ctx context.Context) {
+// rotate applies the key schedule every RotationInterval and refreshes the
+// lifecycle metrics.
+func (s *Server) rotate(ctx context.Context) {
 	for {
+		if err := s.ca.Rotate(ctx); err != nil {
+			s.cfg.Logger.Error("CA rotation failed; retrying", slog.Any("error", err))
+		}
+		s.observeAuthorities(ctx)
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.cfg.Clock.After(intermediateCheckInterval):
-		}
-		if err := s.ca.RenewIntermediateIfDue(ctx); err != nil {
-			s.cfg.Logger.Error("intermediate renewal failed", slog.Any("error", err))
+		case <-s.cfg.Clock.After(s.cfg.RotationInterval):
 		}
 	}
+}
+
+func (s *Server) observeAuthorities(ctx context.Context) {
+	s.caMetrics.AuthorityNotAfter.Reset()
+	earliest := map[[2]string]time.Time{}
+	for _, a := range s.ca.Authorities() {
+		k := [2]string{string(a.Kind), string(a.State)}
+		if t, ok := earliest[k]; !ok || a.NotAfter.Before(t) {
+			earliest[k] = a.NotAfter
+		}
+	}
+	for k, t := range earliest {
+		s.caMetrics.AuthorityNotAfter.WithLabelValues(k[0], k[1]).Set(float64(t.Unix()))
+	}
+	resp, err := s.admin.ListAuthorities(ctx, &adminv1.ListAuthoritiesRequest{})
+	if err != nil {
+		return
+	}
+	p := resp.GetPropagation()
+	ratio := 1.0
+	if p.GetLiveAgents() > 0 {
+		ratio = float64(p.GetCurrentAgents()) / float64(p.GetLiveAgents())
+	}
+	s.caMetrics.Propagation.Set(ratio)
 }
 
 func serveGRPC(srv *grpc.Server, lis net.Listener) error {

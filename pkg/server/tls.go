@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -21,14 +22,15 @@ import (
 type serverCertificate struct {
 	ca    *ca.CA
 	clock clock.Clock
+	ttl   time.Duration
 
 	mu   sync.Mutex
 	cert *tls.Certificate
 	leaf *x509.Certificate
 }
 
-func newServerCertificate(c *ca.CA, clk clock.Clock) (*serverCertificate, error) {
-	sc := &serverCertificate{ca: c, clock: clk}
+func newServerCertificate(c *ca.CA, clk clock.Clock, ttl time.Duration) (*serverCertificate, error) {
+	sc := &serverCertificate{ca: c, clock: clk, ttl: ttl}
 	if _, err := sc.get(nil); err != nil {
 		return nil, err
 	}
@@ -49,7 +51,7 @@ func (sc *serverCertificate) get(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	if err != nil {
 		return nil, fmt.Errorf("server: TLS key: %w", err)
 	}
-	chain, err := sc.ca.SignX509SVID(ca.X509SVIDParams{PublicKey: key.Public(), SPIFFEID: ca.ServerID(sc.ca.TrustDomain()), TTL: serverSVIDTTL})
+	chain, err := sc.ca.SignX509SVID(ca.X509SVIDParams{PublicKey: key.Public(), SPIFFEID: ca.ServerID(sc.ca.TrustDomain()), TTL: sc.ttl})
 	if err != nil {
 		return nil, fmt.Errorf("server: sign server SVID: %w", err)
 	}

@@ -50,6 +50,33 @@ func NewServer(reg prometheus.Registerer) *Server {
 	return m
 }
 
+// CA holds the key lifecycle metrics.
+type CA struct {
+	AuthorityNotAfter *prometheus.GaugeVec
+	Transitions       *prometheus.CounterVec
+	Propagation       prometheus.Gauge
+}
+
+// NewCA registers the key lifecycle metrics on reg.
+func NewCA(reg prometheus.Registerer) *CA {
+	m := &CA{
+		AuthorityNotAfter: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "shortleaf_ca_authority_not_after_timestamp_seconds",
+			Help: "Earliest expiry (Unix time) of the CA's authorities, by kind and state; alert when the active one nears its rotation threshold.",
+		}, []string{"kind", "state"}),
+		Transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shortleaf_ca_authority_transitions_total",
+			Help: "Authority state transitions, by kind and transition.",
+		}, []string{"kind", "transition"}),
+		Propagation: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "shortleaf_ca_bundle_propagation_ratio",
+			Help: "Share of live agents that hold the newest trust bundle (1 when there are none).",
+		}),
+	}
+	reg.MustRegister(m.AuthorityNotAfter, m.Transitions, m.Propagation)
+	return m
+}
+
 // Agent holds the agent's metrics.
 type Agent struct {
 	WorkloadRequests *prometheus.CounterVec

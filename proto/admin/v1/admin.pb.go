@@ -1114,6 +1114,650 @@ func (x *MintX509SVIDResponse) GetBundle() [][]byte {
 	return nil
 }
 
+type Authority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// root, intermediate or jwt.
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// prepared, active or old.
+	State     string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	NotBefore int64  `protobuf:"varint,4,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter  int64  `protobuf:"varint,5,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// Where the key is kept (a file or HSM reference); never the key.
+	KeyRef   string `protobuf:"bytes,6,opt,name=key_ref,json=keyRef,proto3" json:"key_ref,omitempty"`
+	ParentId string `protobuf:"bytes,7,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	Tainted  bool   `protobuf:"varint,8,opt,name=tainted,proto3" json:"tainted,omitempty"`
+	// Subject key ID (hex) for certificates, kid for JWT keys.
+	KeyId string `protobuf:"bytes,9,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// For roots and JWT keys: the bundle sequence that first published it.
+	BundleSequence uint64 `protobuf:"varint,10,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	// What the schedule does next to this authority, and when.
+	NextTransition   string `protobuf:"bytes,11,opt,name=next_transition,json=nextTransition,proto3" json:"next_transition,omitempty"`
+	NextTransitionAt int64  `protobuf:"varint,12,opt,name=next_transition_at,json=nextTransitionAt,proto3" json:"next_transition_at,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Authority) Reset() {
+	*x = Authority{}
+	mi := &file_admin_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Authority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Authority) ProtoMessage() {}
+
+func (x *Authority) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Authority.ProtoReflect.Descriptor instead.
+func (*Authority) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Authority) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Authority) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Authority) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Authority) GetNotBefore() int64 {
+	if x != nil {
+		return x.NotBefore
+	}
+	return 0
+}
+
+func (x *Authority) GetNotAfter() int64 {
+	if x != nil {
+		return x.NotAfter
+	}
+	return 0
+}
+
+func (x *Authority) GetKeyRef() string {
+	if x != nil {
+		return x.KeyRef
+	}
+	return ""
+}
+
+func (x *Authority) GetParentId() string {
+	if x != nil {
+		return x.ParentId
+	}
+	return ""
+}
+
+func (x *Authority) GetTainted() bool {
+	if x != nil {
+		return x.Tainted
+	}
+	return false
+}
+
+func (x *Authority) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *Authority) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
+func (x *Authority) GetNextTransition() string {
+	if x != nil {
+		return x.NextTransition
+	}
+	return ""
+}
+
+func (x *Authority) GetNextTransitionAt() int64 {
+	if x != nil {
+		return x.NextTransitionAt
+	}
+	return 0
+}
+
+type Propagation struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	BundleSequence uint64                 `protobuf:"varint,1,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	// Agents seen within the liveness window.
+	LiveAgents int32 `protobuf:"varint,2,opt,name=live_agents,json=liveAgents,proto3" json:"live_agents,omitempty"`
+	// Live agents holding the current bundle.
+	CurrentAgents int32    `protobuf:"varint,3,opt,name=current_agents,json=currentAgents,proto3" json:"current_agents,omitempty"`
+	LaggingAgents []string `protobuf:"bytes,4,rep,name=lagging_agents,json=laggingAgents,proto3" json:"lagging_agents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Propagation) Reset() {
+	*x = Propagation{}
+	mi := &file_admin_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Propagation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Propagation) ProtoMessage() {}
+
+func (x *Propagation) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Propagation.ProtoReflect.Descriptor instead.
+func (*Propagation) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Propagation) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
+func (x *Propagation) GetLiveAgents() int32 {
+	if x != nil {
+		return x.LiveAgents
+	}
+	return 0
+}
+
+func (x *Propagation) GetCurrentAgents() int32 {
+	if x != nil {
+		return x.CurrentAgents
+	}
+	return 0
+}
+
+func (x *Propagation) GetLaggingAgents() []string {
+	if x != nil {
+		return x.LaggingAgents
+	}
+	return nil
+}
+
+type ListAuthoritiesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuthoritiesRequest) Reset() {
+	*x = ListAuthoritiesRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuthoritiesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuthoritiesRequest) ProtoMessage() {}
+
+func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
+func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+type ListAuthoritiesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Authorities   []*Authority           `protobuf:"bytes,1,rep,name=authorities,proto3" json:"authorities,omitempty"`
+	Propagation   *Propagation           `protobuf:"bytes,2,opt,name=propagation,proto3" json:"propagation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuthoritiesResponse) Reset() {
+	*x = ListAuthoritiesResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuthoritiesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuthoritiesResponse) ProtoMessage() {}
+
+func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
+func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
+	if x != nil {
+		return x.Authorities
+	}
+	return nil
+}
+
+func (x *ListAuthoritiesResponse) GetPropagation() *Propagation {
+	if x != nil {
+		return x.Propagation
+	}
+	return nil
+}
+
+type PrepareAuthorityRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// intermediate (default) or jwt.
+	Kind          string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareAuthorityRequest) Reset() {
+	*x = PrepareAuthorityRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareAuthorityRequest) ProtoMessage() {}
+
+func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*PrepareAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PrepareAuthorityRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+type ActivateAuthorityRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// intermediate (default) or jwt.
+	Kind          string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateAuthorityRequest) Reset() {
+	*x = ActivateAuthorityRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateAuthorityRequest) ProtoMessage() {}
+
+func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*ActivateAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ActivateAuthorityRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+type TaintAuthorityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaintAuthorityRequest) Reset() {
+	*x = TaintAuthorityRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaintAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaintAuthorityRequest) ProtoMessage() {}
+
+func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaintAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*TaintAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *TaintAuthorityRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeAuthorityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAuthorityRequest) Reset() {
+	*x = RevokeAuthorityRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAuthorityRequest) ProtoMessage() {}
+
+func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*RevokeAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RevokeAuthorityRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type PrepareRootRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareRootRequest) Reset() {
+	*x = PrepareRootRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareRootRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareRootRequest) ProtoMessage() {}
+
+func (x *PrepareRootRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareRootRequest.ProtoReflect.Descriptor instead.
+func (*PrepareRootRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+type ActivateRootRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Activate even though some live agents lack the new root.
+	Force         bool `protobuf:"varint,1,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateRootRequest) Reset() {
+	*x = ActivateRootRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateRootRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateRootRequest) ProtoMessage() {}
+
+func (x *ActivateRootRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateRootRequest.ProtoReflect.Descriptor instead.
+func (*ActivateRootRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ActivateRootRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type ActivateRootResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Authority *Authority             `protobuf:"bytes,1,opt,name=authority,proto3" json:"authority,omitempty"`
+	// With force: the live agents that did not hold the new root.
+	LaggingAgents []string `protobuf:"bytes,2,rep,name=lagging_agents,json=laggingAgents,proto3" json:"lagging_agents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateRootResponse) Reset() {
+	*x = ActivateRootResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateRootResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateRootResponse) ProtoMessage() {}
+
+func (x *ActivateRootResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateRootResponse.ProtoReflect.Descriptor instead.
+func (*ActivateRootResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ActivateRootResponse) GetAuthority() *Authority {
+	if x != nil {
+		return x.Authority
+	}
+	return nil
+}
+
+func (x *ActivateRootResponse) GetLaggingAgents() []string {
+	if x != nil {
+		return x.LaggingAgents
+	}
+	return nil
+}
+
+type RetireRootRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireRootRequest) Reset() {
+	*x = RetireRootRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireRootRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireRootRequest) ProtoMessage() {}
+
+func (x *RetireRootRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireRootRequest.ProtoReflect.Descriptor instead.
+func (*RetireRootRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
 var File_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_admin_v1_admin_proto_rawDesc = "" +
@@ -1192,7 +1836,47 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"cert_chain\x18\x01 \x03(\fR\tcertChain\x12\x1f\n" +
 	"\vprivate_key\x18\x02 \x01(\fR\n" +
 	"privateKey\x12\x16\n" +
-	"\x06bundle\x18\x03 \x03(\fR\x06bundle2\xde\a\n" +
+	"\x06bundle\x18\x03 \x03(\fR\x06bundle\"\xe8\x02\n" +
+	"\tAuthority\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x1d\n" +
+	"\n" +
+	"not_before\x18\x04 \x01(\x03R\tnotBefore\x12\x1b\n" +
+	"\tnot_after\x18\x05 \x01(\x03R\bnotAfter\x12\x17\n" +
+	"\akey_ref\x18\x06 \x01(\tR\x06keyRef\x12\x1b\n" +
+	"\tparent_id\x18\a \x01(\tR\bparentId\x12\x18\n" +
+	"\atainted\x18\b \x01(\bR\atainted\x12\x15\n" +
+	"\x06key_id\x18\t \x01(\tR\x05keyId\x12'\n" +
+	"\x0fbundle_sequence\x18\n" +
+	" \x01(\x04R\x0ebundleSequence\x12'\n" +
+	"\x0fnext_transition\x18\v \x01(\tR\x0enextTransition\x12,\n" +
+	"\x12next_transition_at\x18\f \x01(\x03R\x10nextTransitionAt\"\xa5\x01\n" +
+	"\vPropagation\x12'\n" +
+	"\x0fbundle_sequence\x18\x01 \x01(\x04R\x0ebundleSequence\x12\x1f\n" +
+	"\vlive_agents\x18\x02 \x01(\x05R\n" +
+	"liveAgents\x12%\n" +
+	"\x0ecurrent_agents\x18\x03 \x01(\x05R\rcurrentAgents\x12%\n" +
+	"\x0elagging_agents\x18\x04 \x03(\tR\rlaggingAgents\"\x18\n" +
+	"\x16ListAuthoritiesRequest\"\x9d\x01\n" +
+	"\x17ListAuthoritiesResponse\x12?\n" +
+	"\vauthorities\x18\x01 \x03(\v2\x1d.shortleaf.admin.v1.AuthorityR\vauthorities\x12A\n" +
+	"\vpropagation\x18\x02 \x01(\v2\x1f.shortleaf.admin.v1.PropagationR\vpropagation\"-\n" +
+	"\x17PrepareAuthorityRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\".\n" +
+	"\x18ActivateAuthorityRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\"'\n" +
+	"\x15TaintAuthorityRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"(\n" +
+	"\x16RevokeAuthorityRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x14\n" +
+	"\x12PrepareRootRequest\"+\n" +
+	"\x13ActivateRootRequest\x12\x14\n" +
+	"\x05force\x18\x01 \x01(\bR\x05force\"z\n" +
+	"\x14ActivateRootResponse\x12;\n" +
+	"\tauthority\x18\x01 \x01(\v2\x1d.shortleaf.admin.v1.AuthorityR\tauthority\x12%\n" +
+	"\x0elagging_agents\x18\x02 \x03(\tR\rlaggingAgents\"\x13\n" +
+	"\x11RetireRootRequest2\xd3\r\n" +
 	"\bAdminAPI\x12P\n" +
 	"\vCreateEntry\x12&.shortleaf.admin.v1.CreateEntryRequest\x1a\x19.shortleaf.admin.v1.Entry\x12^\n" +
 	"\vListEntries\x12&.shortleaf.admin.v1.ListEntriesRequest\x1a'.shortleaf.admin.v1.ListEntriesResponse\x12J\n" +
@@ -1206,7 +1890,16 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"EvictAgent\x12%.shortleaf.admin.v1.EvictAgentRequest\x1a&.shortleaf.admin.v1.EvictAgentResponse\x12M\n" +
 	"\tGetBundle\x12$.shortleaf.admin.v1.GetBundleRequest\x1a\x1a.shortleaf.admin.v1.Bundle\x12a\n" +
-	"\fMintX509SVID\x12'.shortleaf.admin.v1.MintX509SVIDRequest\x1a(.shortleaf.admin.v1.MintX509SVIDResponseB7Z5github.com/shortleaf/shortleaf/proto/admin/v1;adminv1b\x06proto3"
+	"\fMintX509SVID\x12'.shortleaf.admin.v1.MintX509SVIDRequest\x1a(.shortleaf.admin.v1.MintX509SVIDResponse\x12j\n" +
+	"\x0fListAuthorities\x12*.shortleaf.admin.v1.ListAuthoritiesRequest\x1a+.shortleaf.admin.v1.ListAuthoritiesResponse\x12^\n" +
+	"\x10PrepareAuthority\x12+.shortleaf.admin.v1.PrepareAuthorityRequest\x1a\x1d.shortleaf.admin.v1.Authority\x12`\n" +
+	"\x11ActivateAuthority\x12,.shortleaf.admin.v1.ActivateAuthorityRequest\x1a\x1d.shortleaf.admin.v1.Authority\x12Z\n" +
+	"\x0eTaintAuthority\x12).shortleaf.admin.v1.TaintAuthorityRequest\x1a\x1d.shortleaf.admin.v1.Authority\x12\\\n" +
+	"\x0fRevokeAuthority\x12*.shortleaf.admin.v1.RevokeAuthorityRequest\x1a\x1d.shortleaf.admin.v1.Authority\x12T\n" +
+	"\vPrepareRoot\x12&.shortleaf.admin.v1.PrepareRootRequest\x1a\x1d.shortleaf.admin.v1.Authority\x12a\n" +
+	"\fActivateRoot\x12'.shortleaf.admin.v1.ActivateRootRequest\x1a(.shortleaf.admin.v1.ActivateRootResponse\x12R\n" +
+	"\n" +
+	"RetireRoot\x12%.shortleaf.admin.v1.RetireRootRequest\x1a\x1d.shortleaf.admin.v1.AuthorityB7Z5github.com/shortleaf/shortleaf/proto/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1220,61 +1913,92 @@ func file_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_admin_v1_admin_proto_rawDescData
 }
 
-var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_admin_v1_admin_proto_goTypes = []any{
-	(*Entry)(nil),                   // 0: shortleaf.admin.v1.Entry
-	(*CreateEntryRequest)(nil),      // 1: shortleaf.admin.v1.CreateEntryRequest
-	(*ListEntriesRequest)(nil),      // 2: shortleaf.admin.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),     // 3: shortleaf.admin.v1.ListEntriesResponse
-	(*GetEntryRequest)(nil),         // 4: shortleaf.admin.v1.GetEntryRequest
-	(*UpdateEntryRequest)(nil),      // 5: shortleaf.admin.v1.UpdateEntryRequest
-	(*DeleteEntryRequest)(nil),      // 6: shortleaf.admin.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),     // 7: shortleaf.admin.v1.DeleteEntryResponse
-	(*CreateJoinTokenRequest)(nil),  // 8: shortleaf.admin.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 9: shortleaf.admin.v1.CreateJoinTokenResponse
-	(*Agent)(nil),                   // 10: shortleaf.admin.v1.Agent
-	(*ListAgentsRequest)(nil),       // 11: shortleaf.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),      // 12: shortleaf.admin.v1.ListAgentsResponse
-	(*GetAgentRequest)(nil),         // 13: shortleaf.admin.v1.GetAgentRequest
-	(*EvictAgentRequest)(nil),       // 14: shortleaf.admin.v1.EvictAgentRequest
-	(*EvictAgentResponse)(nil),      // 15: shortleaf.admin.v1.EvictAgentResponse
-	(*GetBundleRequest)(nil),        // 16: shortleaf.admin.v1.GetBundleRequest
-	(*Bundle)(nil),                  // 17: shortleaf.admin.v1.Bundle
-	(*MintX509SVIDRequest)(nil),     // 18: shortleaf.admin.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),    // 19: shortleaf.admin.v1.MintX509SVIDResponse
+	(*Entry)(nil),                    // 0: shortleaf.admin.v1.Entry
+	(*CreateEntryRequest)(nil),       // 1: shortleaf.admin.v1.CreateEntryRequest
+	(*ListEntriesRequest)(nil),       // 2: shortleaf.admin.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),      // 3: shortleaf.admin.v1.ListEntriesResponse
+	(*GetEntryRequest)(nil),          // 4: shortleaf.admin.v1.GetEntryRequest
+	(*UpdateEntryRequest)(nil),       // 5: shortleaf.admin.v1.UpdateEntryRequest
+	(*DeleteEntryRequest)(nil),       // 6: shortleaf.admin.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),      // 7: shortleaf.admin.v1.DeleteEntryResponse
+	(*CreateJoinTokenRequest)(nil),   // 8: shortleaf.admin.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),  // 9: shortleaf.admin.v1.CreateJoinTokenResponse
+	(*Agent)(nil),                    // 10: shortleaf.admin.v1.Agent
+	(*ListAgentsRequest)(nil),        // 11: shortleaf.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),       // 12: shortleaf.admin.v1.ListAgentsResponse
+	(*GetAgentRequest)(nil),          // 13: shortleaf.admin.v1.GetAgentRequest
+	(*EvictAgentRequest)(nil),        // 14: shortleaf.admin.v1.EvictAgentRequest
+	(*EvictAgentResponse)(nil),       // 15: shortleaf.admin.v1.EvictAgentResponse
+	(*GetBundleRequest)(nil),         // 16: shortleaf.admin.v1.GetBundleRequest
+	(*Bundle)(nil),                   // 17: shortleaf.admin.v1.Bundle
+	(*MintX509SVIDRequest)(nil),      // 18: shortleaf.admin.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),     // 19: shortleaf.admin.v1.MintX509SVIDResponse
+	(*Authority)(nil),                // 20: shortleaf.admin.v1.Authority
+	(*Propagation)(nil),              // 21: shortleaf.admin.v1.Propagation
+	(*ListAuthoritiesRequest)(nil),   // 22: shortleaf.admin.v1.ListAuthoritiesRequest
+	(*ListAuthoritiesResponse)(nil),  // 23: shortleaf.admin.v1.ListAuthoritiesResponse
+	(*PrepareAuthorityRequest)(nil),  // 24: shortleaf.admin.v1.PrepareAuthorityRequest
+	(*ActivateAuthorityRequest)(nil), // 25: shortleaf.admin.v1.ActivateAuthorityRequest
+	(*TaintAuthorityRequest)(nil),    // 26: shortleaf.admin.v1.TaintAuthorityRequest
+	(*RevokeAuthorityRequest)(nil),   // 27: shortleaf.admin.v1.RevokeAuthorityRequest
+	(*PrepareRootRequest)(nil),       // 28: shortleaf.admin.v1.PrepareRootRequest
+	(*ActivateRootRequest)(nil),      // 29: shortleaf.admin.v1.ActivateRootRequest
+	(*ActivateRootResponse)(nil),     // 30: shortleaf.admin.v1.ActivateRootResponse
+	(*RetireRootRequest)(nil),        // 31: shortleaf.admin.v1.RetireRootRequest
 }
 var file_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: shortleaf.admin.v1.CreateEntryRequest.entry:type_name -> shortleaf.admin.v1.Entry
 	0,  // 1: shortleaf.admin.v1.ListEntriesResponse.entries:type_name -> shortleaf.admin.v1.Entry
 	0,  // 2: shortleaf.admin.v1.UpdateEntryRequest.entry:type_name -> shortleaf.admin.v1.Entry
 	10, // 3: shortleaf.admin.v1.ListAgentsResponse.agents:type_name -> shortleaf.admin.v1.Agent
-	1,  // 4: shortleaf.admin.v1.AdminAPI.CreateEntry:input_type -> shortleaf.admin.v1.CreateEntryRequest
-	2,  // 5: shortleaf.admin.v1.AdminAPI.ListEntries:input_type -> shortleaf.admin.v1.ListEntriesRequest
-	4,  // 6: shortleaf.admin.v1.AdminAPI.GetEntry:input_type -> shortleaf.admin.v1.GetEntryRequest
-	5,  // 7: shortleaf.admin.v1.AdminAPI.UpdateEntry:input_type -> shortleaf.admin.v1.UpdateEntryRequest
-	6,  // 8: shortleaf.admin.v1.AdminAPI.DeleteEntry:input_type -> shortleaf.admin.v1.DeleteEntryRequest
-	8,  // 9: shortleaf.admin.v1.AdminAPI.CreateJoinToken:input_type -> shortleaf.admin.v1.CreateJoinTokenRequest
-	11, // 10: shortleaf.admin.v1.AdminAPI.ListAgents:input_type -> shortleaf.admin.v1.ListAgentsRequest
-	13, // 11: shortleaf.admin.v1.AdminAPI.GetAgent:input_type -> shortleaf.admin.v1.GetAgentRequest
-	14, // 12: shortleaf.admin.v1.AdminAPI.EvictAgent:input_type -> shortleaf.admin.v1.EvictAgentRequest
-	16, // 13: shortleaf.admin.v1.AdminAPI.GetBundle:input_type -> shortleaf.admin.v1.GetBundleRequest
-	18, // 14: shortleaf.admin.v1.AdminAPI.MintX509SVID:input_type -> shortleaf.admin.v1.MintX509SVIDRequest
-	0,  // 15: shortleaf.admin.v1.AdminAPI.CreateEntry:output_type -> shortleaf.admin.v1.Entry
-	3,  // 16: shortleaf.admin.v1.AdminAPI.ListEntries:output_type -> shortleaf.admin.v1.ListEntriesResponse
-	0,  // 17: shortleaf.admin.v1.AdminAPI.GetEntry:output_type -> shortleaf.admin.v1.Entry
-	0,  // 18: shortleaf.admin.v1.AdminAPI.UpdateEntry:output_type -> shortleaf.admin.v1.Entry
-	7,  // 19: shortleaf.admin.v1.AdminAPI.DeleteEntry:output_type -> shortleaf.admin.v1.DeleteEntryResponse
-	9,  // 20: shortleaf.admin.v1.AdminAPI.CreateJoinToken:output_type -> shortleaf.admin.v1.CreateJoinTokenResponse
-	12, // 21: shortleaf.admin.v1.AdminAPI.ListAgents:output_type -> shortleaf.admin.v1.ListAgentsResponse
-	10, // 22: shortleaf.admin.v1.AdminAPI.GetAgent:output_type -> shortleaf.admin.v1.Agent
-	15, // 23: shortleaf.admin.v1.AdminAPI.EvictAgent:output_type -> shortleaf.admin.v1.EvictAgentResponse
-	17, // 24: shortleaf.admin.v1.AdminAPI.GetBundle:output_type -> shortleaf.admin.v1.Bundle
-	19, // 25: shortleaf.admin.v1.AdminAPI.MintX509SVID:output_type -> shortleaf.admin.v1.MintX509SVIDResponse
-	15, // [15:26] is the sub-list for method output_type
-	4,  // [4:15] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	20, // 4: shortleaf.admin.v1.ListAuthoritiesResponse.authorities:type_name -> shortleaf.admin.v1.Authority
+	21, // 5: shortleaf.admin.v1.ListAuthoritiesResponse.propagation:type_name -> shortleaf.admin.v1.Propagation
+	20, // 6: shortleaf.admin.v1.ActivateRootResponse.authority:type_name -> shortleaf.admin.v1.Authority
+	1,  // 7: shortleaf.admin.v1.AdminAPI.CreateEntry:input_type -> shortleaf.admin.v1.CreateEntryRequest
+	2,  // 8: shortleaf.admin.v1.AdminAPI.ListEntries:input_type -> shortleaf.admin.v1.ListEntriesRequest
+	4,  // 9: shortleaf.admin.v1.AdminAPI.GetEntry:input_type -> shortleaf.admin.v1.GetEntryRequest
+	5,  // 10: shortleaf.admin.v1.AdminAPI.UpdateEntry:input_type -> shortleaf.admin.v1.UpdateEntryRequest
+	6,  // 11: shortleaf.admin.v1.AdminAPI.DeleteEntry:input_type -> shortleaf.admin.v1.DeleteEntryRequest
+	8,  // 12: shortleaf.admin.v1.AdminAPI.CreateJoinToken:input_type -> shortleaf.admin.v1.CreateJoinTokenRequest
+	11, // 13: shortleaf.admin.v1.AdminAPI.ListAgents:input_type -> shortleaf.admin.v1.ListAgentsRequest
+	13, // 14: shortleaf.admin.v1.AdminAPI.GetAgent:input_type -> shortleaf.admin.v1.GetAgentRequest
+	14, // 15: shortleaf.admin.v1.AdminAPI.EvictAgent:input_type -> shortleaf.admin.v1.EvictAgentRequest
+	16, // 16: shortleaf.admin.v1.AdminAPI.GetBundle:input_type -> shortleaf.admin.v1.GetBundleRequest
+	18, // 17: shortleaf.admin.v1.AdminAPI.MintX509SVID:input_type -> shortleaf.admin.v1.MintX509SVIDRequest
+	22, // 18: shortleaf.admin.v1.AdminAPI.ListAuthorities:input_type -> shortleaf.admin.v1.ListAuthoritiesRequest
+	24, // 19: shortleaf.admin.v1.AdminAPI.PrepareAuthority:input_type -> shortleaf.admin.v1.PrepareAuthorityRequest
+	25, // 20: shortleaf.admin.v1.AdminAPI.ActivateAuthority:input_type -> shortleaf.admin.v1.ActivateAuthorityRequest
+	26, // 21: shortleaf.admin.v1.AdminAPI.TaintAuthority:input_type -> shortleaf.admin.v1.TaintAuthorityRequest
+	27, // 22: shortleaf.admin.v1.AdminAPI.RevokeAuthority:input_type -> shortleaf.admin.v1.RevokeAuthorityRequest
+	28, // 23: shortleaf.admin.v1.AdminAPI.PrepareRoot:input_type -> shortleaf.admin.v1.PrepareRootRequest
+	29, // 24: shortleaf.admin.v1.AdminAPI.ActivateRoot:input_type -> shortleaf.admin.v1.ActivateRootRequest
+	31, // 25: shortleaf.admin.v1.AdminAPI.RetireRoot:input_type -> shortleaf.admin.v1.RetireRootRequest
+	0,  // 26: shortleaf.admin.v1.AdminAPI.CreateEntry:output_type -> shortleaf.admin.v1.Entry
+	3,  // 27: shortleaf.admin.v1.AdminAPI.ListEntries:output_type -> shortleaf.admin.v1.ListEntriesResponse
+	0,  // 28: shortleaf.admin.v1.AdminAPI.GetEntry:output_type -> shortleaf.admin.v1.Entry
+	0,  // 29: shortleaf.admin.v1.AdminAPI.UpdateEntry:output_type -> shortleaf.admin.v1.Entry
+	7,  // 30: shortleaf.admin.v1.AdminAPI.DeleteEntry:output_type -> shortleaf.admin.v1.DeleteEntryResponse
+	9,  // 31: shortleaf.admin.v1.AdminAPI.CreateJoinToken:output_type -> shortleaf.admin.v1.CreateJoinTokenResponse
+	12, // 32: shortleaf.admin.v1.AdminAPI.ListAgents:output_type -> shortleaf.admin.v1.ListAgentsResponse
+	10, // 33: shortleaf.admin.v1.AdminAPI.GetAgent:output_type -> shortleaf.admin.v1.Agent
+	15, // 34: shortleaf.admin.v1.AdminAPI.EvictAgent:output_type -> shortleaf.admin.v1.EvictAgentResponse
+	17, // 35: shortleaf.admin.v1.AdminAPI.GetBundle:output_type -> shortleaf.admin.v1.Bundle
+	19, // 36: shortleaf.admin.v1.AdminAPI.MintX509SVID:output_type -> shortleaf.admin.v1.MintX509SVIDResponse
+	23, // 37: shortleaf.admin.v1.AdminAPI.ListAuthorities:output_type -> shortleaf.admin.v1.ListAuthoritiesResponse
+	20, // 38: shortleaf.admin.v1.AdminAPI.PrepareAuthority:output_type -> shortleaf.admin.v1.Authority
+	20, // 39: shortleaf.admin.v1.AdminAPI.ActivateAuthority:output_type -> shortleaf.admin.v1.Authority
+	20, // 40: shortleaf.admin.v1.AdminAPI.TaintAuthority:output_type -> shortleaf.admin.v1.Authority
+	20, // 41: shortleaf.admin.v1.AdminAPI.RevokeAuthority:output_type -> shortleaf.admin.v1.Authority
+	20, // 42: shortleaf.admin.v1.AdminAPI.PrepareRoot:output_type -> shortleaf.admin.v1.Authority
+	30, // 43: shortleaf.admin.v1.AdminAPI.ActivateRoot:output_type -> shortleaf.admin.v1.ActivateRootResponse
+	20, // 44: shortleaf.admin.v1.AdminAPI.RetireRoot:output_type -> shortleaf.admin.v1.Authority
+	26, // [26:45] is the sub-list for method output_type
+	7,  // [7:26] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_admin_v1_admin_proto_init() }
@@ -1288,7 +2012,7 @@ func file_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_v1_admin_proto_rawDesc), len(file_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

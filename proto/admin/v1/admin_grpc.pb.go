@@ -22,17 +22,25 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminAPI_CreateEntry_FullMethodName     = "/shortleaf.admin.v1.AdminAPI/CreateEntry"
-	AdminAPI_ListEntries_FullMethodName     = "/shortleaf.admin.v1.AdminAPI/ListEntries"
-	AdminAPI_GetEntry_FullMethodName        = "/shortleaf.admin.v1.AdminAPI/GetEntry"
-	AdminAPI_UpdateEntry_FullMethodName     = "/shortleaf.admin.v1.AdminAPI/UpdateEntry"
-	AdminAPI_DeleteEntry_FullMethodName     = "/shortleaf.admin.v1.AdminAPI/DeleteEntry"
-	AdminAPI_CreateJoinToken_FullMethodName = "/shortleaf.admin.v1.AdminAPI/CreateJoinToken"
-	AdminAPI_ListAgents_FullMethodName      = "/shortleaf.admin.v1.AdminAPI/ListAgents"
-	AdminAPI_GetAgent_FullMethodName        = "/shortleaf.admin.v1.AdminAPI/GetAgent"
-	AdminAPI_EvictAgent_FullMethodName      = "/shortleaf.admin.v1.AdminAPI/EvictAgent"
-	AdminAPI_GetBundle_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/GetBundle"
-	AdminAPI_MintX509SVID_FullMethodName    = "/shortleaf.admin.v1.AdminAPI/MintX509SVID"
+	AdminAPI_CreateEntry_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/CreateEntry"
+	AdminAPI_ListEntries_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/ListEntries"
+	AdminAPI_GetEntry_FullMethodName          = "/shortleaf.admin.v1.AdminAPI/GetEntry"
+	AdminAPI_UpdateEntry_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/UpdateEntry"
+	AdminAPI_DeleteEntry_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/DeleteEntry"
+	AdminAPI_CreateJoinToken_FullMethodName   = "/shortleaf.admin.v1.AdminAPI/CreateJoinToken"
+	AdminAPI_ListAgents_FullMethodName        = "/shortleaf.admin.v1.AdminAPI/ListAgents"
+	AdminAPI_GetAgent_FullMethodName          = "/shortleaf.admin.v1.AdminAPI/GetAgent"
+	AdminAPI_EvictAgent_FullMethodName        = "/shortleaf.admin.v1.AdminAPI/EvictAgent"
+	AdminAPI_GetBundle_FullMethodName         = "/shortleaf.admin.v1.AdminAPI/GetBundle"
+	AdminAPI_MintX509SVID_FullMethodName      = "/shortleaf.admin.v1.AdminAPI/MintX509SVID"
+	AdminAPI_ListAuthorities_FullMethodName   = "/shortleaf.admin.v1.AdminAPI/ListAuthorities"
+	AdminAPI_PrepareAuthority_FullMethodName  = "/shortleaf.admin.v1.AdminAPI/PrepareAuthority"
+	AdminAPI_ActivateAuthority_FullMethodName = "/shortleaf.admin.v1.AdminAPI/ActivateAuthority"
+	AdminAPI_TaintAuthority_FullMethodName    = "/shortleaf.admin.v1.AdminAPI/TaintAuthority"
+	AdminAPI_RevokeAuthority_FullMethodName   = "/shortleaf.admin.v1.AdminAPI/RevokeAuthority"
+	AdminAPI_PrepareRoot_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/PrepareRoot"
+	AdminAPI_ActivateRoot_FullMethodName      = "/shortleaf.admin.v1.AdminAPI/ActivateRoot"
+	AdminAPI_RetireRoot_FullMethodName        = "/shortleaf.admin.v1.AdminAPI/RetireRoot"
 )
 
 // AdminAPIClient is the client API for AdminAPI service.
@@ -50,6 +58,15 @@ type AdminAPIClient interface {
 	EvictAgent(ctx context.Context, in *EvictAgentRequest, opts ...grpc.CallOption) (*EvictAgentResponse, error)
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*Bundle, error)
 	MintX509SVID(ctx context.Context, in *MintX509SVIDRequest, opts ...grpc.CallOption) (*MintX509SVIDResponse, error)
+	// The CA's key lifecycle. Unsafe steps answer FailedPrecondition with the reason.
+	ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error)
+	PrepareAuthority(ctx context.Context, in *PrepareAuthorityRequest, opts ...grpc.CallOption) (*Authority, error)
+	ActivateAuthority(ctx context.Context, in *ActivateAuthorityRequest, opts ...grpc.CallOption) (*Authority, error)
+	TaintAuthority(ctx context.Context, in *TaintAuthorityRequest, opts ...grpc.CallOption) (*Authority, error)
+	RevokeAuthority(ctx context.Context, in *RevokeAuthorityRequest, opts ...grpc.CallOption) (*Authority, error)
+	PrepareRoot(ctx context.Context, in *PrepareRootRequest, opts ...grpc.CallOption) (*Authority, error)
+	ActivateRoot(ctx context.Context, in *ActivateRootRequest, opts ...grpc.CallOption) (*ActivateRootResponse, error)
+	RetireRoot(ctx context.Context, in *RetireRootRequest, opts ...grpc.CallOption) (*Authority, error)
 }
 
 type adminAPIClient struct {
@@ -170,6 +187,86 @@ func (c *adminAPIClient) MintX509SVID(ctx context.Context, in *MintX509SVIDReque
 	return out, nil
 }
 
+func (c *adminAPIClient) ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAuthoritiesResponse)
+	err := c.cc.Invoke(ctx, AdminAPI_ListAuthorities_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) PrepareAuthority(ctx context.Context, in *PrepareAuthorityRequest, opts ...grpc.CallOption) (*Authority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Authority)
+	err := c.cc.Invoke(ctx, AdminAPI_PrepareAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) ActivateAuthority(ctx context.Context, in *ActivateAuthorityRequest, opts ...grpc.CallOption) (*Authority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Authority)
+	err := c.cc.Invoke(ctx, AdminAPI_ActivateAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) TaintAuthority(ctx context.Context, in *TaintAuthorityRequest, opts ...grpc.CallOption) (*Authority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Authority)
+	err := c.cc.Invoke(ctx, AdminAPI_TaintAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) RevokeAuthority(ctx context.Context, in *RevokeAuthorityRequest, opts ...grpc.CallOption) (*Authority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Authority)
+	err := c.cc.Invoke(ctx, AdminAPI_RevokeAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) PrepareRoot(ctx context.Context, in *PrepareRootRequest, opts ...grpc.CallOption) (*Authority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Authority)
+	err := c.cc.Invoke(ctx, AdminAPI_PrepareRoot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) ActivateRoot(ctx context.Context, in *ActivateRootRequest, opts ...grpc.CallOption) (*ActivateRootResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ActivateRootResponse)
+	err := c.cc.Invoke(ctx, AdminAPI_ActivateRoot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) RetireRoot(ctx context.Context, in *RetireRootRequest, opts ...grpc.CallOption) (*Authority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Authority)
+	err := c.cc.Invoke(ctx, AdminAPI_RetireRoot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminAPIServer is the server API for AdminAPI service.
 // All implementations must embed UnimplementedAdminAPIServer
 // for forward compatibility.
@@ -185,6 +282,15 @@ type AdminAPIServer interface {
 	EvictAgent(context.Context, *EvictAgentRequest) (*EvictAgentResponse, error)
 	GetBundle(context.Context, *GetBundleRequest) (*Bundle, error)
 	MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error)
+	// The CA's key lifecycle. Unsafe steps answer FailedPrecondition with the reason.
+	ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error)
+	PrepareAuthority(context.Context, *PrepareAuthorityRequest) (*Authority, error)
+	ActivateAuthority(context.Context, *ActivateAuthorityRequest) (*Authority, error)
+	TaintAuthority(context.Context, *TaintAuthorityRequest) (*Authority, error)
+	RevokeAuthority(context.Context, *RevokeAuthorityRequest) (*Authority, error)
+	PrepareRoot(context.Context, *PrepareRootRequest) (*Authority, error)
+	ActivateRoot(context.Context, *ActivateRootRequest) (*ActivateRootResponse, error)
+	RetireRoot(context.Context, *RetireRootRequest) (*Authority, error)
 	mustEmbedUnimplementedAdminAPIServer()
 }
 
@@ -227,6 +333,30 @@ func (UnimplementedAdminAPIServer) GetBundle(context.Context, *GetBundleRequest)
 }
 func (UnimplementedAdminAPIServer) MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MintX509SVID not implemented")
+}
+func (UnimplementedAdminAPIServer) ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAuthorities not implemented")
+}
+func (UnimplementedAdminAPIServer) PrepareAuthority(context.Context, *PrepareAuthorityRequest) (*Authority, error) {
+	return nil, status.Error(codes.Unimplemented, "method PrepareAuthority not implemented")
+}
+func (UnimplementedAdminAPIServer) ActivateAuthority(context.Context, *ActivateAuthorityRequest) (*Authority, error) {
+	return nil, status.Error(codes.Unimplemented, "method ActivateAuthority not implemented")
+}
+func (UnimplementedAdminAPIServer) TaintAuthority(context.Context, *TaintAuthorityRequest) (*Authority, error) {
+	return nil, status.Error(codes.Unimplemented, "method TaintAuthority not implemented")
+}
+func (UnimplementedAdminAPIServer) RevokeAuthority(context.Context, *RevokeAuthorityRequest) (*Authority, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeAuthority not implemented")
+}
+func (UnimplementedAdminAPIServer) PrepareRoot(context.Context, *PrepareRootRequest) (*Authority, error) {
+	return nil, status.Error(codes.Unimplemented, "method PrepareRoot not implemented")
+}
+func (UnimplementedAdminAPIServer) ActivateRoot(context.Context, *ActivateRootRequest) (*ActivateRootResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ActivateRoot not implemented")
+}
+func (UnimplementedAdminAPIServer) RetireRoot(context.Context, *RetireRootRequest) (*Authority, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetireRoot not implemented")
 }
 func (UnimplementedAdminAPIServer) mustEmbedUnimplementedAdminAPIServer() {}
 func (UnimplementedAdminAPIServer) testEmbeddedByValue()                  {}
@@ -447,6 +577,150 @@ func _AdminAPI_MintX509SVID_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminAPI_ListAuthorities_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAuthoritiesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).ListAuthorities(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_ListAuthorities_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).ListAuthorities(ctx, req.(*ListAuthoritiesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_PrepareAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PrepareAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).PrepareAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_PrepareAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).PrepareAuthority(ctx, req.(*PrepareAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_ActivateAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ActivateAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).ActivateAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_ActivateAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).ActivateAuthority(ctx, req.(*ActivateAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_TaintAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TaintAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).TaintAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_TaintAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).TaintAuthority(ctx, req.(*TaintAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_RevokeAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).RevokeAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_RevokeAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).RevokeAuthority(ctx, req.(*RevokeAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_PrepareRoot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PrepareRootRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).PrepareRoot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_PrepareRoot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).PrepareRoot(ctx, req.(*PrepareRootRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_ActivateRoot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ActivateRootRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).ActivateRoot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_ActivateRoot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).ActivateRoot(ctx, req.(*ActivateRootRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_RetireRoot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetireRootRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).RetireRoot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_RetireRoot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).RetireRoot(ctx, req.(*RetireRootRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminAPI_ServiceDesc is the grpc.ServiceDesc for AdminAPI service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -497,6 +771,38 @@ var AdminAPI_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MintX509SVID",
 			Handler:    _AdminAPI_MintX509SVID_Handler,
+		},
+		{
+			MethodName: "ListAuthorities",
+			Handler:    _AdminAPI_ListAuthorities_Handler,
+		},
+		{
+			MethodName: "PrepareAuthority",
+			Handler:    _AdminAPI_PrepareAuthority_Handler,
+		},
+		{
+			MethodName: "ActivateAuthority",
+			Handler:    _AdminAPI_ActivateAuthority_Handler,
+		},
+		{
+			MethodName: "TaintAuthority",
+			Handler:    _AdminAPI_TaintAuthority_Handler,
+		},
+		{
+			MethodName: "RevokeAuthority",
+			Handler:    _AdminAPI_RevokeAuthority_Handler,
+		},
+		{
+			MethodName: "PrepareRoot",
+			Handler:    _AdminAPI_PrepareRoot_Handler,
+		},
+		{
+			MethodName: "ActivateRoot",
+			Handler:    _AdminAPI_ActivateRoot_Handler,
+		},
+		{
+			MethodName: "RetireRoot",
+			Handler:    _AdminAPI_RetireRoot_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -406,10 +406,14 @@ func (x *RenewAgentResponse) GetSvid() *X509SVID {
 
 type SyncEntriesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The bundle sequence the agent holds now.
+	// The bundle sequence the agent holds now; root activation waits until
+	// every live agent holds the bundle with the new root.
 	BundleSequence uint64 `protobuf:"varint,1,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Authority key IDs of the intermediates that signed the SVIDs the agent
+	// holds; a tainted intermediate may be revoked once no agent reports it.
+	SignerKeyIds  [][]byte `protobuf:"bytes,2,rep,name=signer_key_ids,json=signerKeyIds,proto3" json:"signer_key_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncEntriesRequest) Reset() {
@@ -447,6 +451,13 @@ func (x *SyncEntriesRequest) GetBundleSequence() uint64 {
 		return x.BundleSequence
 	}
 	return 0
+}
+
+func (x *SyncEntriesRequest) GetSignerKeyIds() [][]byte {
+	if x != nil {
+		return x.SignerKeyIds
+	}
+	return nil
 }
 
 type Selector struct {
@@ -599,7 +610,10 @@ type SyncEntriesResponse struct {
 	// Set in the last message only.
 	Bundle *Bundle `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
 	// True when more messages follow.
-	More          bool `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
+	More bool `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
+	// Set in the last message only: subject key IDs of tainted intermediates.
+	// The agent replaces every SVID signed by one of them within a sync interval.
+	TaintedKeyIds [][]byte `protobuf:"bytes,4,rep,name=tainted_key_ids,json=taintedKeyIds,proto3" json:"tainted_key_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -653,6 +667,13 @@ func (x *SyncEntriesResponse) GetMore() bool {
 		return x.More
 	}
 	return false
+}
+
+func (x *SyncEntriesResponse) GetTaintedKeyIds() [][]byte {
+	if x != nil {
+		return x.TaintedKeyIds
+	}
+	return nil
 }
 
 type NewX509SVIDParams struct {
@@ -893,9 +914,10 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x11RenewAgentRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"F\n" +
 	"\x12RenewAgentResponse\x120\n" +
-	"\x04svid\x18\x01 \x01(\v2\x1c.shortleaf.agent.v1.X509SVIDR\x04svid\"=\n" +
+	"\x04svid\x18\x01 \x01(\v2\x1c.shortleaf.agent.v1.X509SVIDR\x04svid\"c\n" +
 	"\x12SyncEntriesRequest\x12'\n" +
-	"\x0fbundle_sequence\x18\x01 \x01(\x04R\x0ebundleSequence\"4\n" +
+	"\x0fbundle_sequence\x18\x01 \x01(\x04R\x0ebundleSequence\x12$\n" +
+	"\x0esigner_key_ids\x18\x02 \x03(\fR\fsignerKeyIds\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"\xf0\x01\n" +
@@ -906,11 +928,12 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x15x509_svid_ttl_seconds\x18\x04 \x01(\x05R\x12x509SvidTtlSeconds\x12\x1b\n" +
 	"\tdns_names\x18\x05 \x03(\tR\bdnsNames\x12\x12\n" +
 	"\x04hint\x18\x06 \x01(\tR\x04hint\x12\x1a\n" +
-	"\brevision\x18\a \x01(\x03R\brevision\"\x92\x01\n" +
+	"\brevision\x18\a \x01(\x03R\brevision\"\xba\x01\n" +
 	"\x13SyncEntriesResponse\x123\n" +
 	"\aentries\x18\x01 \x03(\v2\x19.shortleaf.agent.v1.EntryR\aentries\x122\n" +
 	"\x06bundle\x18\x02 \x01(\v2\x1a.shortleaf.agent.v1.BundleR\x06bundle\x12\x12\n" +
-	"\x04more\x18\x03 \x01(\bR\x04more\"@\n" +
+	"\x04more\x18\x03 \x01(\bR\x04more\x12&\n" +
+	"\x0ftainted_key_ids\x18\x04 \x03(\fR\rtaintedKeyIds\"@\n" +
 	"\x11NewX509SVIDParams\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\"X\n" +

@@ -1,0 +1,251 @@
+package ca
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// change is a set of authority transitions built on a copy and installed only
+// once the journal holding it is saved: a failed save changes nothing.
+type change struct {
+	c      *CA
+	now    time.Time
+	auths  []*Authority
+	seq    uint64
+	events []transition
+}
+
+type transition struct {
+	kind       Kind
+	id, what   string
+	seqChanged bool
+}
+
+func (c *CA) begin() *change {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	ch := &change{c: c, now: c.cfg.Clock.Now(), seq: c.bundleSeq}
+	for _, a := range c.authorities {
+		ch.auths = append(ch.auths, a.clone())
+	}
+	return ch
+}
+
+func (ch *change) find(kind Kind, state State) *Authority {
+	for _, a := range ch.auths {
+		if a.Kind == kind && a.State == state {
+			return a
+		}
+	}
+	return nil
+}
+
+func (ch *change) byID(id string) *Authority {
+	for _, a := range ch.auths {
+		if a.ID == id {
+			return a
+		}
+	}
+	return nil
+}
+
+func (ch *change) note(a *Authority, what string) {
+	ch.events = append(ch.events, transition{kind: a.Kind, id: a.ID, what: what})
+}
+
+// bumpBundle raises the bundle sequence: the set of published keys changed.
+func (ch *change) bumpBundle() uint64 {
+	ch.seq++
+	return ch.seq
+}
+
+func (ch *change) remove(a *Authority, what string) {
+	kept := ch.auths[:0]
+	for _, x := range ch.auths {
+		if x != a {
+			kept = append(kept, x)
+		}
+	}
+	ch.auths = kept
+	if a.Kind != KindIntermediate {
+		ch.bumpBundle() // roots and JWT keys are published; intermediates are not
+	}
+	ch.note(a, what)
+}
+
+// commit saves the journal, then installs the new authorities.
+func (ch *change) commit(ctx context.Context) error {
+	if len(ch.events) == 0 {
+		return nil
+	}
+	raw, err := encodeJournal(ch.seq, ch.auths)
+	if err != nil {
+		return fmt.Errorf("ca: encode journal: %w", err)
+	}
+	if err := ch.c.cfg.Journal.SaveCAJournal(ctx, raw); err != nil {
+		return fmt.Errorf("ca: save journal: %w", err)
+	}
+	ch.c.install(ch.auths, ch.seq)
+	for _, e := range ch.events {
+		ch.c.cfg.Logger.InfoContext(ctx, "CA authority "+e.what, slog.String("kind", string(e.kind)), slog.String("authority_id", e.id),
+			slog.Uint64("bundle_sequence", ch.seq))
+		if ch.c.cfg.OnTransition != nil {
+			ch.c.cfg.OnTransition(e.kind, e.what)
+		}
+	}
+	return nil
+}
+
+// prepare creates the next key of kind (not yet signing) and publishes it.
+func (ch *change) prepare(ctx context.Context, kind Kind) (*Authority, error) {
+	var a *Authority
+	var err error
+	switch kind {
+	case KindIntermediate:
+		root := ch.find(KindRoot, StateActive)
+		if root == nil {
+			return nil, ErrNoActiveRoot
+		}
+		if !root.NotAfter.After(ch.now) {
+			return nil, fmt.Errorf("ca: root %s expired at %s", root.ID, root.NotAfter.Format(time.RFC3339))
+		}
+		a, err = ch.c.newIntermediate(ctx, root, ch.now)
+	case KindJWT:
+		a, err = ch.c.newJWTKey(ctx, ch.now)
+		if err == nil {
+			a.BundleSequence = ch.bumpBundle()
+		}
+	default:
+		return nil, fmt.Errorf("ca: %s keys do not rotate on a schedule", kind)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ch.auths = append(ch.auths, a)
+	ch.note(a, "prepared")
+	return a, nil
+}
+
+// activate makes next the active key of its kind; the active one becomes old.
+func (ch *change) activate(next *Authority) {
+	if cur := ch.find(next.Kind, StateActive); cur != nil {
+		cur.State = StateOld
+		ch.note(cur, "retired to old")
+	}
+	next.State = StateActive
+	ch.note(next, "activated")
+}
+
+// Rotate applies every scheduled transition that is due: old keys past their
+// life are removed, the successor of each active key is prepared at its
+// prepare time and activated at its activation time, and a missing or
+// unusable active key is replaced at once (after a long stop). It is cheap
+// when nothing is due; the server calls it every few seconds.
+func (c *CA) Rotate(ctx context.Context) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	ch := c.begin()
+	if ch.find(KindRoot, StateActive) == nil {
+		if err := ch.bootstrapRoot(ctx); err != nil {
+			return err
+		}
+	}
+	for _, kind := range []Kind{KindIntermediate, KindJWT} {
+		if err := ch.rotateKind(ctx, kind); err != nil {
+			return err
+		}
+	}
+	return ch.commit(ctx)
+}
+
+func (ch *change) bootstrapRoot(ctx context.Context) error {
+	var root *Authority
+	if ch.c.cfg.Upstream != nil {
+		root = ch.c.upstreamRoot()
+	} else {
+		var err error
+		if root, err = ch.c.newRoot(ctx, ch.now); err != nil {
+			return err
+		}
+	}
+	root.BundleSequence = ch.bumpBundle()
+	ch.auths = append(ch.auths, root)
+	ch.note(root, "activated")
+	return nil
+}
+
+func (ch *change) rotateKind(ctx context.Context, kind Kind) error {
+	s := ch.c.schedule
+	for _, a := range append([]*Authority(nil), ch.auths...) {
+		if a.Kind == kind && a.State == StateOld && !ch.now.Before(s.RemoveAt(a)) {
+			ch.remove(a, "removed")
+		}
+	}
+	active := ch.find(kind, StateActive)
+	prepared := ch.find(kind, StatePrepared)
+	// No usable active key (first start, or a stop longer than the schedule):
+	// take over at once with the prepared key if it can sign, or a new one.
+	if active == nil || !s.CanSignFullTTL(active, ch.now) {
+		if prepared == nil || !s.CanSignFullTTL(prepared, ch.now) {
+			var err error
+			if prepared, err = ch.prepare(ctx, kind); err != nil {
+				return err
+			}
+		}
+		ch.activate(prepared)
+		return nil
+	}
+	if prepared == nil && !ch.now.Before(s.PrepareAt(active)) {
+		var err error
+		if prepared, err = ch.prepare(ctx, kind); err != nil {
+			return err
+		}
+	}
+	if prepared != nil && !ch.now.Before(s.ActivateAt(active)) {
+		ch.activate(prepared)
+	}
+	return nil
+}
+
+// NextTransition says what happens next to a and when, for `ca show`.
+func (c *CA) NextTransition(a Authority) (string, time.Time) {
+	s := c.schedule
+	switch {
+	case a.Kind == KindRoot:
+		return "", time.Time{}
+	case a.State == StateOld:
+		return "removal", s.RemoveAt(&a)
+	case a.State == StatePrepared:
+		if active := c.activeOf(a.Kind); active != nil {
+			return "activation", s.ActivateAt(active)
+		}
+		return "activation", a.NotBefore
+	default:
+		c.mu.RLock()
+		hasPrepared := false
+		for _, x := range c.authorities {
+			if x.Kind == a.Kind && x.State == StatePrepared {
+				hasPrepared = true
+			}
+		}
+		c.mu.RUnlock()
+		if hasPrepared {
+			return "successor activation", s.ActivateAt(&a)
+		}
+		return "successor preparation", s.PrepareAt(&a)
+	}
+}
+
+func (c *CA) activeOf(kind Kind) *Authority {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, a := range c.authorities {
+		if a.Kind == kind && a.State == StateActive {
+			return a
+		}
+	}
+	return nil
+}
+

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shortleaf/shortleaf/pkg/adminclient"
+	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
+)
+
+func newCACommand() *cobra.Command {
+	var af adminFlags
+	cmd := &cobra.Command{
+		Use:   "ca",
+		Short: "Show and rotate the CA's keys",
+		Long: "Intermediates and JWT keys rotate on their own: PREPARED -> ACTIVE -> OLD -> removed.\n" +
+			"These verbs force a step (prepare, activate), take a compromised key out (taint, then revoke),\n" +
+			"and rotate the root (root prepare, root activate once every agent holds it, root retire).",
+		Args: cobra.NoArgs,
+	}
+	af.register(cmd)
+	show := &cobra.Command{
+		Use:   "show",
+		Short: "List every authority with its state, lifetime, key reference and next transition, and bundle propagation",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
+				resp, err := c.ListAuthorities(ctx, &adminv1.ListAuthoritiesRequest{})
+				if err != nil {
+					return err
+				}
+				if af.json() {
+					return printJSON(cmd.OutOrStdout(), resp)
+				}
+				if err := printAuthorities(cmd, resp.GetAuthorities()...); err != nil {
+					return err
+				}
+				p := resp.GetPropagation()
+				fmt.Fprintf(cmd.OutOrStdout(), "\nbundle sequence %d: %d of %d live agents hold it\n", p.GetBundleSequence(), p.GetCurrentAgents(), p.GetLiveAgents())
+				for _, a := range p.GetLaggingAgents() {
+					fmt.Fprintf(cmd.OutOrStdout(), "  lagging: %s\n", a)
+				}
+				return nil
+			})
+		},
+	}
+	kindVerb := func(use, short string, call func(context.Context, *adminclient.Client, string) (*adminv1.Authority, error)) *cobra.Command {
+		var kind string
+		c := &cobra.Command{
+			Use:   use,
+			Short: short,
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
+					a, err := call(ctx, c, kind)
+					if err != nil {
+						return err
+					}
+					return printAuthority(cmd, &af, a)
+				})
+			},
+		}
+		c.Flags().StringVar(&kind, "kind", "intermediate", "intermediate or jwt")
+		return c
+	}
+	idVerb := func(use, short string, call func(context.Context, *adminclient.Client, string) (*adminv1.Authority, error)) *cobra.Command {
+		return &cobra.Command{
+			Use:   use,
+			Short: short,
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
+					a, err := call(ctx, c, args[0])
+					if err != nil {
+						return err
+					}
+					return printAuthority(cmd, &af, a)
+				})
+			},
+		}
+	}
+	prepare := kindVerb("prepare", "Create the next intermediate or JWT key now, ahead of schedule",
+		func(ctx context.Context, c *adminclient.Client, kind string) (*adminv1.Authority, error) {
+			return c.PrepareAuthority(ctx, &adminv1.PrepareAuthorityRequest{Kind: kind})
+		})
+	activate := kindVerb("activate", "Make the prepared intermediate or JWT key active now",
+		func(ctx context.Context, c *adminclient.Client, kind string) (*adminv1.Authority, error) {
+			return c.ActivateAuthority(ctx, &adminv1.ActivateAuthorityRequest{Kind: kind})
+		})
+	taint := idVerb("taint ID", "Stop trusting an old key: agents replace everything it signed within a sync interval",
+		func(ctx context.Context, c *adminclient.Client, id string) (*adminv1.Authority, error) {
+			return c.TaintAuthority(ctx, &adminv1.TaintAuthorityRequest{Id: id})
+		})
+	revoke := idVerb("revoke ID", "Remove a tainted key once no agent holds anything it signed",
+		func(ctx context.Context, c *adminclient.Client, id string) (*adminv1.Authority, error) {
+			return c.RevokeAuthority(ctx, &adminv1.RevokeAuthorityRequest{Id: id})
+		})
+	cmd.AddCommand(show, prepare, activate, taint, revoke, newRootCommands(&af))
+	return cmd
+}
+
+func newRootCommands(af *adminFlags) *cobra.Command {
+	root := &cobra.Command{Use: "root", Short: "Rotate the root, gated on propagation to every live agent", Args: cobra.NoArgs}
+	prepare := &cobra.Command{
+		Use:   "prepare",
+		Short: "Create a new root and add it to the trust bundle (it signs nothing yet)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
+				a, err := c.PrepareRoot(ctx, &adminv1.PrepareRootRequest{})
+				if err != nil {
+					return err
+				}
+				return printAuthority(cmd, af, a)
+			})
+		},
+	}
+	var force bool
+	activate := &cobra.Command{
+		Use:   "activate",
+		Short: "Make new intermediates chain to the prepared root; refused while a live agent lacks it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
+				resp, err := c.ActivateRoot(ctx, &adminv1.ActivateRootRequest{Force: force})
+				if err != nil {
+					return err
+				}
+				for _, a := range resp.GetLaggingAgents() {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: forced past %s, which does not hold the new root\n", a)
+				}
+				return printAuthority(cmd, af, resp.GetAuthority())
+			})
+		},
+	}
+	activate.Flags().BoolVar(&force, "force", false, "activate even though some live agents lack the new root (their workloads will fail to verify new SVIDs)")
+	retire := &cobra.Command{
+		Use:   "retire",
+		Short: "Remove the old root from the bundle once nothing valid chains to it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
+				a, err := c.RetireRoot(ctx, &adminv1.RetireRootRequest{})
+				if err != nil {
+					return err
+				}
+				return printAuthority(cmd, af, a)
+			})
+		},
+	}
+	root.AddCommand(prepare, activate, retire)
+	return root
+}
+
+func printAuthority(cmd *cobra.Command, af *adminFlags, a *adminv1.Authority) error {
+	if af.json() {
+		return printJSON(cmd.OutOrStdout(), a)
+	}
+	return printAuthorities(cmd, a)
+}
+
+func printAuthorities(cmd *cobra.Command, auths ...*adminv1.Authority) error {
+	rows := make([][]string, 0, len(auths))
+	for _, a := range auths {
+		state := a.GetState()
+		if a.GetTainted() {
+			state += ",tainted"
+		}
+		next := "-"
+		if a.GetNextTransition() != "" {
+			next = a.GetNextTransition() + " " + unixTime(a.GetNextTransitionAt())
+		}
+		seq := "-"
+		if a.GetBundleSequence() > 0 {
+			seq = strconv.FormatUint(a.GetBundleSequence(), 10)
+		}
+		rows = append(rows, []string{a.GetKind(), a.GetId(), state, unixTime(a.GetNotBefore()), unixTime(a.GetNotAfter()),
+			a.GetKeyRef(), seq, next})
+	}
+	return table(cmd.OutOrStdout(), []string{"KIND", "ID", "STATE", "NOT BEFORE", "NOT AFTER", "KEY", "BUNDLE SEQ", "NEXT"}, rows)
+}
