@@ -248,4 +248,3 @@ func (c *CA) activeOf(kind Kind) *Authority {
 	}
 	return nil
 }
-

@@ -67,16 +67,16 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultAgentAPIAddr       = "127.0.0.1:8081"
-	DefaultX509SVIDTTL        = 5 * time.Minute
-	DefaultAgentSVIDTTL       = time.Hour
+	DefaultAgentAPIAddr     = "127.0.0.1:8081"
+	DefaultX509SVIDTTL      = 5 * time.Minute
+	DefaultAgentSVIDTTL     = time.Hour
 	serverSVIDTTL           = time.Hour
 	defaultRotationInterval = 5 * time.Second
-	adminSocketName           = "admin.sock"
-	datastoreFileName         = "datastore.db"
-	keysDirName               = "keys"
-	shutdownGrace             = 5 * time.Second
-	serverSVIDPathSegment     = "shortleaf"
+	adminSocketName         = "admin.sock"
+	datastoreFileName       = "datastore.db"
+	keysDirName             = "keys"
+	shutdownGrace           = 5 * time.Second
+	serverSVIDPathSegment   = "shortleaf"
 )
 
 // Server is a running shortleaf server.
