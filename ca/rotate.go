@@ -177,18 +177,34 @@ func (ch *change) bootstrapRoot(ctx context.Context) error {
 }
 
 func (ch *change) rotateKind(ctx context.Context, kind Kind) error {
+	if err := ch.advance(ctx, kind); err != nil {
+		return err
+	}
+	// Removal last, so a key retired just now (after a long stop) that has
+	// already expired goes at once.
 	s := ch.c.schedule
 	for _, a := range append([]*Authority(nil), ch.auths...) {
 		if a.Kind == kind && a.State == StateOld && !ch.now.Before(s.RemoveAt(a)) {
 			ch.remove(a, "removed")
 		}
 	}
+	return nil
+}
+
+func (ch *change) advance(ctx context.Context, kind Kind) error {
+	s := ch.c.schedule
 	active := ch.find(kind, StateActive)
 	prepared := ch.find(kind, StatePrepared)
+	if prepared != nil && !s.CanSignFullTTL(prepared, ch.now) {
+		// Prepared so long ago (a long stop) that it could not serve a full
+		// term: drop it and start over.
+		ch.remove(prepared, "dropped")
+		prepared = nil
+	}
 	// No usable active key (first start, or a stop longer than the schedule):
 	// take over at once with the prepared key if it can sign, or a new one.
 	if active == nil || !s.CanSignFullTTL(active, ch.now) {
-		if prepared == nil || !s.CanSignFullTTL(prepared, ch.now) {
+		if prepared == nil {
 			var err error
 			if prepared, err = ch.prepare(ctx, kind); err != nil {
 				return err

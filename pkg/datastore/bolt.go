@@ -51,6 +51,9 @@ func Open(path string) (*Store, error) {
 // Close closes the file. It is safe to call more than once.
 func (s *Store) Close() error { return s.db.Close() }
 
+// Path is the bbolt file.
+func (s *Store) Path() string { return s.db.Path() }
+
 func newID() string {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)

@@ -1,0 +1,384 @@
+package ca_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/ca/catest"
+	"github.com/shortleaf/shortleaf/pkg/clock"
+	"github.com/shortleaf/shortleaf/pkg/datastore"
+	"github.com/shortleaf/shortleaf/pkg/keymanager"
+)
+
+var ctx = context.Background()
+
+// lifecycle builds a CA with 1h intermediates and 5m max SVIDs on a fake
+// clock; prepare at 30m, activate at 55m, remove at 60m.
+func lifecycle(t *testing.T) (*ca.CA, *clock.Fake, ca.Config) {
+	t.Helper()
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	cfg := catest.Config(t)
+	cfg.Clock, cfg.IntermediateTTL, cfg.MaxSVIDTTL = clk, time.Hour, 5*time.Minute
+	return catest.NewFromConfig(t, cfg), clk, cfg
+}
+
+func byKindState(c *ca.CA) map[string][]ca.Authority {
+	out := map[string][]ca.Authority{}
+	for _, a := range c.Authorities() {
+		k := string(a.Kind) + "/" + string(a.State)
+		out[k] = append(out[k], a)
+	}
+	return out
+}
+
+func count(c *ca.CA, kind ca.Kind, state ca.State) int {
+	return len(byKindState(c)[string(kind)+"/"+string(state)])
+}
+
+func TestScheduleThresholds(t *testing.T) {
+	s := ca.Schedule{TTL: time.Hour, MaxSignedTTL: 5 * time.Minute}
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	a := &ca.Authority{NotBefore: start, NotAfter: start.Add(time.Hour)}
+	if got := s.PrepareAt(a); !got.Equal(start.Add(30 * time.Minute)) {
+		t.Errorf("PrepareAt = %s, want half-life", got)
+	}
+	if got := s.ActivateAt(a); !got.Equal(start.Add(55 * time.Minute)) {
+		t.Errorf("ActivateAt = %s, want NotAfter - max TTL", got)
+	}
+	if got := s.RemoveAt(a); !got.Equal(a.NotAfter) {
+		t.Errorf("RemoveAt = %s", got)
+	}
+	// When the max TTL is over half the life, preparation moves up to activation.
+	s2 := ca.Schedule{TTL: time.Hour, MaxSignedTTL: 30 * time.Minute}
+	if !s2.PrepareAt(a).Equal(s2.ActivateAt(a)) {
+		t.Error("PrepareAt must not come after ActivateAt")
+	}
+	if err := (ca.Schedule{TTL: time.Hour, MaxSignedTTL: 31 * time.Minute}).Validate(); err == nil || !strings.Contains(err.Error(), "intermediate_ttl") {
+		t.Errorf("an impossible schedule: %v", err)
+	}
+}
+
+func TestImpossibleConfigRefusedAtStart(t *testing.T) {
+	cfg := catest.Config(t)
+	cfg.IntermediateTTL, cfg.MaxSVIDTTL = time.Hour, 45*time.Minute
+	_, err := ca.New(ctx, cfg)
+	if err == nil || !strings.Contains(err.Error(), "intermediate_ttl") || !strings.Contains(err.Error(), "1h30m") {
+		t.Fatalf("error %v does not say to raise intermediate_ttl to 1h30m", err)
+	}
+}
+
+func TestScheduledRotationOfIntermediatesAndJWTKeys(t *testing.T) {
+	c, clk, _ := lifecycle(t)
+	first, _ := c.ActiveIntermediate()
+	_, seq0 := c.Bundle()
+	for _, kind := range []ca.Kind{ca.KindIntermediate, ca.KindJWT} {
+		if count(c, kind, ca.StateActive) != 1 || count(c, kind, ca.StatePrepared) != 0 {
+			t.Fatalf("%s at start: %v", kind, byKindState(c))
+		}
+	}
+	step := func(d time.Duration) {
+		clk.Add(d)
+		if err := c.Rotate(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step(29 * time.Minute)
+	if count(c, ca.KindIntermediate, ca.StatePrepared) != 0 {
+		t.Fatal("prepared before half-life")
+	}
+	step(time.Minute) // 30m: half-life
+	for _, kind := range []ca.Kind{ca.KindIntermediate, ca.KindJWT} {
+		if count(c, kind, ca.StatePrepared) != 1 {
+			t.Fatalf("%s not prepared at half-life: %v", kind, byKindState(c))
+		}
+	}
+	_, seq1 := c.Bundle()
+	if seq1 != seq0+1 {
+		t.Errorf("bundle sequence %d -> %d: a prepared JWT key is published, an intermediate is not", seq0, seq1)
+	}
+	step(24*time.Minute + 59*time.Second) // 54m59s
+	if cur, _ := c.ActiveIntermediate(); !cur.Equal(first) {
+		t.Fatal("activated before NotAfter - max TTL")
+	}
+	step(time.Second) // 55m
+	cur, _ := c.ActiveIntermediate()
+	if cur.Equal(first) || count(c, ca.KindIntermediate, ca.StateOld) != 1 || count(c, ca.KindJWT, ca.StateOld) != 1 {
+		t.Fatalf("not activated at NotAfter - max TTL: %v", byKindState(c))
+	}
+	step(5*time.Minute - time.Second) // 59m59s
+	if count(c, ca.KindIntermediate, ca.StateOld) != 1 {
+		t.Fatal("old removed before it expired")
+	}
+	step(time.Second) // 60m
+	if count(c, ca.KindIntermediate, ca.StateOld) != 0 || count(c, ca.KindJWT, ca.StateOld) != 0 {
+		t.Fatalf("old not removed at expiry: %v", byKindState(c))
+	}
+}
+
+func TestLongStopReplacesKeysAtStart(t *testing.T) {
+	c, clk, cfg := lifecycle(t)
+	old, _ := c.ActiveIntermediate()
+	clk.Add(40 * time.Minute) // a successor is prepared, then the server stops
+	if err := c.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(72 * time.Hour)
+	again, err := ca.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := again.ActiveIntermediate()
+	if err != nil || cur.Equal(old) || !cur.NotAfter.After(clk.Now().Add(cfg.MaxSVIDTTL)) {
+		t.Fatalf("after a long stop the active intermediate is %v (%v)", cur, err)
+	}
+	for _, a := range again.Authorities() {
+		if a.Kind != ca.KindRoot && !a.NotAfter.After(clk.Now()) {
+			t.Errorf("expired %s %s still held", a.Kind, a.ID)
+		}
+	}
+	for _, kind := range []ca.Kind{ca.KindIntermediate, ca.KindJWT} {
+		if count(again, kind, ca.StateActive) != 1 || count(again, kind, ca.StatePrepared) != 0 {
+			t.Errorf("%s after a long stop: %v", kind, byKindState(again))
+		}
+	}
+}
+
+// journalOf is a bbolt-backed CA config, so restarts go through the real store.
+func journalOf(t *testing.T) (ca.Config, *clock.Fake) {
+	t.Helper()
+	dir := t.TempDir()
+	store, err := datastore.Open(filepath.Join(dir, "ds.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	km, err := keymanager.New(keymanager.Config{Dir: filepath.Join(dir, "keys")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	return ca.Config{TrustDomain: catest.TrustDomain, Keys: km, Journal: store, Clock: clk, IntermediateTTL: time.Hour, MaxSVIDTTL: 5 * time.Minute}, clk
+}
+
+func sameAuthorities(t *testing.T, state string, a, b []ca.Authority) {
+	t.Helper()
+	if len(a) != len(b) {
+		t.Fatalf("%s: %d authorities before restart, %d after", state, len(a), len(b))
+	}
+	for i := range a {
+		if a[i].ID != b[i].ID || a[i].State != b[i].State || a[i].Tainted != b[i].Tainted || !a[i].NotAfter.Equal(b[i].NotAfter) || a[i].KeyRef != b[i].KeyRef {
+			t.Fatalf("%s: authority %d is %s/%s before restart, %s/%s after", state, i, a[i].ID, a[i].State, b[i].ID, b[i].State)
+		}
+	}
+}
+
+func TestRestartResumesInEveryState(t *testing.T) {
+	cfg, clk := journalOf(t)
+	c := catest.NewFromConfig(t, cfg)
+	restart := func(state string) {
+		t.Helper()
+		before := c.Authorities()
+		_, seq := c.Bundle()
+		again, err := ca.New(ctx, cfg)
+		if err != nil {
+			t.Fatalf("%s: restart: %v", state, err)
+		}
+		sameAuthorities(t, state, before, again.Authorities())
+		if _, seq2 := again.Bundle(); seq2 != seq {
+			t.Fatalf("%s: bundle sequence %d -> %d", state, seq, seq2)
+		}
+		c = again
+	}
+	restart("fresh")
+	clk.Add(30 * time.Minute)
+	if err := c.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restart("prepared")
+	clk.Add(25 * time.Minute)
+	if err := c.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restart("just activated, old pending")
+	if _, err := c.PrepareRoot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restart("root prepared")
+	if _, err := c.ActivateRoot(ctx, func(uint64) []string { return nil }, false); err != nil {
+		t.Fatal(err)
+	}
+	restart("root activated, old root pending")
+	old := count(c, ca.KindIntermediate, ca.StateOld)
+	if old == 0 {
+		t.Fatal("root activation left no old intermediate")
+	}
+	var oldID string
+	for _, a := range c.Authorities() {
+		if a.Kind == ca.KindIntermediate && a.State == ca.StateOld {
+			oldID = a.ID
+		}
+	}
+	if _, err := c.Taint(ctx, oldID); err != nil {
+		t.Fatal(err)
+	}
+	restart("tainted")
+}
+
+// failingJournal fails every save, as a crash between writing a key and
+// recording it would.
+type failingJournal struct{ ca.Journal }
+
+func (failingJournal) SaveCAJournal(context.Context, []byte) error { return errors.New("disk full") }
+
+func TestFailedJournalSaveChangesNothingAndLeavesNoBrokenState(t *testing.T) {
+	cfg, clk := journalOf(t)
+	c := catest.NewFromConfig(t, cfg)
+	before := c.Authorities()
+
+	broken := cfg
+	broken.Journal = failingJournal{cfg.Journal}
+	// A CA whose saves fail, at a time when a rotation is due: the new key is
+	// written to the key directory but never recorded.
+	clk.Add(31 * time.Minute)
+	bc, err := ca.New(ctx, broken)
+	if err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("rotation with a failing journal: %v", err)
+	}
+	_ = bc
+	keys, _ := os.ReadDir(filepath.Join(filepath.Dir(cfg.Journal.(*datastore.Store).Path()), "keys"))
+	if len(keys) <= 3 {
+		t.Fatalf("expected an orphan key file to test with, found %d keys", len(keys))
+	}
+	// The next start ignores the orphan and resumes from the journal.
+	again, err := ca.New(ctx, cfg)
+	if err != nil {
+		t.Fatalf("start after the failed save: %v", err)
+	}
+	after := again.Authorities()
+	if count(again, ca.KindIntermediate, ca.StatePrepared) != 1 {
+		t.Fatalf("the due rotation was not applied on the next start: %v", byKindState(again))
+	}
+	for _, b := range before {
+		found := false
+		for _, a := range after {
+			found = found || a.ID == b.ID
+		}
+		if !found {
+			t.Errorf("authority %s lost", b.ID)
+		}
+	}
+}
+
+func TestForcedRotationRefusesUnsafeSteps(t *testing.T) {
+	c, _, _ := lifecycle(t)
+	refused := func(err error, want string) {
+		t.Helper()
+		var r *ca.RefusedError
+		if !errors.As(err, &r) || !strings.Contains(r.Error(), want) {
+			t.Fatalf("error %v, want a refusal saying %q", err, want)
+		}
+	}
+	active, _ := c.ActiveIntermediate()
+	var activeID string
+	for _, a := range c.Authorities() {
+		if a.Cert != nil && a.Cert.Equal(active) {
+			activeID = a.ID
+		}
+	}
+	_, err := c.Activate(ctx, ca.KindIntermediate)
+	refused(err, "no intermediate is prepared")
+	_, err = c.Taint(ctx, activeID)
+	refused(err, "only an old key can be tainted")
+	_, err = c.Revoke(ctx, activeID, nil)
+	refused(err, "active")
+
+	if _, err := c.Prepare(ctx, ca.KindIntermediate); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Prepare(ctx, ca.KindIntermediate)
+	refused(err, "already prepared")
+	if _, err := c.Activate(ctx, ca.KindIntermediate); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Revoke(ctx, activeID, func(string) []string { return nil })
+	refused(err, "not tainted")
+	if _, err := c.Taint(ctx, activeID); err != nil {
+		t.Fatal(err)
+	}
+	if ids := c.TaintedKeyIDs(); len(ids) != 1 {
+		t.Fatalf("tainted key IDs = %d", len(ids))
+	}
+	_, err = c.Revoke(ctx, activeID, func(string) []string { return []string{"spiffe://example.org/agent/x"} })
+	refused(err, "agent/x")
+	if _, err := c.Revoke(ctx, activeID, func(string) []string { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.TaintedKeyIDs()) != 0 {
+		t.Fatal("a revoked key is still listed")
+	}
+	if _, err := c.Taint(ctx, "nope"); !errors.Is(err, ca.ErrNotFound) {
+		t.Fatalf("unknown ID: %v", err)
+	}
+}
+
+func TestRootRotationGate(t *testing.T) {
+	c, clk, _ := lifecycle(t)
+	oldBundle, seq0 := c.Bundle()
+	root, err := c.PrepareRoot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, seq1 := c.Bundle()
+	if len(b.X509Authorities()) != 2 || seq1 <= seq0 || root.BundleSequence != seq1 {
+		t.Fatalf("prepared root not published: %d roots, seq %d -> %d", len(b.X509Authorities()), seq0, seq1)
+	}
+	// Until agents hold it, the new root signs nothing.
+	cur, _ := c.ActiveIntermediate()
+	if err := cur.CheckSignatureFrom(oldBundle.X509Authorities()[0]); err != nil {
+		t.Fatal("the intermediate changed roots at prepare time")
+	}
+	lagging := []string{"spiffe://example.org/agent/slow"}
+	_, err = c.ActivateRoot(ctx, func(seq uint64) []string {
+		if seq != root.BundleSequence {
+			t.Errorf("gate asked about sequence %d, want %d", seq, root.BundleSequence)
+		}
+		return lagging
+	}, false)
+	var r *ca.RefusedError
+	if !errors.As(err, &r) || len(r.Blockers) != 1 || r.Blockers[0] != lagging[0] {
+		t.Fatalf("activation with a lagging agent: %v", err)
+	}
+	if _, err := c.ActivateRoot(ctx, func(uint64) []string { return nil }, false); err != nil {
+		t.Fatal(err)
+	}
+	cur, _ = c.ActiveIntermediate()
+	newRoot := b.X509Authorities()[1]
+	if !root.Cert.Equal(newRoot) {
+		newRoot = b.X509Authorities()[0]
+	}
+	if err := cur.CheckSignatureFrom(root.Cert); err != nil {
+		t.Fatalf("after activation the intermediate does not chain to the new root: %v", err)
+	}
+	// The old root stays while old intermediates chain to it.
+	_, err = c.RetireRoot(ctx)
+	if !errors.As(err, &r) || len(r.Blockers) == 0 {
+		t.Fatalf("retire with old intermediates: %v", err)
+	}
+	clk.Add(time.Hour)
+	if err := c.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RetireRoot(ctx); err != nil {
+		t.Fatalf("retire after old intermediates expired: %v", err)
+	}
+	b, seq2 := c.Bundle()
+	if len(b.X509Authorities()) != 1 || !b.X509Authorities()[0].Equal(root.Cert) || seq2 <= seq1 {
+		t.Fatalf("after retire: %d roots, seq %d", len(b.X509Authorities()), seq2)
+	}
+}
