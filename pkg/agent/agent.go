@@ -197,7 +197,7 @@ func (a *Agent) setSVID(key any, chain []*x509.Certificate) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.svidChain, a.tlsCert, a.agentTainted = chain, cert, false
-	a.agentRenewAt = renewAt(a.cfg.Clock.Now(), chain[0].NotAfter)
+	a.agentRenewAt = RenewAt(a.cfg.Clock.Now(), chain[0].NotAfter)
 }
 
 func (a *Agent) currentCert() *tls.Certificate {

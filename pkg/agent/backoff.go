@@ -39,7 +39,18 @@ func spread(window time.Duration) time.Duration {
 	return time.Duration(rand.Int64N(int64(window))) //nolint:gosec // load spreading, not secrecy
 }
 
-// renewAt is half of the remaining life from issuedAt, ±10%.
-func renewAt(issuedAt, notAfter time.Time) time.Time {
+// RenewAt is when the agent renews an SVID obtained at issuedAt: half of its
+// remaining life, ±10%, so renewals of many SVIDs spread out.
+func RenewAt(issuedAt, notAfter time.Time) time.Time {
 	return issuedAt.Add(jitter(notAfter.Sub(issuedAt)/2, 0.1))
+}
+
+// TaintedRenewAt is when the agent replaces an SVID whose signer was reported
+// tainted at now: a random moment within window (one sync interval), or its
+// scheduled renewal if that comes first.
+func TaintedRenewAt(now, scheduled time.Time, window time.Duration) time.Time {
+	if at := now.Add(spread(window)); at.Before(scheduled) {
+		return at
+	}
+	return scheduled
 }

@@ -192,9 +192,7 @@ func (c *cache) replaceTainted(tainted map[string]bool, now time.Time, window ti
 			continue
 		}
 		s.Tainted = true
-		if at := now.Add(spread(window)); at.Before(s.RenewAt) {
-			s.RenewAt = at
-		}
+		s.RenewAt = TaintedRenewAt(now, s.RenewAt, window)
 		n++
 	}
 	return n

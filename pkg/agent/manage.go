@@ -312,9 +312,7 @@ func (a *Agent) applyTaints(ids [][]byte) {
 	defer a.mu.Unlock()
 	if len(a.svidChain) > 0 && tainted[string(a.svidChain[0].AuthorityKeyId)] && !a.agentTainted {
 		a.agentTainted = true
-		if at := now.Add(spread(a.cfg.SyncInterval)); at.Before(a.agentRenewAt) {
-			a.agentRenewAt = at
-		}
+		a.agentRenewAt = TaintedRenewAt(now, a.agentRenewAt, a.cfg.SyncInterval)
 	}
 }
 
@@ -433,6 +431,6 @@ func newSVID(e *entry, key crypto.Signer, chainDER [][]byte, now time.Time) (*sv
 		Chain:    chain,
 		ChainDER: bytes.Join(chainDER, nil),
 		KeyDER:   keyDER,
-		RenewAt:  renewAt(now, chain[0].NotAfter),
+		RenewAt:  RenewAt(now, chain[0].NotAfter),
 	}, nil
 }
