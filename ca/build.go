@@ -91,7 +91,7 @@ func (c *CA) newJWTKey(ctx context.Context, now time.Time) (*Authority, error) {
 	}
 	return &Authority{
 		ID: kid, Kind: KindJWT, State: StatePrepared, PublicKey: signer.Public(),
-		NotBefore: now, NotAfter: now.Add(c.cfg.IntermediateTTL), KeyRef: ref, Signer: signer,
+		NotBefore: now.Add(-Backdate), NotAfter: now.Add(c.cfg.IntermediateTTL), KeyRef: ref, Signer: signer,
 	}, nil
 }
 

@@ -44,7 +44,7 @@ func count(c *ca.CA, kind ca.Kind, state ca.State) int {
 func TestScheduleThresholds(t *testing.T) {
 	s := ca.Schedule{TTL: time.Hour, MaxSignedTTL: 5 * time.Minute}
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	a := &ca.Authority{NotBefore: start, NotAfter: start.Add(time.Hour)}
+	a := &ca.Authority{NotBefore: start.Add(-ca.Backdate), NotAfter: start.Add(time.Hour)}
 	if got := s.PrepareAt(a); !got.Equal(start.Add(30 * time.Minute)) {
 		t.Errorf("PrepareAt = %s, want half-life", got)
 	}

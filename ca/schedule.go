@@ -41,9 +41,11 @@ func (s Schedule) ActivateAt(active *Authority) time.Time {
 }
 
 // PrepareAt is when active's successor is created and published: half of
-// active's life, or its activation time if that is earlier.
+// active's life (counted from its issue, not its backdated NotBefore), or its
+// activation time if that is earlier.
 func (s Schedule) PrepareAt(active *Authority) time.Time {
-	half := active.NotBefore.Add(active.NotAfter.Sub(active.NotBefore) / 2)
+	issued := active.NotBefore.Add(Backdate)
+	half := issued.Add(active.NotAfter.Sub(issued) / 2)
 	if at := s.ActivateAt(active); at.Before(half) {
 		return at
 	}

@@ -1,0 +1,204 @@
+package harness_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/pkg/harness"
+	"github.com/shortleaf/shortleaf/pkg/server"
+	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
+)
+
+// fastRotation makes intermediates live 8s with 2s SVIDs: a new intermediate
+// is prepared every ~4s and activated every ~6s.
+func fastRotation(c *server.Config) {
+	c.IntermediateTTL = 8 * time.Second
+	c.DefaultSVIDTTL = 2 * time.Second
+	c.AgentSVIDTTL = 2 * time.Second
+	c.MaxSVIDTTL = 2 * time.Second
+	c.RotationInterval = 50 * time.Millisecond
+	c.AgentLiveness = time.Minute
+}
+
+// Two workloads on two agents handshake mTLS without pause while the
+// intermediate rotates several times and a whole root rotation runs: not one
+// handshake may fail.
+func TestNoHandshakeFailsAcrossRotations(t *testing.T) {
+	srv := harness.StartServer(t, fastRotation)
+	agA, agB := harness.StartAgent(t, srv), harness.StartAgent(t, srv)
+	idA, idB := spiffeid.RequireFromString("spiffe://example.org/a"), spiffeid.RequireFromString("spiffe://example.org/b")
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: idA.String(), ParentId: agA.ID(), Selectors: []string{uidSelector()}})
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: idB.String(), ParentId: agB.ID(), Selectors: []string{uidSelector()}})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srcA, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(agA.Addr())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srcA.Close()
+	srcB, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(agB.Addr())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srcB.Close()
+
+	lis, err := spiffetls.ListenWithMode(ctx, "tcp", "127.0.0.1:0", spiffetls.MTLSServerWithSource(tlsconfig.AuthorizeID(idB), srcA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	go func() {
+		for {
+			conn, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				if line, err := bufio.NewReader(conn).ReadString('\n'); err == nil {
+					fmt.Fprint(conn, line)
+				}
+			}()
+		}
+	}()
+
+	var ok, failed atomic.Int64
+	var firstFailure atomic.Value
+	intermediates := map[string]bool{}
+	handshake := func() {
+		conn, err := spiffetls.DialWithMode(ctx, "tcp", lis.Addr().String(), spiffetls.MTLSClientWithSource(tlsconfig.AuthorizeID(idA), srcB))
+		if err == nil {
+			_, err = fmt.Fprintln(conn, "ping")
+			if err == nil {
+				_, err = bufio.NewReader(conn).ReadString('\n')
+			}
+			conn.Close()
+		}
+		if err != nil {
+			failed.Add(1)
+			firstFailure.CompareAndSwap(nil, fmt.Sprintf("%s: %v", time.Now().Format(time.StampMilli), err))
+			return
+		}
+		ok.Add(1)
+		if svid, err := srcA.GetX509SVID(); err == nil {
+			intermediates[string(svid.Certificates[1].SubjectKeyId)] = true
+		}
+	}
+	run := func(d time.Duration) {
+		for end := time.Now().Add(d); time.Now().Before(end); {
+			handshake()
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	run(14 * time.Second) // two or more scheduled intermediate rotations
+
+	admin := srv.Admin
+	if _, err := admin.PrepareRoot(ctx, &adminv1.PrepareRootRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	activated := false
+	for deadline := time.Now().Add(10 * time.Second); !activated; {
+		_, err := admin.ActivateRoot(ctx, &adminv1.ActivateRootRequest{})
+		switch {
+		case err == nil:
+			activated = true
+		case status.Code(err) != codes.FailedPrecondition || time.Now().After(deadline):
+			t.Fatalf("root activate: %v", err)
+		default:
+			run(100 * time.Millisecond)
+		}
+	}
+	retired := false
+	for deadline := time.Now().Add(20 * time.Second); !retired; {
+		_, err := admin.RetireRoot(ctx, &adminv1.RetireRootRequest{})
+		switch {
+		case err == nil:
+			retired = true
+		case status.Code(err) != codes.FailedPrecondition || time.Now().After(deadline):
+			t.Fatalf("root retire: %v", err)
+		default:
+			run(200 * time.Millisecond)
+		}
+	}
+	run(4 * time.Second) // after retirement, on the new root alone
+
+	if failed.Load() > 0 {
+		t.Fatalf("%d of %d handshakes failed; first: %v", failed.Load(), ok.Load()+failed.Load(), firstFailure.Load())
+	}
+	if len(intermediates) < 4 {
+		t.Fatalf("saw %d intermediates; the test did not span enough rotations", len(intermediates))
+	}
+	bundle, _ := srv.CA().Bundle()
+	if len(bundle.X509Authorities()) != 1 {
+		t.Fatalf("bundle holds %d roots after retirement", len(bundle.X509Authorities()))
+	}
+	t.Logf("%d handshakes, 0 failed, across %d intermediates and a root rotation", ok.Load(), len(intermediates))
+}
+
+// A live agent that has not synced since the new root was published blocks
+// root activation; once it syncs, activation passes.
+func TestRootActivationWaitsForLaggingAgent(t *testing.T) {
+	srv := harness.StartServer(t, func(c *server.Config) { c.AgentLiveness = time.Minute })
+	fast := harness.StartAgent(t, srv)
+	slow := harness.StartAgent(t, srv)
+	time.Sleep(500 * time.Millisecond) // both have synced
+	slow.Stop()                        // seen recently, so still live, but no longer syncing
+
+	ctx := context.Background()
+	if _, err := srv.Admin.PrepareRoot(ctx, &adminv1.PrepareRootRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // the fast agent syncs the new bundle
+	_, err := srv.Admin.ActivateRoot(ctx, &adminv1.ActivateRootRequest{})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), slow.ID()) || strings.Contains(err.Error(), fast.ID()) {
+		t.Fatalf("activation with a lagging agent: %v; want FailedPrecondition naming only %s", err, slow.ID())
+	}
+	show, err := srv.Admin.ListAuthorities(ctx, &adminv1.ListAuthoritiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := show.GetPropagation(); p.GetLiveAgents() != 2 || p.GetCurrentAgents() != 1 {
+		t.Fatalf("propagation = %v, want 1 of 2", p)
+	}
+
+	cfg := slow.Config
+	cfg.JoinToken = ""
+	harness.RunAgent(t, cfg)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := srv.Admin.ActivateRoot(ctx, &adminv1.ActivateRootRequest{})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("activation after the agent synced: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// New SVIDs now chain to the new root.
+	inter, _ := srv.CA().ActiveIntermediate()
+	for _, a := range srv.CA().Authorities() {
+		if a.Kind == ca.KindRoot && a.State == ca.StateActive && a.BundleSequence > 1 {
+			if err := inter.CheckSignatureFrom(a.Cert); err != nil {
+				t.Fatalf("the active intermediate does not chain to the new root: %v", err)
+			}
+			return
+		}
+	}
+	t.Fatal("no new active root")
+}
