@@ -202,3 +202,70 @@ func TestRootActivationWaitsForLaggingAgent(t *testing.T) {
 	}
 	t.Fatal("no new active root")
 }
+
+// After a forced rotation and a taint, the agent replaces the SVIDs signed by
+// the tainted intermediate within a sync interval, and revoke passes once no
+// agent reports holding one.
+func TestTaintIsReplacedThenRevoked(t *testing.T) {
+	srv := harness.StartServer(t, func(c *server.Config) { c.AgentLiveness = time.Minute; c.RotationInterval = 50 * time.Millisecond })
+	ag := harness.StartAgent(t, srv)
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	before, err := fetchX509(t, ag.Addr(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var oldID string
+	for _, a := range srv.CA().Authorities() {
+		if a.Kind == ca.KindIntermediate && a.State == ca.StateActive {
+			oldID = a.ID
+		}
+	}
+	if _, err := srv.Admin.TaintAuthority(ctx, &adminv1.TaintAuthorityRequest{Id: oldID}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("taint of the active intermediate: %v, want FailedPrecondition", err)
+	}
+	if _, err := srv.Admin.PrepareAuthority(ctx, &adminv1.PrepareAuthorityRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Admin.ActivateAuthority(ctx, &adminv1.ActivateAuthorityRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Admin.RevokeAuthority(ctx, &adminv1.RevokeAuthorityRequest{Id: oldID}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("revoke before taint: %v, want FailedPrecondition", err)
+	}
+	tainted, err := srv.Admin.TaintAuthority(ctx, &adminv1.TaintAuthorityRequest{Id: oldID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	taintedAt := time.Now()
+	oldSerial := before.DefaultSVID().Certificates[0].SerialNumber
+	for {
+		x, err := fetchX509(t, ag.Addr(), 5*time.Second)
+		if err == nil && x.DefaultSVID().Certificates[0].SerialNumber.Cmp(oldSerial) != 0 {
+			if fmt.Sprintf("%x", x.DefaultSVID().Certificates[0].AuthorityKeyId) == tainted.GetKeyId() {
+				t.Fatal("the replacement SVID is signed by the tainted key")
+			}
+			break
+		}
+		// One sync interval (200ms) plus the spread window, with slack for CI.
+		if time.Since(taintedAt) > 5*time.Second {
+			t.Fatal("the SVID signed by the tainted intermediate was not replaced")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		_, err := srv.Admin.RevokeAuthority(ctx, &adminv1.RevokeAuthorityRequest{Id: oldID})
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.FailedPrecondition || time.Now().After(deadline) {
+			t.Fatalf("revoke after replacement: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, a := range srv.CA().Authorities() {
+		if a.ID == oldID {
+			t.Fatal("the revoked intermediate is still held")
+		}
+	}
+}
