@@ -11,6 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/status"
@@ -49,11 +50,23 @@ func (f *adminFlags) run(cmd *cobra.Command, fn func(ctx context.Context, c *adm
 	defer cancel()
 	if err := fn(ctx, c); err != nil {
 		if st, ok := status.FromError(err); ok {
-			return fmt.Errorf("%s: %s", strings.ToLower(st.Code().String()), st.Message())
+			return fmt.Errorf("%s: %s", codeWords(st.Code().String()), st.Message())
 		}
 		return err
 	}
 	return nil
+}
+
+// codeWords turns a gRPC code name into words: FailedPrecondition → failed precondition.
+func codeWords(code string) string {
+	var b strings.Builder
+	for i, r := range code {
+		if i > 0 && unicode.IsUpper(r) {
+			b.WriteByte(' ')
+		}
+		b.WriteRune(unicode.ToLower(r))
+	}
+	return b.String()
 }
 
 func (f *adminFlags) json() bool { return f.output == "json" }

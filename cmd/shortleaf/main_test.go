@@ -117,3 +117,43 @@ func TestAdminSocketRequired(t *testing.T) {
 		t.Fatalf("no socket: %v", err)
 	}
 }
+
+func TestCAVerbs(t *testing.T) {
+	srv := harness.StartServer(t)
+	sock := srv.AdminSocket()
+	out, err := shortleaf(t, "ca", "show", "--admin-socket", sock)
+	if err != nil || !strings.Contains(out, "root") || !strings.Contains(out, "intermediate") || !strings.Contains(out, "jwt") ||
+		!strings.Contains(out, "successor preparation") || !strings.Contains(out, "bundle sequence") {
+		t.Fatalf("ca show:\n%s\n%v", out, err)
+	}
+	if strings.Contains(out, "PRIVATE") {
+		t.Fatal("ca show printed key material")
+	}
+	if _, err := shortleaf(t, "ca", "activate", "--admin-socket", sock); err == nil || !strings.Contains(err.Error(), "failed precondition") {
+		t.Fatalf("activate without prepare: %v", err)
+	}
+	for _, kind := range []string{"intermediate", "jwt"} {
+		if out, err := shortleaf(t, "ca", "prepare", "--kind", kind, "--admin-socket", sock); err != nil || !strings.Contains(out, "prepared") {
+			t.Fatalf("prepare %s: %q %v", kind, out, err)
+		}
+		if out, err := shortleaf(t, "ca", "activate", "--kind", kind, "--admin-socket", sock); err != nil || !strings.Contains(out, "active") {
+			t.Fatalf("activate %s: %q %v", kind, out, err)
+		}
+	}
+	out, err = shortleaf(t, "ca", "show", "--admin-socket", sock, "-o", "json")
+	if err != nil || strings.Count(out, `"state": "old"`) != 2 {
+		t.Fatalf("ca show -o json after rotations: %q %v", out, err)
+	}
+	if out, err := shortleaf(t, "ca", "root", "prepare", "--admin-socket", sock); err != nil || !strings.Contains(out, "prepared") {
+		t.Fatalf("root prepare: %q %v", out, err)
+	}
+	if out, err := shortleaf(t, "ca", "root", "activate", "--admin-socket", sock); err != nil || !strings.Contains(out, "active") {
+		t.Fatalf("root activate (no agents, nothing to wait for): %q %v", out, err)
+	}
+	if _, err := shortleaf(t, "ca", "root", "retire", "--admin-socket", sock); err == nil || !strings.Contains(err.Error(), "still valid") {
+		t.Fatalf("root retire with live old intermediates: %v", err)
+	}
+	if _, err := shortleaf(t, "ca", "prepare", "--kind", "root", "--admin-socket", sock); err == nil || !strings.Contains(err.Error(), "kind") {
+		t.Fatalf("prepare --kind root: %v", err)
+	}
+}
