@@ -132,7 +132,7 @@ func (ch *change) prepare(ctx context.Context, kind Kind) (*Authority, error) {
 func (ch *change) activate(next *Authority) {
 	if cur := ch.find(next.Kind, StateActive); cur != nil {
 		cur.State = StateOld
-		ch.note(cur, "retired to old")
+		ch.note(cur, "superseded")
 	}
 	next.State = StateActive
 	ch.note(next, "activated")

@@ -142,3 +142,38 @@ func TestEntryChangeIsPushedToOpenStream(t *testing.T) {
 		}
 	}
 }
+
+func TestLifecycleMetrics(t *testing.T) {
+	srv := harness.StartServer(t, fastRotation, func(c *server.Config) { c.MetricsAddr = "127.0.0.1:0" })
+	harness.StartAgent(t, srv)
+	deadline := time.Now().Add(15 * time.Second)
+	want := []string{
+		`shortleaf_ca_authority_transitions_total{kind="intermediate",transition="activated"}`,
+		`shortleaf_ca_authority_transitions_total{kind="intermediate",transition="prepared"}`,
+		`shortleaf_ca_authority_not_after_timestamp_seconds{kind="intermediate",state="active"}`,
+		`shortleaf_ca_authority_not_after_timestamp_seconds{kind="root",state="active"}`,
+		`shortleaf_ca_bundle_propagation_ratio 1`,
+	}
+	for {
+		resp, err := http.Get("http://" + srv.MetricsAddr() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		missing := ""
+		for _, w := range want {
+			if !strings.Contains(string(body), w) {
+				missing = w
+			}
+		}
+		// A scheduled rotation (prepare at ~4s, activate at ~6s) must show up.
+		if missing == "" && strings.Contains(string(body), `transition="superseded"`) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks %q after a rotation", missing)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
