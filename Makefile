@@ -4,17 +4,24 @@ BUF     := tools/bin/buf
 LINTER  := tools/bin/golangci-lint
 PKGS    := ./...
 
-.PHONY: all build test lint generate generate-check demo bench fuzz clean
+.PHONY: all build deps test lint generate generate-check demo bench fuzz clean
 
 all: build
 
 build:
 	$(GO) build $(PKGS)
 
-## test: linters, generated code current, vet, and every test with the race detector (what .ci/run runs)
-test: lint generate-check
+## test: linters, generated code current, vet, every test with the race detector, then the
+## 30-day rotation simulation (single-goroutine logic: run once without -race, after the
+## timing-sensitive tests rather than beside them)
+test: deps lint generate-check
 	$(GO) vet $(PKGS)
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	$(GO) test -race -short -count=1 -timeout 20m $(PKGS)
+	$(GO) test -count=1 -timeout 10m -run 'TestThirtyDaysOfRotation' ./ca/
+
+## deps: what the tests need beyond Go (softhsm2, from Debian's packages)
+deps:
+	bash scripts/install-deps.sh
 
 $(LINTER): tools/go.mod tools/go.sum
 	cd tools && $(GO) build -o bin/golangci-lint github.com/golangci/golangci-lint/v2/cmd/golangci-lint

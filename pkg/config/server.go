@@ -31,6 +31,7 @@ type ServerFile struct {
 	IntermediateTTL   Duration `yaml:"intermediate_ttl"`
 	MaxX509SVIDTTL    Duration `yaml:"max_x509_svid_ttl"`
 	KeyPassphraseFile string   `yaml:"key_passphrase_file"`
+	KeyManagerURI     string   `yaml:"key_manager_uri"`
 	// UpstreamAuthority, when set, signs the intermediates instead of a
 	// self-signed root.
 	UpstreamAuthority *UpstreamFile `yaml:"upstream_authority"`
@@ -105,8 +106,12 @@ func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Le
 	if err := ValidateServer(&cfg); err != nil {
 		return cfg, 0, err
 	}
+	cfg.KeyManagerURI = f.KeyManagerURI
+	if cfg.KeyManagerURI != "" && !strings.HasPrefix(cfg.KeyManagerURI, "pkcs11:") {
+		return cfg, 0, fieldErr("key_manager_uri", "must be a pkcs11: URI (or empty for encrypted key files)")
+	}
 	pass, err := readPassphrase(f.KeyPassphraseFile, getenv)
-	if err != nil {
+	if err != nil && (cfg.KeyManagerURI == "" || f.KeyPassphraseFile != "") {
 		return cfg, 0, err
 	}
 	cfg.KeyPassphrase = pass

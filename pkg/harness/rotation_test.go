@@ -18,6 +18,7 @@ import (
 
 	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/harness"
+	"github.com/shortleaf/shortleaf/pkg/keymanager/keymanagertest"
 	"github.com/shortleaf/shortleaf/pkg/server"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 )
@@ -267,5 +268,42 @@ func TestTaintIsReplacedThenRevoked(t *testing.T) {
 		if a.ID == oldID {
 			t.Fatal("the revoked intermediate is still held")
 		}
+	}
+}
+
+// The whole server with its CA keys in a SoftHSM2 token: workloads get
+// SVIDs, a forced rotation happens, and a restart reopens every key.
+func TestServerWithKeysInSoftHSM(t *testing.T) {
+	uri := keymanagertest.SoftHSM(t)
+	srv := harness.StartServer(t, func(c *server.Config) { c.KeyManagerURI = uri; c.InsecureUnencryptedKeys = false })
+	ag := harness.StartAgent(t, srv)
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	if _, err := fetchX509(t, ag.Addr(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := srv.Admin.PrepareAuthority(ctx, &adminv1.PrepareAuthorityRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Admin.ActivateAuthority(ctx, &adminv1.ActivateAuthorityRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range srv.CA().Authorities() {
+		if !strings.HasPrefix(a.KeyRef, "pkcs11:") {
+			t.Fatalf("%s key %q is not in the HSM", a.Kind, a.KeyRef)
+		}
+	}
+	ag.Stop()
+	srv = srv.Restart(t)
+	cfg := ag.Config
+	cfg.JoinToken, cfg.ServerAddr = "", srv.AgentAddr()
+	again := harness.RunAgent(t, cfg)
+	x, err := fetchX509(t, again.Addr(), 10*time.Second)
+	if err != nil {
+		t.Fatalf("after restart with HSM keys: %v", err)
+	}
+	inter, _ := srv.CA().ActiveIntermediate()
+	if !x.DefaultSVID().Certificates[1].Equal(inter) {
+		t.Fatal("the SVID after restart is not signed by the active HSM intermediate")
 	}
 }

@@ -55,8 +55,11 @@ type Config struct {
 	AgentLiveness time.Duration
 	// Upstream, when set, signs the intermediates instead of a self-signed root.
 	Upstream *ca.Upstream
+	// KeyManagerURI, when set, keeps CA keys in that KMS (pkcs11:...) instead
+	// of encrypted files under DataDir/keys.
+	KeyManagerURI string
 	// KeyPassphrase encrypts CA key files. Empty is allowed only when
-	// InsecureUnencryptedKeys is set (dev mode).
+	// InsecureUnencryptedKeys is set (dev mode) or keys live in a KMS.
 	KeyPassphrase           []byte
 	InsecureUnencryptedKeys bool
 	Clock                   clock.Clock
@@ -93,6 +96,7 @@ type Server struct {
 	tlsCert   *serverCertificate
 	admin     *api.AdminService
 	caMetrics *telemetry.CA
+	closers   []func() error
 	closeOnce sync.Once
 }
 
@@ -104,10 +108,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: create data dir: %w", err)
 	}
-	if len(cfg.KeyPassphrase) == 0 && !cfg.InsecureUnencryptedKeys {
+	if len(cfg.KeyPassphrase) == 0 && !cfg.InsecureUnencryptedKeys && cfg.KeyManagerURI == "" {
 		return nil, errors.New("server: a key passphrase is required (SHORTLEAF_KEY_PASSPHRASE or key_passphrase_file); only dev mode may store keys unencrypted")
 	}
-	if len(cfg.KeyPassphrase) == 0 {
+	if len(cfg.KeyPassphrase) == 0 && cfg.KeyManagerURI == "" {
 		cfg.Logger.Warn("CA keys are stored UNENCRYPTED; use this for development only", slog.String("dir", filepath.Join(cfg.DataDir, keysDirName)))
 	}
 	s := &Server{cfg: cfg, caMetrics: telemetry.NewCA(cfg.Registry)}
@@ -121,9 +125,20 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if s.store, err = datastore.Open(filepath.Join(cfg.DataDir, datastoreFileName)); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	keys, err := keymanager.New(keymanager.Config{Dir: filepath.Join(cfg.DataDir, keysDirName), Passphrase: cfg.KeyPassphrase})
-	if err != nil {
-		return nil, fmt.Errorf("server: %w", err)
+	var keys ca.KeyManager
+	if cfg.KeyManagerURI != "" {
+		kms, err := keymanager.NewKMS(ctx, cfg.KeyManagerURI)
+		if err != nil {
+			return nil, fmt.Errorf("server: %w", err)
+		}
+		s.closers = append(s.closers, kms.Close)
+		keys = kms
+	} else {
+		soft, err := keymanager.New(keymanager.Config{Dir: filepath.Join(cfg.DataDir, keysDirName), Passphrase: cfg.KeyPassphrase})
+		if err != nil {
+			return nil, fmt.Errorf("server: %w", err)
+		}
+		keys = soft
 	}
 	s.ca, err = ca.New(ctx, ca.Config{
 		TrustDomain: cfg.TrustDomain, KeyType: cfg.KeyType, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
@@ -360,6 +375,9 @@ func (s *Server) Close() error {
 		}
 		if s.store != nil {
 			err = s.store.Close()
+		}
+		for _, c := range s.closers {
+			_ = c()
 		}
 	})
 	return err
