@@ -103,4 +103,3 @@ func TestLifecycleWithKeysInSoftHSM(t *testing.T) {
 	}
 	verify("root retired")
 }
-
