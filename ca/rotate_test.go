@@ -2,12 +2,20 @@ package ca_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/ca/catest"
@@ -380,5 +388,45 @@ func TestRootRotationGate(t *testing.T) {
 	b, seq2 := c.Bundle()
 	if len(b.X509Authorities()) != 1 || !b.X509Authorities()[0].Equal(root.Cert) || seq2 <= seq1 {
 		t.Fatalf("after retire: %d roots, seq %d", len(b.X509Authorities()), seq2)
+	}
+}
+
+// An existing CA (the company root) signs shortleaf's intermediates; the
+// bundle then holds the upstream root, and root rotation is refused.
+func TestUpstreamAuthority(t *testing.T) {
+	upstreamKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "company root"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(10 * 365 * 24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tpl, tpl, upstreamKey.Public(), upstreamKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upstreamCert, _ := x509.ParseCertificate(der)
+	cfg := catest.Config(t)
+	cfg.Upstream = &ca.Upstream{Chain: []*x509.Certificate{upstreamCert}, Signer: upstreamKey}
+	c := catest.NewFromConfig(t, cfg)
+
+	bundle, _ := c.Bundle()
+	if len(bundle.X509Authorities()) != 1 || !bundle.X509Authorities()[0].Equal(upstreamCert) {
+		t.Fatal("the bundle does not hold exactly the upstream root")
+	}
+	chain := signLeaf(t, c, "spiffe://example.org/web", time.Minute)
+	if err := chain[1].CheckSignatureFrom(upstreamCert); err != nil {
+		t.Fatalf("the intermediate is not signed by the upstream CA: %v", err)
+	}
+	if _, _, err := x509svid.Verify(chain, bundle); err != nil {
+		t.Fatalf("SVID does not verify against the upstream root: %v", err)
+	}
+	if _, err := c.PrepareRoot(ctx); err == nil {
+		t.Fatal("root rotation accepted with an upstream authority")
+	}
+	// A restart keeps the same upstream-signed intermediate.
+	again := catest.NewFromConfig(t, cfg)
+	inter, _ := again.ActiveIntermediate()
+	if !inter.Equal(chain[1]) {
+		t.Fatal("restart replaced the upstream-signed intermediate")
 	}
 }

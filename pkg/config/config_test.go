@@ -1,6 +1,13 @@
 package config_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -119,4 +126,31 @@ func FuzzParseServerConfig(f *testing.F) {
 			t.Fatalf("accepted an invalid config: %+v", cfg)
 		}
 	})
+}
+
+func TestUpstreamAuthorityFiles(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "up"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, _ := x509.CreateCertificate(rand.Reader, tpl, tpl, key.Public(), key)
+	certFile := filepath.Join(dir, "up.pem")
+	_ = os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	writeKey := func(name string, k *ecdsa.PrivateKey) string {
+		b, _ := x509.MarshalPKCS8PrivateKey(k)
+		p := filepath.Join(dir, name)
+		_ = os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: b}), 0o600)
+		return p
+	}
+	up, err := config.LoadUpstream(certFile, writeKey("up.key", key), nil)
+	if err != nil || len(up.Chain) != 1 {
+		t.Fatalf("upstream: %v", err)
+	}
+	if _, err := config.LoadUpstream(certFile, writeKey("other.key", other), nil); err == nil || !strings.Contains(err.Error(), "upstream_authority.key_file") {
+		t.Fatalf("mismatched key: %v", err)
+	}
+	if _, err := config.LoadUpstream("", "", nil); err == nil || !strings.Contains(err.Error(), "upstream_authority") {
+		t.Fatalf("empty: %v", err)
+	}
 }
