@@ -18,9 +18,8 @@ type change struct {
 }
 
 type transition struct {
-	kind       Kind
-	id, what   string
-	seqChanged bool
+	kind     Kind
+	id, what string
 }
 
 func (c *CA) begin() *change {

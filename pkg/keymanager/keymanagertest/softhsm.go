@@ -36,7 +36,7 @@ func SoftHSM(t testing.TB) string {
 		t.Fatal(err)
 	}
 	t.Setenv("SOFTHSM2_CONF", conf)
-	out, err := exec.Command(util, "--init-token", "--free", "--label", "shortleaf", "--pin", "1234", "--so-pin", "5678").CombinedOutput()
+	out, err := exec.Command(util, "--init-token", "--free", "--label", "shortleaf", "--pin", "1234", "--so-pin", "5678").CombinedOutput() //nolint:gosec // util is softhsm2-util found on PATH
 	if err != nil {
 		t.Fatalf("softhsm2-util --init-token: %v\n%s", err, out)
 	}
