@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -306,4 +307,66 @@ func TestServerWithKeysInSoftHSM(t *testing.T) {
 	if !x.DefaultSVID().Certificates[1].Equal(inter) {
 		t.Fatal("the SVID after restart is not signed by the active HSM intermediate")
 	}
+}
+
+type bundleWatcher struct{ out chan<- int }
+
+func (w bundleWatcher) OnX509BundlesUpdate(s *x509bundle.Set) {
+	if b, ok := s.Get(harness.TrustDomain); ok {
+		w.out <- len(b.X509Authorities())
+	}
+}
+func (w bundleWatcher) OnX509BundlesWatchError(error) {}
+
+// A root prepared on the server reaches open FetchX509Bundles streams, and
+// its retirement does too.
+func TestBundleChangesReachOpenStreams(t *testing.T) {
+	srv := harness.StartServer(t, fastRotation)
+	ag := harness.StartAgent(t, srv)
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	if _, err := fetchX509(t, ag.Addr(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	client, err := workloadapi.New(context.Background(), workloadapi.WithAddr(ag.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	roots := make(chan int, 16)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	go func() { _ = client.WatchX509Bundles(ctx, bundleWatcher{roots}) }()
+	waitFor := func(n int) {
+		t.Helper()
+		for {
+			select {
+			case got := <-roots:
+				if got == n {
+					return
+				}
+			case <-ctx.Done():
+				t.Fatalf("the stream never showed %d roots", n)
+			}
+		}
+	}
+	waitFor(1)
+	if _, err := srv.Admin.PrepareRoot(ctx, &adminv1.PrepareRootRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(2)
+	for {
+		if _, err := srv.Admin.ActivateRoot(ctx, &adminv1.ActivateRootRequest{}); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for {
+		if _, err := srv.Admin.RetireRoot(ctx, &adminv1.RetireRootRequest{}); err == nil {
+			break
+		} else if ctx.Err() != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	waitFor(1)
 }
