@@ -24,6 +24,12 @@ type KeyManager interface {
 	LoadKey(ctx context.Context, keyRef string) (crypto.Signer, error)
 }
 
+// KeyDeleter is an optional ability of a KeyManager: destroying the key of an
+// authority that has left the journal.
+type KeyDeleter interface {
+	DeleteKey(ctx context.Context, keyRef string) error
+}
+
 // Journal persists the CA's authorities and bundle sequence as an opaque record.
 // LoadCAJournal returns (nil, nil) when nothing was stored yet.
 type Journal interface {

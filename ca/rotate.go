@@ -15,6 +15,9 @@ type change struct {
 	auths  []*Authority
 	seq    uint64
 	events []transition
+	// gone are the keys of authorities removed by this change; they are
+	// destroyed only after the journal no longer names them.
+	gone []string
 }
 
 type transition struct {
@@ -68,6 +71,9 @@ func (ch *change) remove(a *Authority, what string) {
 		}
 	}
 	ch.auths = kept
+	if a.KeyRef != upstreamKeyRef {
+		ch.gone = append(ch.gone, a.KeyRef)
+	}
 	if a.Kind != KindIntermediate {
 		ch.bumpBundle() // roots and JWT keys are published; intermediates are not
 	}
@@ -87,6 +93,14 @@ func (ch *change) commit(ctx context.Context) error {
 		return fmt.Errorf("ca: save journal: %w", err)
 	}
 	ch.c.install(ch.auths, ch.seq)
+	if d, ok := ch.c.cfg.Keys.(KeyDeleter); ok {
+		for _, ref := range ch.gone {
+			if err := d.DeleteKey(ctx, ref); err != nil {
+				// Harmless: an unreferenced key is never loaded again.
+				ch.c.cfg.Logger.WarnContext(ctx, "could not delete a removed authority's key", slog.String("key_ref", ref), slog.Any("error", err))
+			}
+		}
+	}
 	for _, e := range ch.events {
 		ch.c.cfg.Logger.InfoContext(ctx, "CA authority "+e.what, slog.String("kind", string(e.kind)), slog.String("authority_id", e.id),
 			slog.Uint64("bundle_sequence", ch.seq))

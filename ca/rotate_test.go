@@ -426,3 +426,21 @@ func TestUpstreamAuthority(t *testing.T) {
 		t.Fatal("restart replaced the upstream-signed intermediate")
 	}
 }
+
+func TestRemovedAuthoritiesLoseTheirKeys(t *testing.T) {
+	cfg, clk := journalOf(t)
+	c := catest.NewFromConfig(t, cfg)
+	keysDir := filepath.Join(filepath.Dir(cfg.Journal.(*datastore.Store).Path()), "keys")
+	first, _ := os.ReadDir(keysDir)
+	for range 3 { // three full intermediate lifetimes
+		clk.Add(30 * time.Minute)
+		if err := c.Rotate(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now, _ := os.ReadDir(keysDir)
+	live := len(c.Authorities())
+	if len(now) != live {
+		t.Fatalf("%d key files for %d authorities (started with %d): removed keys were not deleted", len(now), live, len(first))
+	}
+}

@@ -85,3 +85,15 @@ func (k *KMS) LoadKey(_ context.Context, keyRef string) (crypto.Signer, error) {
 
 // Close releases the KMS session.
 func (k *KMS) Close() error { return k.kms.Close() }
+
+// DeleteKey destroys a key in the KMS once its authority has left the journal.
+func (k *KMS) DeleteKey(_ context.Context, keyRef string) error {
+	d, ok := k.kms.(interface{ DeleteKey(string) error })
+	if !ok {
+		return nil // the KMS cannot delete; the key stays, unused
+	}
+	if err := d.DeleteKey(keyRef); err != nil {
+		return fmt.Errorf("keymanager: delete key %s: %w", keyRef, err)
+	}
+	return nil
+}

@@ -152,3 +152,16 @@ func writeFileAtomic(path string, data []byte) error {
 	}
 	return nil
 }
+
+// DeleteKey removes a key file once its authority has left the journal.
+// A missing file is not an error.
+func (s *Soft) DeleteKey(_ context.Context, keyRef string) error {
+	file, ok := strings.CutPrefix(keyRef, softPrefix)
+	if !ok || !keyNamePattern.MatchString(strings.TrimSuffix(file, ".key")) {
+		return fmt.Errorf("keymanager: key reference %q is not a softkms reference", keyRef)
+	}
+	if err := os.Remove(filepath.Join(s.cfg.Dir, file)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("keymanager: delete key %s: %w", keyRef, err)
+	}
+	return nil
+}
