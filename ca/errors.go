@@ -49,3 +49,6 @@ func (e *RefusedError) Error() string {
 	}
 	return msg
 }
+
+// ErrNoActiveJWTKey means the CA has no JWT key it may sign with.
+var ErrNoActiveJWTKey = errors.New("ca: no active JWT signing key")

@@ -30,7 +30,12 @@ var ctx = context.Background()
 // clock; prepare at 30m, activate at 55m, remove at 60m.
 func lifecycle(t *testing.T) (*ca.CA, *clock.Fake, ca.Config) {
 	t.Helper()
-	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	return lifecycleAt(t, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+}
+
+func lifecycleAt(t *testing.T, start time.Time) (*ca.CA, *clock.Fake, ca.Config) {
+	t.Helper()
+	clk := clock.NewFake(start)
 	cfg := catest.Config(t)
 	cfg.Clock, cfg.IntermediateTTL, cfg.MaxSVIDTTL = clk, time.Hour, 5*time.Minute
 	return catest.NewFromConfig(t, cfg), clk, cfg
