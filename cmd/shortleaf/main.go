@@ -41,6 +41,7 @@ func newRootCommand() *cobra.Command {
 		newBundleCommand(),
 		newX509Command(),
 		newCACommand(),
+		newJWTCommand(),
 		newHealthcheckCommand(),
 	)
 	return root

@@ -157,3 +157,20 @@ func TestCAVerbs(t *testing.T) {
 		t.Fatalf("prepare --kind root: %v", err)
 	}
 }
+
+func TestJWTAndBundleFormats(t *testing.T) {
+	srv := harness.StartServer(t)
+	sock := srv.AdminSocket()
+	out, err := shortleaf(t, "jwt", "mint", "--admin-socket", sock, "--spiffe-id", "spiffe://example.org/tool", "--audience", "db")
+	if err != nil || strings.Count(strings.TrimSpace(out), ".") != 2 {
+		t.Fatalf("jwt mint: %q %v", out, err)
+	}
+	out, err = shortleaf(t, "bundle", "show", "--admin-socket", sock, "--format", "spiffe")
+	if err != nil || !strings.Contains(out, `"use":"jwt-svid"`) || !strings.Contains(out, `"use":"x509-svid"`) {
+		t.Fatalf("spiffe bundle lacks a key kind:\n%s", out)
+	}
+	out, err = shortleaf(t, "bundle", "show", "--admin-socket", sock, "--format", "jwks")
+	if err != nil || !strings.Contains(out, `"kid"`) || strings.Contains(out, "x5c") {
+		t.Fatalf("jwks:\n%s", out)
+	}
+}

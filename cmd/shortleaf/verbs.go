@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -119,8 +120,8 @@ func newBundleCommand() *cobra.Command {
 		Short: "Print the trust domain's bundle as PEM or as a SPIFFE bundle (JWK Set)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if format != "pem" && format != "spiffe" {
-				return fmt.Errorf("--format: %q is not pem or spiffe", format)
+			if format != "pem" && format != "spiffe" && format != "jwks" {
+				return fmt.Errorf("--format: %q is not pem, spiffe or jwks", format)
 			}
 			return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
 				b, err := c.GetBundle(ctx, &adminv1.GetBundleRequest{})
@@ -135,21 +136,40 @@ func newBundleCommand() *cobra.Command {
 					}
 					return nil
 				}
-				return printSPIFFEBundle(cmd, b)
+				return printSPIFFEBundle(cmd, b, format == "jwks")
 			})
 		},
 	}
-	show.Flags().StringVar(&format, "format", "pem", "pem or spiffe")
+	show.Flags().StringVar(&format, "format", "pem", "pem (X.509 roots), spiffe (SPIFFE bundle: X.509 and JWT keys) or jwks (JWT keys only)")
 	cmd.AddCommand(show)
 	return cmd
 }
 
-func printSPIFFEBundle(cmd *cobra.Command, b *adminv1.Bundle) error {
+// printSPIFFEBundle prints the bundle as a SPIFFE bundle (JWK Set), or with
+// jwtOnly as the JWKS of the JWT signing keys alone.
+func printSPIFFEBundle(cmd *cobra.Command, b *adminv1.Bundle, jwtOnly bool) error {
 	td, err := spiffeid.TrustDomainFromString(b.GetTrustDomain())
 	if err != nil {
 		return err
 	}
 	sb := spiffebundle.New(td)
+	for _, k := range b.GetJwtAuthorities() {
+		pub, err := x509.ParsePKIXPublicKey(k.GetPublicKey())
+		if err != nil {
+			return err
+		}
+		if err := sb.AddJWTAuthority(k.GetKeyId(), pub); err != nil {
+			return err
+		}
+	}
+	if jwtOnly {
+		out, err := sb.JWTBundle().Marshal()
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(cmd.OutOrStdout(), string(out))
+		return err
+	}
 	for _, der := range b.GetX509Authorities() {
 		certs, err := parseDER(der)
 		if err != nil {
@@ -238,6 +258,38 @@ func writeMinted(cmd *cobra.Command, resp *adminv1.MintX509SVIDResponse, certOut
 	}
 	_, err := cmd.OutOrStdout().Write(key)
 	return err
+}
+
+func newJWTCommand() *cobra.Command {
+	var af adminFlags
+	cmd := &cobra.Command{Use: "jwt", Short: "JWT-SVID tooling", Args: cobra.NoArgs}
+	af.register(cmd)
+	var spiffeID string
+	var audience []string
+	var ttl time.Duration
+	mint := &cobra.Command{
+		Use:   "mint",
+		Short: "Sign a JWT-SVID for a SPIFFE ID and audience; prints the token",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
+				resp, err := c.MintJWTSVID(ctx, &adminv1.MintJWTSVIDRequest{SpiffeId: spiffeID, Audience: audience, TtlSeconds: int32(ttl / time.Second)})
+				if err != nil {
+					return err
+				}
+				if af.json() {
+					return printJSON(cmd.OutOrStdout(), resp)
+				}
+				_, err = fmt.Fprintln(cmd.OutOrStdout(), resp.GetToken())
+				return err
+			})
+		},
+	}
+	mint.Flags().StringVar(&spiffeID, "spiffe-id", "", "SPIFFE ID (sub)")
+	mint.Flags().StringSliceVar(&audience, "audience", nil, "audience (aud), repeatable; at least one")
+	mint.Flags().DurationVar(&ttl, "ttl", 0, "lifetime (default the server's jwt_svid_ttl)")
+	cmd.AddCommand(mint)
+	return cmd
 }
 
 func newHealthcheckCommand() *cobra.Command {

@@ -70,6 +70,7 @@ type Agent struct {
 
 	conn   *grpc.ClientConn
 	client agentv1.AgentAPIClient
+	jwts   jwtCache
 
 	lis       net.Listener
 	wl        *grpc.Server
@@ -132,7 +133,7 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.wl = workloadapi.NewGRPCServer(workloadapi.New(workloadapi.Config{
-		Source: a.cache, Attestor: cfg.WorkloadAttestor, Logger: cfg.Logger, Metrics: a.metrics,
+		Source: a.cache, JWT: a, Attestor: cfg.WorkloadAttestor, Logger: cfg.Logger, Metrics: a.metrics,
 	}))
 	return a, nil
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/shortleaf/shortleaf/attest"
@@ -20,6 +21,7 @@ type entry struct {
 	SPIFFEID  spiffeid.ID
 	Selectors []attest.Selector
 	TTL       time.Duration
+	JWTTTL    time.Duration
 	DNSNames  []string
 	Hint      string
 	Revision  int64
@@ -47,6 +49,7 @@ type cache struct {
 	svids     map[string]*svid
 	bundle    []*x509.Certificate
 	bundleSeq uint64
+	jwtBundle *jwtbundle.Bundle
 
 	state   *workloadapi.State
 	changed chan struct{}
@@ -71,7 +74,10 @@ func (c *cache) publish() {
 	for _, cert := range c.bundle {
 		bundleDER.Write(cert.Raw)
 	}
-	st := &workloadapi.State{Ready: c.synced, TrustDomain: c.td, BundleDER: bundleDER.Bytes()}
+	st := &workloadapi.State{Ready: c.synced, TrustDomain: c.td, BundleDER: bundleDER.Bytes(), JWTBundle: c.jwtBundle}
+	if c.jwtBundle != nil {
+		st.JWTBundleJSON, _ = c.jwtBundle.Marshal()
+	}
 	for _, e := range c.entries {
 		id := &workloadapi.Identity{EntryID: e.ID, SPIFFEID: e.SPIFFEID, Hint: e.Hint, Selectors: e.Selectors}
 		if s, ok := c.svids[e.ID]; ok && s.Revision == e.Revision {
@@ -94,10 +100,11 @@ func (c *cache) publish() {
 
 // setEntries replaces the synced entries and bundle, dropping SVIDs of
 // entries that are gone.
-func (c *cache) setEntries(entries map[string]*entry, bundle []*x509.Certificate, seq uint64) {
+func (c *cache) setEntries(entries map[string]*entry, bundle []*x509.Certificate, seq uint64, jwt *jwtbundle.Bundle) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	changed := !c.synced || len(entries) != len(c.entries) || seq != c.bundleSeq
+	changed := !c.synced || len(entries) != len(c.entries) || seq != c.bundleSeq || !jwt.Equal(c.jwtBundle)
+	c.jwtBundle = jwt
 	for id, e := range entries {
 		if old, ok := c.entries[id]; !ok || old.Revision != e.Revision {
 			changed = true

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -138,7 +139,9 @@ func (a *Agent) connect() error {
 	if err != nil {
 		return err
 	}
+	a.mu.Lock()
 	a.conn, a.client = conn, agentv1.NewAgentAPIClient(conn)
+	a.mu.Unlock()
 	return nil
 }
 
@@ -290,7 +293,17 @@ func (a *Agent) applySync(entries map[string]*entry, pb *agentv1.Bundle) error {
 		}
 		a.cfg.Logger.Info("trust bundle updated", slog.Uint64("sequence", pb.GetSequence()))
 	}
-	a.cache.setEntries(entries, bundle, pb.GetSequence())
+	jwt := jwtbundle.New(a.cfg.TrustDomain)
+	for _, k := range pb.GetJwtAuthorities() {
+		pub, err := x509.ParsePKIXPublicKey(k.GetPublicKey())
+		if err != nil {
+			return fmt.Errorf("agent: sync: unreadable JWT key %s: %w", k.GetKeyId(), err)
+		}
+		if err := jwt.AddJWTAuthority(k.GetKeyId(), pub); err != nil {
+			return fmt.Errorf("agent: sync: JWT key %s: %w", k.GetKeyId(), err)
+		}
+	}
+	a.cache.setEntries(entries, bundle, pb.GetSequence(), jwt)
 	return nil
 }
 
@@ -341,7 +354,8 @@ func entryFromProto(pe *agentv1.Entry) (*entry, error) {
 		return nil, errors.New("entry has no TTL")
 	}
 	return &entry{
-		ID: pe.GetId(), SPIFFEID: id, Selectors: sels, TTL: time.Duration(pe.GetX509SvidTtlSeconds()) * time.Second,
+		JWTTTL: time.Duration(pe.GetJwtSvidTtlSeconds()) * time.Second,
+		ID:     pe.GetId(), SPIFFEID: id, Selectors: sels, TTL: time.Duration(pe.GetX509SvidTtlSeconds()) * time.Second,
 		DNSNames: pe.GetDnsNames(), Hint: pe.GetHint(), Revision: pe.GetRevision(),
 	}, nil
 }

@@ -46,6 +46,7 @@ type AdminConfig struct {
 	Lifecycle      *ca.CA
 	Store          AdminStore
 	DefaultSVIDTTL time.Duration
+	DefaultJWTTTL  time.Duration
 	// MaxSVIDTTL bounds entry and mint TTLs: the longest lifetime the CA
 	// guarantees in full.
 	MaxSVIDTTL    time.Duration
@@ -229,6 +230,11 @@ func (s *AdminService) GetBundle(context.Context, *adminv1.GetBundleRequest) (*a
 	for _, c := range b.X509Authorities() {
 		out.X509Authorities = append(out.X509Authorities, c.Raw)
 	}
+	for kid, pub := range s.cfg.CA.JWTBundle().JWTAuthorities() {
+		if der, err := x509.MarshalPKIXPublicKey(pub); err == nil {
+			out.JwtAuthorities = append(out.JwtAuthorities, &adminv1.JWTAuthority{KeyId: kid, PublicKey: der})
+		}
+	}
 	return out, nil
 }
 
@@ -283,6 +289,30 @@ func (s *AdminService) MintX509SVID(ctx context.Context, req *adminv1.MintX509SV
 	}
 	s.cfg.Logger.InfoContext(ctx, "X.509-SVID minted", slog.String("spiffe_id", id.String()), slog.String("serial", chain[0].SerialNumber.Text(16)))
 	return resp, nil
+}
+
+// MintJWTSVID signs a JWT-SVID for tooling.
+func (s *AdminService) MintJWTSVID(ctx context.Context, req *adminv1.MintJWTSVIDRequest) (*adminv1.MintJWTSVIDResponse, error) {
+	id, err := parseWorkloadID("spiffe_id", req.GetSpiffeId(), s.cfg.CA.TrustDomain())
+	if err != nil {
+		return nil, err
+	}
+	if len(req.GetAudience()) == 0 {
+		return nil, invalid("audience", "at least one audience is required")
+	}
+	ttl, err := validateTTL("ttl", req.GetTtlSeconds(), s.cfg.MaxSVIDTTL)
+	if err != nil {
+		return nil, err
+	}
+	if ttl == 0 {
+		ttl = s.cfg.DefaultJWTTTL
+	}
+	token, exp, err := s.cfg.CA.SignJWTSVID(ca.JWTSVIDParams{SPIFFEID: id, Audience: req.GetAudience(), TTL: ttl})
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "mint JWT", err)
+	}
+	s.cfg.Logger.InfoContext(ctx, "JWT-SVID minted", slog.String("spiffe_id", id.String()), slog.Time("expires_at", exp))
+	return &adminv1.MintJWTSVIDResponse{Token: token, ExpiresAt: exp.Unix()}, nil
 }
 
 func agentToProto(a *datastore.Agent) *adminv1.Agent {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -33,6 +34,8 @@ type Authority interface {
 	SignX509SVID(ca.X509SVIDParams) ([]*x509.Certificate, error)
 	Bundle() (*x509bundle.Bundle, uint64)
 	TaintedKeyIDs() [][]byte
+	SignJWTSVID(ca.JWTSVIDParams) (string, time.Time, error)
+	JWTBundle() *jwtbundle.Bundle
 }
 
 // AgentStore is what the agent API needs of the datastore.
@@ -58,6 +61,7 @@ type AgentConfig struct {
 	CA             Authority
 	Store          AgentStore
 	DefaultSVIDTTL time.Duration
+	DefaultJWTTTL  time.Duration
 	AgentSVIDTTL   time.Duration
 	Clock          clock.Clock
 	Logger         *slog.Logger
@@ -295,6 +299,34 @@ func (s *AgentService) newX509SVID(ctx context.Context, agentID spiffeid.ID, p *
 	return res
 }
 
+// NewJWTSVID signs a JWT-SVID for an entry parented to the caller.
+func (s *AgentService) NewJWTSVID(ctx context.Context, req *agentv1.NewJWTSVIDRequest) (*agentv1.NewJWTSVIDResponse, error) {
+	agentID, _, err := s.callerAgent(ctx)
+	if err != nil {
+		return nil, err
+	}
+	entry, err := s.cfg.Store.GetEntry(ctx, req.GetEntryId())
+	if errors.Is(err, datastore.ErrNotFound) || (err == nil && entry.ParentID != agentID.String()) {
+		return nil, status.Errorf(codes.PermissionDenied, "entry %q is not authorized for %s", req.GetEntryId(), agentID)
+	}
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "new JWT-SVID", err)
+	}
+	id, err := spiffeid.FromString(entry.SPIFFEID)
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "new JWT-SVID", err)
+	}
+	ttl := entry.JWTSVIDTTL
+	if ttl == 0 {
+		ttl = s.cfg.DefaultJWTTTL
+	}
+	token, exp, err := s.cfg.CA.SignJWTSVID(ca.JWTSVIDParams{SPIFFEID: id, Audience: req.GetAudience(), TTL: ttl})
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "new JWT-SVID", err)
+	}
+	return &agentv1.NewJWTSVIDResponse{Token: token, ExpiresAt: exp.Unix()}, nil
+}
+
 func (s *AgentService) agentEntryProto(e *datastore.Entry) *agentv1.Entry {
 	sels := make([]*agentv1.Selector, len(e.Selectors))
 	for i, sel := range e.Selectors {
@@ -304,7 +336,12 @@ func (s *AgentService) agentEntryProto(e *datastore.Entry) *agentv1.Entry {
 	if ttl == 0 {
 		ttl = s.cfg.DefaultSVIDTTL
 	}
+	jwtTTL := e.JWTSVIDTTL
+	if jwtTTL == 0 {
+		jwtTTL = s.cfg.DefaultJWTTTL
+	}
 	return &agentv1.Entry{
+		JwtSvidTtlSeconds:  int32(jwtTTL / time.Second),
 		Id:                 e.ID,
 		SpiffeId:           e.SPIFFEID,
 		Selectors:          sels,
@@ -320,6 +357,11 @@ func (s *AgentService) bundleProto() *agentv1.Bundle {
 	out := &agentv1.Bundle{TrustDomain: b.TrustDomain().Name(), Sequence: seq}
 	for _, c := range b.X509Authorities() {
 		out.X509Authorities = append(out.X509Authorities, c.Raw)
+	}
+	for kid, pub := range s.cfg.CA.JWTBundle().JWTAuthorities() {
+		if der, err := x509.MarshalPKIXPublicKey(pub); err == nil {
+			out.JwtAuthorities = append(out.JwtAuthorities, &agentv1.JWTAuthority{KeyId: kid, PublicKey: der})
+		}
 	}
 	return out
 }

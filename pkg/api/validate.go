@@ -121,6 +121,10 @@ func entryFromProto(in *adminv1.Entry, td spiffeid.TrustDomain, maxTTL time.Dura
 	if err != nil {
 		return nil, err
 	}
+	jwtTTL, err := validateTTL("entry.jwt_svid_ttl", in.GetJwtSvidTtlSeconds(), maxTTL)
+	if err != nil {
+		return nil, err
+	}
 	if err := validateDNSNames("entry.dns_names", in.GetDnsNames()); err != nil {
 		return nil, err
 	}
@@ -133,6 +137,7 @@ func entryFromProto(in *adminv1.Entry, td spiffeid.TrustDomain, maxTTL time.Dura
 		ParentID:    parent.String(),
 		Selectors:   sels,
 		X509SVIDTTL: ttl,
+		JWTSVIDTTL:  jwtTTL,
 		DNSNames:    in.GetDnsNames(),
 		Hint:        in.GetHint(),
 		Admin:       in.GetAdmin(),
@@ -151,6 +156,7 @@ func entryToProto(e *datastore.Entry) *adminv1.Entry {
 		Admin:              e.Admin,
 		CreatedAt:          e.CreatedAt.Unix(),
 		Revision:           e.Revision,
+		JwtSvidTtlSeconds:  int32(e.JWTSVIDTTL / time.Second),
 	}
 }
 

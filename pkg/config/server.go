@@ -25,6 +25,7 @@ type ServerFile struct {
 	AdminSocket       string   `yaml:"admin_socket"`
 	MetricsAddress    string   `yaml:"metrics_address"`
 	X509SVIDTTL       Duration `yaml:"x509_svid_ttl"`
+	JWTSVIDTTL        Duration `yaml:"jwt_svid_ttl"`
 	AgentSVIDTTL      Duration `yaml:"agent_svid_ttl"`
 	CAKeyType         string   `yaml:"ca_key_type"`
 	RootTTL           Duration `yaml:"root_ttl"`
@@ -94,6 +95,7 @@ func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Le
 		AdminSocket:     f.AdminSocket,
 		MetricsAddr:     orDefault(f.MetricsAddress, DefaultMetricsAddress),
 		DefaultSVIDTTL:  durationOr(f.X509SVIDTTL, server.DefaultX509SVIDTTL),
+		DefaultJWTTTL:   time.Duration(f.JWTSVIDTTL),
 		AgentSVIDTTL:    durationOr(f.AgentSVIDTTL, server.DefaultAgentSVIDTTL),
 		KeyType:         orDefault(f.CAKeyType, "ec-p256"),
 		RootTTL:         durationOr(f.RootTTL, 365*24*time.Hour),
@@ -141,6 +143,9 @@ func ValidateServer(cfg *server.Config) error {
 	if cfg.MaxSVIDTTL < cfg.DefaultSVIDTTL || cfg.MaxSVIDTTL < cfg.AgentSVIDTTL || cfg.MaxSVIDTTL > MaxX509SVIDTTL {
 		return fieldErr("max_x509_svid_ttl", "%s must be at least x509_svid_ttl (%s) and agent_svid_ttl (%s), and at most %s",
 			cfg.MaxSVIDTTL, cfg.DefaultSVIDTTL, cfg.AgentSVIDTTL, MaxX509SVIDTTL)
+	}
+	if cfg.DefaultJWTTTL != 0 && (cfg.DefaultJWTTTL < MinX509SVIDTTL || cfg.DefaultJWTTTL > cfg.MaxSVIDTTL) {
+		return fieldErr("jwt_svid_ttl", "%s is out of range (%s to max_x509_svid_ttl, %s)", cfg.DefaultJWTTTL, MinX509SVIDTTL, cfg.MaxSVIDTTL)
 	}
 	// The next intermediate takes over while the active one can still sign a
 	// max-TTL SVID, and is prepared at half of its life: both fit only if an

@@ -16,6 +16,7 @@ type Entry struct {
 	ParentID    string            `json:"parent_id"`
 	Selectors   []attest.Selector `json:"selectors"`
 	X509SVIDTTL time.Duration     `json:"x509_svid_ttl"`
+	JWTSVIDTTL  time.Duration     `json:"jwt_svid_ttl,omitempty"`
 	DNSNames    []string          `json:"dns_names,omitempty"`
 	Hint        string            `json:"hint,omitempty"`
 	Admin       bool              `json:"admin,omitempty"`

@@ -40,6 +40,7 @@ type Config struct {
 	AdminSocket     string        // default <DataDir>/admin.sock
 	MetricsAddr     string        // empty: no metrics listener
 	DefaultSVIDTTL  time.Duration // default 5m
+	DefaultJWTTTL   time.Duration // default 5m (at most MaxSVIDTTL)
 	AgentSVIDTTL    time.Duration // default 1h
 	KeyType         string        // default ec-p256
 	RootTTL         time.Duration // default 1 year
@@ -72,6 +73,7 @@ type Config struct {
 const (
 	DefaultAgentAPIAddr     = "127.0.0.1:8081"
 	DefaultX509SVIDTTL      = 5 * time.Minute
+	DefaultJWTSVIDTTL       = 5 * time.Minute
 	DefaultAgentSVIDTTL     = time.Hour
 	serverSVIDTTL           = time.Hour
 	defaultRotationInterval = 5 * time.Second
@@ -154,7 +156,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	metrics := telemetry.NewServer(cfg.Registry)
 	s.agentSrv = grpc.NewServer(grpc.Creds(credentials.NewTLS(s.agentTLSConfig())))
 	agentv1.RegisterAgentAPIServer(s.agentSrv, api.NewAgentService(api.AgentConfig{
-		CA: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, AgentSVIDTTL: cfg.AgentSVIDTTL,
+		CA: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, DefaultJWTTTL: cfg.DefaultJWTTTL, AgentSVIDTTL: cfg.AgentSVIDTTL,
 		Clock: cfg.Clock, Logger: cfg.Logger, Metrics: metrics,
 	}))
 	check := api.AdminPeerCheck(func(ctx context.Context) (uint32, bool) {
@@ -169,7 +171,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			return h(ctx, req)
 		}))
 	s.admin = api.NewAdminService(api.AdminConfig{
-		CA: s.ca, Lifecycle: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, MaxSVIDTTL: cfg.MaxSVIDTTL,
+		CA: s.ca, Lifecycle: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, DefaultJWTTTL: cfg.DefaultJWTTTL, MaxSVIDTTL: cfg.MaxSVIDTTL,
 		AgentLiveness: cfg.AgentLiveness, Clock: cfg.Clock, Logger: cfg.Logger,
 	})
 	adminv1.RegisterAdminAPIServer(s.adminSrv, s.admin)
@@ -207,6 +209,9 @@ func applyDefaults(cfg *Config) error {
 	if cfg.DefaultSVIDTTL == 0 {
 		cfg.DefaultSVIDTTL = DefaultX509SVIDTTL
 	}
+	if cfg.DefaultJWTTTL == 0 {
+		cfg.DefaultJWTTTL = DefaultJWTSVIDTTL
+	}
 	if cfg.AgentSVIDTTL == 0 {
 		cfg.AgentSVIDTTL = DefaultAgentSVIDTTL
 	}
@@ -219,6 +224,9 @@ func applyDefaults(cfg *Config) error {
 	if cfg.AgentLiveness == 0 {
 		cfg.AgentLiveness = api.DefaultAgentLiveness
 	}
+	// A JWT-SVID is cut to its key's life like an X.509-SVID to its
+	// intermediate's: keep the default within what the schedule guarantees.
+	cfg.DefaultJWTTTL = min(cfg.DefaultJWTTTL, cfg.MaxSVIDTTL)
 	if cfg.DefaultSVIDTTL > cfg.MaxSVIDTTL || cfg.AgentSVIDTTL > cfg.MaxSVIDTTL {
 		return fmt.Errorf("server: max_x509_svid_ttl (%s) must be at least x509_svid_ttl (%s) and agent_svid_ttl (%s)",
 			cfg.MaxSVIDTTL, cfg.DefaultSVIDTTL, cfg.AgentSVIDTTL)

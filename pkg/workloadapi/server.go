@@ -18,13 +18,16 @@ import (
 
 // Config configures the Workload API server.
 type Config struct {
-	Source   Source
+	Source Source
+	// JWT signs JWT-SVIDs; without it the JWT methods answer Unimplemented.
+	JWT      JWTSource
 	Attestor Attestor
 	Logger   *slog.Logger
 	Metrics  *telemetry.Agent
 }
 
-// Server implements SpiffeWorkloadAPI. JWT methods answer Unimplemented.
+// Server implements SpiffeWorkloadAPI: the X.509 and JWT profiles. The
+// optional WIT profile answers Unimplemented.
 type Server struct {
 	workload.UnimplementedSpiffeWorkloadAPIServer
 	cfg Config

@@ -1,6 +1,9 @@
 package workloadapi
 
 import (
+	"context"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/shortleaf/shortleaf/attest"
@@ -28,8 +31,18 @@ type State struct {
 	Ready       bool
 	TrustDomain spiffeid.TrustDomain
 	// BundleDER is the trust domain's root certificates, DER, concatenated.
-	BundleDER  []byte
-	Identities []*Identity
+	BundleDER []byte
+	// JWTBundle holds the trust domain's JWT signing keys; JWTBundleJSON is
+	// it as a JWK Set, as FetchJWTBundles sends it.
+	JWTBundle     *jwtbundle.Bundle
+	JWTBundleJSON []byte
+	Identities    []*Identity
+}
+
+// JWTSource obtains JWT-SVIDs for an identity. The agent implements it with
+// a cache per (identity, audience).
+type JWTSource interface {
+	FetchJWTSVID(ctx context.Context, entryID string, audience []string) (string, error)
 }
 
 // Source provides the current state and a channel closed at its next change.

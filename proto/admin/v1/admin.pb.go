@@ -38,8 +38,10 @@ type Entry struct {
 	Admin              bool     `protobuf:"varint,8,opt,name=admin,proto3" json:"admin,omitempty"`
 	CreatedAt          int64    `protobuf:"varint,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	Revision           int64    `protobuf:"varint,10,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// 0 means the server's default JWT-SVID TTL.
+	JwtSvidTtlSeconds int32 `protobuf:"varint,11,opt,name=jwt_svid_ttl_seconds,json=jwtSvidTtlSeconds,proto3" json:"jwt_svid_ttl_seconds,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Entry) Reset() {
@@ -138,6 +140,13 @@ func (x *Entry) GetCreatedAt() int64 {
 func (x *Entry) GetRevision() int64 {
 	if x != nil {
 		return x.Revision
+	}
+	return 0
+}
+
+func (x *Entry) GetJwtSvidTtlSeconds() int32 {
+	if x != nil {
+		return x.JwtSvidTtlSeconds
 	}
 	return 0
 }
@@ -928,6 +937,7 @@ type Bundle struct {
 	TrustDomain     string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	X509Authorities [][]byte               `protobuf:"bytes,2,rep,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
 	Sequence        uint64                 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	JwtAuthorities  []*JWTAuthority        `protobuf:"bytes,4,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -983,6 +993,179 @@ func (x *Bundle) GetSequence() uint64 {
 	return 0
 }
 
+func (x *Bundle) GetJwtAuthorities() []*JWTAuthority {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return nil
+}
+
+type JWTAuthority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// PKIX DER public key.
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTAuthority) Reset() {
+	*x = JWTAuthority{}
+	mi := &file_admin_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTAuthority) ProtoMessage() {}
+
+func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTAuthority.ProtoReflect.Descriptor instead.
+func (*JWTAuthority) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *JWTAuthority) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *JWTAuthority) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+type MintJWTSVIDRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Audience []string               `protobuf:"bytes,2,rep,name=audience,proto3" json:"audience,omitempty"`
+	// 0 means the server's default.
+	TtlSeconds    int32 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MintJWTSVIDRequest) Reset() {
+	*x = MintJWTSVIDRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintJWTSVIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintJWTSVIDRequest) ProtoMessage() {}
+
+func (x *MintJWTSVIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintJWTSVIDRequest.ProtoReflect.Descriptor instead.
+func (*MintJWTSVIDRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *MintJWTSVIDRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *MintJWTSVIDRequest) GetAudience() []string {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+func (x *MintJWTSVIDRequest) GetTtlSeconds() int32 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type MintJWTSVIDResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAt     int64                  `protobuf:"varint,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MintJWTSVIDResponse) Reset() {
+	*x = MintJWTSVIDResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintJWTSVIDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintJWTSVIDResponse) ProtoMessage() {}
+
+func (x *MintJWTSVIDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintJWTSVIDResponse.ProtoReflect.Descriptor instead.
+func (*MintJWTSVIDResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *MintJWTSVIDResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *MintJWTSVIDResponse) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
 type MintX509SVIDRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
@@ -997,7 +1180,7 @@ type MintX509SVIDRequest struct {
 
 func (x *MintX509SVIDRequest) Reset() {
 	*x = MintX509SVIDRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1192,7 @@ func (x *MintX509SVIDRequest) String() string {
 func (*MintX509SVIDRequest) ProtoMessage() {}
 
 func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1205,7 @@ func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MintX509SVIDRequest) GetSpiffeId() string {
@@ -1065,7 +1248,7 @@ type MintX509SVIDResponse struct {
 
 func (x *MintX509SVIDResponse) Reset() {
 	*x = MintX509SVIDResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1260,7 @@ func (x *MintX509SVIDResponse) String() string {
 func (*MintX509SVIDResponse) ProtoMessage() {}
 
 func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1273,7 @@ func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *MintX509SVIDResponse) GetCertChain() [][]byte {
@@ -1140,7 +1323,7 @@ type Authority struct {
 
 func (x *Authority) Reset() {
 	*x = Authority{}
-	mi := &file_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1152,7 +1335,7 @@ func (x *Authority) String() string {
 func (*Authority) ProtoMessage() {}
 
 func (x *Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1165,7 +1348,7 @@ func (x *Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authority.ProtoReflect.Descriptor instead.
 func (*Authority) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Authority) GetId() string {
@@ -1266,7 +1449,7 @@ type Propagation struct {
 
 func (x *Propagation) Reset() {
 	*x = Propagation{}
-	mi := &file_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1278,7 +1461,7 @@ func (x *Propagation) String() string {
 func (*Propagation) ProtoMessage() {}
 
 func (x *Propagation) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1291,7 +1474,7 @@ func (x *Propagation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Propagation.ProtoReflect.Descriptor instead.
 func (*Propagation) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Propagation) GetBundleSequence() uint64 {
@@ -1330,7 +1513,7 @@ type ListAuthoritiesRequest struct {
 
 func (x *ListAuthoritiesRequest) Reset() {
 	*x = ListAuthoritiesRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1525,7 @@ func (x *ListAuthoritiesRequest) String() string {
 func (*ListAuthoritiesRequest) ProtoMessage() {}
 
 func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1538,7 @@ func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 type ListAuthoritiesResponse struct {
@@ -1368,7 +1551,7 @@ type ListAuthoritiesResponse struct {
 
 func (x *ListAuthoritiesResponse) Reset() {
 	*x = ListAuthoritiesResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1380,7 +1563,7 @@ func (x *ListAuthoritiesResponse) String() string {
 func (*ListAuthoritiesResponse) ProtoMessage() {}
 
 func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1393,7 +1576,7 @@ func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
@@ -1420,7 +1603,7 @@ type PrepareAuthorityRequest struct {
 
 func (x *PrepareAuthorityRequest) Reset() {
 	*x = PrepareAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1615,7 @@ func (x *PrepareAuthorityRequest) String() string {
 func (*PrepareAuthorityRequest) ProtoMessage() {}
 
 func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1628,7 @@ func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PrepareAuthorityRequest) GetKind() string {
@@ -1465,7 +1648,7 @@ type ActivateAuthorityRequest struct {
 
 func (x *ActivateAuthorityRequest) Reset() {
 	*x = ActivateAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1660,7 @@ func (x *ActivateAuthorityRequest) String() string {
 func (*ActivateAuthorityRequest) ProtoMessage() {}
 
 func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1673,7 @@ func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*ActivateAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ActivateAuthorityRequest) GetKind() string {
@@ -1509,7 +1692,7 @@ type TaintAuthorityRequest struct {
 
 func (x *TaintAuthorityRequest) Reset() {
 	*x = TaintAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1521,7 +1704,7 @@ func (x *TaintAuthorityRequest) String() string {
 func (*TaintAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1534,7 +1717,7 @@ func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TaintAuthorityRequest) GetId() string {
@@ -1553,7 +1736,7 @@ type RevokeAuthorityRequest struct {
 
 func (x *RevokeAuthorityRequest) Reset() {
 	*x = RevokeAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1565,7 +1748,7 @@ func (x *RevokeAuthorityRequest) String() string {
 func (*RevokeAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1578,7 +1761,7 @@ func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RevokeAuthorityRequest) GetId() string {
@@ -1596,7 +1779,7 @@ type PrepareRootRequest struct {
 
 func (x *PrepareRootRequest) Reset() {
 	*x = PrepareRootRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1791,7 @@ func (x *PrepareRootRequest) String() string {
 func (*PrepareRootRequest) ProtoMessage() {}
 
 func (x *PrepareRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1804,7 @@ func (x *PrepareRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareRootRequest.ProtoReflect.Descriptor instead.
 func (*PrepareRootRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 type ActivateRootRequest struct {
@@ -1634,7 +1817,7 @@ type ActivateRootRequest struct {
 
 func (x *ActivateRootRequest) Reset() {
 	*x = ActivateRootRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1829,7 @@ func (x *ActivateRootRequest) String() string {
 func (*ActivateRootRequest) ProtoMessage() {}
 
 func (x *ActivateRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +1842,7 @@ func (x *ActivateRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateRootRequest.ProtoReflect.Descriptor instead.
 func (*ActivateRootRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ActivateRootRequest) GetForce() bool {
@@ -1680,7 +1863,7 @@ type ActivateRootResponse struct {
 
 func (x *ActivateRootResponse) Reset() {
 	*x = ActivateRootResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1692,7 +1875,7 @@ func (x *ActivateRootResponse) String() string {
 func (*ActivateRootResponse) ProtoMessage() {}
 
 func (x *ActivateRootResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1705,7 +1888,7 @@ func (x *ActivateRootResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateRootResponse.ProtoReflect.Descriptor instead.
 func (*ActivateRootResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ActivateRootResponse) GetAuthority() *Authority {
@@ -1730,7 +1913,7 @@ type RetireRootRequest struct {
 
 func (x *RetireRootRequest) Reset() {
 	*x = RetireRootRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1742,7 +1925,7 @@ func (x *RetireRootRequest) String() string {
 func (*RetireRootRequest) ProtoMessage() {}
 
 func (x *RetireRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1755,14 +1938,14 @@ func (x *RetireRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireRootRequest.ProtoReflect.Descriptor instead.
 func (*RetireRootRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 var File_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14admin/v1/admin.proto\x12\x12shortleaf.admin.v1\"\xa4\x02\n" +
+	"\x14admin/v1/admin.proto\x12\x12shortleaf.admin.v1\"\xd5\x02\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1b\n" +
@@ -1775,7 +1958,8 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\t \x01(\x03R\tcreatedAt\x12\x1a\n" +
 	"\brevision\x18\n" +
-	" \x01(\x03R\brevision\"E\n" +
+	" \x01(\x03R\brevision\x12/\n" +
+	"\x14jwt_svid_ttl_seconds\x18\v \x01(\x05R\x11jwtSvidTtlSeconds\"E\n" +
 	"\x12CreateEntryRequest\x12/\n" +
 	"\x05entry\x18\x01 \x01(\v2\x19.shortleaf.admin.v1.EntryR\x05entry\"\x8a\x01\n" +
 	"\x12ListEntriesRequest\x12\x1d\n" +
@@ -1820,11 +2004,25 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x11EvictAgentRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x14\n" +
 	"\x12EvictAgentResponse\"\x12\n" +
-	"\x10GetBundleRequest\"r\n" +
+	"\x10GetBundleRequest\"\xbd\x01\n" +
 	"\x06Bundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12)\n" +
 	"\x10x509_authorities\x18\x02 \x03(\fR\x0fx509Authorities\x12\x1a\n" +
-	"\bsequence\x18\x03 \x01(\x04R\bsequence\"\x82\x01\n" +
+	"\bsequence\x18\x03 \x01(\x04R\bsequence\x12I\n" +
+	"\x0fjwt_authorities\x18\x04 \x03(\v2 .shortleaf.admin.v1.JWTAuthorityR\x0ejwtAuthorities\"D\n" +
+	"\fJWTAuthority\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"n\n" +
+	"\x12MintJWTSVIDRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1a\n" +
+	"\baudience\x18\x02 \x03(\tR\baudience\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\x05R\n" +
+	"ttlSeconds\"J\n" +
+	"\x13MintJWTSVIDResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"\x82\x01\n" +
 	"\x13MintX509SVIDRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\x12\x1f\n" +
@@ -1876,7 +2074,7 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x14ActivateRootResponse\x12;\n" +
 	"\tauthority\x18\x01 \x01(\v2\x1d.shortleaf.admin.v1.AuthorityR\tauthority\x12%\n" +
 	"\x0elagging_agents\x18\x02 \x03(\tR\rlaggingAgents\"\x13\n" +
-	"\x11RetireRootRequest2\xd3\r\n" +
+	"\x11RetireRootRequest2\xb3\x0e\n" +
 	"\bAdminAPI\x12P\n" +
 	"\vCreateEntry\x12&.shortleaf.admin.v1.CreateEntryRequest\x1a\x19.shortleaf.admin.v1.Entry\x12^\n" +
 	"\vListEntries\x12&.shortleaf.admin.v1.ListEntriesRequest\x1a'.shortleaf.admin.v1.ListEntriesResponse\x12J\n" +
@@ -1890,7 +2088,8 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"EvictAgent\x12%.shortleaf.admin.v1.EvictAgentRequest\x1a&.shortleaf.admin.v1.EvictAgentResponse\x12M\n" +
 	"\tGetBundle\x12$.shortleaf.admin.v1.GetBundleRequest\x1a\x1a.shortleaf.admin.v1.Bundle\x12a\n" +
-	"\fMintX509SVID\x12'.shortleaf.admin.v1.MintX509SVIDRequest\x1a(.shortleaf.admin.v1.MintX509SVIDResponse\x12j\n" +
+	"\fMintX509SVID\x12'.shortleaf.admin.v1.MintX509SVIDRequest\x1a(.shortleaf.admin.v1.MintX509SVIDResponse\x12^\n" +
+	"\vMintJWTSVID\x12&.shortleaf.admin.v1.MintJWTSVIDRequest\x1a'.shortleaf.admin.v1.MintJWTSVIDResponse\x12j\n" +
 	"\x0fListAuthorities\x12*.shortleaf.admin.v1.ListAuthoritiesRequest\x1a+.shortleaf.admin.v1.ListAuthoritiesResponse\x12^\n" +
 	"\x10PrepareAuthority\x12+.shortleaf.admin.v1.PrepareAuthorityRequest\x1a\x1d.shortleaf.admin.v1.Authority\x12`\n" +
 	"\x11ActivateAuthority\x12,.shortleaf.admin.v1.ActivateAuthorityRequest\x1a\x1d.shortleaf.admin.v1.Authority\x12Z\n" +
@@ -1913,7 +2112,7 @@ func file_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_admin_v1_admin_proto_rawDescData
 }
 
-var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_admin_v1_admin_proto_goTypes = []any{
 	(*Entry)(nil),                    // 0: shortleaf.admin.v1.Entry
 	(*CreateEntryRequest)(nil),       // 1: shortleaf.admin.v1.CreateEntryRequest
@@ -1933,72 +2132,78 @@ var file_admin_v1_admin_proto_goTypes = []any{
 	(*EvictAgentResponse)(nil),       // 15: shortleaf.admin.v1.EvictAgentResponse
 	(*GetBundleRequest)(nil),         // 16: shortleaf.admin.v1.GetBundleRequest
 	(*Bundle)(nil),                   // 17: shortleaf.admin.v1.Bundle
-	(*MintX509SVIDRequest)(nil),      // 18: shortleaf.admin.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),     // 19: shortleaf.admin.v1.MintX509SVIDResponse
-	(*Authority)(nil),                // 20: shortleaf.admin.v1.Authority
-	(*Propagation)(nil),              // 21: shortleaf.admin.v1.Propagation
-	(*ListAuthoritiesRequest)(nil),   // 22: shortleaf.admin.v1.ListAuthoritiesRequest
-	(*ListAuthoritiesResponse)(nil),  // 23: shortleaf.admin.v1.ListAuthoritiesResponse
-	(*PrepareAuthorityRequest)(nil),  // 24: shortleaf.admin.v1.PrepareAuthorityRequest
-	(*ActivateAuthorityRequest)(nil), // 25: shortleaf.admin.v1.ActivateAuthorityRequest
-	(*TaintAuthorityRequest)(nil),    // 26: shortleaf.admin.v1.TaintAuthorityRequest
-	(*RevokeAuthorityRequest)(nil),   // 27: shortleaf.admin.v1.RevokeAuthorityRequest
-	(*PrepareRootRequest)(nil),       // 28: shortleaf.admin.v1.PrepareRootRequest
-	(*ActivateRootRequest)(nil),      // 29: shortleaf.admin.v1.ActivateRootRequest
-	(*ActivateRootResponse)(nil),     // 30: shortleaf.admin.v1.ActivateRootResponse
-	(*RetireRootRequest)(nil),        // 31: shortleaf.admin.v1.RetireRootRequest
+	(*JWTAuthority)(nil),             // 18: shortleaf.admin.v1.JWTAuthority
+	(*MintJWTSVIDRequest)(nil),       // 19: shortleaf.admin.v1.MintJWTSVIDRequest
+	(*MintJWTSVIDResponse)(nil),      // 20: shortleaf.admin.v1.MintJWTSVIDResponse
+	(*MintX509SVIDRequest)(nil),      // 21: shortleaf.admin.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),     // 22: shortleaf.admin.v1.MintX509SVIDResponse
+	(*Authority)(nil),                // 23: shortleaf.admin.v1.Authority
+	(*Propagation)(nil),              // 24: shortleaf.admin.v1.Propagation
+	(*ListAuthoritiesRequest)(nil),   // 25: shortleaf.admin.v1.ListAuthoritiesRequest
+	(*ListAuthoritiesResponse)(nil),  // 26: shortleaf.admin.v1.ListAuthoritiesResponse
+	(*PrepareAuthorityRequest)(nil),  // 27: shortleaf.admin.v1.PrepareAuthorityRequest
+	(*ActivateAuthorityRequest)(nil), // 28: shortleaf.admin.v1.ActivateAuthorityRequest
+	(*TaintAuthorityRequest)(nil),    // 29: shortleaf.admin.v1.TaintAuthorityRequest
+	(*RevokeAuthorityRequest)(nil),   // 30: shortleaf.admin.v1.RevokeAuthorityRequest
+	(*PrepareRootRequest)(nil),       // 31: shortleaf.admin.v1.PrepareRootRequest
+	(*ActivateRootRequest)(nil),      // 32: shortleaf.admin.v1.ActivateRootRequest
+	(*ActivateRootResponse)(nil),     // 33: shortleaf.admin.v1.ActivateRootResponse
+	(*RetireRootRequest)(nil),        // 34: shortleaf.admin.v1.RetireRootRequest
 }
 var file_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: shortleaf.admin.v1.CreateEntryRequest.entry:type_name -> shortleaf.admin.v1.Entry
 	0,  // 1: shortleaf.admin.v1.ListEntriesResponse.entries:type_name -> shortleaf.admin.v1.Entry
 	0,  // 2: shortleaf.admin.v1.UpdateEntryRequest.entry:type_name -> shortleaf.admin.v1.Entry
 	10, // 3: shortleaf.admin.v1.ListAgentsResponse.agents:type_name -> shortleaf.admin.v1.Agent
-	20, // 4: shortleaf.admin.v1.ListAuthoritiesResponse.authorities:type_name -> shortleaf.admin.v1.Authority
-	21, // 5: shortleaf.admin.v1.ListAuthoritiesResponse.propagation:type_name -> shortleaf.admin.v1.Propagation
-	20, // 6: shortleaf.admin.v1.ActivateRootResponse.authority:type_name -> shortleaf.admin.v1.Authority
-	1,  // 7: shortleaf.admin.v1.AdminAPI.CreateEntry:input_type -> shortleaf.admin.v1.CreateEntryRequest
-	2,  // 8: shortleaf.admin.v1.AdminAPI.ListEntries:input_type -> shortleaf.admin.v1.ListEntriesRequest
-	4,  // 9: shortleaf.admin.v1.AdminAPI.GetEntry:input_type -> shortleaf.admin.v1.GetEntryRequest
-	5,  // 10: shortleaf.admin.v1.AdminAPI.UpdateEntry:input_type -> shortleaf.admin.v1.UpdateEntryRequest
-	6,  // 11: shortleaf.admin.v1.AdminAPI.DeleteEntry:input_type -> shortleaf.admin.v1.DeleteEntryRequest
-	8,  // 12: shortleaf.admin.v1.AdminAPI.CreateJoinToken:input_type -> shortleaf.admin.v1.CreateJoinTokenRequest
-	11, // 13: shortleaf.admin.v1.AdminAPI.ListAgents:input_type -> shortleaf.admin.v1.ListAgentsRequest
-	13, // 14: shortleaf.admin.v1.AdminAPI.GetAgent:input_type -> shortleaf.admin.v1.GetAgentRequest
-	14, // 15: shortleaf.admin.v1.AdminAPI.EvictAgent:input_type -> shortleaf.admin.v1.EvictAgentRequest
-	16, // 16: shortleaf.admin.v1.AdminAPI.GetBundle:input_type -> shortleaf.admin.v1.GetBundleRequest
-	18, // 17: shortleaf.admin.v1.AdminAPI.MintX509SVID:input_type -> shortleaf.admin.v1.MintX509SVIDRequest
-	22, // 18: shortleaf.admin.v1.AdminAPI.ListAuthorities:input_type -> shortleaf.admin.v1.ListAuthoritiesRequest
-	24, // 19: shortleaf.admin.v1.AdminAPI.PrepareAuthority:input_type -> shortleaf.admin.v1.PrepareAuthorityRequest
-	25, // 20: shortleaf.admin.v1.AdminAPI.ActivateAuthority:input_type -> shortleaf.admin.v1.ActivateAuthorityRequest
-	26, // 21: shortleaf.admin.v1.AdminAPI.TaintAuthority:input_type -> shortleaf.admin.v1.TaintAuthorityRequest
-	27, // 22: shortleaf.admin.v1.AdminAPI.RevokeAuthority:input_type -> shortleaf.admin.v1.RevokeAuthorityRequest
-	28, // 23: shortleaf.admin.v1.AdminAPI.PrepareRoot:input_type -> shortleaf.admin.v1.PrepareRootRequest
-	29, // 24: shortleaf.admin.v1.AdminAPI.ActivateRoot:input_type -> shortleaf.admin.v1.ActivateRootRequest
-	31, // 25: shortleaf.admin.v1.AdminAPI.RetireRoot:input_type -> shortleaf.admin.v1.RetireRootRequest
-	0,  // 26: shortleaf.admin.v1.AdminAPI.CreateEntry:output_type -> shortleaf.admin.v1.Entry
-	3,  // 27: shortleaf.admin.v1.AdminAPI.ListEntries:output_type -> shortleaf.admin.v1.ListEntriesResponse
-	0,  // 28: shortleaf.admin.v1.AdminAPI.GetEntry:output_type -> shortleaf.admin.v1.Entry
-	0,  // 29: shortleaf.admin.v1.AdminAPI.UpdateEntry:output_type -> shortleaf.admin.v1.Entry
-	7,  // 30: shortleaf.admin.v1.AdminAPI.DeleteEntry:output_type -> shortleaf.admin.v1.DeleteEntryResponse
-	9,  // 31: shortleaf.admin.v1.AdminAPI.CreateJoinToken:output_type -> shortleaf.admin.v1.CreateJoinTokenResponse
-	12, // 32: shortleaf.admin.v1.AdminAPI.ListAgents:output_type -> shortleaf.admin.v1.ListAgentsResponse
-	10, // 33: shortleaf.admin.v1.AdminAPI.GetAgent:output_type -> shortleaf.admin.v1.Agent
-	15, // 34: shortleaf.admin.v1.AdminAPI.EvictAgent:output_type -> shortleaf.admin.v1.EvictAgentResponse
-	17, // 35: shortleaf.admin.v1.AdminAPI.GetBundle:output_type -> shortleaf.admin.v1.Bundle
-	19, // 36: shortleaf.admin.v1.AdminAPI.MintX509SVID:output_type -> shortleaf.admin.v1.MintX509SVIDResponse
-	23, // 37: shortleaf.admin.v1.AdminAPI.ListAuthorities:output_type -> shortleaf.admin.v1.ListAuthoritiesResponse
-	20, // 38: shortleaf.admin.v1.AdminAPI.PrepareAuthority:output_type -> shortleaf.admin.v1.Authority
-	20, // 39: shortleaf.admin.v1.AdminAPI.ActivateAuthority:output_type -> shortleaf.admin.v1.Authority
-	20, // 40: shortleaf.admin.v1.AdminAPI.TaintAuthority:output_type -> shortleaf.admin.v1.Authority
-	20, // 41: shortleaf.admin.v1.AdminAPI.RevokeAuthority:output_type -> shortleaf.admin.v1.Authority
-	20, // 42: shortleaf.admin.v1.AdminAPI.PrepareRoot:output_type -> shortleaf.admin.v1.Authority
-	30, // 43: shortleaf.admin.v1.AdminAPI.ActivateRoot:output_type -> shortleaf.admin.v1.ActivateRootResponse
-	20, // 44: shortleaf.admin.v1.AdminAPI.RetireRoot:output_type -> shortleaf.admin.v1.Authority
-	26, // [26:45] is the sub-list for method output_type
-	7,  // [7:26] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	18, // 4: shortleaf.admin.v1.Bundle.jwt_authorities:type_name -> shortleaf.admin.v1.JWTAuthority
+	23, // 5: shortleaf.admin.v1.ListAuthoritiesResponse.authorities:type_name -> shortleaf.admin.v1.Authority
+	24, // 6: shortleaf.admin.v1.ListAuthoritiesResponse.propagation:type_name -> shortleaf.admin.v1.Propagation
+	23, // 7: shortleaf.admin.v1.ActivateRootResponse.authority:type_name -> shortleaf.admin.v1.Authority
+	1,  // 8: shortleaf.admin.v1.AdminAPI.CreateEntry:input_type -> shortleaf.admin.v1.CreateEntryRequest
+	2,  // 9: shortleaf.admin.v1.AdminAPI.ListEntries:input_type -> shortleaf.admin.v1.ListEntriesRequest
+	4,  // 10: shortleaf.admin.v1.AdminAPI.GetEntry:input_type -> shortleaf.admin.v1.GetEntryRequest
+	5,  // 11: shortleaf.admin.v1.AdminAPI.UpdateEntry:input_type -> shortleaf.admin.v1.UpdateEntryRequest
+	6,  // 12: shortleaf.admin.v1.AdminAPI.DeleteEntry:input_type -> shortleaf.admin.v1.DeleteEntryRequest
+	8,  // 13: shortleaf.admin.v1.AdminAPI.CreateJoinToken:input_type -> shortleaf.admin.v1.CreateJoinTokenRequest
+	11, // 14: shortleaf.admin.v1.AdminAPI.ListAgents:input_type -> shortleaf.admin.v1.ListAgentsRequest
+	13, // 15: shortleaf.admin.v1.AdminAPI.GetAgent:input_type -> shortleaf.admin.v1.GetAgentRequest
+	14, // 16: shortleaf.admin.v1.AdminAPI.EvictAgent:input_type -> shortleaf.admin.v1.EvictAgentRequest
+	16, // 17: shortleaf.admin.v1.AdminAPI.GetBundle:input_type -> shortleaf.admin.v1.GetBundleRequest
+	21, // 18: shortleaf.admin.v1.AdminAPI.MintX509SVID:input_type -> shortleaf.admin.v1.MintX509SVIDRequest
+	19, // 19: shortleaf.admin.v1.AdminAPI.MintJWTSVID:input_type -> shortleaf.admin.v1.MintJWTSVIDRequest
+	25, // 20: shortleaf.admin.v1.AdminAPI.ListAuthorities:input_type -> shortleaf.admin.v1.ListAuthoritiesRequest
+	27, // 21: shortleaf.admin.v1.AdminAPI.PrepareAuthority:input_type -> shortleaf.admin.v1.PrepareAuthorityRequest
+	28, // 22: shortleaf.admin.v1.AdminAPI.ActivateAuthority:input_type -> shortleaf.admin.v1.ActivateAuthorityRequest
+	29, // 23: shortleaf.admin.v1.AdminAPI.TaintAuthority:input_type -> shortleaf.admin.v1.TaintAuthorityRequest
+	30, // 24: shortleaf.admin.v1.AdminAPI.RevokeAuthority:input_type -> shortleaf.admin.v1.RevokeAuthorityRequest
+	31, // 25: shortleaf.admin.v1.AdminAPI.PrepareRoot:input_type -> shortleaf.admin.v1.PrepareRootRequest
+	32, // 26: shortleaf.admin.v1.AdminAPI.ActivateRoot:input_type -> shortleaf.admin.v1.ActivateRootRequest
+	34, // 27: shortleaf.admin.v1.AdminAPI.RetireRoot:input_type -> shortleaf.admin.v1.RetireRootRequest
+	0,  // 28: shortleaf.admin.v1.AdminAPI.CreateEntry:output_type -> shortleaf.admin.v1.Entry
+	3,  // 29: shortleaf.admin.v1.AdminAPI.ListEntries:output_type -> shortleaf.admin.v1.ListEntriesResponse
+	0,  // 30: shortleaf.admin.v1.AdminAPI.GetEntry:output_type -> shortleaf.admin.v1.Entry
+	0,  // 31: shortleaf.admin.v1.AdminAPI.UpdateEntry:output_type -> shortleaf.admin.v1.Entry
+	7,  // 32: shortleaf.admin.v1.AdminAPI.DeleteEntry:output_type -> shortleaf.admin.v1.DeleteEntryResponse
+	9,  // 33: shortleaf.admin.v1.AdminAPI.CreateJoinToken:output_type -> shortleaf.admin.v1.CreateJoinTokenResponse
+	12, // 34: shortleaf.admin.v1.AdminAPI.ListAgents:output_type -> shortleaf.admin.v1.ListAgentsResponse
+	10, // 35: shortleaf.admin.v1.AdminAPI.GetAgent:output_type -> shortleaf.admin.v1.Agent
+	15, // 36: shortleaf.admin.v1.AdminAPI.EvictAgent:output_type -> shortleaf.admin.v1.EvictAgentResponse
+	17, // 37: shortleaf.admin.v1.AdminAPI.GetBundle:output_type -> shortleaf.admin.v1.Bundle
+	22, // 38: shortleaf.admin.v1.AdminAPI.MintX509SVID:output_type -> shortleaf.admin.v1.MintX509SVIDResponse
+	20, // 39: shortleaf.admin.v1.AdminAPI.MintJWTSVID:output_type -> shortleaf.admin.v1.MintJWTSVIDResponse
+	26, // 40: shortleaf.admin.v1.AdminAPI.ListAuthorities:output_type -> shortleaf.admin.v1.ListAuthoritiesResponse
+	23, // 41: shortleaf.admin.v1.AdminAPI.PrepareAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 42: shortleaf.admin.v1.AdminAPI.ActivateAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 43: shortleaf.admin.v1.AdminAPI.TaintAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 44: shortleaf.admin.v1.AdminAPI.RevokeAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 45: shortleaf.admin.v1.AdminAPI.PrepareRoot:output_type -> shortleaf.admin.v1.Authority
+	33, // 46: shortleaf.admin.v1.AdminAPI.ActivateRoot:output_type -> shortleaf.admin.v1.ActivateRootResponse
+	23, // 47: shortleaf.admin.v1.AdminAPI.RetireRoot:output_type -> shortleaf.admin.v1.Authority
+	28, // [28:48] is the sub-list for method output_type
+	8,  // [8:28] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_admin_v1_admin_proto_init() }
@@ -2012,7 +2217,7 @@ func file_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_v1_admin_proto_rawDesc), len(file_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

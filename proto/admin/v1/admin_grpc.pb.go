@@ -33,6 +33,7 @@ const (
 	AdminAPI_EvictAgent_FullMethodName        = "/shortleaf.admin.v1.AdminAPI/EvictAgent"
 	AdminAPI_GetBundle_FullMethodName         = "/shortleaf.admin.v1.AdminAPI/GetBundle"
 	AdminAPI_MintX509SVID_FullMethodName      = "/shortleaf.admin.v1.AdminAPI/MintX509SVID"
+	AdminAPI_MintJWTSVID_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/MintJWTSVID"
 	AdminAPI_ListAuthorities_FullMethodName   = "/shortleaf.admin.v1.AdminAPI/ListAuthorities"
 	AdminAPI_PrepareAuthority_FullMethodName  = "/shortleaf.admin.v1.AdminAPI/PrepareAuthority"
 	AdminAPI_ActivateAuthority_FullMethodName = "/shortleaf.admin.v1.AdminAPI/ActivateAuthority"
@@ -58,6 +59,7 @@ type AdminAPIClient interface {
 	EvictAgent(ctx context.Context, in *EvictAgentRequest, opts ...grpc.CallOption) (*EvictAgentResponse, error)
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*Bundle, error)
 	MintX509SVID(ctx context.Context, in *MintX509SVIDRequest, opts ...grpc.CallOption) (*MintX509SVIDResponse, error)
+	MintJWTSVID(ctx context.Context, in *MintJWTSVIDRequest, opts ...grpc.CallOption) (*MintJWTSVIDResponse, error)
 	// The CA's key lifecycle. Unsafe steps answer FailedPrecondition with the reason.
 	ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error)
 	PrepareAuthority(ctx context.Context, in *PrepareAuthorityRequest, opts ...grpc.CallOption) (*Authority, error)
@@ -187,6 +189,16 @@ func (c *adminAPIClient) MintX509SVID(ctx context.Context, in *MintX509SVIDReque
 	return out, nil
 }
 
+func (c *adminAPIClient) MintJWTSVID(ctx context.Context, in *MintJWTSVIDRequest, opts ...grpc.CallOption) (*MintJWTSVIDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MintJWTSVIDResponse)
+	err := c.cc.Invoke(ctx, AdminAPI_MintJWTSVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminAPIClient) ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListAuthoritiesResponse)
@@ -282,6 +294,7 @@ type AdminAPIServer interface {
 	EvictAgent(context.Context, *EvictAgentRequest) (*EvictAgentResponse, error)
 	GetBundle(context.Context, *GetBundleRequest) (*Bundle, error)
 	MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error)
+	MintJWTSVID(context.Context, *MintJWTSVIDRequest) (*MintJWTSVIDResponse, error)
 	// The CA's key lifecycle. Unsafe steps answer FailedPrecondition with the reason.
 	ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error)
 	PrepareAuthority(context.Context, *PrepareAuthorityRequest) (*Authority, error)
@@ -333,6 +346,9 @@ func (UnimplementedAdminAPIServer) GetBundle(context.Context, *GetBundleRequest)
 }
 func (UnimplementedAdminAPIServer) MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MintX509SVID not implemented")
+}
+func (UnimplementedAdminAPIServer) MintJWTSVID(context.Context, *MintJWTSVIDRequest) (*MintJWTSVIDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MintJWTSVID not implemented")
 }
 func (UnimplementedAdminAPIServer) ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuthorities not implemented")
@@ -577,6 +593,24 @@ func _AdminAPI_MintX509SVID_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminAPI_MintJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MintJWTSVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).MintJWTSVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_MintJWTSVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).MintJWTSVID(ctx, req.(*MintJWTSVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminAPI_ListAuthorities_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListAuthoritiesRequest)
 	if err := dec(in); err != nil {
@@ -771,6 +805,10 @@ var AdminAPI_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MintX509SVID",
 			Handler:    _AdminAPI_MintX509SVID_Handler,
+		},
+		{
+			MethodName: "MintJWTSVID",
+			Handler:    _AdminAPI_MintJWTSVID_Handler,
 		},
 		{
 			MethodName: "ListAuthorities",

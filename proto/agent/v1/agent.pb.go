@@ -261,6 +261,7 @@ type Bundle struct {
 	TrustDomain     string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	X509Authorities [][]byte               `protobuf:"bytes,2,rep,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
 	Sequence        uint64                 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	JwtAuthorities  []*JWTAuthority        `protobuf:"bytes,4,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -316,6 +317,66 @@ func (x *Bundle) GetSequence() uint64 {
 	return 0
 }
 
+func (x *Bundle) GetJwtAuthorities() []*JWTAuthority {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return nil
+}
+
+type JWTAuthority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// PKIX DER public key.
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTAuthority) Reset() {
+	*x = JWTAuthority{}
+	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTAuthority) ProtoMessage() {}
+
+func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTAuthority.ProtoReflect.Descriptor instead.
+func (*JWTAuthority) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *JWTAuthority) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *JWTAuthority) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
 type RenewAgentRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Csr           []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
@@ -325,7 +386,7 @@ type RenewAgentRequest struct {
 
 func (x *RenewAgentRequest) Reset() {
 	*x = RenewAgentRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -337,7 +398,7 @@ func (x *RenewAgentRequest) String() string {
 func (*RenewAgentRequest) ProtoMessage() {}
 
 func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -350,7 +411,7 @@ func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RenewAgentRequest) GetCsr() []byte {
@@ -369,7 +430,7 @@ type RenewAgentResponse struct {
 
 func (x *RenewAgentResponse) Reset() {
 	*x = RenewAgentResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +442,7 @@ func (x *RenewAgentResponse) String() string {
 func (*RenewAgentResponse) ProtoMessage() {}
 
 func (x *RenewAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +455,7 @@ func (x *RenewAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RenewAgentResponse) GetSvid() *X509SVID {
@@ -418,7 +479,7 @@ type SyncEntriesRequest struct {
 
 func (x *SyncEntriesRequest) Reset() {
 	*x = SyncEntriesRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -430,7 +491,7 @@ func (x *SyncEntriesRequest) String() string {
 func (*SyncEntriesRequest) ProtoMessage() {}
 
 func (x *SyncEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -443,7 +504,7 @@ func (x *SyncEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncEntriesRequest.ProtoReflect.Descriptor instead.
 func (*SyncEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SyncEntriesRequest) GetBundleSequence() uint64 {
@@ -470,7 +531,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +543,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +556,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Selector) GetType() string {
@@ -521,13 +582,14 @@ type Entry struct {
 	DnsNames           []string               `protobuf:"bytes,5,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
 	Hint               string                 `protobuf:"bytes,6,opt,name=hint,proto3" json:"hint,omitempty"`
 	Revision           int64                  `protobuf:"varint,7,opt,name=revision,proto3" json:"revision,omitempty"`
+	JwtSvidTtlSeconds  int32                  `protobuf:"varint,8,opt,name=jwt_svid_ttl_seconds,json=jwtSvidTtlSeconds,proto3" json:"jwt_svid_ttl_seconds,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +601,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +614,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Entry) GetId() string {
@@ -604,6 +666,13 @@ func (x *Entry) GetRevision() int64 {
 	return 0
 }
 
+func (x *Entry) GetJwtSvidTtlSeconds() int32 {
+	if x != nil {
+		return x.JwtSvidTtlSeconds
+	}
+	return 0
+}
+
 type SyncEntriesResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Entries []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
@@ -620,7 +689,7 @@ type SyncEntriesResponse struct {
 
 func (x *SyncEntriesResponse) Reset() {
 	*x = SyncEntriesResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -632,7 +701,7 @@ func (x *SyncEntriesResponse) String() string {
 func (*SyncEntriesResponse) ProtoMessage() {}
 
 func (x *SyncEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -645,7 +714,7 @@ func (x *SyncEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncEntriesResponse.ProtoReflect.Descriptor instead.
 func (*SyncEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SyncEntriesResponse) GetEntries() []*Entry {
@@ -686,7 +755,7 @@ type NewX509SVIDParams struct {
 
 func (x *NewX509SVIDParams) Reset() {
 	*x = NewX509SVIDParams{}
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -698,7 +767,7 @@ func (x *NewX509SVIDParams) String() string {
 func (*NewX509SVIDParams) ProtoMessage() {}
 
 func (x *NewX509SVIDParams) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -711,7 +780,7 @@ func (x *NewX509SVIDParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewX509SVIDParams.ProtoReflect.Descriptor instead.
 func (*NewX509SVIDParams) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *NewX509SVIDParams) GetEntryId() string {
@@ -737,7 +806,7 @@ type BatchNewX509SVIDRequest struct {
 
 func (x *BatchNewX509SVIDRequest) Reset() {
 	*x = BatchNewX509SVIDRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +818,7 @@ func (x *BatchNewX509SVIDRequest) String() string {
 func (*BatchNewX509SVIDRequest) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +831,7 @@ func (x *BatchNewX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BatchNewX509SVIDRequest) GetParams() []*NewX509SVIDParams {
@@ -785,7 +854,7 @@ type BatchNewX509SVIDResult struct {
 
 func (x *BatchNewX509SVIDResult) Reset() {
 	*x = BatchNewX509SVIDResult{}
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -797,7 +866,7 @@ func (x *BatchNewX509SVIDResult) String() string {
 func (*BatchNewX509SVIDResult) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -810,7 +879,7 @@ func (x *BatchNewX509SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDResult.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDResult) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BatchNewX509SVIDResult) GetEntryId() string {
@@ -850,7 +919,7 @@ type BatchNewX509SVIDResponse struct {
 
 func (x *BatchNewX509SVIDResponse) Reset() {
 	*x = BatchNewX509SVIDResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +931,7 @@ func (x *BatchNewX509SVIDResponse) String() string {
 func (*BatchNewX509SVIDResponse) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +944,7 @@ func (x *BatchNewX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BatchNewX509SVIDResponse) GetResults() []*BatchNewX509SVIDResult {
@@ -883,6 +952,110 @@ func (x *BatchNewX509SVIDResponse) GetResults() []*BatchNewX509SVIDResult {
 		return x.Results
 	}
 	return nil
+}
+
+type NewJWTSVIDRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	Audience      []string               `protobuf:"bytes,2,rep,name=audience,proto3" json:"audience,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NewJWTSVIDRequest) Reset() {
+	*x = NewJWTSVIDRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NewJWTSVIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NewJWTSVIDRequest) ProtoMessage() {}
+
+func (x *NewJWTSVIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NewJWTSVIDRequest.ProtoReflect.Descriptor instead.
+func (*NewJWTSVIDRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *NewJWTSVIDRequest) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *NewJWTSVIDRequest) GetAudience() []string {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+type NewJWTSVIDResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAt     int64                  `protobuf:"varint,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NewJWTSVIDResponse) Reset() {
+	*x = NewJWTSVIDResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NewJWTSVIDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NewJWTSVIDResponse) ProtoMessage() {}
+
+func (x *NewJWTSVIDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NewJWTSVIDResponse.ProtoReflect.Descriptor instead.
+func (*NewJWTSVIDResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *NewJWTSVIDResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *NewJWTSVIDResponse) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
 }
 
 var File_agent_v1_agent_proto protoreflect.FileDescriptor
@@ -906,11 +1079,16 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"cert_chain\x18\x02 \x03(\fR\tcertChain\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"r\n" +
+	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"\xbd\x01\n" +
 	"\x06Bundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12)\n" +
 	"\x10x509_authorities\x18\x02 \x03(\fR\x0fx509Authorities\x12\x1a\n" +
-	"\bsequence\x18\x03 \x01(\x04R\bsequence\"%\n" +
+	"\bsequence\x18\x03 \x01(\x04R\bsequence\x12I\n" +
+	"\x0fjwt_authorities\x18\x04 \x03(\v2 .shortleaf.agent.v1.JWTAuthorityR\x0ejwtAuthorities\"D\n" +
+	"\fJWTAuthority\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"%\n" +
 	"\x11RenewAgentRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"F\n" +
 	"\x12RenewAgentResponse\x120\n" +
@@ -920,7 +1098,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x0esigner_key_ids\x18\x02 \x03(\fR\fsignerKeyIds\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xf0\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xa1\x02\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12:\n" +
@@ -928,7 +1106,8 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x15x509_svid_ttl_seconds\x18\x04 \x01(\x05R\x12x509SvidTtlSeconds\x12\x1b\n" +
 	"\tdns_names\x18\x05 \x03(\tR\bdnsNames\x12\x12\n" +
 	"\x04hint\x18\x06 \x01(\tR\x04hint\x12\x1a\n" +
-	"\brevision\x18\a \x01(\x03R\brevision\"\xba\x01\n" +
+	"\brevision\x18\a \x01(\x03R\brevision\x12/\n" +
+	"\x14jwt_svid_ttl_seconds\x18\b \x01(\x05R\x11jwtSvidTtlSeconds\"\xba\x01\n" +
 	"\x13SyncEntriesResponse\x123\n" +
 	"\aentries\x18\x01 \x03(\v2\x19.shortleaf.agent.v1.EntryR\aentries\x122\n" +
 	"\x06bundle\x18\x02 \x01(\v2\x1a.shortleaf.agent.v1.BundleR\x06bundle\x12\x12\n" +
@@ -946,13 +1125,22 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"statusCode\x12%\n" +
 	"\x0estatus_message\x18\x04 \x01(\tR\rstatusMessage\"`\n" +
 	"\x18BatchNewX509SVIDResponse\x12D\n" +
-	"\aresults\x18\x01 \x03(\v2*.shortleaf.agent.v1.BatchNewX509SVIDResultR\aresults2\x98\x03\n" +
+	"\aresults\x18\x01 \x03(\v2*.shortleaf.agent.v1.BatchNewX509SVIDResultR\aresults\"J\n" +
+	"\x11NewJWTSVIDRequest\x12\x19\n" +
+	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x1a\n" +
+	"\baudience\x18\x02 \x03(\tR\baudience\"I\n" +
+	"\x12NewJWTSVIDResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt2\xf5\x03\n" +
 	"\bAgentAPI\x12^\n" +
 	"\vAttestAgent\x12&.shortleaf.agent.v1.AttestAgentRequest\x1a'.shortleaf.agent.v1.AttestAgentResponse\x12[\n" +
 	"\n" +
 	"RenewAgent\x12%.shortleaf.agent.v1.RenewAgentRequest\x1a&.shortleaf.agent.v1.RenewAgentResponse\x12`\n" +
 	"\vSyncEntries\x12&.shortleaf.agent.v1.SyncEntriesRequest\x1a'.shortleaf.agent.v1.SyncEntriesResponse0\x01\x12m\n" +
-	"\x10BatchNewX509SVID\x12+.shortleaf.agent.v1.BatchNewX509SVIDRequest\x1a,.shortleaf.agent.v1.BatchNewX509SVIDResponseB7Z5github.com/shortleaf/shortleaf/proto/agent/v1;agentv1b\x06proto3"
+	"\x10BatchNewX509SVID\x12+.shortleaf.agent.v1.BatchNewX509SVIDRequest\x1a,.shortleaf.agent.v1.BatchNewX509SVIDResponse\x12[\n" +
+	"\n" +
+	"NewJWTSVID\x12%.shortleaf.agent.v1.NewJWTSVIDRequest\x1a&.shortleaf.agent.v1.NewJWTSVIDResponseB7Z5github.com/shortleaf/shortleaf/proto/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -966,48 +1154,54 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_agent_v1_agent_proto_rawDescData
 }
 
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(*JoinTokenAttestation)(nil),     // 0: shortleaf.agent.v1.JoinTokenAttestation
 	(*AttestAgentRequest)(nil),       // 1: shortleaf.agent.v1.AttestAgentRequest
 	(*AttestAgentResponse)(nil),      // 2: shortleaf.agent.v1.AttestAgentResponse
 	(*X509SVID)(nil),                 // 3: shortleaf.agent.v1.X509SVID
 	(*Bundle)(nil),                   // 4: shortleaf.agent.v1.Bundle
-	(*RenewAgentRequest)(nil),        // 5: shortleaf.agent.v1.RenewAgentRequest
-	(*RenewAgentResponse)(nil),       // 6: shortleaf.agent.v1.RenewAgentResponse
-	(*SyncEntriesRequest)(nil),       // 7: shortleaf.agent.v1.SyncEntriesRequest
-	(*Selector)(nil),                 // 8: shortleaf.agent.v1.Selector
-	(*Entry)(nil),                    // 9: shortleaf.agent.v1.Entry
-	(*SyncEntriesResponse)(nil),      // 10: shortleaf.agent.v1.SyncEntriesResponse
-	(*NewX509SVIDParams)(nil),        // 11: shortleaf.agent.v1.NewX509SVIDParams
-	(*BatchNewX509SVIDRequest)(nil),  // 12: shortleaf.agent.v1.BatchNewX509SVIDRequest
-	(*BatchNewX509SVIDResult)(nil),   // 13: shortleaf.agent.v1.BatchNewX509SVIDResult
-	(*BatchNewX509SVIDResponse)(nil), // 14: shortleaf.agent.v1.BatchNewX509SVIDResponse
+	(*JWTAuthority)(nil),             // 5: shortleaf.agent.v1.JWTAuthority
+	(*RenewAgentRequest)(nil),        // 6: shortleaf.agent.v1.RenewAgentRequest
+	(*RenewAgentResponse)(nil),       // 7: shortleaf.agent.v1.RenewAgentResponse
+	(*SyncEntriesRequest)(nil),       // 8: shortleaf.agent.v1.SyncEntriesRequest
+	(*Selector)(nil),                 // 9: shortleaf.agent.v1.Selector
+	(*Entry)(nil),                    // 10: shortleaf.agent.v1.Entry
+	(*SyncEntriesResponse)(nil),      // 11: shortleaf.agent.v1.SyncEntriesResponse
+	(*NewX509SVIDParams)(nil),        // 12: shortleaf.agent.v1.NewX509SVIDParams
+	(*BatchNewX509SVIDRequest)(nil),  // 13: shortleaf.agent.v1.BatchNewX509SVIDRequest
+	(*BatchNewX509SVIDResult)(nil),   // 14: shortleaf.agent.v1.BatchNewX509SVIDResult
+	(*BatchNewX509SVIDResponse)(nil), // 15: shortleaf.agent.v1.BatchNewX509SVIDResponse
+	(*NewJWTSVIDRequest)(nil),        // 16: shortleaf.agent.v1.NewJWTSVIDRequest
+	(*NewJWTSVIDResponse)(nil),       // 17: shortleaf.agent.v1.NewJWTSVIDResponse
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
 	0,  // 0: shortleaf.agent.v1.AttestAgentRequest.join_token:type_name -> shortleaf.agent.v1.JoinTokenAttestation
 	3,  // 1: shortleaf.agent.v1.AttestAgentResponse.svid:type_name -> shortleaf.agent.v1.X509SVID
 	4,  // 2: shortleaf.agent.v1.AttestAgentResponse.bundle:type_name -> shortleaf.agent.v1.Bundle
-	3,  // 3: shortleaf.agent.v1.RenewAgentResponse.svid:type_name -> shortleaf.agent.v1.X509SVID
-	8,  // 4: shortleaf.agent.v1.Entry.selectors:type_name -> shortleaf.agent.v1.Selector
-	9,  // 5: shortleaf.agent.v1.SyncEntriesResponse.entries:type_name -> shortleaf.agent.v1.Entry
-	4,  // 6: shortleaf.agent.v1.SyncEntriesResponse.bundle:type_name -> shortleaf.agent.v1.Bundle
-	11, // 7: shortleaf.agent.v1.BatchNewX509SVIDRequest.params:type_name -> shortleaf.agent.v1.NewX509SVIDParams
-	3,  // 8: shortleaf.agent.v1.BatchNewX509SVIDResult.svid:type_name -> shortleaf.agent.v1.X509SVID
-	13, // 9: shortleaf.agent.v1.BatchNewX509SVIDResponse.results:type_name -> shortleaf.agent.v1.BatchNewX509SVIDResult
-	1,  // 10: shortleaf.agent.v1.AgentAPI.AttestAgent:input_type -> shortleaf.agent.v1.AttestAgentRequest
-	5,  // 11: shortleaf.agent.v1.AgentAPI.RenewAgent:input_type -> shortleaf.agent.v1.RenewAgentRequest
-	7,  // 12: shortleaf.agent.v1.AgentAPI.SyncEntries:input_type -> shortleaf.agent.v1.SyncEntriesRequest
-	12, // 13: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:input_type -> shortleaf.agent.v1.BatchNewX509SVIDRequest
-	2,  // 14: shortleaf.agent.v1.AgentAPI.AttestAgent:output_type -> shortleaf.agent.v1.AttestAgentResponse
-	6,  // 15: shortleaf.agent.v1.AgentAPI.RenewAgent:output_type -> shortleaf.agent.v1.RenewAgentResponse
-	10, // 16: shortleaf.agent.v1.AgentAPI.SyncEntries:output_type -> shortleaf.agent.v1.SyncEntriesResponse
-	14, // 17: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:output_type -> shortleaf.agent.v1.BatchNewX509SVIDResponse
-	14, // [14:18] is the sub-list for method output_type
-	10, // [10:14] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	5,  // 3: shortleaf.agent.v1.Bundle.jwt_authorities:type_name -> shortleaf.agent.v1.JWTAuthority
+	3,  // 4: shortleaf.agent.v1.RenewAgentResponse.svid:type_name -> shortleaf.agent.v1.X509SVID
+	9,  // 5: shortleaf.agent.v1.Entry.selectors:type_name -> shortleaf.agent.v1.Selector
+	10, // 6: shortleaf.agent.v1.SyncEntriesResponse.entries:type_name -> shortleaf.agent.v1.Entry
+	4,  // 7: shortleaf.agent.v1.SyncEntriesResponse.bundle:type_name -> shortleaf.agent.v1.Bundle
+	12, // 8: shortleaf.agent.v1.BatchNewX509SVIDRequest.params:type_name -> shortleaf.agent.v1.NewX509SVIDParams
+	3,  // 9: shortleaf.agent.v1.BatchNewX509SVIDResult.svid:type_name -> shortleaf.agent.v1.X509SVID
+	14, // 10: shortleaf.agent.v1.BatchNewX509SVIDResponse.results:type_name -> shortleaf.agent.v1.BatchNewX509SVIDResult
+	1,  // 11: shortleaf.agent.v1.AgentAPI.AttestAgent:input_type -> shortleaf.agent.v1.AttestAgentRequest
+	6,  // 12: shortleaf.agent.v1.AgentAPI.RenewAgent:input_type -> shortleaf.agent.v1.RenewAgentRequest
+	8,  // 13: shortleaf.agent.v1.AgentAPI.SyncEntries:input_type -> shortleaf.agent.v1.SyncEntriesRequest
+	13, // 14: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:input_type -> shortleaf.agent.v1.BatchNewX509SVIDRequest
+	16, // 15: shortleaf.agent.v1.AgentAPI.NewJWTSVID:input_type -> shortleaf.agent.v1.NewJWTSVIDRequest
+	2,  // 16: shortleaf.agent.v1.AgentAPI.AttestAgent:output_type -> shortleaf.agent.v1.AttestAgentResponse
+	7,  // 17: shortleaf.agent.v1.AgentAPI.RenewAgent:output_type -> shortleaf.agent.v1.RenewAgentResponse
+	11, // 18: shortleaf.agent.v1.AgentAPI.SyncEntries:output_type -> shortleaf.agent.v1.SyncEntriesResponse
+	15, // 19: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:output_type -> shortleaf.agent.v1.BatchNewX509SVIDResponse
+	17, // 20: shortleaf.agent.v1.AgentAPI.NewJWTSVID:output_type -> shortleaf.agent.v1.NewJWTSVIDResponse
+	16, // [16:21] is the sub-list for method output_type
+	11, // [11:16] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -1024,7 +1218,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	AgentAPI_RenewAgent_FullMethodName       = "/shortleaf.agent.v1.AgentAPI/RenewAgent"
 	AgentAPI_SyncEntries_FullMethodName      = "/shortleaf.agent.v1.AgentAPI/SyncEntries"
 	AgentAPI_BatchNewX509SVID_FullMethodName = "/shortleaf.agent.v1.AgentAPI/BatchNewX509SVID"
+	AgentAPI_NewJWTSVID_FullMethodName       = "/shortleaf.agent.v1.AgentAPI/NewJWTSVID"
 )
 
 // AgentAPIClient is the client API for AgentAPI service.
@@ -42,6 +43,8 @@ type AgentAPIClient interface {
 	SyncEntries(ctx context.Context, in *SyncEntriesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SyncEntriesResponse], error)
 	// BatchNewX509SVID signs workload CSRs for entries authorized for the caller.
 	BatchNewX509SVID(ctx context.Context, in *BatchNewX509SVIDRequest, opts ...grpc.CallOption) (*BatchNewX509SVIDResponse, error)
+	// NewJWTSVID signs a JWT-SVID for an entry authorized for the caller.
+	NewJWTSVID(ctx context.Context, in *NewJWTSVIDRequest, opts ...grpc.CallOption) (*NewJWTSVIDResponse, error)
 }
 
 type agentAPIClient struct {
@@ -101,6 +104,16 @@ func (c *agentAPIClient) BatchNewX509SVID(ctx context.Context, in *BatchNewX509S
 	return out, nil
 }
 
+func (c *agentAPIClient) NewJWTSVID(ctx context.Context, in *NewJWTSVIDRequest, opts ...grpc.CallOption) (*NewJWTSVIDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NewJWTSVIDResponse)
+	err := c.cc.Invoke(ctx, AgentAPI_NewJWTSVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentAPIServer is the server API for AgentAPI service.
 // All implementations must embed UnimplementedAgentAPIServer
 // for forward compatibility.
@@ -115,6 +128,8 @@ type AgentAPIServer interface {
 	SyncEntries(*SyncEntriesRequest, grpc.ServerStreamingServer[SyncEntriesResponse]) error
 	// BatchNewX509SVID signs workload CSRs for entries authorized for the caller.
 	BatchNewX509SVID(context.Context, *BatchNewX509SVIDRequest) (*BatchNewX509SVIDResponse, error)
+	// NewJWTSVID signs a JWT-SVID for an entry authorized for the caller.
+	NewJWTSVID(context.Context, *NewJWTSVIDRequest) (*NewJWTSVIDResponse, error)
 	mustEmbedUnimplementedAgentAPIServer()
 }
 
@@ -136,6 +151,9 @@ func (UnimplementedAgentAPIServer) SyncEntries(*SyncEntriesRequest, grpc.ServerS
 }
 func (UnimplementedAgentAPIServer) BatchNewX509SVID(context.Context, *BatchNewX509SVIDRequest) (*BatchNewX509SVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method BatchNewX509SVID not implemented")
+}
+func (UnimplementedAgentAPIServer) NewJWTSVID(context.Context, *NewJWTSVIDRequest) (*NewJWTSVIDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method NewJWTSVID not implemented")
 }
 func (UnimplementedAgentAPIServer) mustEmbedUnimplementedAgentAPIServer() {}
 func (UnimplementedAgentAPIServer) testEmbeddedByValue()                  {}
@@ -223,6 +241,24 @@ func _AgentAPI_BatchNewX509SVID_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentAPI_NewJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NewJWTSVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentAPIServer).NewJWTSVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentAPI_NewJWTSVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentAPIServer).NewJWTSVID(ctx, req.(*NewJWTSVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentAPI_ServiceDesc is the grpc.ServiceDesc for AgentAPI service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -241,6 +277,10 @@ var AgentAPI_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "BatchNewX509SVID",
 			Handler:    _AgentAPI_BatchNewX509SVID_Handler,
+		},
+		{
+			MethodName: "NewJWTSVID",
+			Handler:    _AgentAPI_NewJWTSVID_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
