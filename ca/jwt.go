@@ -12,6 +12,7 @@ import (
 	"github.com/go-jose/go-jose/v4/cryptosigner"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -106,4 +107,18 @@ func (c *CA) JWTBundle() *jwtbundle.Bundle {
 		}
 	}
 	return jwtbundle.FromJWTAuthorities(c.cfg.TrustDomain, keys)
+}
+
+// SPIFFEBundle is the trust domain's bundle as published to other trust
+// domains: X.509 roots, JWT keys, the sequence number and a refresh hint.
+func (c *CA) SPIFFEBundle(refreshHint time.Duration) *spiffebundle.Bundle {
+	x509b, seq := c.Bundle()
+	b := spiffebundle.New(c.cfg.TrustDomain)
+	b.SetX509Authorities(x509b.X509Authorities())
+	b.SetJWTAuthorities(c.JWTBundle().JWTAuthorities())
+	b.SetSequenceNumber(seq)
+	if refreshHint > 0 {
+		b.SetRefreshHint(refreshHint)
+	}
+	return b
 }

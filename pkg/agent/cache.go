@@ -3,12 +3,14 @@ package agent
 import (
 	"bytes"
 	"crypto/x509"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/shortleaf/shortleaf/attest"
@@ -22,9 +24,11 @@ type entry struct {
 	Selectors []attest.Selector
 	TTL       time.Duration
 	JWTTTL    time.Duration
-	DNSNames  []string
-	Hint      string
-	Revision  int64
+	// FederatesWith are foreign trust domains whose bundles go with the SVID.
+	FederatesWith []spiffeid.TrustDomain
+	DNSNames      []string
+	Hint          string
+	Revision      int64
 }
 
 // svid is an SVID the agent holds for an entry.
@@ -50,6 +54,7 @@ type cache struct {
 	bundle    []*x509.Certificate
 	bundleSeq uint64
 	jwtBundle *jwtbundle.Bundle
+	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle
 
 	state   *workloadapi.State
 	changed chan struct{}
@@ -78,8 +83,22 @@ func (c *cache) publish() {
 	if c.jwtBundle != nil {
 		st.JWTBundleJSON, _ = c.jwtBundle.Marshal()
 	}
+	if len(c.federated) > 0 {
+		st.Federated = make(map[spiffeid.TrustDomain]*workloadapi.ForeignBundle, len(c.federated))
+		for td, b := range c.federated {
+			var der bytes.Buffer
+			for _, cert := range b.X509Authorities() {
+				der.Write(cert.Raw)
+			}
+			fb := &workloadapi.ForeignBundle{X509DER: der.Bytes(), JWT: b.JWTBundle()}
+			if len(b.JWTAuthorities()) > 0 {
+				fb.JWTJSON, _ = fb.JWT.Marshal()
+			}
+			st.Federated[td] = fb
+		}
+	}
 	for _, e := range c.entries {
-		id := &workloadapi.Identity{EntryID: e.ID, SPIFFEID: e.SPIFFEID, Hint: e.Hint, Selectors: e.Selectors}
+		id := &workloadapi.Identity{EntryID: e.ID, SPIFFEID: e.SPIFFEID, Hint: e.Hint, Selectors: e.Selectors, FederatesWith: e.FederatesWith}
 		if s, ok := c.svids[e.ID]; ok && s.Revision == e.Revision {
 			id.ChainDER, id.KeyDER, id.Serial = s.ChainDER, s.KeyDER, s.Chain[0].SerialNumber.Text(16)
 		}
@@ -100,11 +119,13 @@ func (c *cache) publish() {
 
 // setEntries replaces the synced entries and bundle, dropping SVIDs of
 // entries that are gone.
-func (c *cache) setEntries(entries map[string]*entry, bundle []*x509.Certificate, seq uint64, jwt *jwtbundle.Bundle) {
+func (c *cache) setEntries(entries map[string]*entry, bundle []*x509.Certificate, seq uint64, jwt *jwtbundle.Bundle,
+	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	changed := !c.synced || len(entries) != len(c.entries) || seq != c.bundleSeq || !jwt.Equal(c.jwtBundle)
-	c.jwtBundle = jwt
+	changed := !c.synced || len(entries) != len(c.entries) || seq != c.bundleSeq || !jwt.Equal(c.jwtBundle) ||
+		!maps.EqualFunc(federated, c.federated, (*spiffebundle.Bundle).Equal)
+	c.jwtBundle, c.federated = jwt, federated
 	for id, e := range entries {
 		if old, ok := c.entries[id]; !ok || old.Revision != e.Revision {
 			changed = true

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -269,7 +270,7 @@ func (a *Agent) sync(ctx context.Context) error {
 			entries[e.ID] = e
 		}
 		if !msg.GetMore() {
-			if err := a.applySync(entries, msg.GetBundle()); err != nil {
+			if err := a.applySync(entries, msg.GetBundle(), a.parseFederated(msg.GetFederatedBundles())); err != nil {
 				return err
 			}
 			a.applyTaints(msg.GetTaintedKeyIds())
@@ -278,7 +279,25 @@ func (a *Agent) sync(ctx context.Context) error {
 	}
 }
 
-func (a *Agent) applySync(entries map[string]*entry, pb *agentv1.Bundle) error {
+// parseFederated reads the foreign bundles of a sync; a malformed one is
+// skipped (the server checked it, so this is a defect worth a warning).
+func (a *Agent) parseFederated(in []*agentv1.FederatedBundle) map[spiffeid.TrustDomain]*spiffebundle.Bundle {
+	out := make(map[spiffeid.TrustDomain]*spiffebundle.Bundle, len(in))
+	for _, fb := range in {
+		td, err := spiffeid.TrustDomainFromString(fb.GetTrustDomain())
+		if err == nil {
+			var b *spiffebundle.Bundle
+			if b, err = spiffebundle.Parse(td, fb.GetBundle()); err == nil {
+				out[td] = b
+				continue
+			}
+		}
+		a.cfg.Logger.Warn("skipping malformed federated bundle from server", slog.String("trust_domain", fb.GetTrustDomain()), slog.Any("error", err))
+	}
+	return out
+}
+
+func (a *Agent) applySync(entries map[string]*entry, pb *agentv1.Bundle, federated map[spiffeid.TrustDomain]*spiffebundle.Bundle) error {
 	bundle, err := parseNonEmpty(pb.GetX509Authorities())
 	if err != nil {
 		return fmt.Errorf("agent: sync: unreadable bundle: %w", err)
@@ -303,7 +322,7 @@ func (a *Agent) applySync(entries map[string]*entry, pb *agentv1.Bundle) error {
 			return fmt.Errorf("agent: sync: JWT key %s: %w", k.GetKeyId(), err)
 		}
 	}
-	a.cache.setEntries(entries, bundle, pb.GetSequence(), jwt)
+	a.cache.setEntries(entries, bundle, pb.GetSequence(), jwt, federated)
 	return nil
 }
 
@@ -353,9 +372,18 @@ func entryFromProto(pe *agentv1.Entry) (*entry, error) {
 	if pe.GetX509SvidTtlSeconds() <= 0 {
 		return nil, errors.New("entry has no TTL")
 	}
+	var feds []spiffeid.TrustDomain
+	for _, name := range pe.GetFederatesWith() {
+		td, err := spiffeid.TrustDomainFromString(name)
+		if err != nil {
+			return nil, err
+		}
+		feds = append(feds, td)
+	}
 	return &entry{
-		JWTTTL: time.Duration(pe.GetJwtSvidTtlSeconds()) * time.Second,
-		ID:     pe.GetId(), SPIFFEID: id, Selectors: sels, TTL: time.Duration(pe.GetX509SvidTtlSeconds()) * time.Second,
+		JWTTTL:        time.Duration(pe.GetJwtSvidTtlSeconds()) * time.Second,
+		FederatesWith: feds,
+		ID:            pe.GetId(), SPIFFEID: id, Selectors: sels, TTL: time.Duration(pe.GetX509SvidTtlSeconds()) * time.Second,
 		DNSNames: pe.GetDnsNames(), Hint: pe.GetHint(), Revision: pe.GetRevision(),
 	}, nil
 }

@@ -51,6 +51,8 @@ type AdminConfig struct {
 	// guarantees in full.
 	MaxSVIDTTL    time.Duration
 	AgentLiveness time.Duration // default DefaultAgentLiveness
+	Federation    FederationStore
+	Refresher     BundleRefresher
 	Clock         clock.Clock
 	Logger        *slog.Logger
 }

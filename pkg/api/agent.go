@@ -45,6 +45,7 @@ type AgentStore interface {
 	UpdateAgent(ctx context.Context, a *datastore.Agent) error
 	GetEntry(ctx context.Context, id string) (*datastore.Entry, error)
 	ListEntriesByParent(ctx context.Context, parentID, pageToken string, pageSize int) ([]*datastore.Entry, string, error)
+	GetFederatedBundle(ctx context.Context, td string) ([]byte, error)
 }
 
 // Limits of the agent API.
@@ -208,6 +209,7 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 		return toStatus(ctx, s.cfg.Logger, "sync", err)
 	}
 	token := ""
+	federated := map[string]bool{}
 	for {
 		entries, next, err := s.cfg.Store.ListEntriesByParent(ctx, agentID.String(), token, SyncPageSize)
 		if err != nil {
@@ -216,10 +218,23 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 		msg := &agentv1.SyncEntriesResponse{Entries: make([]*agentv1.Entry, 0, len(entries)), More: next != ""}
 		for _, e := range entries {
 			msg.Entries = append(msg.Entries, s.agentEntryProto(e))
+			for _, td := range e.FederatesWith {
+				federated[td] = true
+			}
 		}
 		if next == "" {
 			msg.Bundle = s.bundleProto()
 			msg.TaintedKeyIds = s.cfg.CA.TaintedKeyIDs()
+			for td := range federated {
+				raw, err := s.cfg.Store.GetFederatedBundle(ctx, td)
+				if errors.Is(err, datastore.ErrNotFound) {
+					continue // not fetched yet; the next sync brings it
+				}
+				if err != nil {
+					return toStatus(ctx, s.cfg.Logger, "sync", err)
+				}
+				msg.FederatedBundles = append(msg.FederatedBundles, &agentv1.FederatedBundle{TrustDomain: td, Bundle: raw})
+			}
 		}
 		if err := stream.Send(msg); err != nil {
 			return err
@@ -349,6 +364,7 @@ func (s *AgentService) agentEntryProto(e *datastore.Entry) *agentv1.Entry {
 		DnsNames:           e.DNSNames,
 		Hint:               e.Hint,
 		Revision:           e.Revision,
+		FederatesWith:      e.FederatesWith,
 	}
 }
 

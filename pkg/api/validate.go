@@ -128,19 +128,29 @@ func entryFromProto(in *adminv1.Entry, td spiffeid.TrustDomain, maxTTL time.Dura
 	if err := validateDNSNames("entry.dns_names", in.GetDnsNames()); err != nil {
 		return nil, err
 	}
+	for _, name := range in.GetFederatesWith() {
+		ftd, err := spiffeid.TrustDomainFromString(name)
+		if err != nil || name == "" {
+			return nil, invalid("entry.federates_with", "%q is not a valid trust domain name", name)
+		}
+		if ftd == td {
+			return nil, invalid("entry.federates_with", "%q is the entry's own trust domain", name)
+		}
+	}
 	if len(in.GetHint()) > maxHintLength {
 		return nil, invalid("entry.hint", "is longer than %d characters", maxHintLength)
 	}
 	return &datastore.Entry{
-		ID:          in.GetId(),
-		SPIFFEID:    id.String(),
-		ParentID:    parent.String(),
-		Selectors:   sels,
-		X509SVIDTTL: ttl,
-		JWTSVIDTTL:  jwtTTL,
-		DNSNames:    in.GetDnsNames(),
-		Hint:        in.GetHint(),
-		Admin:       in.GetAdmin(),
+		ID:            in.GetId(),
+		SPIFFEID:      id.String(),
+		ParentID:      parent.String(),
+		Selectors:     sels,
+		X509SVIDTTL:   ttl,
+		JWTSVIDTTL:    jwtTTL,
+		FederatesWith: in.GetFederatesWith(),
+		DNSNames:      in.GetDnsNames(),
+		Hint:          in.GetHint(),
+		Admin:         in.GetAdmin(),
 	}, nil
 }
 
@@ -157,6 +167,7 @@ func entryToProto(e *datastore.Entry) *adminv1.Entry {
 		CreatedAt:          e.CreatedAt.Unix(),
 		Revision:           e.Revision,
 		JwtSvidTtlSeconds:  int32(e.JWTSVIDTTL / time.Second),
+		FederatesWith:      e.FederatesWith,
 	}
 }
 

@@ -34,7 +34,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("datastore: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketEntries, bucketByParent, bucketByIdentity, bucketAgents, bucketTokens, bucketMeta} {
+		for _, b := range [][]byte{bucketEntries, bucketByParent, bucketByIdentity, bucketAgents, bucketTokens, bucketMeta, bucketFederations, bucketFederatedBundles} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

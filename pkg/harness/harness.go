@@ -149,7 +149,7 @@ func StartAgent(t testing.TB, srv *Server, opts ...func(*agent.Config)) *Agent {
 	bundle, _ := srv.CA().Bundle()
 	cfg := agent.Config{
 		ServerAddr:   srv.AgentAddr(),
-		TrustDomain:  TrustDomain,
+		TrustDomain:  srv.Config.TrustDomain,
 		TrustBundle:  bundle.X509Authorities(),
 		JoinToken:    token,
 		DataDir:      t.TempDir(),

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -23,6 +24,8 @@ import (
 
 	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/api"
+	"github.com/shortleaf/shortleaf/pkg/bundleendpoint"
+	"github.com/shortleaf/shortleaf/pkg/federation"
 	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	"github.com/shortleaf/shortleaf/pkg/keymanager"
@@ -56,6 +59,8 @@ type Config struct {
 	AgentLiveness time.Duration
 	// Upstream, when set, signs the intermediates instead of a self-signed root.
 	Upstream *ca.Upstream
+	// BundleEndpoint, when set, serves the SPIFFE bundle to other trust domains.
+	BundleEndpoint *BundleEndpointConfig
 	// KeyManagerURI, when set, keeps CA keys in that KMS (pkcs11:...) instead
 	// of encrypted files under DataDir/keys.
 	KeyManagerURI string
@@ -67,6 +72,17 @@ type Config struct {
 	Logger                  *slog.Logger
 	// Registry receives the server's metrics; default a new registry.
 	Registry *prometheus.Registry
+}
+
+// BundleEndpointConfig configures the SPIFFE bundle endpoint.
+type BundleEndpointConfig struct {
+	Addr string
+	// Profile is https_spiffe (the server's own SVID) or https_web.
+	Profile string
+	// CertFile and KeyFile are the https_web certificate.
+	CertFile, KeyFile string
+	// RefreshHint tells consumers how often to poll; default 5m.
+	RefreshHint time.Duration
 }
 
 // Defaults.
@@ -98,6 +114,8 @@ type Server struct {
 	tlsCert   *serverCertificate
 	admin     *api.AdminService
 	caMetrics *telemetry.CA
+	poller    *federation.Poller
+	bundleEP  *bundleendpoint.Server
 	closers   []func() error
 	closeOnce sync.Once
 }
@@ -170,7 +188,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			}
 			return h(ctx, req)
 		}))
+	s.poller = federation.NewPoller(s.store, cfg.Clock, cfg.Logger)
 	s.admin = api.NewAdminService(api.AdminConfig{
+		Federation: s.store, Refresher: s.poller,
 		CA: s.ca, Lifecycle: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, DefaultJWTTTL: cfg.DefaultJWTTTL, MaxSVIDTTL: cfg.MaxSVIDTTL,
 		AgentLiveness: cfg.AgentLiveness, Clock: cfg.Clock, Logger: cfg.Logger,
 	})
@@ -182,6 +202,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if s.adminLis, err = uds.Listen(cfg.AdminSocket, 0o600); err != nil {
 		return nil, fmt.Errorf("server: admin socket: %w", err)
+	}
+	if be := cfg.BundleEndpoint; be != nil {
+		if s.bundleEP, err = s.newBundleEndpoint(be); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.MetricsAddr != "" {
 		if s.metricLis, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
@@ -257,6 +282,40 @@ func (s *Server) agentTLSConfig() *tls.Config {
 	}
 }
 
+func (s *Server) newBundleEndpoint(be *BundleEndpointConfig) (*bundleendpoint.Server, error) {
+	hint := be.RefreshHint
+	if hint == 0 {
+		hint = federation.DefaultRefreshHint
+	}
+	cert := s.tlsCert.get
+	switch be.Profile {
+	case bundleendpoint.ProfileSPIFFE, "":
+	case bundleendpoint.ProfileWeb:
+		var err error
+		if cert, err = bundleendpoint.LoadWebCertificate(be.CertFile, be.KeyFile); err != nil {
+			return nil, fmt.Errorf("server: %w", err)
+		}
+	default:
+		return nil, fmt.Errorf("server: bundle_endpoint.profile %q is not https_spiffe or https_web", be.Profile)
+	}
+	ep, err := bundleendpoint.New(bundleendpoint.Config{
+		Addr: be.Addr, TrustDomain: s.cfg.TrustDomain, Certificate: cert,
+		Bundle: func() *spiffebundle.Bundle { return s.ca.SPIFFEBundle(hint) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	return ep, nil
+}
+
+// BundleEndpointAddr is the bundle endpoint's address, or "".
+func (s *Server) BundleEndpointAddr() string {
+	if s.bundleEP == nil {
+		return ""
+	}
+	return s.bundleEP.Addr()
+}
+
 // AgentAddr is the agent API's listening address.
 func (s *Server) AgentAddr() string { return s.agentLis.Addr().String() }
 
@@ -293,6 +352,10 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { s.rotate(gctx); return nil })
+	g.Go(func() error { return s.poller.Run(gctx) })
+	if s.bundleEP != nil {
+		g.Go(func() error { return s.bundleEP.Run(gctx) })
+	}
 	s.cfg.Logger.Info("server running", slog.String("trust_domain", s.cfg.TrustDomain.Name()),
 		slog.String("agent_api", s.AgentAddr()), slog.String("admin_socket", s.cfg.AdminSocket), slog.String("metrics", s.MetricsAddr()))
 	// Listener errors caused by our own shutdown are not failures.
@@ -375,6 +438,9 @@ func (s *Server) Close() error {
 		}
 		if s.adminSrv != nil {
 			s.adminSrv.Stop()
+		}
+		if s.bundleEP != nil {
+			_ = s.bundleEP.Close()
 		}
 		for _, l := range []net.Listener{s.agentLis, s.adminLis, s.metricLis} {
 			if l != nil {

@@ -1,7 +1,11 @@
 package workloadapi
 
 import (
+	"bytes"
 	"context"
+	"maps"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 
 	workload "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -71,18 +75,21 @@ func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream workload.
 	if err != nil {
 		return err
 	}
-	var lastSent []byte
+	var lastSent map[string][]byte
 	for {
-		state, _, changed, err := s.matching(ctx, sels)
+		state, ids, changed, err := s.matching(ctx, sels)
 		if err != nil {
 			return err
 		}
-		if state.JWTBundleJSON != nil && (lastSent == nil || string(lastSent) != string(state.JWTBundleJSON)) {
-			resp := &workload.JWTBundlesResponse{Bundles: map[string][]byte{state.TrustDomain.IDString(): state.JWTBundleJSON}}
-			if err := stream.Send(resp); err != nil {
+		bundles := state.federatedFor(ids, true)
+		if state.JWTBundleJSON != nil {
+			bundles[state.TrustDomain.IDString()] = state.JWTBundleJSON
+		}
+		if len(bundles) > 0 && (lastSent == nil || !maps.EqualFunc(bundles, lastSent, bytes.Equal)) {
+			if err := stream.Send(&workload.JWTBundlesResponse{Bundles: bundles}); err != nil {
 				return err
 			}
-			lastSent = state.JWTBundleJSON
+			lastSent = bundles
 		}
 		select {
 		case <-changed:
@@ -109,7 +116,15 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTS
 	if !state.Ready || state.JWTBundle == nil {
 		return nil, status.Error(codes.Unavailable, "agent is starting; no JWT keys synced yet")
 	}
-	svid, err := jwtsvid.ParseAndValidate(req.GetSvid(), state.JWTBundle, []string{req.GetAudience()})
+	// Tokens of federated trust domains validate against their own keys
+	// only: the set keeps each trust domain's bundle apart.
+	set := jwtbundle.NewSet(state.JWTBundle)
+	for _, fb := range state.Federated {
+		if fb.JWT != nil {
+			set.Add(fb.JWT)
+		}
+	}
+	svid, err := jwtsvid.ParseAndValidate(req.GetSvid(), set, []string{req.GetAudience()})
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "svid: %v", err)
 	}

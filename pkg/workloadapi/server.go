@@ -1,8 +1,10 @@
 package workloadapi
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
+	"maps"
 	"slices"
 
 	workload "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -121,7 +123,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 		if err != nil {
 			return err
 		}
-		resp := &workload.X509SVIDResponse{}
+		resp := &workload.X509SVIDResponse{FederatedBundles: state.federatedFor(ids, false)}
 		var sent []string
 		hints := map[string]bool{}
 		for _, id := range ids {
@@ -143,6 +145,9 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 			sent = append(sent, id.Serial)
 		}
 		sent = append(sent, string(state.BundleDER))
+		for _, td := range slices.Sorted(maps.Keys(resp.FederatedBundles)) {
+			sent = append(sent, td, string(resp.FederatedBundles[td]))
+		}
 		if len(resp.Svids) > 0 && !slices.Equal(sent, lastSent) {
 			if err := stream.Send(resp); err != nil {
 				return err
@@ -165,18 +170,19 @@ func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workloa
 	if err != nil {
 		return err
 	}
-	var lastSent []byte
+	var lastSent map[string][]byte
 	for {
-		state, _, changed, err := s.matching(ctx, sels)
+		state, ids, changed, err := s.matching(ctx, sels)
 		if err != nil {
 			return err
 		}
-		if lastSent == nil || string(lastSent) != string(state.BundleDER) {
-			resp := &workload.X509BundlesResponse{Bundles: map[string][]byte{state.TrustDomain.IDString(): state.BundleDER}}
-			if err := stream.Send(resp); err != nil {
+		bundles := state.federatedFor(ids, false)
+		bundles[state.TrustDomain.IDString()] = state.BundleDER
+		if lastSent == nil || !maps.EqualFunc(bundles, lastSent, bytes.Equal) {
+			if err := stream.Send(&workload.X509BundlesResponse{Bundles: bundles}); err != nil {
 				return err
 			}
-			lastSent = state.BundleDER
+			lastSent = bundles
 		}
 		select {
 		case <-changed:

@@ -23,6 +23,17 @@ type Identity struct {
 	KeyDER []byte
 	// Serial identifies the SVID, so streams can tell a renewal.
 	Serial string
+	// FederatesWith lists the foreign trust domains whose bundles this
+	// identity's workloads receive.
+	FederatesWith []spiffeid.TrustDomain
+}
+
+// ForeignBundle is a federated trust domain's bundle in the forms the
+// Workload API sends.
+type ForeignBundle struct {
+	X509DER []byte // root certificates, DER, concatenated
+	JWT     *jwtbundle.Bundle
+	JWTJSON []byte
 }
 
 // State is an immutable snapshot of what the agent can serve.
@@ -37,6 +48,30 @@ type State struct {
 	JWTBundle     *jwtbundle.Bundle
 	JWTBundleJSON []byte
 	Identities    []*Identity
+	// Federated holds the bundles of foreign trust domains, by trust domain.
+	Federated map[spiffeid.TrustDomain]*ForeignBundle
+}
+
+// federatedFor returns the foreign bundles the given identities federate
+// with, keyed by trust domain ID ("spiffe://td"), as X.509 DER or JWKS.
+func (s *State) federatedFor(ids []*Identity, jwt bool) map[string][]byte {
+	out := map[string][]byte{}
+	for _, id := range ids {
+		for _, td := range id.FederatesWith {
+			fb, ok := s.Federated[td]
+			if !ok {
+				continue
+			}
+			if jwt {
+				if fb.JWTJSON != nil {
+					out[td.IDString()] = fb.JWTJSON
+				}
+			} else if len(fb.X509DER) > 0 {
+				out[td.IDString()] = fb.X509DER
+			}
+		}
+	}
+	return out
 }
 
 // JWTSource obtains JWT-SVIDs for an identity. The agent implements it with

@@ -40,8 +40,10 @@ type Entry struct {
 	Revision           int64    `protobuf:"varint,10,opt,name=revision,proto3" json:"revision,omitempty"`
 	// 0 means the server's default JWT-SVID TTL.
 	JwtSvidTtlSeconds int32 `protobuf:"varint,11,opt,name=jwt_svid_ttl_seconds,json=jwtSvidTtlSeconds,proto3" json:"jwt_svid_ttl_seconds,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Foreign trust domains whose bundles the workloads receive.
+	FederatesWith []string `protobuf:"bytes,12,rep,name=federates_with,json=federatesWith,proto3" json:"federates_with,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Entry) Reset() {
@@ -149,6 +151,13 @@ func (x *Entry) GetJwtSvidTtlSeconds() int32 {
 		return x.JwtSvidTtlSeconds
 	}
 	return 0
+}
+
+func (x *Entry) GetFederatesWith() []string {
+	if x != nil {
+		return x.FederatesWith
+	}
+	return nil
 }
 
 type CreateEntryRequest struct {
@@ -1941,11 +1950,751 @@ func (*RetireRootRequest) Descriptor() ([]byte, []int) {
 	return file_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
+type Federation struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain       string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	BundleEndpointUrl string                 `protobuf:"bytes,2,opt,name=bundle_endpoint_url,json=bundleEndpointUrl,proto3" json:"bundle_endpoint_url,omitempty"`
+	// https_web or https_spiffe.
+	Profile string `protobuf:"bytes,3,opt,name=profile,proto3" json:"profile,omitempty"`
+	// https_spiffe: the SPIFFE ID the endpoint presents.
+	EndpointSpiffeId string `protobuf:"bytes,4,opt,name=endpoint_spiffe_id,json=endpointSpiffeId,proto3" json:"endpoint_spiffe_id,omitempty"`
+	// https_spiffe: the first bundle to trust (SPIFFE bundle JSON or PEM).
+	BootstrapBundle []byte `protobuf:"bytes,5,opt,name=bootstrap_bundle,json=bootstrapBundle,proto3" json:"bootstrap_bundle,omitempty"`
+	// https_web: PEM roots to use instead of the system's.
+	WebRoots []byte `protobuf:"bytes,6,opt,name=web_roots,json=webRoots,proto3" json:"web_roots,omitempty"`
+	// Read only: the last fetch.
+	LastRefresh    int64  `protobuf:"varint,7,opt,name=last_refresh,json=lastRefresh,proto3" json:"last_refresh,omitempty"`
+	LastError      string `protobuf:"bytes,8,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	BundleSequence uint64 `protobuf:"varint,9,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Federation) Reset() {
+	*x = Federation{}
+	mi := &file_admin_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Federation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Federation) ProtoMessage() {}
+
+func (x *Federation) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Federation.ProtoReflect.Descriptor instead.
+func (*Federation) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *Federation) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *Federation) GetBundleEndpointUrl() string {
+	if x != nil {
+		return x.BundleEndpointUrl
+	}
+	return ""
+}
+
+func (x *Federation) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *Federation) GetEndpointSpiffeId() string {
+	if x != nil {
+		return x.EndpointSpiffeId
+	}
+	return ""
+}
+
+func (x *Federation) GetBootstrapBundle() []byte {
+	if x != nil {
+		return x.BootstrapBundle
+	}
+	return nil
+}
+
+func (x *Federation) GetWebRoots() []byte {
+	if x != nil {
+		return x.WebRoots
+	}
+	return nil
+}
+
+func (x *Federation) GetLastRefresh() int64 {
+	if x != nil {
+		return x.LastRefresh
+	}
+	return 0
+}
+
+func (x *Federation) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *Federation) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
+type CreateFederationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Federation    *Federation            `protobuf:"bytes,1,opt,name=federation,proto3" json:"federation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateFederationRequest) Reset() {
+	*x = CreateFederationRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateFederationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateFederationRequest) ProtoMessage() {}
+
+func (x *CreateFederationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateFederationRequest.ProtoReflect.Descriptor instead.
+func (*CreateFederationRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *CreateFederationRequest) GetFederation() *Federation {
+	if x != nil {
+		return x.Federation
+	}
+	return nil
+}
+
+type ListFederationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederationsRequest) Reset() {
+	*x = ListFederationsRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederationsRequest) ProtoMessage() {}
+
+func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
+func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+}
+
+type ListFederationsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Federations   []*Federation          `protobuf:"bytes,1,rep,name=federations,proto3" json:"federations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederationsResponse) Reset() {
+	*x = ListFederationsResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederationsResponse) ProtoMessage() {}
+
+func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
+func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ListFederationsResponse) GetFederations() []*Federation {
+	if x != nil {
+		return x.Federations
+	}
+	return nil
+}
+
+type GetFederationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFederationRequest) Reset() {
+	*x = GetFederationRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFederationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFederationRequest) ProtoMessage() {}
+
+func (x *GetFederationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFederationRequest.ProtoReflect.Descriptor instead.
+func (*GetFederationRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *GetFederationRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type UpdateFederationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Federation    *Federation            `protobuf:"bytes,1,opt,name=federation,proto3" json:"federation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateFederationRequest) Reset() {
+	*x = UpdateFederationRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateFederationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateFederationRequest) ProtoMessage() {}
+
+func (x *UpdateFederationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateFederationRequest.ProtoReflect.Descriptor instead.
+func (*UpdateFederationRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *UpdateFederationRequest) GetFederation() *Federation {
+	if x != nil {
+		return x.Federation
+	}
+	return nil
+}
+
+type DeleteFederationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederationRequest) Reset() {
+	*x = DeleteFederationRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederationRequest) ProtoMessage() {}
+
+func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
+func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *DeleteFederationRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type DeleteFederationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederationResponse) Reset() {
+	*x = DeleteFederationResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederationResponse) ProtoMessage() {}
+
+func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
+func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{42}
+}
+
+type RefreshFederationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshFederationRequest) Reset() {
+	*x = RefreshFederationRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshFederationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshFederationRequest) ProtoMessage() {}
+
+func (x *RefreshFederationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshFederationRequest.ProtoReflect.Descriptor instead.
+func (*RefreshFederationRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *RefreshFederationRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type FederatedBundle struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// SPIFFE bundle JSON.
+	Bundle          []byte `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	Sequence        uint64 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	X509Authorities int32  `protobuf:"varint,4,opt,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
+	JwtAuthorities  int32  `protobuf:"varint,5,opt,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *FederatedBundle) Reset() {
+	*x = FederatedBundle{}
+	mi := &file_admin_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederatedBundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederatedBundle) ProtoMessage() {}
+
+func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederatedBundle.ProtoReflect.Descriptor instead.
+func (*FederatedBundle) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *FederatedBundle) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *FederatedBundle) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *FederatedBundle) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *FederatedBundle) GetX509Authorities() int32 {
+	if x != nil {
+		return x.X509Authorities
+	}
+	return 0
+}
+
+func (x *FederatedBundle) GetJwtAuthorities() int32 {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return 0
+}
+
+type ListBundlesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBundlesRequest) Reset() {
+	*x = ListBundlesRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBundlesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBundlesRequest) ProtoMessage() {}
+
+func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
+func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{45}
+}
+
+type ListBundlesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The own trust domain first, then every federated one.
+	Bundles       []*FederatedBundle `protobuf:"bytes,1,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBundlesResponse) Reset() {
+	*x = ListBundlesResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBundlesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBundlesResponse) ProtoMessage() {}
+
+func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
+func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ListBundlesResponse) GetBundles() []*FederatedBundle {
+	if x != nil {
+		return x.Bundles
+	}
+	return nil
+}
+
+type SetFederatedBundleRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// SPIFFE bundle JSON or PEM certificates.
+	Bundle        []byte `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetFederatedBundleRequest) Reset() {
+	*x = SetFederatedBundleRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetFederatedBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetFederatedBundleRequest) ProtoMessage() {}
+
+func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetFederatedBundleRequest.ProtoReflect.Descriptor instead.
+func (*SetFederatedBundleRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *SetFederatedBundleRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *SetFederatedBundleRequest) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+type DeleteFederatedBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederatedBundleRequest) Reset() {
+	*x = DeleteFederatedBundleRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederatedBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederatedBundleRequest) ProtoMessage() {}
+
+func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
+func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type DeleteFederatedBundleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederatedBundleResponse) Reset() {
+	*x = DeleteFederatedBundleResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederatedBundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederatedBundleResponse) ProtoMessage() {}
+
+func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
+func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{49}
+}
+
 var File_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14admin/v1/admin.proto\x12\x12shortleaf.admin.v1\"\xd5\x02\n" +
+	"\x14admin/v1/admin.proto\x12\x12shortleaf.admin.v1\"\xfc\x02\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1b\n" +
@@ -1959,7 +2708,8 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"created_at\x18\t \x01(\x03R\tcreatedAt\x12\x1a\n" +
 	"\brevision\x18\n" +
 	" \x01(\x03R\brevision\x12/\n" +
-	"\x14jwt_svid_ttl_seconds\x18\v \x01(\x05R\x11jwtSvidTtlSeconds\"E\n" +
+	"\x14jwt_svid_ttl_seconds\x18\v \x01(\x05R\x11jwtSvidTtlSeconds\x12%\n" +
+	"\x0efederates_with\x18\f \x03(\tR\rfederatesWith\"E\n" +
 	"\x12CreateEntryRequest\x12/\n" +
 	"\x05entry\x18\x01 \x01(\v2\x19.shortleaf.admin.v1.EntryR\x05entry\"\x8a\x01\n" +
 	"\x12ListEntriesRequest\x12\x1d\n" +
@@ -2074,7 +2824,52 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x14ActivateRootResponse\x12;\n" +
 	"\tauthority\x18\x01 \x01(\v2\x1d.shortleaf.admin.v1.AuthorityR\tauthority\x12%\n" +
 	"\x0elagging_agents\x18\x02 \x03(\tR\rlaggingAgents\"\x13\n" +
-	"\x11RetireRootRequest2\xb3\x0e\n" +
+	"\x11RetireRootRequest\"\xda\x02\n" +
+	"\n" +
+	"Federation\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12.\n" +
+	"\x13bundle_endpoint_url\x18\x02 \x01(\tR\x11bundleEndpointUrl\x12\x18\n" +
+	"\aprofile\x18\x03 \x01(\tR\aprofile\x12,\n" +
+	"\x12endpoint_spiffe_id\x18\x04 \x01(\tR\x10endpointSpiffeId\x12)\n" +
+	"\x10bootstrap_bundle\x18\x05 \x01(\fR\x0fbootstrapBundle\x12\x1b\n" +
+	"\tweb_roots\x18\x06 \x01(\fR\bwebRoots\x12!\n" +
+	"\flast_refresh\x18\a \x01(\x03R\vlastRefresh\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\b \x01(\tR\tlastError\x12'\n" +
+	"\x0fbundle_sequence\x18\t \x01(\x04R\x0ebundleSequence\"Y\n" +
+	"\x17CreateFederationRequest\x12>\n" +
+	"\n" +
+	"federation\x18\x01 \x01(\v2\x1e.shortleaf.admin.v1.FederationR\n" +
+	"federation\"\x18\n" +
+	"\x16ListFederationsRequest\"[\n" +
+	"\x17ListFederationsResponse\x12@\n" +
+	"\vfederations\x18\x01 \x03(\v2\x1e.shortleaf.admin.v1.FederationR\vfederations\"9\n" +
+	"\x14GetFederationRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"Y\n" +
+	"\x17UpdateFederationRequest\x12>\n" +
+	"\n" +
+	"federation\x18\x01 \x01(\v2\x1e.shortleaf.admin.v1.FederationR\n" +
+	"federation\"<\n" +
+	"\x17DeleteFederationRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x1a\n" +
+	"\x18DeleteFederationResponse\"=\n" +
+	"\x18RefreshFederationRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\xbc\x01\n" +
+	"\x0fFederatedBundle\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x16\n" +
+	"\x06bundle\x18\x02 \x01(\fR\x06bundle\x12\x1a\n" +
+	"\bsequence\x18\x03 \x01(\x04R\bsequence\x12)\n" +
+	"\x10x509_authorities\x18\x04 \x01(\x05R\x0fx509Authorities\x12'\n" +
+	"\x0fjwt_authorities\x18\x05 \x01(\x05R\x0ejwtAuthorities\"\x14\n" +
+	"\x12ListBundlesRequest\"T\n" +
+	"\x13ListBundlesResponse\x12=\n" +
+	"\abundles\x18\x01 \x03(\v2#.shortleaf.admin.v1.FederatedBundleR\abundles\"V\n" +
+	"\x19SetFederatedBundleRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x16\n" +
+	"\x06bundle\x18\x02 \x01(\fR\x06bundle\"A\n" +
+	"\x1cDeleteFederatedBundleRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x1f\n" +
+	"\x1dDeleteFederatedBundleResponse2\xd6\x15\n" +
 	"\bAdminAPI\x12P\n" +
 	"\vCreateEntry\x12&.shortleaf.admin.v1.CreateEntryRequest\x1a\x19.shortleaf.admin.v1.Entry\x12^\n" +
 	"\vListEntries\x12&.shortleaf.admin.v1.ListEntriesRequest\x1a'.shortleaf.admin.v1.ListEntriesResponse\x12J\n" +
@@ -2089,7 +2884,16 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"EvictAgent\x12%.shortleaf.admin.v1.EvictAgentRequest\x1a&.shortleaf.admin.v1.EvictAgentResponse\x12M\n" +
 	"\tGetBundle\x12$.shortleaf.admin.v1.GetBundleRequest\x1a\x1a.shortleaf.admin.v1.Bundle\x12a\n" +
 	"\fMintX509SVID\x12'.shortleaf.admin.v1.MintX509SVIDRequest\x1a(.shortleaf.admin.v1.MintX509SVIDResponse\x12^\n" +
-	"\vMintJWTSVID\x12&.shortleaf.admin.v1.MintJWTSVIDRequest\x1a'.shortleaf.admin.v1.MintJWTSVIDResponse\x12j\n" +
+	"\vMintJWTSVID\x12&.shortleaf.admin.v1.MintJWTSVIDRequest\x1a'.shortleaf.admin.v1.MintJWTSVIDResponse\x12_\n" +
+	"\x10CreateFederation\x12+.shortleaf.admin.v1.CreateFederationRequest\x1a\x1e.shortleaf.admin.v1.Federation\x12j\n" +
+	"\x0fListFederations\x12*.shortleaf.admin.v1.ListFederationsRequest\x1a+.shortleaf.admin.v1.ListFederationsResponse\x12Y\n" +
+	"\rGetFederation\x12(.shortleaf.admin.v1.GetFederationRequest\x1a\x1e.shortleaf.admin.v1.Federation\x12_\n" +
+	"\x10UpdateFederation\x12+.shortleaf.admin.v1.UpdateFederationRequest\x1a\x1e.shortleaf.admin.v1.Federation\x12m\n" +
+	"\x10DeleteFederation\x12+.shortleaf.admin.v1.DeleteFederationRequest\x1a,.shortleaf.admin.v1.DeleteFederationResponse\x12a\n" +
+	"\x11RefreshFederation\x12,.shortleaf.admin.v1.RefreshFederationRequest\x1a\x1e.shortleaf.admin.v1.Federation\x12^\n" +
+	"\vListBundles\x12&.shortleaf.admin.v1.ListBundlesRequest\x1a'.shortleaf.admin.v1.ListBundlesResponse\x12h\n" +
+	"\x12SetFederatedBundle\x12-.shortleaf.admin.v1.SetFederatedBundleRequest\x1a#.shortleaf.admin.v1.FederatedBundle\x12|\n" +
+	"\x15DeleteFederatedBundle\x120.shortleaf.admin.v1.DeleteFederatedBundleRequest\x1a1.shortleaf.admin.v1.DeleteFederatedBundleResponse\x12j\n" +
 	"\x0fListAuthorities\x12*.shortleaf.admin.v1.ListAuthoritiesRequest\x1a+.shortleaf.admin.v1.ListAuthoritiesResponse\x12^\n" +
 	"\x10PrepareAuthority\x12+.shortleaf.admin.v1.PrepareAuthorityRequest\x1a\x1d.shortleaf.admin.v1.Authority\x12`\n" +
 	"\x11ActivateAuthority\x12,.shortleaf.admin.v1.ActivateAuthorityRequest\x1a\x1d.shortleaf.admin.v1.Authority\x12Z\n" +
@@ -2112,43 +2916,58 @@ func file_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_admin_v1_admin_proto_rawDescData
 }
 
-var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_admin_v1_admin_proto_goTypes = []any{
-	(*Entry)(nil),                    // 0: shortleaf.admin.v1.Entry
-	(*CreateEntryRequest)(nil),       // 1: shortleaf.admin.v1.CreateEntryRequest
-	(*ListEntriesRequest)(nil),       // 2: shortleaf.admin.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),      // 3: shortleaf.admin.v1.ListEntriesResponse
-	(*GetEntryRequest)(nil),          // 4: shortleaf.admin.v1.GetEntryRequest
-	(*UpdateEntryRequest)(nil),       // 5: shortleaf.admin.v1.UpdateEntryRequest
-	(*DeleteEntryRequest)(nil),       // 6: shortleaf.admin.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),      // 7: shortleaf.admin.v1.DeleteEntryResponse
-	(*CreateJoinTokenRequest)(nil),   // 8: shortleaf.admin.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),  // 9: shortleaf.admin.v1.CreateJoinTokenResponse
-	(*Agent)(nil),                    // 10: shortleaf.admin.v1.Agent
-	(*ListAgentsRequest)(nil),        // 11: shortleaf.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),       // 12: shortleaf.admin.v1.ListAgentsResponse
-	(*GetAgentRequest)(nil),          // 13: shortleaf.admin.v1.GetAgentRequest
-	(*EvictAgentRequest)(nil),        // 14: shortleaf.admin.v1.EvictAgentRequest
-	(*EvictAgentResponse)(nil),       // 15: shortleaf.admin.v1.EvictAgentResponse
-	(*GetBundleRequest)(nil),         // 16: shortleaf.admin.v1.GetBundleRequest
-	(*Bundle)(nil),                   // 17: shortleaf.admin.v1.Bundle
-	(*JWTAuthority)(nil),             // 18: shortleaf.admin.v1.JWTAuthority
-	(*MintJWTSVIDRequest)(nil),       // 19: shortleaf.admin.v1.MintJWTSVIDRequest
-	(*MintJWTSVIDResponse)(nil),      // 20: shortleaf.admin.v1.MintJWTSVIDResponse
-	(*MintX509SVIDRequest)(nil),      // 21: shortleaf.admin.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),     // 22: shortleaf.admin.v1.MintX509SVIDResponse
-	(*Authority)(nil),                // 23: shortleaf.admin.v1.Authority
-	(*Propagation)(nil),              // 24: shortleaf.admin.v1.Propagation
-	(*ListAuthoritiesRequest)(nil),   // 25: shortleaf.admin.v1.ListAuthoritiesRequest
-	(*ListAuthoritiesResponse)(nil),  // 26: shortleaf.admin.v1.ListAuthoritiesResponse
-	(*PrepareAuthorityRequest)(nil),  // 27: shortleaf.admin.v1.PrepareAuthorityRequest
-	(*ActivateAuthorityRequest)(nil), // 28: shortleaf.admin.v1.ActivateAuthorityRequest
-	(*TaintAuthorityRequest)(nil),    // 29: shortleaf.admin.v1.TaintAuthorityRequest
-	(*RevokeAuthorityRequest)(nil),   // 30: shortleaf.admin.v1.RevokeAuthorityRequest
-	(*PrepareRootRequest)(nil),       // 31: shortleaf.admin.v1.PrepareRootRequest
-	(*ActivateRootRequest)(nil),      // 32: shortleaf.admin.v1.ActivateRootRequest
-	(*ActivateRootResponse)(nil),     // 33: shortleaf.admin.v1.ActivateRootResponse
-	(*RetireRootRequest)(nil),        // 34: shortleaf.admin.v1.RetireRootRequest
+	(*Entry)(nil),                         // 0: shortleaf.admin.v1.Entry
+	(*CreateEntryRequest)(nil),            // 1: shortleaf.admin.v1.CreateEntryRequest
+	(*ListEntriesRequest)(nil),            // 2: shortleaf.admin.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),           // 3: shortleaf.admin.v1.ListEntriesResponse
+	(*GetEntryRequest)(nil),               // 4: shortleaf.admin.v1.GetEntryRequest
+	(*UpdateEntryRequest)(nil),            // 5: shortleaf.admin.v1.UpdateEntryRequest
+	(*DeleteEntryRequest)(nil),            // 6: shortleaf.admin.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),           // 7: shortleaf.admin.v1.DeleteEntryResponse
+	(*CreateJoinTokenRequest)(nil),        // 8: shortleaf.admin.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),       // 9: shortleaf.admin.v1.CreateJoinTokenResponse
+	(*Agent)(nil),                         // 10: shortleaf.admin.v1.Agent
+	(*ListAgentsRequest)(nil),             // 11: shortleaf.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),            // 12: shortleaf.admin.v1.ListAgentsResponse
+	(*GetAgentRequest)(nil),               // 13: shortleaf.admin.v1.GetAgentRequest
+	(*EvictAgentRequest)(nil),             // 14: shortleaf.admin.v1.EvictAgentRequest
+	(*EvictAgentResponse)(nil),            // 15: shortleaf.admin.v1.EvictAgentResponse
+	(*GetBundleRequest)(nil),              // 16: shortleaf.admin.v1.GetBundleRequest
+	(*Bundle)(nil),                        // 17: shortleaf.admin.v1.Bundle
+	(*JWTAuthority)(nil),                  // 18: shortleaf.admin.v1.JWTAuthority
+	(*MintJWTSVIDRequest)(nil),            // 19: shortleaf.admin.v1.MintJWTSVIDRequest
+	(*MintJWTSVIDResponse)(nil),           // 20: shortleaf.admin.v1.MintJWTSVIDResponse
+	(*MintX509SVIDRequest)(nil),           // 21: shortleaf.admin.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),          // 22: shortleaf.admin.v1.MintX509SVIDResponse
+	(*Authority)(nil),                     // 23: shortleaf.admin.v1.Authority
+	(*Propagation)(nil),                   // 24: shortleaf.admin.v1.Propagation
+	(*ListAuthoritiesRequest)(nil),        // 25: shortleaf.admin.v1.ListAuthoritiesRequest
+	(*ListAuthoritiesResponse)(nil),       // 26: shortleaf.admin.v1.ListAuthoritiesResponse
+	(*PrepareAuthorityRequest)(nil),       // 27: shortleaf.admin.v1.PrepareAuthorityRequest
+	(*ActivateAuthorityRequest)(nil),      // 28: shortleaf.admin.v1.ActivateAuthorityRequest
+	(*TaintAuthorityRequest)(nil),         // 29: shortleaf.admin.v1.TaintAuthorityRequest
+	(*RevokeAuthorityRequest)(nil),        // 30: shortleaf.admin.v1.RevokeAuthorityRequest
+	(*PrepareRootRequest)(nil),            // 31: shortleaf.admin.v1.PrepareRootRequest
+	(*ActivateRootRequest)(nil),           // 32: shortleaf.admin.v1.ActivateRootRequest
+	(*ActivateRootResponse)(nil),          // 33: shortleaf.admin.v1.ActivateRootResponse
+	(*RetireRootRequest)(nil),             // 34: shortleaf.admin.v1.RetireRootRequest
+	(*Federation)(nil),                    // 35: shortleaf.admin.v1.Federation
+	(*CreateFederationRequest)(nil),       // 36: shortleaf.admin.v1.CreateFederationRequest
+	(*ListFederationsRequest)(nil),        // 37: shortleaf.admin.v1.ListFederationsRequest
+	(*ListFederationsResponse)(nil),       // 38: shortleaf.admin.v1.ListFederationsResponse
+	(*GetFederationRequest)(nil),          // 39: shortleaf.admin.v1.GetFederationRequest
+	(*UpdateFederationRequest)(nil),       // 40: shortleaf.admin.v1.UpdateFederationRequest
+	(*DeleteFederationRequest)(nil),       // 41: shortleaf.admin.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil),      // 42: shortleaf.admin.v1.DeleteFederationResponse
+	(*RefreshFederationRequest)(nil),      // 43: shortleaf.admin.v1.RefreshFederationRequest
+	(*FederatedBundle)(nil),               // 44: shortleaf.admin.v1.FederatedBundle
+	(*ListBundlesRequest)(nil),            // 45: shortleaf.admin.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),           // 46: shortleaf.admin.v1.ListBundlesResponse
+	(*SetFederatedBundleRequest)(nil),     // 47: shortleaf.admin.v1.SetFederatedBundleRequest
+	(*DeleteFederatedBundleRequest)(nil),  // 48: shortleaf.admin.v1.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 49: shortleaf.admin.v1.DeleteFederatedBundleResponse
 }
 var file_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: shortleaf.admin.v1.CreateEntryRequest.entry:type_name -> shortleaf.admin.v1.Entry
@@ -2159,51 +2978,73 @@ var file_admin_v1_admin_proto_depIdxs = []int32{
 	23, // 5: shortleaf.admin.v1.ListAuthoritiesResponse.authorities:type_name -> shortleaf.admin.v1.Authority
 	24, // 6: shortleaf.admin.v1.ListAuthoritiesResponse.propagation:type_name -> shortleaf.admin.v1.Propagation
 	23, // 7: shortleaf.admin.v1.ActivateRootResponse.authority:type_name -> shortleaf.admin.v1.Authority
-	1,  // 8: shortleaf.admin.v1.AdminAPI.CreateEntry:input_type -> shortleaf.admin.v1.CreateEntryRequest
-	2,  // 9: shortleaf.admin.v1.AdminAPI.ListEntries:input_type -> shortleaf.admin.v1.ListEntriesRequest
-	4,  // 10: shortleaf.admin.v1.AdminAPI.GetEntry:input_type -> shortleaf.admin.v1.GetEntryRequest
-	5,  // 11: shortleaf.admin.v1.AdminAPI.UpdateEntry:input_type -> shortleaf.admin.v1.UpdateEntryRequest
-	6,  // 12: shortleaf.admin.v1.AdminAPI.DeleteEntry:input_type -> shortleaf.admin.v1.DeleteEntryRequest
-	8,  // 13: shortleaf.admin.v1.AdminAPI.CreateJoinToken:input_type -> shortleaf.admin.v1.CreateJoinTokenRequest
-	11, // 14: shortleaf.admin.v1.AdminAPI.ListAgents:input_type -> shortleaf.admin.v1.ListAgentsRequest
-	13, // 15: shortleaf.admin.v1.AdminAPI.GetAgent:input_type -> shortleaf.admin.v1.GetAgentRequest
-	14, // 16: shortleaf.admin.v1.AdminAPI.EvictAgent:input_type -> shortleaf.admin.v1.EvictAgentRequest
-	16, // 17: shortleaf.admin.v1.AdminAPI.GetBundle:input_type -> shortleaf.admin.v1.GetBundleRequest
-	21, // 18: shortleaf.admin.v1.AdminAPI.MintX509SVID:input_type -> shortleaf.admin.v1.MintX509SVIDRequest
-	19, // 19: shortleaf.admin.v1.AdminAPI.MintJWTSVID:input_type -> shortleaf.admin.v1.MintJWTSVIDRequest
-	25, // 20: shortleaf.admin.v1.AdminAPI.ListAuthorities:input_type -> shortleaf.admin.v1.ListAuthoritiesRequest
-	27, // 21: shortleaf.admin.v1.AdminAPI.PrepareAuthority:input_type -> shortleaf.admin.v1.PrepareAuthorityRequest
-	28, // 22: shortleaf.admin.v1.AdminAPI.ActivateAuthority:input_type -> shortleaf.admin.v1.ActivateAuthorityRequest
-	29, // 23: shortleaf.admin.v1.AdminAPI.TaintAuthority:input_type -> shortleaf.admin.v1.TaintAuthorityRequest
-	30, // 24: shortleaf.admin.v1.AdminAPI.RevokeAuthority:input_type -> shortleaf.admin.v1.RevokeAuthorityRequest
-	31, // 25: shortleaf.admin.v1.AdminAPI.PrepareRoot:input_type -> shortleaf.admin.v1.PrepareRootRequest
-	32, // 26: shortleaf.admin.v1.AdminAPI.ActivateRoot:input_type -> shortleaf.admin.v1.ActivateRootRequest
-	34, // 27: shortleaf.admin.v1.AdminAPI.RetireRoot:input_type -> shortleaf.admin.v1.RetireRootRequest
-	0,  // 28: shortleaf.admin.v1.AdminAPI.CreateEntry:output_type -> shortleaf.admin.v1.Entry
-	3,  // 29: shortleaf.admin.v1.AdminAPI.ListEntries:output_type -> shortleaf.admin.v1.ListEntriesResponse
-	0,  // 30: shortleaf.admin.v1.AdminAPI.GetEntry:output_type -> shortleaf.admin.v1.Entry
-	0,  // 31: shortleaf.admin.v1.AdminAPI.UpdateEntry:output_type -> shortleaf.admin.v1.Entry
-	7,  // 32: shortleaf.admin.v1.AdminAPI.DeleteEntry:output_type -> shortleaf.admin.v1.DeleteEntryResponse
-	9,  // 33: shortleaf.admin.v1.AdminAPI.CreateJoinToken:output_type -> shortleaf.admin.v1.CreateJoinTokenResponse
-	12, // 34: shortleaf.admin.v1.AdminAPI.ListAgents:output_type -> shortleaf.admin.v1.ListAgentsResponse
-	10, // 35: shortleaf.admin.v1.AdminAPI.GetAgent:output_type -> shortleaf.admin.v1.Agent
-	15, // 36: shortleaf.admin.v1.AdminAPI.EvictAgent:output_type -> shortleaf.admin.v1.EvictAgentResponse
-	17, // 37: shortleaf.admin.v1.AdminAPI.GetBundle:output_type -> shortleaf.admin.v1.Bundle
-	22, // 38: shortleaf.admin.v1.AdminAPI.MintX509SVID:output_type -> shortleaf.admin.v1.MintX509SVIDResponse
-	20, // 39: shortleaf.admin.v1.AdminAPI.MintJWTSVID:output_type -> shortleaf.admin.v1.MintJWTSVIDResponse
-	26, // 40: shortleaf.admin.v1.AdminAPI.ListAuthorities:output_type -> shortleaf.admin.v1.ListAuthoritiesResponse
-	23, // 41: shortleaf.admin.v1.AdminAPI.PrepareAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 42: shortleaf.admin.v1.AdminAPI.ActivateAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 43: shortleaf.admin.v1.AdminAPI.TaintAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 44: shortleaf.admin.v1.AdminAPI.RevokeAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 45: shortleaf.admin.v1.AdminAPI.PrepareRoot:output_type -> shortleaf.admin.v1.Authority
-	33, // 46: shortleaf.admin.v1.AdminAPI.ActivateRoot:output_type -> shortleaf.admin.v1.ActivateRootResponse
-	23, // 47: shortleaf.admin.v1.AdminAPI.RetireRoot:output_type -> shortleaf.admin.v1.Authority
-	28, // [28:48] is the sub-list for method output_type
-	8,  // [8:28] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	35, // 8: shortleaf.admin.v1.CreateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
+	35, // 9: shortleaf.admin.v1.ListFederationsResponse.federations:type_name -> shortleaf.admin.v1.Federation
+	35, // 10: shortleaf.admin.v1.UpdateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
+	44, // 11: shortleaf.admin.v1.ListBundlesResponse.bundles:type_name -> shortleaf.admin.v1.FederatedBundle
+	1,  // 12: shortleaf.admin.v1.AdminAPI.CreateEntry:input_type -> shortleaf.admin.v1.CreateEntryRequest
+	2,  // 13: shortleaf.admin.v1.AdminAPI.ListEntries:input_type -> shortleaf.admin.v1.ListEntriesRequest
+	4,  // 14: shortleaf.admin.v1.AdminAPI.GetEntry:input_type -> shortleaf.admin.v1.GetEntryRequest
+	5,  // 15: shortleaf.admin.v1.AdminAPI.UpdateEntry:input_type -> shortleaf.admin.v1.UpdateEntryRequest
+	6,  // 16: shortleaf.admin.v1.AdminAPI.DeleteEntry:input_type -> shortleaf.admin.v1.DeleteEntryRequest
+	8,  // 17: shortleaf.admin.v1.AdminAPI.CreateJoinToken:input_type -> shortleaf.admin.v1.CreateJoinTokenRequest
+	11, // 18: shortleaf.admin.v1.AdminAPI.ListAgents:input_type -> shortleaf.admin.v1.ListAgentsRequest
+	13, // 19: shortleaf.admin.v1.AdminAPI.GetAgent:input_type -> shortleaf.admin.v1.GetAgentRequest
+	14, // 20: shortleaf.admin.v1.AdminAPI.EvictAgent:input_type -> shortleaf.admin.v1.EvictAgentRequest
+	16, // 21: shortleaf.admin.v1.AdminAPI.GetBundle:input_type -> shortleaf.admin.v1.GetBundleRequest
+	21, // 22: shortleaf.admin.v1.AdminAPI.MintX509SVID:input_type -> shortleaf.admin.v1.MintX509SVIDRequest
+	19, // 23: shortleaf.admin.v1.AdminAPI.MintJWTSVID:input_type -> shortleaf.admin.v1.MintJWTSVIDRequest
+	36, // 24: shortleaf.admin.v1.AdminAPI.CreateFederation:input_type -> shortleaf.admin.v1.CreateFederationRequest
+	37, // 25: shortleaf.admin.v1.AdminAPI.ListFederations:input_type -> shortleaf.admin.v1.ListFederationsRequest
+	39, // 26: shortleaf.admin.v1.AdminAPI.GetFederation:input_type -> shortleaf.admin.v1.GetFederationRequest
+	40, // 27: shortleaf.admin.v1.AdminAPI.UpdateFederation:input_type -> shortleaf.admin.v1.UpdateFederationRequest
+	41, // 28: shortleaf.admin.v1.AdminAPI.DeleteFederation:input_type -> shortleaf.admin.v1.DeleteFederationRequest
+	43, // 29: shortleaf.admin.v1.AdminAPI.RefreshFederation:input_type -> shortleaf.admin.v1.RefreshFederationRequest
+	45, // 30: shortleaf.admin.v1.AdminAPI.ListBundles:input_type -> shortleaf.admin.v1.ListBundlesRequest
+	47, // 31: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:input_type -> shortleaf.admin.v1.SetFederatedBundleRequest
+	48, // 32: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:input_type -> shortleaf.admin.v1.DeleteFederatedBundleRequest
+	25, // 33: shortleaf.admin.v1.AdminAPI.ListAuthorities:input_type -> shortleaf.admin.v1.ListAuthoritiesRequest
+	27, // 34: shortleaf.admin.v1.AdminAPI.PrepareAuthority:input_type -> shortleaf.admin.v1.PrepareAuthorityRequest
+	28, // 35: shortleaf.admin.v1.AdminAPI.ActivateAuthority:input_type -> shortleaf.admin.v1.ActivateAuthorityRequest
+	29, // 36: shortleaf.admin.v1.AdminAPI.TaintAuthority:input_type -> shortleaf.admin.v1.TaintAuthorityRequest
+	30, // 37: shortleaf.admin.v1.AdminAPI.RevokeAuthority:input_type -> shortleaf.admin.v1.RevokeAuthorityRequest
+	31, // 38: shortleaf.admin.v1.AdminAPI.PrepareRoot:input_type -> shortleaf.admin.v1.PrepareRootRequest
+	32, // 39: shortleaf.admin.v1.AdminAPI.ActivateRoot:input_type -> shortleaf.admin.v1.ActivateRootRequest
+	34, // 40: shortleaf.admin.v1.AdminAPI.RetireRoot:input_type -> shortleaf.admin.v1.RetireRootRequest
+	0,  // 41: shortleaf.admin.v1.AdminAPI.CreateEntry:output_type -> shortleaf.admin.v1.Entry
+	3,  // 42: shortleaf.admin.v1.AdminAPI.ListEntries:output_type -> shortleaf.admin.v1.ListEntriesResponse
+	0,  // 43: shortleaf.admin.v1.AdminAPI.GetEntry:output_type -> shortleaf.admin.v1.Entry
+	0,  // 44: shortleaf.admin.v1.AdminAPI.UpdateEntry:output_type -> shortleaf.admin.v1.Entry
+	7,  // 45: shortleaf.admin.v1.AdminAPI.DeleteEntry:output_type -> shortleaf.admin.v1.DeleteEntryResponse
+	9,  // 46: shortleaf.admin.v1.AdminAPI.CreateJoinToken:output_type -> shortleaf.admin.v1.CreateJoinTokenResponse
+	12, // 47: shortleaf.admin.v1.AdminAPI.ListAgents:output_type -> shortleaf.admin.v1.ListAgentsResponse
+	10, // 48: shortleaf.admin.v1.AdminAPI.GetAgent:output_type -> shortleaf.admin.v1.Agent
+	15, // 49: shortleaf.admin.v1.AdminAPI.EvictAgent:output_type -> shortleaf.admin.v1.EvictAgentResponse
+	17, // 50: shortleaf.admin.v1.AdminAPI.GetBundle:output_type -> shortleaf.admin.v1.Bundle
+	22, // 51: shortleaf.admin.v1.AdminAPI.MintX509SVID:output_type -> shortleaf.admin.v1.MintX509SVIDResponse
+	20, // 52: shortleaf.admin.v1.AdminAPI.MintJWTSVID:output_type -> shortleaf.admin.v1.MintJWTSVIDResponse
+	35, // 53: shortleaf.admin.v1.AdminAPI.CreateFederation:output_type -> shortleaf.admin.v1.Federation
+	38, // 54: shortleaf.admin.v1.AdminAPI.ListFederations:output_type -> shortleaf.admin.v1.ListFederationsResponse
+	35, // 55: shortleaf.admin.v1.AdminAPI.GetFederation:output_type -> shortleaf.admin.v1.Federation
+	35, // 56: shortleaf.admin.v1.AdminAPI.UpdateFederation:output_type -> shortleaf.admin.v1.Federation
+	42, // 57: shortleaf.admin.v1.AdminAPI.DeleteFederation:output_type -> shortleaf.admin.v1.DeleteFederationResponse
+	35, // 58: shortleaf.admin.v1.AdminAPI.RefreshFederation:output_type -> shortleaf.admin.v1.Federation
+	46, // 59: shortleaf.admin.v1.AdminAPI.ListBundles:output_type -> shortleaf.admin.v1.ListBundlesResponse
+	44, // 60: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:output_type -> shortleaf.admin.v1.FederatedBundle
+	49, // 61: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:output_type -> shortleaf.admin.v1.DeleteFederatedBundleResponse
+	26, // 62: shortleaf.admin.v1.AdminAPI.ListAuthorities:output_type -> shortleaf.admin.v1.ListAuthoritiesResponse
+	23, // 63: shortleaf.admin.v1.AdminAPI.PrepareAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 64: shortleaf.admin.v1.AdminAPI.ActivateAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 65: shortleaf.admin.v1.AdminAPI.TaintAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 66: shortleaf.admin.v1.AdminAPI.RevokeAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 67: shortleaf.admin.v1.AdminAPI.PrepareRoot:output_type -> shortleaf.admin.v1.Authority
+	33, // 68: shortleaf.admin.v1.AdminAPI.ActivateRoot:output_type -> shortleaf.admin.v1.ActivateRootResponse
+	23, // 69: shortleaf.admin.v1.AdminAPI.RetireRoot:output_type -> shortleaf.admin.v1.Authority
+	41, // [41:70] is the sub-list for method output_type
+	12, // [12:41] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_admin_v1_admin_proto_init() }
@@ -2217,7 +3058,7 @@ func file_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_v1_admin_proto_rawDesc), len(file_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

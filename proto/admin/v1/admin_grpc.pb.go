@@ -22,26 +22,35 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminAPI_CreateEntry_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/CreateEntry"
-	AdminAPI_ListEntries_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/ListEntries"
-	AdminAPI_GetEntry_FullMethodName          = "/shortleaf.admin.v1.AdminAPI/GetEntry"
-	AdminAPI_UpdateEntry_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/UpdateEntry"
-	AdminAPI_DeleteEntry_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/DeleteEntry"
-	AdminAPI_CreateJoinToken_FullMethodName   = "/shortleaf.admin.v1.AdminAPI/CreateJoinToken"
-	AdminAPI_ListAgents_FullMethodName        = "/shortleaf.admin.v1.AdminAPI/ListAgents"
-	AdminAPI_GetAgent_FullMethodName          = "/shortleaf.admin.v1.AdminAPI/GetAgent"
-	AdminAPI_EvictAgent_FullMethodName        = "/shortleaf.admin.v1.AdminAPI/EvictAgent"
-	AdminAPI_GetBundle_FullMethodName         = "/shortleaf.admin.v1.AdminAPI/GetBundle"
-	AdminAPI_MintX509SVID_FullMethodName      = "/shortleaf.admin.v1.AdminAPI/MintX509SVID"
-	AdminAPI_MintJWTSVID_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/MintJWTSVID"
-	AdminAPI_ListAuthorities_FullMethodName   = "/shortleaf.admin.v1.AdminAPI/ListAuthorities"
-	AdminAPI_PrepareAuthority_FullMethodName  = "/shortleaf.admin.v1.AdminAPI/PrepareAuthority"
-	AdminAPI_ActivateAuthority_FullMethodName = "/shortleaf.admin.v1.AdminAPI/ActivateAuthority"
-	AdminAPI_TaintAuthority_FullMethodName    = "/shortleaf.admin.v1.AdminAPI/TaintAuthority"
-	AdminAPI_RevokeAuthority_FullMethodName   = "/shortleaf.admin.v1.AdminAPI/RevokeAuthority"
-	AdminAPI_PrepareRoot_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/PrepareRoot"
-	AdminAPI_ActivateRoot_FullMethodName      = "/shortleaf.admin.v1.AdminAPI/ActivateRoot"
-	AdminAPI_RetireRoot_FullMethodName        = "/shortleaf.admin.v1.AdminAPI/RetireRoot"
+	AdminAPI_CreateEntry_FullMethodName           = "/shortleaf.admin.v1.AdminAPI/CreateEntry"
+	AdminAPI_ListEntries_FullMethodName           = "/shortleaf.admin.v1.AdminAPI/ListEntries"
+	AdminAPI_GetEntry_FullMethodName              = "/shortleaf.admin.v1.AdminAPI/GetEntry"
+	AdminAPI_UpdateEntry_FullMethodName           = "/shortleaf.admin.v1.AdminAPI/UpdateEntry"
+	AdminAPI_DeleteEntry_FullMethodName           = "/shortleaf.admin.v1.AdminAPI/DeleteEntry"
+	AdminAPI_CreateJoinToken_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/CreateJoinToken"
+	AdminAPI_ListAgents_FullMethodName            = "/shortleaf.admin.v1.AdminAPI/ListAgents"
+	AdminAPI_GetAgent_FullMethodName              = "/shortleaf.admin.v1.AdminAPI/GetAgent"
+	AdminAPI_EvictAgent_FullMethodName            = "/shortleaf.admin.v1.AdminAPI/EvictAgent"
+	AdminAPI_GetBundle_FullMethodName             = "/shortleaf.admin.v1.AdminAPI/GetBundle"
+	AdminAPI_MintX509SVID_FullMethodName          = "/shortleaf.admin.v1.AdminAPI/MintX509SVID"
+	AdminAPI_MintJWTSVID_FullMethodName           = "/shortleaf.admin.v1.AdminAPI/MintJWTSVID"
+	AdminAPI_CreateFederation_FullMethodName      = "/shortleaf.admin.v1.AdminAPI/CreateFederation"
+	AdminAPI_ListFederations_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/ListFederations"
+	AdminAPI_GetFederation_FullMethodName         = "/shortleaf.admin.v1.AdminAPI/GetFederation"
+	AdminAPI_UpdateFederation_FullMethodName      = "/shortleaf.admin.v1.AdminAPI/UpdateFederation"
+	AdminAPI_DeleteFederation_FullMethodName      = "/shortleaf.admin.v1.AdminAPI/DeleteFederation"
+	AdminAPI_RefreshFederation_FullMethodName     = "/shortleaf.admin.v1.AdminAPI/RefreshFederation"
+	AdminAPI_ListBundles_FullMethodName           = "/shortleaf.admin.v1.AdminAPI/ListBundles"
+	AdminAPI_SetFederatedBundle_FullMethodName    = "/shortleaf.admin.v1.AdminAPI/SetFederatedBundle"
+	AdminAPI_DeleteFederatedBundle_FullMethodName = "/shortleaf.admin.v1.AdminAPI/DeleteFederatedBundle"
+	AdminAPI_ListAuthorities_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/ListAuthorities"
+	AdminAPI_PrepareAuthority_FullMethodName      = "/shortleaf.admin.v1.AdminAPI/PrepareAuthority"
+	AdminAPI_ActivateAuthority_FullMethodName     = "/shortleaf.admin.v1.AdminAPI/ActivateAuthority"
+	AdminAPI_TaintAuthority_FullMethodName        = "/shortleaf.admin.v1.AdminAPI/TaintAuthority"
+	AdminAPI_RevokeAuthority_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/RevokeAuthority"
+	AdminAPI_PrepareRoot_FullMethodName           = "/shortleaf.admin.v1.AdminAPI/PrepareRoot"
+	AdminAPI_ActivateRoot_FullMethodName          = "/shortleaf.admin.v1.AdminAPI/ActivateRoot"
+	AdminAPI_RetireRoot_FullMethodName            = "/shortleaf.admin.v1.AdminAPI/RetireRoot"
 )
 
 // AdminAPIClient is the client API for AdminAPI service.
@@ -60,6 +69,16 @@ type AdminAPIClient interface {
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*Bundle, error)
 	MintX509SVID(ctx context.Context, in *MintX509SVIDRequest, opts ...grpc.CallOption) (*MintX509SVIDResponse, error)
 	MintJWTSVID(ctx context.Context, in *MintJWTSVIDRequest, opts ...grpc.CallOption) (*MintJWTSVIDResponse, error)
+	// Federation with foreign trust domains, and their bundles.
+	CreateFederation(ctx context.Context, in *CreateFederationRequest, opts ...grpc.CallOption) (*Federation, error)
+	ListFederations(ctx context.Context, in *ListFederationsRequest, opts ...grpc.CallOption) (*ListFederationsResponse, error)
+	GetFederation(ctx context.Context, in *GetFederationRequest, opts ...grpc.CallOption) (*Federation, error)
+	UpdateFederation(ctx context.Context, in *UpdateFederationRequest, opts ...grpc.CallOption) (*Federation, error)
+	DeleteFederation(ctx context.Context, in *DeleteFederationRequest, opts ...grpc.CallOption) (*DeleteFederationResponse, error)
+	RefreshFederation(ctx context.Context, in *RefreshFederationRequest, opts ...grpc.CallOption) (*Federation, error)
+	ListBundles(ctx context.Context, in *ListBundlesRequest, opts ...grpc.CallOption) (*ListBundlesResponse, error)
+	SetFederatedBundle(ctx context.Context, in *SetFederatedBundleRequest, opts ...grpc.CallOption) (*FederatedBundle, error)
+	DeleteFederatedBundle(ctx context.Context, in *DeleteFederatedBundleRequest, opts ...grpc.CallOption) (*DeleteFederatedBundleResponse, error)
 	// The CA's key lifecycle. Unsafe steps answer FailedPrecondition with the reason.
 	ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error)
 	PrepareAuthority(ctx context.Context, in *PrepareAuthorityRequest, opts ...grpc.CallOption) (*Authority, error)
@@ -199,6 +218,96 @@ func (c *adminAPIClient) MintJWTSVID(ctx context.Context, in *MintJWTSVIDRequest
 	return out, nil
 }
 
+func (c *adminAPIClient) CreateFederation(ctx context.Context, in *CreateFederationRequest, opts ...grpc.CallOption) (*Federation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Federation)
+	err := c.cc.Invoke(ctx, AdminAPI_CreateFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) ListFederations(ctx context.Context, in *ListFederationsRequest, opts ...grpc.CallOption) (*ListFederationsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFederationsResponse)
+	err := c.cc.Invoke(ctx, AdminAPI_ListFederations_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) GetFederation(ctx context.Context, in *GetFederationRequest, opts ...grpc.CallOption) (*Federation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Federation)
+	err := c.cc.Invoke(ctx, AdminAPI_GetFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) UpdateFederation(ctx context.Context, in *UpdateFederationRequest, opts ...grpc.CallOption) (*Federation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Federation)
+	err := c.cc.Invoke(ctx, AdminAPI_UpdateFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) DeleteFederation(ctx context.Context, in *DeleteFederationRequest, opts ...grpc.CallOption) (*DeleteFederationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteFederationResponse)
+	err := c.cc.Invoke(ctx, AdminAPI_DeleteFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) RefreshFederation(ctx context.Context, in *RefreshFederationRequest, opts ...grpc.CallOption) (*Federation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Federation)
+	err := c.cc.Invoke(ctx, AdminAPI_RefreshFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) ListBundles(ctx context.Context, in *ListBundlesRequest, opts ...grpc.CallOption) (*ListBundlesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListBundlesResponse)
+	err := c.cc.Invoke(ctx, AdminAPI_ListBundles_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) SetFederatedBundle(ctx context.Context, in *SetFederatedBundleRequest, opts ...grpc.CallOption) (*FederatedBundle, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FederatedBundle)
+	err := c.cc.Invoke(ctx, AdminAPI_SetFederatedBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) DeleteFederatedBundle(ctx context.Context, in *DeleteFederatedBundleRequest, opts ...grpc.CallOption) (*DeleteFederatedBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteFederatedBundleResponse)
+	err := c.cc.Invoke(ctx, AdminAPI_DeleteFederatedBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminAPIClient) ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListAuthoritiesResponse)
@@ -295,6 +404,16 @@ type AdminAPIServer interface {
 	GetBundle(context.Context, *GetBundleRequest) (*Bundle, error)
 	MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error)
 	MintJWTSVID(context.Context, *MintJWTSVIDRequest) (*MintJWTSVIDResponse, error)
+	// Federation with foreign trust domains, and their bundles.
+	CreateFederation(context.Context, *CreateFederationRequest) (*Federation, error)
+	ListFederations(context.Context, *ListFederationsRequest) (*ListFederationsResponse, error)
+	GetFederation(context.Context, *GetFederationRequest) (*Federation, error)
+	UpdateFederation(context.Context, *UpdateFederationRequest) (*Federation, error)
+	DeleteFederation(context.Context, *DeleteFederationRequest) (*DeleteFederationResponse, error)
+	RefreshFederation(context.Context, *RefreshFederationRequest) (*Federation, error)
+	ListBundles(context.Context, *ListBundlesRequest) (*ListBundlesResponse, error)
+	SetFederatedBundle(context.Context, *SetFederatedBundleRequest) (*FederatedBundle, error)
+	DeleteFederatedBundle(context.Context, *DeleteFederatedBundleRequest) (*DeleteFederatedBundleResponse, error)
 	// The CA's key lifecycle. Unsafe steps answer FailedPrecondition with the reason.
 	ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error)
 	PrepareAuthority(context.Context, *PrepareAuthorityRequest) (*Authority, error)
@@ -349,6 +468,33 @@ func (UnimplementedAdminAPIServer) MintX509SVID(context.Context, *MintX509SVIDRe
 }
 func (UnimplementedAdminAPIServer) MintJWTSVID(context.Context, *MintJWTSVIDRequest) (*MintJWTSVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MintJWTSVID not implemented")
+}
+func (UnimplementedAdminAPIServer) CreateFederation(context.Context, *CreateFederationRequest) (*Federation, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateFederation not implemented")
+}
+func (UnimplementedAdminAPIServer) ListFederations(context.Context, *ListFederationsRequest) (*ListFederationsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFederations not implemented")
+}
+func (UnimplementedAdminAPIServer) GetFederation(context.Context, *GetFederationRequest) (*Federation, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetFederation not implemented")
+}
+func (UnimplementedAdminAPIServer) UpdateFederation(context.Context, *UpdateFederationRequest) (*Federation, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateFederation not implemented")
+}
+func (UnimplementedAdminAPIServer) DeleteFederation(context.Context, *DeleteFederationRequest) (*DeleteFederationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteFederation not implemented")
+}
+func (UnimplementedAdminAPIServer) RefreshFederation(context.Context, *RefreshFederationRequest) (*Federation, error) {
+	return nil, status.Error(codes.Unimplemented, "method RefreshFederation not implemented")
+}
+func (UnimplementedAdminAPIServer) ListBundles(context.Context, *ListBundlesRequest) (*ListBundlesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListBundles not implemented")
+}
+func (UnimplementedAdminAPIServer) SetFederatedBundle(context.Context, *SetFederatedBundleRequest) (*FederatedBundle, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetFederatedBundle not implemented")
+}
+func (UnimplementedAdminAPIServer) DeleteFederatedBundle(context.Context, *DeleteFederatedBundleRequest) (*DeleteFederatedBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteFederatedBundle not implemented")
 }
 func (UnimplementedAdminAPIServer) ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuthorities not implemented")
@@ -611,6 +757,168 @@ func _AdminAPI_MintJWTSVID_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminAPI_CreateFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).CreateFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_CreateFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).CreateFederation(ctx, req.(*CreateFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_ListFederations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFederationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).ListFederations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_ListFederations_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).ListFederations(ctx, req.(*ListFederationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_GetFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).GetFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_GetFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).GetFederation(ctx, req.(*GetFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_UpdateFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).UpdateFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_UpdateFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).UpdateFederation(ctx, req.(*UpdateFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_DeleteFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).DeleteFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_DeleteFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).DeleteFederation(ctx, req.(*DeleteFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_RefreshFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RefreshFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).RefreshFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_RefreshFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).RefreshFederation(ctx, req.(*RefreshFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_ListBundles_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBundlesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).ListBundles(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_ListBundles_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).ListBundles(ctx, req.(*ListBundlesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_SetFederatedBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetFederatedBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).SetFederatedBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_SetFederatedBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).SetFederatedBundle(ctx, req.(*SetFederatedBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_DeleteFederatedBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteFederatedBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).DeleteFederatedBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_DeleteFederatedBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).DeleteFederatedBundle(ctx, req.(*DeleteFederatedBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminAPI_ListAuthorities_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListAuthoritiesRequest)
 	if err := dec(in); err != nil {
@@ -809,6 +1117,42 @@ var AdminAPI_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MintJWTSVID",
 			Handler:    _AdminAPI_MintJWTSVID_Handler,
+		},
+		{
+			MethodName: "CreateFederation",
+			Handler:    _AdminAPI_CreateFederation_Handler,
+		},
+		{
+			MethodName: "ListFederations",
+			Handler:    _AdminAPI_ListFederations_Handler,
+		},
+		{
+			MethodName: "GetFederation",
+			Handler:    _AdminAPI_GetFederation_Handler,
+		},
+		{
+			MethodName: "UpdateFederation",
+			Handler:    _AdminAPI_UpdateFederation_Handler,
+		},
+		{
+			MethodName: "DeleteFederation",
+			Handler:    _AdminAPI_DeleteFederation_Handler,
+		},
+		{
+			MethodName: "RefreshFederation",
+			Handler:    _AdminAPI_RefreshFederation_Handler,
+		},
+		{
+			MethodName: "ListBundles",
+			Handler:    _AdminAPI_ListBundles_Handler,
+		},
+		{
+			MethodName: "SetFederatedBundle",
+			Handler:    _AdminAPI_SetFederatedBundle_Handler,
+		},
+		{
+			MethodName: "DeleteFederatedBundle",
+			Handler:    _AdminAPI_DeleteFederatedBundle_Handler,
 		},
 		{
 			MethodName: "ListAuthorities",

@@ -583,6 +583,7 @@ type Entry struct {
 	Hint               string                 `protobuf:"bytes,6,opt,name=hint,proto3" json:"hint,omitempty"`
 	Revision           int64                  `protobuf:"varint,7,opt,name=revision,proto3" json:"revision,omitempty"`
 	JwtSvidTtlSeconds  int32                  `protobuf:"varint,8,opt,name=jwt_svid_ttl_seconds,json=jwtSvidTtlSeconds,proto3" json:"jwt_svid_ttl_seconds,omitempty"`
+	FederatesWith      []string               `protobuf:"bytes,9,rep,name=federates_with,json=federatesWith,proto3" json:"federates_with,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -673,6 +674,13 @@ func (x *Entry) GetJwtSvidTtlSeconds() int32 {
 	return 0
 }
 
+func (x *Entry) GetFederatesWith() []string {
+	if x != nil {
+		return x.FederatesWith
+	}
+	return nil
+}
+
 type SyncEntriesResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Entries []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
@@ -683,8 +691,11 @@ type SyncEntriesResponse struct {
 	// Set in the last message only: subject key IDs of tainted intermediates.
 	// The agent replaces every SVID signed by one of them within a sync interval.
 	TaintedKeyIds [][]byte `protobuf:"bytes,4,rep,name=tainted_key_ids,json=taintedKeyIds,proto3" json:"tainted_key_ids,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Set in the last message only: the bundles of the foreign trust domains
+	// the agent's entries federate with.
+	FederatedBundles []*FederatedBundle `protobuf:"bytes,5,rep,name=federated_bundles,json=federatedBundles,proto3" json:"federated_bundles,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *SyncEntriesResponse) Reset() {
@@ -745,6 +756,66 @@ func (x *SyncEntriesResponse) GetTaintedKeyIds() [][]byte {
 	return nil
 }
 
+func (x *SyncEntriesResponse) GetFederatedBundles() []*FederatedBundle {
+	if x != nil {
+		return x.FederatedBundles
+	}
+	return nil
+}
+
+type FederatedBundle struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// SPIFFE bundle JSON.
+	Bundle        []byte `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FederatedBundle) Reset() {
+	*x = FederatedBundle{}
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederatedBundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederatedBundle) ProtoMessage() {}
+
+func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederatedBundle.ProtoReflect.Descriptor instead.
+func (*FederatedBundle) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *FederatedBundle) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *FederatedBundle) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
 type NewX509SVIDParams struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
@@ -755,7 +826,7 @@ type NewX509SVIDParams struct {
 
 func (x *NewX509SVIDParams) Reset() {
 	*x = NewX509SVIDParams{}
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -767,7 +838,7 @@ func (x *NewX509SVIDParams) String() string {
 func (*NewX509SVIDParams) ProtoMessage() {}
 
 func (x *NewX509SVIDParams) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -780,7 +851,7 @@ func (x *NewX509SVIDParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewX509SVIDParams.ProtoReflect.Descriptor instead.
 func (*NewX509SVIDParams) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *NewX509SVIDParams) GetEntryId() string {
@@ -806,7 +877,7 @@ type BatchNewX509SVIDRequest struct {
 
 func (x *BatchNewX509SVIDRequest) Reset() {
 	*x = BatchNewX509SVIDRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +889,7 @@ func (x *BatchNewX509SVIDRequest) String() string {
 func (*BatchNewX509SVIDRequest) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +902,7 @@ func (x *BatchNewX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BatchNewX509SVIDRequest) GetParams() []*NewX509SVIDParams {
@@ -854,7 +925,7 @@ type BatchNewX509SVIDResult struct {
 
 func (x *BatchNewX509SVIDResult) Reset() {
 	*x = BatchNewX509SVIDResult{}
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +937,7 @@ func (x *BatchNewX509SVIDResult) String() string {
 func (*BatchNewX509SVIDResult) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +950,7 @@ func (x *BatchNewX509SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDResult.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDResult) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BatchNewX509SVIDResult) GetEntryId() string {
@@ -919,7 +990,7 @@ type BatchNewX509SVIDResponse struct {
 
 func (x *BatchNewX509SVIDResponse) Reset() {
 	*x = BatchNewX509SVIDResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1002,7 @@ func (x *BatchNewX509SVIDResponse) String() string {
 func (*BatchNewX509SVIDResponse) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1015,7 @@ func (x *BatchNewX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BatchNewX509SVIDResponse) GetResults() []*BatchNewX509SVIDResult {
@@ -964,7 +1035,7 @@ type NewJWTSVIDRequest struct {
 
 func (x *NewJWTSVIDRequest) Reset() {
 	*x = NewJWTSVIDRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1047,7 @@ func (x *NewJWTSVIDRequest) String() string {
 func (*NewJWTSVIDRequest) ProtoMessage() {}
 
 func (x *NewJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1060,7 @@ func (x *NewJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*NewJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NewJWTSVIDRequest) GetEntryId() string {
@@ -1016,7 +1087,7 @@ type NewJWTSVIDResponse struct {
 
 func (x *NewJWTSVIDResponse) Reset() {
 	*x = NewJWTSVIDResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1099,7 @@ func (x *NewJWTSVIDResponse) String() string {
 func (*NewJWTSVIDResponse) ProtoMessage() {}
 
 func (x *NewJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1112,7 @@ func (x *NewJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*NewJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *NewJWTSVIDResponse) GetToken() string {
@@ -1098,7 +1169,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x0esigner_key_ids\x18\x02 \x03(\fR\fsignerKeyIds\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xa1\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xc8\x02\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12:\n" +
@@ -1107,12 +1178,17 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\tdns_names\x18\x05 \x03(\tR\bdnsNames\x12\x12\n" +
 	"\x04hint\x18\x06 \x01(\tR\x04hint\x12\x1a\n" +
 	"\brevision\x18\a \x01(\x03R\brevision\x12/\n" +
-	"\x14jwt_svid_ttl_seconds\x18\b \x01(\x05R\x11jwtSvidTtlSeconds\"\xba\x01\n" +
+	"\x14jwt_svid_ttl_seconds\x18\b \x01(\x05R\x11jwtSvidTtlSeconds\x12%\n" +
+	"\x0efederates_with\x18\t \x03(\tR\rfederatesWith\"\x8c\x02\n" +
 	"\x13SyncEntriesResponse\x123\n" +
 	"\aentries\x18\x01 \x03(\v2\x19.shortleaf.agent.v1.EntryR\aentries\x122\n" +
 	"\x06bundle\x18\x02 \x01(\v2\x1a.shortleaf.agent.v1.BundleR\x06bundle\x12\x12\n" +
 	"\x04more\x18\x03 \x01(\bR\x04more\x12&\n" +
-	"\x0ftainted_key_ids\x18\x04 \x03(\fR\rtaintedKeyIds\"@\n" +
+	"\x0ftainted_key_ids\x18\x04 \x03(\fR\rtaintedKeyIds\x12P\n" +
+	"\x11federated_bundles\x18\x05 \x03(\v2#.shortleaf.agent.v1.FederatedBundleR\x10federatedBundles\"L\n" +
+	"\x0fFederatedBundle\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x16\n" +
+	"\x06bundle\x18\x02 \x01(\fR\x06bundle\"@\n" +
 	"\x11NewX509SVIDParams\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\"X\n" +
@@ -1154,7 +1230,7 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_agent_v1_agent_proto_rawDescData
 }
 
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(*JoinTokenAttestation)(nil),     // 0: shortleaf.agent.v1.JoinTokenAttestation
 	(*AttestAgentRequest)(nil),       // 1: shortleaf.agent.v1.AttestAgentRequest
@@ -1168,12 +1244,13 @@ var file_agent_v1_agent_proto_goTypes = []any{
 	(*Selector)(nil),                 // 9: shortleaf.agent.v1.Selector
 	(*Entry)(nil),                    // 10: shortleaf.agent.v1.Entry
 	(*SyncEntriesResponse)(nil),      // 11: shortleaf.agent.v1.SyncEntriesResponse
-	(*NewX509SVIDParams)(nil),        // 12: shortleaf.agent.v1.NewX509SVIDParams
-	(*BatchNewX509SVIDRequest)(nil),  // 13: shortleaf.agent.v1.BatchNewX509SVIDRequest
-	(*BatchNewX509SVIDResult)(nil),   // 14: shortleaf.agent.v1.BatchNewX509SVIDResult
-	(*BatchNewX509SVIDResponse)(nil), // 15: shortleaf.agent.v1.BatchNewX509SVIDResponse
-	(*NewJWTSVIDRequest)(nil),        // 16: shortleaf.agent.v1.NewJWTSVIDRequest
-	(*NewJWTSVIDResponse)(nil),       // 17: shortleaf.agent.v1.NewJWTSVIDResponse
+	(*FederatedBundle)(nil),          // 12: shortleaf.agent.v1.FederatedBundle
+	(*NewX509SVIDParams)(nil),        // 13: shortleaf.agent.v1.NewX509SVIDParams
+	(*BatchNewX509SVIDRequest)(nil),  // 14: shortleaf.agent.v1.BatchNewX509SVIDRequest
+	(*BatchNewX509SVIDResult)(nil),   // 15: shortleaf.agent.v1.BatchNewX509SVIDResult
+	(*BatchNewX509SVIDResponse)(nil), // 16: shortleaf.agent.v1.BatchNewX509SVIDResponse
+	(*NewJWTSVIDRequest)(nil),        // 17: shortleaf.agent.v1.NewJWTSVIDRequest
+	(*NewJWTSVIDResponse)(nil),       // 18: shortleaf.agent.v1.NewJWTSVIDResponse
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
 	0,  // 0: shortleaf.agent.v1.AttestAgentRequest.join_token:type_name -> shortleaf.agent.v1.JoinTokenAttestation
@@ -1184,24 +1261,25 @@ var file_agent_v1_agent_proto_depIdxs = []int32{
 	9,  // 5: shortleaf.agent.v1.Entry.selectors:type_name -> shortleaf.agent.v1.Selector
 	10, // 6: shortleaf.agent.v1.SyncEntriesResponse.entries:type_name -> shortleaf.agent.v1.Entry
 	4,  // 7: shortleaf.agent.v1.SyncEntriesResponse.bundle:type_name -> shortleaf.agent.v1.Bundle
-	12, // 8: shortleaf.agent.v1.BatchNewX509SVIDRequest.params:type_name -> shortleaf.agent.v1.NewX509SVIDParams
-	3,  // 9: shortleaf.agent.v1.BatchNewX509SVIDResult.svid:type_name -> shortleaf.agent.v1.X509SVID
-	14, // 10: shortleaf.agent.v1.BatchNewX509SVIDResponse.results:type_name -> shortleaf.agent.v1.BatchNewX509SVIDResult
-	1,  // 11: shortleaf.agent.v1.AgentAPI.AttestAgent:input_type -> shortleaf.agent.v1.AttestAgentRequest
-	6,  // 12: shortleaf.agent.v1.AgentAPI.RenewAgent:input_type -> shortleaf.agent.v1.RenewAgentRequest
-	8,  // 13: shortleaf.agent.v1.AgentAPI.SyncEntries:input_type -> shortleaf.agent.v1.SyncEntriesRequest
-	13, // 14: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:input_type -> shortleaf.agent.v1.BatchNewX509SVIDRequest
-	16, // 15: shortleaf.agent.v1.AgentAPI.NewJWTSVID:input_type -> shortleaf.agent.v1.NewJWTSVIDRequest
-	2,  // 16: shortleaf.agent.v1.AgentAPI.AttestAgent:output_type -> shortleaf.agent.v1.AttestAgentResponse
-	7,  // 17: shortleaf.agent.v1.AgentAPI.RenewAgent:output_type -> shortleaf.agent.v1.RenewAgentResponse
-	11, // 18: shortleaf.agent.v1.AgentAPI.SyncEntries:output_type -> shortleaf.agent.v1.SyncEntriesResponse
-	15, // 19: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:output_type -> shortleaf.agent.v1.BatchNewX509SVIDResponse
-	17, // 20: shortleaf.agent.v1.AgentAPI.NewJWTSVID:output_type -> shortleaf.agent.v1.NewJWTSVIDResponse
-	16, // [16:21] is the sub-list for method output_type
-	11, // [11:16] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	12, // 8: shortleaf.agent.v1.SyncEntriesResponse.federated_bundles:type_name -> shortleaf.agent.v1.FederatedBundle
+	13, // 9: shortleaf.agent.v1.BatchNewX509SVIDRequest.params:type_name -> shortleaf.agent.v1.NewX509SVIDParams
+	3,  // 10: shortleaf.agent.v1.BatchNewX509SVIDResult.svid:type_name -> shortleaf.agent.v1.X509SVID
+	15, // 11: shortleaf.agent.v1.BatchNewX509SVIDResponse.results:type_name -> shortleaf.agent.v1.BatchNewX509SVIDResult
+	1,  // 12: shortleaf.agent.v1.AgentAPI.AttestAgent:input_type -> shortleaf.agent.v1.AttestAgentRequest
+	6,  // 13: shortleaf.agent.v1.AgentAPI.RenewAgent:input_type -> shortleaf.agent.v1.RenewAgentRequest
+	8,  // 14: shortleaf.agent.v1.AgentAPI.SyncEntries:input_type -> shortleaf.agent.v1.SyncEntriesRequest
+	14, // 15: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:input_type -> shortleaf.agent.v1.BatchNewX509SVIDRequest
+	17, // 16: shortleaf.agent.v1.AgentAPI.NewJWTSVID:input_type -> shortleaf.agent.v1.NewJWTSVIDRequest
+	2,  // 17: shortleaf.agent.v1.AgentAPI.AttestAgent:output_type -> shortleaf.agent.v1.AttestAgentResponse
+	7,  // 18: shortleaf.agent.v1.AgentAPI.RenewAgent:output_type -> shortleaf.agent.v1.RenewAgentResponse
+	11, // 19: shortleaf.agent.v1.AgentAPI.SyncEntries:output_type -> shortleaf.agent.v1.SyncEntriesResponse
+	16, // 20: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:output_type -> shortleaf.agent.v1.BatchNewX509SVIDResponse
+	18, // 21: shortleaf.agent.v1.AgentAPI.NewJWTSVID:output_type -> shortleaf.agent.v1.NewJWTSVIDResponse
+	17, // [17:22] is the sub-list for method output_type
+	12, // [12:17] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -1218,7 +1296,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

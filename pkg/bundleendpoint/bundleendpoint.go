@@ -1,0 +1,102 @@
+// Package bundleendpoint serves the trust domain's SPIFFE bundle over HTTPS
+// for other trust domains and verifiers (SPIFFE Federation), with either
+// profile: https_spiffe (the server authenticates with its own SVID) or
+// https_web (a configured Web PKI certificate).
+//
+// GET on any path returns the newest bundle as a JWK Set: X.509 roots with
+// use x509-svid, JWT keys with use jwt-svid and kid, spiffe_sequence and
+// spiffe_refresh_hint. No client authentication is asked for.
+package bundleendpoint
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/federation"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Profiles of a bundle endpoint.
+const (
+	ProfileSPIFFE = "https_spiffe"
+	ProfileWeb    = "https_web"
+)
+
+// Config configures the endpoint.
+type Config struct {
+	Addr        string
+	TrustDomain spiffeid.TrustDomain
+	// Bundle returns the bundle to serve, built fresh on every request.
+	Bundle func() *spiffebundle.Bundle
+	// Certificate returns the TLS certificate: the server's SVID for
+	// https_spiffe, the Web PKI certificate for https_web.
+	Certificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+}
+
+// Server is a listening bundle endpoint.
+type Server struct {
+	lis net.Listener
+	srv *http.Server
+}
+
+type source func() *spiffebundle.Bundle
+
+func (s source) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffebundle.Bundle, error) {
+	b := s()
+	if b.TrustDomain() != td {
+		return nil, fmt.Errorf("bundleendpoint: no bundle for %s", td)
+	}
+	return b, nil
+}
+
+// New listens on cfg.Addr; Run serves.
+func New(cfg Config) (*Server, error) {
+	handler, err := federation.NewHandler(cfg.TrustDomain, source(cfg.Bundle))
+	if err != nil {
+		return nil, fmt.Errorf("bundleendpoint: %w", err)
+	}
+	lis, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("bundleendpoint: listen: %w", err)
+	}
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: cfg.Certificate}
+	return &Server{
+		lis: tls.NewListener(lis, tlsCfg),
+		srv: &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second},
+	}, nil
+}
+
+// Addr is the listening address.
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// Run serves until ctx is done.
+func (s *Server) Run(ctx context.Context) error {
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.srv.Shutdown(shutdown)
+	}()
+	if err := s.srv.Serve(s.lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("bundleendpoint: %w", err)
+	}
+	return nil
+}
+
+// Close stops listening.
+func (s *Server) Close() error { return s.srv.Close() }
+
+// LoadWebCertificate loads an https_web certificate and key.
+func LoadWebCertificate(certFile, keyFile string) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("bundleendpoint: web certificate: %w", err)
+	}
+	return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, nil
+}

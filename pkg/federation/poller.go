@@ -1,0 +1,196 @@
+package federation
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/shortleaf/shortleaf/pkg/clock"
+	"github.com/shortleaf/shortleaf/pkg/datastore"
+)
+
+// Refresh timing.
+const (
+	// DefaultRefreshHint is used when a bundle carries none.
+	DefaultRefreshHint = 5 * time.Minute
+	// MinRefresh bounds how often one endpoint is polled.
+	MinRefresh = time.Second
+	// retryAfterFailure is the longest wait after a failed fetch.
+	retryAfterFailure = 30 * time.Second
+)
+
+// Store is what the poller needs of the datastore.
+type Store interface {
+	ListFederations(ctx context.Context) ([]*datastore.Federation, error)
+	GetFederation(ctx context.Context, td string) (*datastore.Federation, error)
+	PutFederation(ctx context.Context, f *datastore.Federation, create bool) error
+	GetFederatedBundle(ctx context.Context, td string) ([]byte, error)
+	SetFederatedBundle(ctx context.Context, td string, raw []byte) error
+}
+
+// Poller refreshes every foreign bundle at its refresh hint.
+type Poller struct {
+	store  Store
+	clock  clock.Clock
+	log    *slog.Logger
+	mu     sync.Mutex
+	next   map[string]time.Time
+	kick   chan struct{}
+	tick   time.Duration
+	fetchF func(context.Context, Relationship, *spiffebundle.Bundle) (*spiffebundle.Bundle, error)
+}
+
+// NewPoller returns a poller over store.
+func NewPoller(store Store, clk clock.Clock, log *slog.Logger) *Poller {
+	if clk == nil {
+		clk = clock.Real
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Poller{store: store, clock: clk, log: log, next: map[string]time.Time{}, kick: make(chan struct{}, 1), tick: time.Second, fetchF: Fetch}
+}
+
+// Run polls until ctx is done.
+func (p *Poller) Run(ctx context.Context) error {
+	for {
+		p.pollDue(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-p.kick:
+		case <-p.clock.After(p.tick):
+		}
+	}
+}
+
+// Schedule asks for td to be fetched at once (after a create or update).
+func (p *Poller) Schedule(td string) {
+	p.mu.Lock()
+	delete(p.next, td)
+	p.mu.Unlock()
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Poller) pollDue(ctx context.Context) {
+	feds, err := p.store.ListFederations(ctx)
+	if err != nil {
+		p.log.ErrorContext(ctx, "federation: list relationships", slog.Any("error", err))
+		return
+	}
+	now := p.clock.Now()
+	for _, f := range feds {
+		p.mu.Lock()
+		due := !now.Before(p.next[f.TrustDomain])
+		p.mu.Unlock()
+		if due {
+			_ = p.refresh(ctx, f)
+		}
+	}
+}
+
+// Refresh fetches td's bundle now and reports the outcome.
+func (p *Poller) Refresh(ctx context.Context, td string) error {
+	f, err := p.store.GetFederation(ctx, td)
+	if err != nil {
+		return err
+	}
+	return p.refresh(ctx, f)
+}
+
+func (p *Poller) refresh(ctx context.Context, f *datastore.Federation) error {
+	now := p.clock.Now()
+	rel, err := RelationshipOf(f)
+	if err != nil {
+		return p.failed(ctx, f, now, err)
+	}
+	var held *spiffebundle.Bundle
+	if raw, err := p.store.GetFederatedBundle(ctx, f.TrustDomain); err == nil {
+		held, _ = spiffebundle.Parse(rel.TrustDomain, raw)
+	}
+	b, err := p.fetchF(ctx, rel, held)
+	if err == nil && held != nil {
+		if seqOld, okOld := held.SequenceNumber(); okOld {
+			if seqNew, okNew := b.SequenceNumber(); okNew && seqNew < seqOld {
+				err = fmt.Errorf("federation: %s: bundle sequence went back from %d to %d", f.TrustDomain, seqOld, seqNew)
+			}
+		}
+	}
+	if err != nil {
+		return p.failed(ctx, f, now, err)
+	}
+	raw, err := b.Marshal()
+	if err != nil {
+		return p.failed(ctx, f, now, err)
+	}
+	if held == nil || !held.Equal(b) {
+		if err := p.store.SetFederatedBundle(ctx, f.TrustDomain, raw); err != nil {
+			return p.failed(ctx, f, now, err)
+		}
+		p.log.InfoContext(ctx, "federated bundle updated", slog.String("trust_domain", f.TrustDomain))
+	}
+	f.LastRefresh, f.LastError = now, ""
+	if err := p.store.PutFederation(ctx, f, false); err != nil && !errors.Is(err, datastore.ErrNotFound) {
+		p.log.ErrorContext(ctx, "federation: record refresh", slog.Any("error", err))
+	}
+	hint, ok := b.RefreshHint()
+	if !ok || hint <= 0 {
+		hint = DefaultRefreshHint
+	}
+	p.mu.Lock()
+	p.next[f.TrustDomain] = now.Add(max(hint, MinRefresh))
+	p.mu.Unlock()
+	return nil
+}
+
+// failed records the error and keeps the last good bundle.
+func (p *Poller) failed(ctx context.Context, f *datastore.Federation, now time.Time, err error) error {
+	p.log.WarnContext(ctx, "federated bundle refresh failed; keeping the last good bundle", slog.String("trust_domain", f.TrustDomain), slog.Any("error", err))
+	f.LastError = err.Error()
+	if perr := p.store.PutFederation(ctx, f, false); perr != nil && !errors.Is(perr, datastore.ErrNotFound) {
+		p.log.ErrorContext(ctx, "federation: record failure", slog.Any("error", perr))
+	}
+	p.mu.Lock()
+	p.next[f.TrustDomain] = now.Add(retryAfterFailure)
+	p.mu.Unlock()
+	return err
+}
+
+// RelationshipOf turns a stored relationship into a fetchable one.
+func RelationshipOf(f *datastore.Federation) (Relationship, error) {
+	td, err := spiffeid.TrustDomainFromString(f.TrustDomain)
+	if err != nil {
+		return Relationship{}, fmt.Errorf("trust_domain: %w", err)
+	}
+	rel := Relationship{TrustDomain: td, URL: f.URL, Profile: f.Profile}
+	if f.EndpointSPIFFEID != "" {
+		if rel.EndpointID, err = spiffeid.FromString(f.EndpointSPIFFEID); err != nil {
+			return Relationship{}, fmt.Errorf("endpoint_spiffe_id: %w", err)
+		}
+	}
+	rest := f.WebRootsPEM
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return Relationship{}, fmt.Errorf("web_roots: %w", err)
+		}
+		rel.WebRoots = append(rel.WebRoots, c)
+	}
+	return rel, rel.Validate()
+}
