@@ -77,12 +77,13 @@ func (s *Server) Addr() string { return s.lis.Addr().String() }
 
 // Run serves until ctx is done.
 func (s *Server) Run(ctx context.Context) error {
-	go func() {
-		<-ctx.Done()
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	stop := context.AfterFunc(ctx, func() {
+		// ctx is done by now; the shutdown gets its own short deadline.
+		shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = s.srv.Shutdown(shutdown)
-	}()
+	})
+	defer stop()
 	if err := s.srv.Serve(s.lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("bundleendpoint: %w", err)
 	}

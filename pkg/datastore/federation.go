@@ -34,7 +34,6 @@ type FederatedBundle struct {
 	Raw         []byte `json:"raw"`
 }
 
-
 // PutFederation creates or replaces a relationship; with create set an
 // existing one is ErrAlreadyExists.
 func (s *Store) PutFederation(_ context.Context, f *Federation, create bool) error {

@@ -21,9 +21,9 @@ type Entry struct {
 	Hint        string            `json:"hint,omitempty"`
 	// FederatesWith names foreign trust domains whose bundles the entry's
 	// workloads receive.
-	FederatesWith []string `json:"federates_with,omitempty"`
-	Admin       bool              `json:"admin,omitempty"`
-	CreatedAt   time.Time         `json:"created_at"`
+	FederatesWith []string  `json:"federates_with,omitempty"`
+	Admin         bool      `json:"admin,omitempty"`
+	CreatedAt     time.Time `json:"created_at"`
 	// Revision goes up on every update, so agents can tell a changed entry.
 	Revision int64 `json:"revision"`
 }
