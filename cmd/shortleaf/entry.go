@@ -21,6 +21,8 @@ type entryFlags struct {
 	dnsNames  []string
 	hint      string
 	admin     bool
+	federates []string
+	jwtTTL    time.Duration
 }
 
 func (f *entryFlags) register(cmd *cobra.Command) {
@@ -31,6 +33,8 @@ func (f *entryFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringSliceVar(&f.dnsNames, "dns", nil, "DNS name to add to the SVID (repeatable)")
 	cmd.Flags().StringVar(&f.hint, "hint", "", "hint telling workloads what this identity is for")
 	cmd.Flags().BoolVar(&f.admin, "admin", false, "mark the entry as an admin identity")
+	cmd.Flags().StringSliceVar(&f.federates, "federates-with", nil, "foreign trust domain whose bundle the workloads receive (repeatable)")
+	cmd.Flags().DurationVar(&f.jwtTTL, "jwt-svid-ttl", 0, "JWT-SVID lifetime (default the server's)")
 }
 
 func (f *entryFlags) apply(cmd *cobra.Command, e *adminv1.Entry) {
@@ -55,6 +59,12 @@ func (f *entryFlags) apply(cmd *cobra.Command, e *adminv1.Entry) {
 	}
 	if set("admin") {
 		e.Admin = f.admin
+	}
+	if set("federates-with") {
+		e.FederatesWith = f.federates
+	}
+	if set("jwt-svid-ttl") {
+		e.JwtSvidTtlSeconds = int32(f.jwtTTL / time.Second)
 	}
 }
 

@@ -42,6 +42,7 @@ func newRootCommand() *cobra.Command {
 		newX509Command(),
 		newCACommand(),
 		newJWTCommand(),
+		newFederationCommand(),
 		newHealthcheckCommand(),
 	)
 	return root

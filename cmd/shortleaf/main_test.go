@@ -11,8 +11,10 @@ import (
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/shortleaf/shortleaf/pkg/harness"
+	"github.com/shortleaf/shortleaf/pkg/server"
 )
 
 // shortleaf runs the CLI in process and returns stdout and the error.
@@ -172,5 +174,46 @@ func TestJWTAndBundleFormats(t *testing.T) {
 	out, err = shortleaf(t, "bundle", "show", "--admin-socket", sock, "--format", "jwks")
 	if err != nil || !strings.Contains(out, `"kid"`) || strings.Contains(out, "x5c") {
 		t.Fatalf("jwks:\n%s", out)
+	}
+}
+
+func TestFederationAndBundleVerbs(t *testing.T) {
+	srv := harness.StartServer(t)
+	sock := srv.AdminSocket()
+	other := harness.StartServer(t, func(c *server.Config) {
+		c.TrustDomain = spiffeid.RequireTrustDomainFromString("other.org")
+		c.BundleEndpoint = &server.BundleEndpointConfig{Addr: "127.0.0.1:0"}
+	})
+	bundleFile := filepath.Join(t.TempDir(), "other.pem")
+	out, err := shortleaf(t, "bundle", "show", "--admin-socket", other.AdminSocket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = os.WriteFile(bundleFile, []byte(out), 0o600)
+	if _, err := shortleaf(t, "federation", "create", "other.org", "--admin-socket", sock,
+		"--bundle-endpoint-url", "https://"+other.BundleEndpointAddr(), "--endpoint-spiffe-id", "spiffe://other.org/shortleaf/server",
+		"--bootstrap-bundle", bundleFile); err != nil {
+		t.Fatal(err)
+	}
+	out, err = shortleaf(t, "federation", "refresh", "other.org", "--admin-socket", sock)
+	if err != nil || !strings.Contains(out, "other.org") {
+		t.Fatalf("federation refresh: %q %v", out, err)
+	}
+	out, err = shortleaf(t, "bundle", "list", "--admin-socket", sock)
+	if err != nil || !strings.Contains(out, "example.org") || !strings.Contains(out, "other.org") {
+		t.Fatalf("bundle list: %q %v", out, err)
+	}
+	if out, err := shortleaf(t, "entry", "create", "--admin-socket", sock, "-o", "json", "--spiffe-id", "spiffe://example.org/w",
+		"--parent-id", "spiffe://example.org/agent/join_token/0123456789abcdef", "--selector", "unix:uid:1", "--federates-with", "other.org"); err != nil || !strings.Contains(out, "other.org") {
+		t.Fatalf("entry create --federates-with: %q %v", out, err)
+	}
+	if _, err := shortleaf(t, "federation", "delete", "other.org", "--admin-socket", sock); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shortleaf(t, "bundle", "set", "other.org", "--file", bundleFile, "--admin-socket", sock); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shortleaf(t, "bundle", "delete", "other.org", "--admin-socket", sock); err != nil {
+		t.Fatal(err)
 	}
 }

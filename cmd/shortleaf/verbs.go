@@ -112,7 +112,7 @@ func newAgentAdminCommands() []*cobra.Command {
 
 func newBundleCommand() *cobra.Command {
 	var af adminFlags
-	cmd := &cobra.Command{Use: "bundle", Short: "Show the trust bundle", Args: cobra.NoArgs}
+	cmd := &cobra.Command{Use: "bundle", Short: "Show the trust bundle; list, set and delete federated bundles", Args: cobra.NoArgs}
 	af.register(cmd)
 	var format string
 	show := &cobra.Command{
@@ -142,6 +142,7 @@ func newBundleCommand() *cobra.Command {
 	}
 	show.Flags().StringVar(&format, "format", "pem", "pem (X.509 roots), spiffe (SPIFFE bundle: X.509 and JWT keys) or jwks (JWT keys only)")
 	cmd.AddCommand(show)
+	cmd.AddCommand(newBundleAdminCommands(&af)...)
 	return cmd
 }
 

@@ -37,6 +37,17 @@ type ServerFile struct {
 	// self-signed root.
 	UpstreamAuthority *UpstreamFile `yaml:"upstream_authority"`
 	LogLevel          string        `yaml:"log_level"`
+	// BundleEndpoint, when set, serves the SPIFFE bundle to other trust domains.
+	BundleEndpoint *BundleEndpointFile `yaml:"bundle_endpoint"`
+}
+
+// BundleEndpointFile configures the SPIFFE bundle endpoint.
+type BundleEndpointFile struct {
+	Address     string   `yaml:"address"`
+	Profile     string   `yaml:"profile"`
+	CertFile    string   `yaml:"cert_file"`
+	KeyFile     string   `yaml:"key_file"`
+	RefreshHint Duration `yaml:"refresh_hint"`
 }
 
 // UpstreamFile names an existing CA's certificate chain and key.
@@ -117,6 +128,22 @@ func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Le
 		return cfg, 0, err
 	}
 	cfg.KeyPassphrase = pass
+	if be := f.BundleEndpoint; be != nil {
+		if be.Address == "" {
+			return cfg, 0, fieldErr("bundle_endpoint.address", "is required")
+		}
+		switch be.Profile {
+		case "", "https_spiffe":
+		case "https_web":
+			if be.CertFile == "" || be.KeyFile == "" {
+				return cfg, 0, fieldErr("bundle_endpoint", "https_web needs cert_file and key_file")
+			}
+		default:
+			return cfg, 0, fieldErr("bundle_endpoint.profile", "%q is not https_spiffe or https_web", be.Profile)
+		}
+		cfg.BundleEndpoint = &server.BundleEndpointConfig{Addr: be.Address, Profile: orDefault(be.Profile, "https_spiffe"),
+			CertFile: be.CertFile, KeyFile: be.KeyFile, RefreshHint: time.Duration(be.RefreshHint)}
+	}
 	if f.UpstreamAuthority != nil {
 		if cfg.Upstream, err = LoadUpstream(f.UpstreamAuthority.CertFile, f.UpstreamAuthority.KeyFile, pass); err != nil {
 			return cfg, 0, err
