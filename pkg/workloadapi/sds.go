@@ -1,0 +1,295 @@
+package workloadapi
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"log/slog"
+	"maps"
+	"slices"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/pkg/uds"
+)
+
+// SDS resource names, as SPIRE's agent serves them so that existing Envoy and
+// Istio configurations work unchanged.
+const (
+	// SDSDefaultSVID is the caller's (first) X.509-SVID as a TLS certificate.
+	SDSDefaultSVID = "default"
+	// SDSRootCA is the own trust domain's bundle as a validation context.
+	SDSRootCA = "ROOTCA"
+	// SDSAll is every bundle the caller trusts, own and federated, as one
+	// validation context.
+	SDSAll = "ALL"
+
+	secretTypeURL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+)
+
+// sdsServer serves Envoy's Secret Discovery Service v3 from the same source
+// and attestation as the Workload API. Resource names: "default", a SPIFFE
+// ID (that SVID), "ROOTCA", "ALL", and a trust domain ("spiffe://td" or
+// "td") for its bundle. An empty request asks for every SVID and bundle.
+type sdsServer struct {
+	secretv3.UnimplementedSecretDiscoveryServiceServer
+	s *Server
+}
+
+// RegisterSDS adds the SDS service to g.
+func RegisterSDS(g *grpc.Server, s *Server) {
+	secretv3.RegisterSecretDiscoveryServiceServer(g, &sdsServer{s: s})
+}
+
+func (d *sdsServer) attest(ctx context.Context) ([]attest.Selector, error) {
+	cred, ok := uds.PeerFromContext(ctx)
+	if !ok {
+		return nil, status.Error(codes.Internal, "caller's peer credentials are unknown")
+	}
+	sels, err := d.s.cfg.Attestor.Attest(cred)
+	if err != nil {
+		return nil, status.Error(codes.PermissionDenied, "workload attestation failed")
+	}
+	return sels, nil
+}
+
+// FetchSecrets answers one request.
+func (d *sdsServer) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryRequest) (resp *discoveryv3.DiscoveryResponse, err error) {
+	defer func() { d.s.count("FetchSecrets", err) }()
+	if err := checkTypeURL(req); err != nil {
+		return nil, err
+	}
+	sels, err := d.attest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	state, ids, _, err := d.s.matching(ctx, sels)
+	if err != nil {
+		return nil, err
+	}
+	return buildSecrets(state, ids, req.GetResourceNames())
+}
+
+// StreamSecrets follows the xDS protocol: answer each new request, stay
+// quiet on an ACK (a request whose nonce is the last response's), and push
+// a new response whenever the requested secrets change.
+func (d *sdsServer) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) (err error) {
+	defer func() { d.s.count("StreamSecrets", err) }()
+	ctx := stream.Context()
+	sels, err := d.attest(ctx)
+	if err != nil {
+		return err
+	}
+	reqs := make(chan *discoveryv3.DiscoveryRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	var names []string
+	var lastVersion, lastNonce string
+	subscribed := false
+	_, changed := d.s.cfg.Source.Current()
+	send := func() error {
+		state, ids, ch, err := d.s.matching(ctx, sels)
+		if err != nil {
+			return err
+		}
+		changed = ch
+		resp, err := buildSecrets(state, ids, names)
+		if err != nil {
+			return err
+		}
+		if resp.GetVersionInfo() == lastVersion {
+			return nil
+		}
+		resp.Nonce = newNonce()
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+		lastVersion, lastNonce = resp.GetVersionInfo(), resp.GetNonce()
+		return nil
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-recvErr:
+			if status.Code(err) == codes.Canceled {
+				return nil
+			}
+			return err
+		case req := <-reqs:
+			if err := checkTypeURL(req); err != nil {
+				return err
+			}
+			if req.GetResponseNonce() != "" && req.GetResponseNonce() != lastNonce {
+				continue // answers an older response; the newest is on its way
+			}
+			if req.GetErrorDetail() != nil {
+				d.s.cfg.Logger.WarnContext(ctx, "Envoy rejected secrets", slog.String("version", req.GetVersionInfo()), slog.String("error", req.GetErrorDetail().GetMessage()))
+				continue
+			}
+			if subscribed && req.GetResponseNonce() != "" && slices.Equal(req.GetResourceNames(), names) {
+				continue // an ACK
+			}
+			subscribed, names, lastVersion = true, slices.Clone(req.GetResourceNames()), ""
+			if err := send(); err != nil {
+				return err
+			}
+		case <-changed:
+			if !subscribed {
+				_, changed = d.s.cfg.Source.Current()
+				continue
+			}
+			if err := send(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func checkTypeURL(req *discoveryv3.DiscoveryRequest) error {
+	if t := req.GetTypeUrl(); t != "" && t != secretTypeURL {
+		return status.Errorf(codes.InvalidArgument, "type_url: %q is not %s", t, secretTypeURL)
+	}
+	return nil
+}
+
+func newNonce() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// buildSecrets answers names from the state, for a caller with ids. Names it
+// cannot serve (yet) are left out, as Envoy expects; the version is a hash of
+// what is sent, so an unchanged answer is never pushed twice.
+func buildSecrets(state *State, ids []*Identity, names []string) (*discoveryv3.DiscoveryResponse, error) {
+	var issued []*Identity
+	for _, id := range ids {
+		if len(id.ChainDER) > 0 {
+			issued = append(issued, id)
+		}
+	}
+	bundles := map[string][]byte{state.TrustDomain.IDString(): state.BundleDER}
+	for td, der := range state.federatedFor(ids, false) {
+		bundles[td] = der
+	}
+	if len(names) == 0 {
+		for _, id := range issued {
+			names = append(names, id.SPIFFEID.String())
+		}
+		for _, td := range slices.Sorted(maps.Keys(bundles)) {
+			names = append(names, td)
+		}
+	}
+	resp := &discoveryv3.DiscoveryResponse{TypeUrl: secretTypeURL}
+	h := sha256.New()
+	for _, name := range names {
+		secret, err := secretFor(name, issued, bundles, state.TrustDomain)
+		if err != nil {
+			return nil, err
+		}
+		if secret == nil {
+			continue
+		}
+		a, err := anypb.New(secret)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "secret %s: %v", name, err)
+		}
+		resp.Resources = append(resp.Resources, a)
+		raw, _ := proto.MarshalOptions{Deterministic: true}.Marshal(secret)
+		h.Write(raw)
+	}
+	resp.VersionInfo = hex.EncodeToString(h.Sum(nil)[:12])
+	return resp, nil
+}
+
+func secretFor(name string, issued []*Identity, bundles map[string][]byte, own spiffeid.TrustDomain) (*tlsv3.Secret, error) {
+	switch name {
+	case SDSDefaultSVID:
+		if len(issued) == 0 {
+			return nil, nil
+		}
+		return tlsSecret(name, issued[0])
+	case SDSRootCA:
+		return validationSecret(name, bundles[own.IDString()])
+	case SDSAll:
+		var all []byte
+		for _, td := range slices.Sorted(maps.Keys(bundles)) {
+			all = append(all, bundles[td]...)
+		}
+		return validationSecret(name, all)
+	}
+	for _, id := range issued {
+		if id.SPIFFEID.String() == name {
+			return tlsSecret(name, id)
+		}
+	}
+	key := name
+	if td, err := spiffeid.TrustDomainFromString(name); err == nil {
+		key = td.IDString()
+	}
+	if der, ok := bundles[key]; ok {
+		return validationSecret(name, der)
+	}
+	return nil, nil
+}
+
+func tlsSecret(name string, id *Identity) (*tlsv3.Secret, error) {
+	certs, err := x509.ParseCertificates(id.ChainDER)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "SVID of %s: %v", id.SPIFFEID, err)
+	}
+	var chain []byte
+	for _, c := range certs {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	key := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: id.KeyDER})
+	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+		CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: chain}},
+		PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: key}},
+	}}}, nil
+}
+
+func validationSecret(name string, bundleDER []byte) (*tlsv3.Secret, error) {
+	if len(bundleDER) == 0 {
+		return nil, nil
+	}
+	certs, err := x509.ParseCertificates(bundleDER)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "bundle %s: %v", name, err)
+	}
+	var roots []byte
+	for _, c := range certs {
+		roots = append(roots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+		TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: roots}},
+	}}}, nil
+}
