@@ -204,9 +204,7 @@ func buildSecrets(state *State, ids []*Identity, names []string) (*discoveryv3.D
 		for _, id := range issued {
 			names = append(names, id.SPIFFEID.String())
 		}
-		for _, td := range slices.Sorted(maps.Keys(bundles)) {
-			names = append(names, td)
-		}
+		names = append(names, slices.Sorted(maps.Keys(bundles))...)
 	}
 	resp := &discoveryv3.DiscoveryResponse{TypeUrl: secretTypeURL}
 	h := sha256.New()
