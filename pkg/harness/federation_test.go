@@ -3,9 +3,18 @@ package harness_test
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"math/big"
+	"net"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -254,5 +263,50 @@ func TestFederationConsumesGoSPIFFEHandlerOverHTTPSWeb(t *testing.T) {
 	got, err := spiffebundle.Parse(otherTD, list.GetBundles()[1].GetBundle())
 	if err != nil || !got.Equal(served) {
 		t.Fatalf("stored bundle differs from the served one: %v", err)
+	}
+}
+
+// The bundle endpoint's https_web profile: served with a configured Web PKI
+// certificate, fetched by another shortleaf server trusting that Web root.
+func TestBundleEndpointHTTPSWeb(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tpl := &x509.Certificate{SerialNumber: big.NewInt(42), Subject: pkix.Name{CommonName: "bundles.other.org"},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, IsCA: true, BasicConstraintsValid: true}
+	der, _ := x509.CreateCertificate(rand.Reader, tpl, tpl, key.Public(), key)
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	certFile, keyFile := filepath.Join(dir, "web.pem"), filepath.Join(dir, "web.key")
+	_ = os.WriteFile(certFile, certPEM, 0o600)
+	_ = os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+
+	other := harness.StartServer(t, func(c *server.Config) {
+		c.TrustDomain = otherTD
+		c.BundleEndpoint = &server.BundleEndpointConfig{Addr: "127.0.0.1:0", Profile: "https_web", CertFile: certFile, KeyFile: keyFile}
+	})
+	srv := harness.StartServer(t)
+	ctx := context.Background()
+	if _, err := srv.Admin.CreateFederation(ctx, &adminv1.CreateFederationRequest{Federation: &adminv1.Federation{
+		TrustDomain: "other.org", BundleEndpointUrl: "https://" + other.BundleEndpointAddr(), Profile: "https_web", WebRoots: certPEM,
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := srv.Admin.RefreshFederation(ctx, &adminv1.RefreshFederationRequest{TrustDomain: "other.org"})
+	if err != nil {
+		t.Fatalf("https_web fetch: %v", err)
+	}
+	_, seq := other.CA().Bundle()
+	if f.GetBundleSequence() != seq {
+		t.Fatalf("fetched sequence %d, want %d", f.GetBundleSequence(), seq)
+	}
+	// Without the Web root the endpoint is not trusted.
+	if _, err := srv.Admin.UpdateFederation(ctx, &adminv1.UpdateFederationRequest{Federation: &adminv1.Federation{
+		TrustDomain: "other.org", BundleEndpointUrl: "https://" + other.BundleEndpointAddr(), Profile: "https_web",
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Admin.RefreshFederation(ctx, &adminv1.RefreshFederationRequest{TrustDomain: "other.org"}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("untrusted https_web endpoint: %v", err)
 	}
 }
