@@ -22,8 +22,16 @@ func TestJWTSVIDsThroughTheWorkloadAPI(t *testing.T) {
 	for _, id := range []string{"spiffe://example.org/web", "spiffe://example.org/web-admin"} {
 		srv.CreateEntry(t, &adminv1.Entry{SpiffeId: id, ParentId: ag.ID(), Selectors: []string{uidSelector()}, JwtSvidTtlSeconds: 120})
 	}
-	if _, err := fetchX509(t, ag.Addr(), 10*time.Second); err != nil {
-		t.Fatal(err)
+	// Both entries synced and issued before the JWT calls.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		x, err := fetchX509(t, ag.Addr(), 5*time.Second)
+		if err == nil && len(x.SVIDs) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent does not serve both identities: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
