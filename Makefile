@@ -56,6 +56,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseX509SVIDCSR -fuzztime 30s ./ca/
 	$(GO) test -run '^$$' -fuzz FuzzParseSelector -fuzztime 30s ./attest/
 	$(GO) test -run '^$$' -fuzz FuzzParseServerConfig -fuzztime 30s ./pkg/config/
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./pkg/federation/
 
 clean:
 	rm -rf tools/bin

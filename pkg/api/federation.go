@@ -3,8 +3,6 @@ package api
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"log/slog"
 
@@ -53,21 +51,11 @@ func (s *AdminService) foreignTD(field, name string) (spiffeid.TrustDomain, erro
 func parseBundle(field string, td spiffeid.TrustDomain, raw []byte) (*spiffebundle.Bundle, error) {
 	trimmed := bytes.TrimSpace(raw)
 	if len(trimmed) > 0 && trimmed[0] != '{' {
-		b := spiffebundle.New(td)
-		rest := trimmed
-		for {
-			var block *pem.Block
-			block, rest = pem.Decode(rest)
-			if block == nil {
-				break
-			}
-			c, err := x509.ParseCertificate(block.Bytes)
-			if err != nil {
-				return nil, invalid(field, "PEM certificate: %v", err)
-			}
-			b.AddX509Authority(c)
+		certs, err := federation.ParsePEMCertificates(trimmed)
+		if err != nil {
+			return nil, invalid(field, "PEM certificate: %v", err)
 		}
-		var err error
+		b := spiffebundle.FromX509Authorities(td, certs)
 		if trimmed, err = b.Marshal(); err != nil {
 			return nil, invalid(field, "%v", err)
 		}

@@ -2,8 +2,6 @@ package federation
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -179,18 +177,8 @@ func RelationshipOf(f *datastore.Federation) (Relationship, error) {
 			return Relationship{}, fmt.Errorf("endpoint_spiffe_id: %w", err)
 		}
 	}
-	rest := f.WebRootsPEM
-	for {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return Relationship{}, fmt.Errorf("web_roots: %w", err)
-		}
-		rel.WebRoots = append(rel.WebRoots, c)
+	if rel.WebRoots, err = ParsePEMCertificates(f.WebRootsPEM); err != nil {
+		return Relationship{}, fmt.Errorf("web_roots: %w", err)
 	}
 	return rel, rel.Validate()
 }

@@ -1,9 +1,7 @@
 package workloadapi
 
 import (
-	"bytes"
 	"context"
-	"maps"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 
@@ -66,37 +64,19 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 	return resp, nil
 }
 
-// FetchJWTBundles streams the JWT signing keys of the trust domain (a JWK
-// Set per trust domain), again on every change.
+// FetchJWTBundles streams the JWT signing keys (a JWK Set per trust domain,
+// own and federated), again on every change.
 func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream workload.SpiffeWorkloadAPI_FetchJWTBundlesServer) (err error) {
 	defer func() { s.count("FetchJWTBundles", err) }()
-	ctx := stream.Context()
-	sels, err := s.attestCaller(ctx)
-	if err != nil {
-		return err
-	}
-	var lastSent map[string][]byte
-	for {
-		state, ids, changed, err := s.matching(ctx, sels)
-		if err != nil {
-			return err
-		}
+	return s.streamBundles(stream.Context(), func(state *State, ids []*Identity) map[string][]byte {
 		bundles := state.federatedFor(ids, true)
 		if state.JWTBundleJSON != nil {
 			bundles[state.TrustDomain.IDString()] = state.JWTBundleJSON
 		}
-		if len(bundles) > 0 && (lastSent == nil || !maps.EqualFunc(bundles, lastSent, bytes.Equal)) {
-			if err := stream.Send(&workload.JWTBundlesResponse{Bundles: bundles}); err != nil {
-				return err
-			}
-			lastSent = bundles
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return nil
-		}
-	}
+		return bundles
+	}, func(b map[string][]byte) error {
+		return stream.Send(&workload.JWTBundlesResponse{Bundles: b})
+	})
 }
 
 // ValidateJWTSVID checks a JWT-SVID against the trust domain's JWT keys and

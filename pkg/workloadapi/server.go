@@ -163,10 +163,22 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 	}
 }
 
-// FetchX509Bundles streams the trust bundles the caller should trust.
+// FetchX509Bundles streams the trust bundles the caller should trust: its
+// own trust domain's and those its identities federate with.
 func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workload.SpiffeWorkloadAPI_FetchX509BundlesServer) (err error) {
 	defer func() { s.count("FetchX509Bundles", err) }()
-	ctx := stream.Context()
+	return s.streamBundles(stream.Context(), func(state *State, ids []*Identity) map[string][]byte {
+		bundles := state.federatedFor(ids, false)
+		bundles[state.TrustDomain.IDString()] = state.BundleDER
+		return bundles
+	}, func(b map[string][]byte) error {
+		return stream.Send(&workload.X509BundlesResponse{Bundles: b})
+	})
+}
+
+// streamBundles attests the caller, then sends the bundles build returns at
+// once and again whenever they change, until the caller leaves.
+func (s *Server) streamBundles(ctx context.Context, build func(*State, []*Identity) map[string][]byte, send func(map[string][]byte) error) error {
 	sels, err := s.attestCaller(ctx)
 	if err != nil {
 		return err
@@ -177,10 +189,9 @@ func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workloa
 		if err != nil {
 			return err
 		}
-		bundles := state.federatedFor(ids, false)
-		bundles[state.TrustDomain.IDString()] = state.BundleDER
-		if lastSent == nil || !maps.EqualFunc(bundles, lastSent, bytes.Equal) {
-			if err := stream.Send(&workload.X509BundlesResponse{Bundles: bundles}); err != nil {
+		bundles := build(state, ids)
+		if len(bundles) > 0 && (lastSent == nil || !maps.EqualFunc(bundles, lastSent, bytes.Equal)) {
+			if err := send(bundles); err != nil {
 				return err
 			}
 			lastSent = bundles
