@@ -31,6 +31,7 @@ type ServerFile struct {
 	RootTTL           Duration `yaml:"root_ttl"`
 	IntermediateTTL   Duration `yaml:"intermediate_ttl"`
 	MaxX509SVIDTTL    Duration `yaml:"max_x509_svid_ttl"`
+	AgentLiveness     Duration `yaml:"agent_liveness"`
 	KeyPassphraseFile string   `yaml:"key_passphrase_file"`
 	KeyManagerURI     string   `yaml:"key_manager_uri"`
 	// UpstreamAuthority, when set, signs the intermediates instead of a
@@ -112,6 +113,7 @@ func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Le
 		RootTTL:         durationOr(f.RootTTL, 365*24*time.Hour),
 		IntermediateTTL: durationOr(f.IntermediateTTL, 24*time.Hour),
 		MaxSVIDTTL:      time.Duration(f.MaxX509SVIDTTL),
+		AgentLiveness:   time.Duration(f.AgentLiveness),
 	}
 	if f.MetricsAddress == "off" {
 		cfg.MetricsAddr = ""
