@@ -72,6 +72,11 @@ type Agent struct {
 	client agentv1.AgentAPIClient
 	jwts   jwtCache
 
+	// Used by the manage loop only: the entries revision of the last
+	// complete sync, and the foreign trust domains its entries federate with.
+	entriesRevision uint64
+	federatedTDs    []string
+
 	lis       net.Listener
 	wl        *grpc.Server
 	closeOnce sync.Once

@@ -226,6 +226,16 @@ func (c *cache) replaceTainted(tainted map[string]bool, now time.Time, window ti
 	return n
 }
 
+// entriesSnapshot copies the entry map (the entries themselves are immutable).
+func (c *cache) entriesSnapshot() map[string]*entry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries == nil {
+		return map[string]*entry{}
+	}
+	return maps.Clone(c.entries)
+}
+
 func (c *cache) svidCount() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -251,7 +252,9 @@ func (a *Agent) sync(ctx context.Context) error {
 		signers = append(signers, a.svidChain[0].AuthorityKeyId)
 	}
 	a.mu.Unlock()
-	stream, err := a.client.SyncEntries(ctx, &agentv1.SyncEntriesRequest{BundleSequence: seq, SignerKeyIds: signers})
+	stream, err := a.client.SyncEntries(ctx, &agentv1.SyncEntriesRequest{
+		BundleSequence: seq, SignerKeyIds: signers, EntriesRevision: a.entriesRevision, FederatedTrustDomains: a.federatedTDs,
+	})
 	if err != nil {
 		return fmt.Errorf("agent: sync: %w", err)
 	}
@@ -260,6 +263,10 @@ func (a *Agent) sync(ctx context.Context) error {
 		msg, err := stream.Recv()
 		if err != nil {
 			return fmt.Errorf("agent: sync: %w", err)
+		}
+		if msg.GetUnchanged() {
+			// Nothing authorized for this agent changed: keep the entries held.
+			entries = a.cache.entriesSnapshot()
 		}
 		for _, pe := range msg.GetEntries() {
 			e, err := entryFromProto(pe)
@@ -274,6 +281,8 @@ func (a *Agent) sync(ctx context.Context) error {
 				return err
 			}
 			a.applyTaints(msg.GetTaintedKeyIds())
+			a.entriesRevision = msg.GetEntriesRevision()
+			a.federatedTDs = federatedTrustDomains(entries)
 			return nil
 		}
 	}
@@ -346,6 +355,22 @@ func (a *Agent) applyTaints(ids [][]byte) {
 		a.agentTainted = true
 		a.agentRenewAt = TaintedRenewAt(now, a.agentRenewAt, a.cfg.SyncInterval)
 	}
+}
+
+// federatedTrustDomains is the union of the entries' federates_with.
+func federatedTrustDomains(entries map[string]*entry) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, e := range entries {
+		for _, td := range e.FederatesWith {
+			if !seen[td.Name()] {
+				seen[td.Name()] = true
+				out = append(out, td.Name())
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func sameCerts(a, b []*x509.Certificate) bool {

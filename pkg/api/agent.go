@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"maps"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -46,6 +48,7 @@ type AgentStore interface {
 	GetEntry(ctx context.Context, id string) (*datastore.Entry, error)
 	ListEntriesByParent(ctx context.Context, parentID, pageToken string, pageSize int) ([]*datastore.Entry, string, error)
 	GetFederatedBundle(ctx context.Context, td string) ([]byte, error)
+	EntriesRevision(ctx context.Context, parentID string) (current, parent uint64, err error)
 }
 
 // Limits of the agent API.
@@ -208,6 +211,19 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 	if err := s.cfg.Store.UpdateAgent(ctx, agent); err != nil {
 		return toStatus(ctx, s.cfg.Logger, "sync", err)
 	}
+	// Read the revision before listing: a change made while listing raises
+	// the parent's revision above it, so the next sync is complete again.
+	current, parentRev, err := s.cfg.Store.EntriesRevision(ctx, agentID.String())
+	if err != nil {
+		return toStatus(ctx, s.cfg.Logger, "sync", err)
+	}
+	if rev := req.GetEntriesRevision(); rev != 0 && rev >= parentRev && rev <= current {
+		msg := &agentv1.SyncEntriesResponse{Unchanged: true, EntriesRevision: current}
+		if err := s.finishSync(ctx, msg, req.GetFederatedTrustDomains()); err != nil {
+			return err
+		}
+		return stream.Send(msg)
+	}
 	token := ""
 	federated := map[string]bool{}
 	for {
@@ -223,17 +239,9 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 			}
 		}
 		if next == "" {
-			msg.Bundle = s.bundleProto()
-			msg.TaintedKeyIds = s.cfg.CA.TaintedKeyIDs()
-			for td := range federated {
-				raw, err := s.cfg.Store.GetFederatedBundle(ctx, td)
-				if errors.Is(err, datastore.ErrNotFound) {
-					continue // not fetched yet; the next sync brings it
-				}
-				if err != nil {
-					return toStatus(ctx, s.cfg.Logger, "sync", err)
-				}
-				msg.FederatedBundles = append(msg.FederatedBundles, &agentv1.FederatedBundle{TrustDomain: td, Bundle: raw})
+			msg.EntriesRevision = current
+			if err := s.finishSync(ctx, msg, slices.Collect(maps.Keys(federated))); err != nil {
+				return err
 			}
 		}
 		if err := stream.Send(msg); err != nil {
@@ -244,6 +252,24 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 		}
 		token = next
 	}
+}
+
+// finishSync fills the last sync message: the bundle, tainted keys and the
+// bundles of the foreign trust domains the agent's entries federate with.
+func (s *AgentService) finishSync(ctx context.Context, msg *agentv1.SyncEntriesResponse, federated []string) error {
+	msg.Bundle = s.bundleProto()
+	msg.TaintedKeyIds = s.cfg.CA.TaintedKeyIDs()
+	for _, td := range federated {
+		raw, err := s.cfg.Store.GetFederatedBundle(ctx, td)
+		if errors.Is(err, datastore.ErrNotFound) {
+			continue // not fetched yet; a later sync brings it
+		}
+		if err != nil {
+			return toStatus(ctx, s.cfg.Logger, "sync", err)
+		}
+		msg.FederatedBundles = append(msg.FederatedBundles, &agentv1.FederatedBundle{TrustDomain: td, Bundle: raw})
+	}
+	return nil
 }
 
 // BatchNewX509SVID signs each CSR whose entry is parented to the caller. Each

@@ -34,7 +34,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("datastore: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketEntries, bucketByParent, bucketByIdentity, bucketAgents, bucketTokens, bucketMeta, bucketFederations, bucketFederatedBundles} {
+		for _, b := range [][]byte{bucketEntries, bucketByParent, bucketByIdentity, bucketAgents, bucketTokens, bucketMeta, bucketFederations, bucketFederatedBundles, bucketParentRevision} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -87,6 +87,9 @@ func (s *Store) CreateEntry(_ context.Context, e *Entry) (*Entry, error) {
 			return err
 		}
 		if err := tx.Bucket(bucketByParent).Put(parentKey(out.ParentID, out.ID), nil); err != nil {
+			return err
+		}
+		if err := touchParents(tx, out.ParentID); err != nil {
 			return err
 		}
 		return ident.Put([]byte(out.identityKey()), []byte(out.ID))
@@ -152,6 +155,9 @@ func (s *Store) UpdateEntry(_ context.Context, e *Entry) (*Entry, error) {
 		if err := byParent.Put(parentKey(out.ParentID, out.ID), nil); err != nil {
 			return err
 		}
+		if err := touchParents(tx, old.ParentID, out.ParentID); err != nil {
+			return err
+		}
 		return putJSON(tx.Bucket(bucketEntries), []byte(out.ID), &out)
 	})
 	if err != nil {
@@ -171,6 +177,9 @@ func (s *Store) DeleteEntry(_ context.Context, id string) error {
 			return err
 		}
 		if err := tx.Bucket(bucketByParent).Delete(parentKey(old.ParentID, old.ID)); err != nil {
+			return err
+		}
+		if err := touchParents(tx, old.ParentID); err != nil {
 			return err
 		}
 		return tx.Bucket(bucketEntries).Delete([]byte(id))

@@ -181,3 +181,60 @@ func TestSyncStreamsManyEntriesInPages(t *testing.T) {
 		t.Fatalf("got %d entries in %d messages, want %d in at least 3", len(seen), msgs, n)
 	}
 }
+
+// syncOnce runs one SyncEntries call and returns the entries and the last message.
+func syncOnce(t *testing.T, a *harness.RawAgent, rev uint64) (int, *agentv1.SyncEntriesResponse) {
+	t.Helper()
+	stream, err := a.Client.SyncEntries(context.Background(), &agentv1.SyncEntriesRequest{EntriesRevision: rev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(msg.GetEntries())
+		if !msg.GetMore() {
+			return n, msg
+		}
+	}
+}
+
+// A sync sends the entries only when something authorized for the agent
+// changed since the revision it holds.
+func TestSyncSkipsUnchangedEntries(t *testing.T) {
+	srv := harness.StartServer(t)
+	a, b := harness.AttestRaw(t, srv), harness.AttestRaw(t, srv)
+	e := srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/w1", ParentId: a.ID.String(), Selectors: []string{"unix:uid:1"}})
+
+	n, last := syncOnce(t, a, 0)
+	if n != 1 || last.GetUnchanged() || last.GetEntriesRevision() == 0 || last.GetBundle() == nil {
+		t.Fatalf("first sync: %d entries, %v", n, last)
+	}
+	rev := last.GetEntriesRevision()
+	if n, last = syncOnce(t, a, rev); n != 0 || !last.GetUnchanged() || last.GetBundle() == nil {
+		t.Fatalf("unchanged sync: %d entries, unchanged=%v", n, last.GetUnchanged())
+	}
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/w2", ParentId: b.ID.String(), Selectors: []string{"unix:uid:1"}})
+	if n, last = syncOnce(t, a, rev); n != 0 || !last.GetUnchanged() {
+		t.Fatalf("another agent's new entry made this agent resync: %d entries", n)
+	}
+	rev = last.GetEntriesRevision()
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/w3", ParentId: a.ID.String(), Selectors: []string{"unix:uid:1"}})
+	if n, last = syncOnce(t, a, rev); n != 2 || last.GetUnchanged() {
+		t.Fatalf("after a new own entry: %d entries, unchanged=%v", n, last.GetUnchanged())
+	}
+	rev = last.GetEntriesRevision()
+	e.ParentId = b.ID.String()
+	if _, err := srv.Admin.UpdateEntry(context.Background(), &adminv1.UpdateEntryRequest{Entry: e}); err != nil {
+		t.Fatal(err)
+	}
+	if n, last = syncOnce(t, a, rev); n != 1 || last.GetUnchanged() {
+		t.Fatalf("after an entry moved away: %d entries, unchanged=%v", n, last.GetUnchanged())
+	}
+	if n, last = syncOnce(t, a, last.GetEntriesRevision()+1000); n != 1 || last.GetUnchanged() {
+		t.Fatalf("a revision from the future must force a full sync: %d, unchanged=%v", n, last.GetUnchanged())
+	}
+}

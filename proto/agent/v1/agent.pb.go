@@ -472,9 +472,15 @@ type SyncEntriesRequest struct {
 	BundleSequence uint64 `protobuf:"varint,1,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
 	// Authority key IDs of the intermediates that signed the SVIDs the agent
 	// holds; a tainted intermediate may be revoked once no agent reports it.
-	SignerKeyIds  [][]byte `protobuf:"bytes,2,rep,name=signer_key_ids,json=signerKeyIds,proto3" json:"signer_key_ids,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SignerKeyIds [][]byte `protobuf:"bytes,2,rep,name=signer_key_ids,json=signerKeyIds,proto3" json:"signer_key_ids,omitempty"`
+	// The entries_revision of the agent's last complete sync, 0 for none. When
+	// none of the agent's entries changed since, the server sends no entries.
+	EntriesRevision uint64 `protobuf:"varint,3,opt,name=entries_revision,json=entriesRevision,proto3" json:"entries_revision,omitempty"`
+	// With entries_revision: the foreign trust domains the held entries
+	// federate with, whose bundles the server should send.
+	FederatedTrustDomains []string `protobuf:"bytes,4,rep,name=federated_trust_domains,json=federatedTrustDomains,proto3" json:"federated_trust_domains,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *SyncEntriesRequest) Reset() {
@@ -517,6 +523,20 @@ func (x *SyncEntriesRequest) GetBundleSequence() uint64 {
 func (x *SyncEntriesRequest) GetSignerKeyIds() [][]byte {
 	if x != nil {
 		return x.SignerKeyIds
+	}
+	return nil
+}
+
+func (x *SyncEntriesRequest) GetEntriesRevision() uint64 {
+	if x != nil {
+		return x.EntriesRevision
+	}
+	return 0
+}
+
+func (x *SyncEntriesRequest) GetFederatedTrustDomains() []string {
+	if x != nil {
+		return x.FederatedTrustDomains
 	}
 	return nil
 }
@@ -694,8 +714,13 @@ type SyncEntriesResponse struct {
 	// Set in the last message only: the bundles of the foreign trust domains
 	// the agent's entries federate with.
 	FederatedBundles []*FederatedBundle `protobuf:"bytes,5,rep,name=federated_bundles,json=federatedBundles,proto3" json:"federated_bundles,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Set in the last message only: the revision to send next time.
+	EntriesRevision uint64 `protobuf:"varint,6,opt,name=entries_revision,json=entriesRevision,proto3" json:"entries_revision,omitempty"`
+	// Set when the agent's entries are unchanged since the revision it sent:
+	// no entries follow; keep the ones held.
+	Unchanged     bool `protobuf:"varint,7,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncEntriesResponse) Reset() {
@@ -761,6 +786,20 @@ func (x *SyncEntriesResponse) GetFederatedBundles() []*FederatedBundle {
 		return x.FederatedBundles
 	}
 	return nil
+}
+
+func (x *SyncEntriesResponse) GetEntriesRevision() uint64 {
+	if x != nil {
+		return x.EntriesRevision
+	}
+	return 0
+}
+
+func (x *SyncEntriesResponse) GetUnchanged() bool {
+	if x != nil {
+		return x.Unchanged
+	}
+	return false
 }
 
 type FederatedBundle struct {
@@ -1163,10 +1202,12 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x11RenewAgentRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"F\n" +
 	"\x12RenewAgentResponse\x120\n" +
-	"\x04svid\x18\x01 \x01(\v2\x1c.shortleaf.agent.v1.X509SVIDR\x04svid\"c\n" +
+	"\x04svid\x18\x01 \x01(\v2\x1c.shortleaf.agent.v1.X509SVIDR\x04svid\"\xc6\x01\n" +
 	"\x12SyncEntriesRequest\x12'\n" +
 	"\x0fbundle_sequence\x18\x01 \x01(\x04R\x0ebundleSequence\x12$\n" +
-	"\x0esigner_key_ids\x18\x02 \x03(\fR\fsignerKeyIds\"4\n" +
+	"\x0esigner_key_ids\x18\x02 \x03(\fR\fsignerKeyIds\x12)\n" +
+	"\x10entries_revision\x18\x03 \x01(\x04R\x0fentriesRevision\x126\n" +
+	"\x17federated_trust_domains\x18\x04 \x03(\tR\x15federatedTrustDomains\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"\xc8\x02\n" +
@@ -1179,13 +1220,15 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x04hint\x18\x06 \x01(\tR\x04hint\x12\x1a\n" +
 	"\brevision\x18\a \x01(\x03R\brevision\x12/\n" +
 	"\x14jwt_svid_ttl_seconds\x18\b \x01(\x05R\x11jwtSvidTtlSeconds\x12%\n" +
-	"\x0efederates_with\x18\t \x03(\tR\rfederatesWith\"\x8c\x02\n" +
+	"\x0efederates_with\x18\t \x03(\tR\rfederatesWith\"\xd5\x02\n" +
 	"\x13SyncEntriesResponse\x123\n" +
 	"\aentries\x18\x01 \x03(\v2\x19.shortleaf.agent.v1.EntryR\aentries\x122\n" +
 	"\x06bundle\x18\x02 \x01(\v2\x1a.shortleaf.agent.v1.BundleR\x06bundle\x12\x12\n" +
 	"\x04more\x18\x03 \x01(\bR\x04more\x12&\n" +
 	"\x0ftainted_key_ids\x18\x04 \x03(\fR\rtaintedKeyIds\x12P\n" +
-	"\x11federated_bundles\x18\x05 \x03(\v2#.shortleaf.agent.v1.FederatedBundleR\x10federatedBundles\"L\n" +
+	"\x11federated_bundles\x18\x05 \x03(\v2#.shortleaf.agent.v1.FederatedBundleR\x10federatedBundles\x12)\n" +
+	"\x10entries_revision\x18\x06 \x01(\x04R\x0fentriesRevision\x12\x1c\n" +
+	"\tunchanged\x18\a \x01(\bR\tunchanged\"L\n" +
 	"\x0fFederatedBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x16\n" +
 	"\x06bundle\x18\x02 \x01(\fR\x06bundle\"@\n" +
