@@ -218,12 +218,6 @@ func (c *CA) upstreamIntermediates() []*x509.Certificate {
 // TrustDomain is the trust domain the CA signs for.
 func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.cfg.TrustDomain }
 
-// Schedule is the rotation schedule in force.
-func (c *CA) Schedule() Schedule { return c.schedule }
-
-// MaxSVIDTTL is the longest SVID lifetime the CA guarantees in full.
-func (c *CA) MaxSVIDTTL() time.Duration { return c.cfg.MaxSVIDTTL }
-
 // Authorities returns a snapshot of every authority (without signers).
 func (c *CA) Authorities() []Authority {
 	c.mu.RLock()

@@ -36,18 +36,6 @@ func (c *CA) PrepareRoot(ctx context.Context) (Authority, error) {
 	return *root, ch.commit(ctx)
 }
 
-// PreparedRoot returns the prepared root, if any.
-func (c *CA) PreparedRoot() (Authority, bool) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	for _, a := range c.authorities {
-		if a.Kind == KindRoot && a.State == StatePrepared {
-			return *a, true
-		}
-	}
-	return Authority{}, false
-}
-
 // ActivateRoot makes the prepared root sign a new intermediate, which becomes
 // active at once; the old root and intermediate become old. lagging lists the
 // live agents whose bundle is older than sequence; unless force is set, any
