@@ -157,21 +157,33 @@ func (c *cache) getBundle() ([]*x509.Certificate, uint64) {
 }
 
 // due lists the entries that need an SVID now (none yet, entry changed, or
-// past their renewal time), soonest expiry first, and the earliest future
-// renewal time among the rest.
+// past their renewal time) — those without a valid SVID first, then the
+// soonest to expire, so a backlog after an outage serves the most urgent
+// first — and the earliest future renewal time among the rest.
 func (c *cache) due(now time.Time) (due []*entry, next time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	expiry := map[string]time.Time{}
 	for id, e := range c.entries {
 		s, ok := c.svids[id]
 		if !ok || s.Revision != e.Revision || !now.Before(s.RenewAt) {
 			due = append(due, e)
+			if ok {
+				expiry[id] = s.Chain[0].NotAfter
+			}
 			continue
 		}
 		if next.IsZero() || s.RenewAt.Before(next) {
 			next = s.RenewAt
 		}
 	}
+	slices.SortFunc(due, func(a, b *entry) int {
+		ea, eb := expiry[a.ID], expiry[b.ID] // zero (no SVID) sorts first
+		if c := ea.Compare(eb); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
 	return due, next
 }
 
