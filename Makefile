@@ -57,6 +57,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseSelector -fuzztime 30s ./attest/
 	$(GO) test -run '^$$' -fuzz FuzzParseServerConfig -fuzztime 30s ./pkg/config/
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./pkg/federation/
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./attest/jointoken/
+	$(GO) test -run '^$$' -fuzz FuzzParseAgentConfig -fuzztime 30s ./pkg/config/
 
 clean:
 	rm -rf tools/bin

@@ -39,3 +39,21 @@ func TestParseRejectsMalformed(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParse(f *testing.F) {
+	tok, _ := jointoken.Generate()
+	f.Add(tok.String())
+	f.Add("0123456789abcdef.")
+	f.Fuzz(func(t *testing.T, s string) {
+		id, hash, err := jointoken.Parse(s)
+		if err != nil {
+			return
+		}
+		if len(hash) != 32 || len(id) != 16 {
+			t.Fatalf("accepted %q with id %q and a %d-byte hash", s, id, len(hash))
+		}
+		if _, err := jointoken.AgentID(spiffeid.RequireTrustDomainFromString("example.org"), id); err != nil {
+			t.Fatalf("accepted token ID %q makes no agent ID: %v", id, err)
+		}
+	})
+}

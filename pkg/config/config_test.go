@@ -154,3 +154,17 @@ func TestUpstreamAuthorityFiles(t *testing.T) {
 		t.Fatalf("empty: %v", err)
 	}
 }
+
+func FuzzParseAgentConfig(f *testing.F) {
+	f.Add("server_address: 127.0.0.1:8081\ntrust_domain: example.org\ndata_dir: /d\ninsecure_bootstrap: true\n")
+	f.Add("server_address: a\ntrust_domain: example.org\ndata_dir: /d\nsync_interval: 1s\n")
+	f.Fuzz(func(t *testing.T, doc string) {
+		cfg, err := config.ParseAgent(strings.NewReader(doc))
+		if err != nil {
+			return
+		}
+		if cfg.Agent.ServerAddr == "" || cfg.Agent.DataDir == "" || cfg.Agent.TrustDomain.IsZero() {
+			t.Fatalf("accepted an incomplete config: %+v", cfg.Agent)
+		}
+	})
+}
