@@ -13,6 +13,13 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
+// Audience limits, the same the CA enforces, checked here so a bad request
+// is refused at once and named.
+const (
+	maxAudiences      = 16
+	maxAudienceLength = 512
+)
+
 // FetchJWTSVID returns a JWT-SVID for the audience, for the asked SPIFFE ID
 // or for every identity of the caller.
 func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (resp *workload.JWTSVIDResponse, err error) {
@@ -25,6 +32,14 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 	}
 	if len(req.GetAudience()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "audience: at least one audience is required")
+	}
+	if len(req.GetAudience()) > maxAudiences {
+		return nil, status.Errorf(codes.InvalidArgument, "audience: %d values, more than %d", len(req.GetAudience()), maxAudiences)
+	}
+	for _, a := range req.GetAudience() {
+		if a == "" || len(a) > maxAudienceLength {
+			return nil, status.Errorf(codes.InvalidArgument, "audience: values must be 1 to %d characters", maxAudienceLength)
+		}
 	}
 	var want spiffeid.ID
 	if req.GetSpiffeId() != "" {

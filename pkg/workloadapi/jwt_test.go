@@ -103,11 +103,21 @@ func (f fixedJWT) FetchJWTSVID(context.Context, string, []string) (string, error
 	return f.token, nil
 }
 
-func TestFetchJWTSVIDNeedsAudience(t *testing.T) {
+func TestFetchJWTSVIDChecksAudience(t *testing.T) {
 	c := catest.New(t)
 	src := &source{state: state(c, identity(t, c, "spiffe://example.org/a", "", uid1)), changed: make(chan struct{})}
 	client, ctx := rawClient(t, serve(t, src, uid1))
-	if _, err := client.FetchJWTSVID(ctx, &workload.JWTSVIDRequest{}); status.Code(err) != codes.InvalidArgument {
-		t.Fatalf("no audience: %v, want InvalidArgument", err)
+	many := make([]string, 17)
+	for i := range many {
+		many[i] = "a"
+	}
+	for name, aud := range map[string][]string{"no audience": nil, "empty audience": {""}, "17 audiences": many} {
+		if _, err := client.FetchJWTSVID(ctx, &workload.JWTSVIDRequest{Audience: aud}); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: %v, want InvalidArgument", name, err)
+		}
+	}
+	resp, err := client.FetchJWTSVID(ctx, &workload.JWTSVIDRequest{Audience: []string{"db"}})
+	if err != nil || len(resp.GetSvids()) != 1 || resp.GetSvids()[0].GetSvid() != "test-token" {
+		t.Fatalf("a good request: %v %v", resp, err)
 	}
 }
