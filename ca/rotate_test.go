@@ -22,6 +22,7 @@ import (
 	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	"github.com/shortleaf/shortleaf/pkg/keymanager"
+	"github.com/shortleaf/shortleaf/pkg/keymanager/keymanagertest"
 )
 
 var ctx = context.Background()
@@ -193,6 +194,22 @@ func sameAuthorities(t *testing.T, state string, a, b []ca.Authority) {
 
 func TestRestartResumesInEveryState(t *testing.T) {
 	cfg, clk := journalOf(t)
+	testRestartInEveryState(t, cfg, clk)
+}
+
+// The same walk with every key in a SoftHSM2 token.
+func TestRestartResumesInEveryStateWithSoftHSM(t *testing.T) {
+	cfg, clk := journalOf(t)
+	km, err := keymanager.NewKMS(ctx, keymanagertest.SoftHSM(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer km.Close()
+	cfg.Keys = km
+	testRestartInEveryState(t, cfg, clk)
+}
+
+func testRestartInEveryState(t *testing.T, cfg ca.Config, clk *clock.Fake) {
 	c := catest.NewFromConfig(t, cfg)
 	restart := func(state string) {
 		t.Helper()
