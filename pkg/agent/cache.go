@@ -248,10 +248,17 @@ func (c *cache) entriesSnapshot() map[string]*entry {
 	return maps.Clone(c.entries)
 }
 
-func (c *cache) svidCount() int {
+// svidCounts returns how many SVIDs are cached and how many of them have
+// expired at now.
+func (c *cache) svidCounts(now time.Time) (cached, expired int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.svids)
+	for _, s := range c.svids {
+		if !now.Before(s.Chain[0].NotAfter) {
+			expired++
+		}
+	}
+	return len(c.svids), expired
 }
 
 func (c *cache) lookup(id string) (*entry, *svid) {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -175,5 +176,38 @@ func TestLifecycleMetrics(t *testing.T) {
 			t.Fatalf("/metrics lacks %q after a rotation", missing)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestAgentMetrics(t *testing.T) {
+	srv := harness.StartServer(t)
+	reg := prometheus.NewRegistry()
+	ag := harness.StartAgent(t, srv, func(c *agent.Config) { c.Registry = reg })
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	if _, err := fetchX509(t, ag.Addr(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // one more loop of the agent to refresh its gauges
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			switch {
+			case m.GetHistogram() != nil:
+				got[f.GetName()] += float64(m.GetHistogram().GetSampleCount())
+			case m.GetGauge() != nil:
+				got[f.GetName()] += m.GetGauge().GetValue()
+			case m.GetCounter() != nil:
+				got[f.GetName()] += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if got["shortleaf_agent_workload_api_first_response_seconds"] < 1 || got["shortleaf_agent_cached_x509_svids"] != 1 ||
+		got["shortleaf_agent_expired_x509_svids"] != 0 || got["shortleaf_agent_x509_svid_renewals_total"] < 1 ||
+		got["shortleaf_agent_workload_api_requests_total"] < 1 {
+		t.Fatalf("agent metrics = %v", got)
 	}
 }

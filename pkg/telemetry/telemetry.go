@@ -83,6 +83,11 @@ type Agent struct {
 	SVIDRenewals     *prometheus.CounterVec
 	SyncFailures     prometheus.Counter
 	CachedSVIDs      prometheus.Gauge
+	// ExpiredSVIDs counts cached SVIDs past their NotAfter: renewal did not
+	// keep up (server unreachable for half a TTL). It should stay 0.
+	ExpiredSVIDs prometheus.Gauge
+	// FirstResponse is the time from a Workload API call to its first answer.
+	FirstResponse *prometheus.HistogramVec
 }
 
 // NewAgent registers the agent's metrics on reg.
@@ -105,7 +110,16 @@ func NewAgent(reg prometheus.Registerer) *Agent {
 			Help: "X.509-SVIDs the agent holds ready for workloads.",
 		}),
 	}
-	reg.MustRegister(m.WorkloadRequests, m.SVIDRenewals, m.SyncFailures, m.CachedSVIDs)
+	m.ExpiredSVIDs = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "shortleaf_agent_expired_x509_svids",
+		Help: "Cached X.509-SVIDs past their NotAfter (renewal fell behind); alert when above 0.",
+	})
+	m.FirstResponse = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "shortleaf_agent_workload_api_first_response_seconds",
+		Help:    "Time from a Workload API or SDS call to its first response, by method.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+	}, []string{"method"})
+	reg.MustRegister(m.WorkloadRequests, m.SVIDRenewals, m.SyncFailures, m.CachedSVIDs, m.ExpiredSVIDs, m.FirstResponse)
 	return m
 }
 

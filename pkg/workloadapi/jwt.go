@@ -24,6 +24,7 @@ const (
 // or for every identity of the caller.
 func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (resp *workload.JWTSVIDResponse, err error) {
 	defer func() { s.count("FetchJWTSVID", err) }()
+	defer s.firstResponse("FetchJWTSVID")()
 	if err := checkHeader(ctx); err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"time"
 
 	workload "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc"
@@ -94,6 +95,19 @@ func (s *Server) matching(ctx context.Context, sels []attest.Selector) (*State, 
 	return state, ids, changed, nil
 }
 
+// firstResponse returns a func that records, once, the time since start.
+func (s *Server) firstResponse(method string) func() {
+	start := time.Now()
+	done := false
+	return func() {
+		if done || s.cfg.Metrics == nil {
+			return
+		}
+		done = true
+		s.cfg.Metrics.FirstResponse.WithLabelValues(method).Observe(time.Since(start).Seconds())
+	}
+}
+
 func (s *Server) count(method string, err error) {
 	if s.cfg.Metrics == nil {
 		return
@@ -113,6 +127,7 @@ func (s *Server) count(method string, err error) {
 // entry change or bundle change.
 func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.SpiffeWorkloadAPI_FetchX509SVIDServer) (err error) {
 	defer func() { s.count("FetchX509SVID", err) }()
+	observe := s.firstResponse("FetchX509SVID")
 	ctx := stream.Context()
 	sels, err := s.attestCaller(ctx)
 	if err != nil {
@@ -153,6 +168,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 			if err := stream.Send(resp); err != nil {
 				return err
 			}
+			observe()
 			lastSent = sent
 		}
 		select {
