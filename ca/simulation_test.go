@@ -36,7 +36,7 @@ const (
 	simSync         = 5 * time.Second
 	simWorkloadTTL  = time.Minute
 	simAgentSVIDTTL = 5 * time.Minute
-	simAgents       = 2
+	simAgents       = 3
 )
 
 type simSVID struct {
