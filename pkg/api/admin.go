@@ -53,6 +53,9 @@ type AdminConfig struct {
 	AgentLiveness time.Duration // default DefaultAgentLiveness
 	Federation    FederationStore
 	Refresher     BundleRefresher
+	// BundleRefreshHint is the bundle endpoint's refresh hint, 0 without an
+	// endpoint; a new root waits PublishLeadRefreshHints of them.
+	BundleRefreshHint time.Duration
 	Clock         clock.Clock
 	Logger        *slog.Logger
 }

@@ -146,6 +146,9 @@ func (s *AdminService) ActivateRoot(ctx context.Context, req *adminv1.ActivateRo
 			lookupErr = err
 			return []string{"(agents could not be listed)"}
 		}
+		if wait := s.federationWait(); wait != "" {
+			lagging = append(lagging, wait)
+		}
 		forcedPast = lagging
 		return lagging
 	}, req.GetForce())
@@ -162,6 +165,30 @@ func (s *AdminService) ActivateRoot(ctx context.Context, req *adminv1.ActivateRo
 		s.cfg.Logger.WarnContext(ctx, "root activated with --force although agents lack it", slog.Int("lagging_agents", len(forcedPast)))
 	}
 	return resp, nil
+}
+
+// PublishLeadRefreshHints is how many bundle refresh hints a new root is
+// published to federated trust domains before it may sign (SPIFFE
+// Federation: 3 to 5).
+const PublishLeadRefreshHints = 3
+
+// federationWait names the wait still owed to federated consumers of the
+// bundle endpoint before the prepared root may sign, or "".
+func (s *AdminService) federationWait() string {
+	if s.cfg.BundleRefreshHint <= 0 {
+		return ""
+	}
+	for _, a := range s.cfg.Lifecycle.Authorities() {
+		if a.Kind != ca.KindRoot || a.State != ca.StatePrepared {
+			continue
+		}
+		ready := a.NotBefore.Add(ca.Backdate).Add(PublishLeadRefreshHints * s.cfg.BundleRefreshHint)
+		if now := s.cfg.Clock.Now(); now.Before(ready) {
+			return fmt.Sprintf("bundle endpoint consumers (%d refresh hints after prepare: wait until %s)",
+				PublishLeadRefreshHints, ready.UTC().Format(time.RFC3339))
+		}
+	}
+	return ""
 }
 
 // RetireRoot drops the old root from the bundle once nothing chains to it.

@@ -310,3 +310,21 @@ func TestBundleEndpointHTTPSWeb(t *testing.T) {
 		t.Fatalf("untrusted https_web endpoint: %v", err)
 	}
 }
+
+// A new root is published to federated trust domains for three refresh
+// hints before it may sign.
+func TestRootActivationWaitsForFederatedConsumers(t *testing.T) {
+	srv := harness.StartServer(t, withBundleEndpoint(harness.TrustDomain)) // refresh hint 1s
+	ctx := context.Background()
+	if _, err := srv.Admin.PrepareRoot(ctx, &adminv1.PrepareRootRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := srv.Admin.ActivateRoot(ctx, &adminv1.ActivateRootRequest{})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "refresh hints") {
+		t.Fatalf("activation right after prepare: %v", err)
+	}
+	time.Sleep(3 * time.Second)
+	if _, err := srv.Admin.ActivateRoot(ctx, &adminv1.ActivateRootRequest{}); err != nil {
+		t.Fatalf("activation after three refresh hints: %v", err)
+	}
+}

@@ -190,7 +190,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}))
 	s.poller = federation.NewPoller(s.store, cfg.Clock, cfg.Logger)
 	s.admin = api.NewAdminService(api.AdminConfig{
-		Federation: s.store, Refresher: s.poller,
+		Federation: s.store, Refresher: s.poller, BundleRefreshHint: bundleRefreshHint(cfg.BundleEndpoint),
 		CA: s.ca, Lifecycle: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, DefaultJWTTTL: cfg.DefaultJWTTTL, MaxSVIDTTL: cfg.MaxSVIDTTL,
 		AgentLiveness: cfg.AgentLiveness, Clock: cfg.Clock, Logger: cfg.Logger,
 	})
@@ -282,11 +282,20 @@ func (s *Server) agentTLSConfig() *tls.Config {
 	}
 }
 
-func (s *Server) newBundleEndpoint(be *BundleEndpointConfig) (*bundleendpoint.Server, error) {
-	hint := be.RefreshHint
-	if hint == 0 {
-		hint = federation.DefaultRefreshHint
+// bundleRefreshHint is the refresh hint the endpoint publishes, 0 without one.
+func bundleRefreshHint(be *BundleEndpointConfig) time.Duration {
+	switch {
+	case be == nil:
+		return 0
+	case be.RefreshHint == 0:
+		return federation.DefaultRefreshHint
+	default:
+		return be.RefreshHint
 	}
+}
+
+func (s *Server) newBundleEndpoint(be *BundleEndpointConfig) (*bundleendpoint.Server, error) {
+	hint := bundleRefreshHint(be)
 	cert := s.tlsCert.get
 	switch be.Profile {
 	case bundleendpoint.ProfileSPIFFE, "":
