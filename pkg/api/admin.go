@@ -56,8 +56,8 @@ type AdminConfig struct {
 	// BundleRefreshHint is the bundle endpoint's refresh hint, 0 without an
 	// endpoint; a new root waits PublishLeadRefreshHints of them.
 	BundleRefreshHint time.Duration
-	Clock         clock.Clock
-	Logger        *slog.Logger
+	Clock             clock.Clock
+	Logger            *slog.Logger
 }
 
 // AdminService implements the admin API.
