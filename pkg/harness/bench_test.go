@@ -3,12 +3,23 @@ package harness_test
 import (
 	"context"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	workload "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/shortleaf/shortleaf/pkg/agent"
 	"github.com/shortleaf/shortleaf/pkg/harness"
 	"github.com/shortleaf/shortleaf/pkg/server"
+	"github.com/shortleaf/shortleaf/pkg/uds"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
@@ -40,4 +51,82 @@ func BenchmarkBatchNewX509SVID(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/svid")
 	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "svids/s")
+}
+
+// BenchmarkWorkloadAPIFetch is one FetchX509SVID as a workload pays for it:
+// a new stream on the agent's socket, peer-credential attestation (uid, gid,
+// names, executable path and hash), selector matching and the response.
+func BenchmarkWorkloadAPIFetch(b *testing.B) {
+	srv := harness.StartServer(b, func(c *server.Config) { c.Logger = slog.New(slog.DiscardHandler) })
+	ag := harness.StartAgent(b, srv, func(c *agent.Config) { c.Logger = slog.New(slog.DiscardHandler) })
+	srv.CreateEntry(b, &adminv1.Entry{SpiffeId: "spiffe://example.org/bench", ParentId: ag.ID(), Selectors: []string{"unix:uid:" + strconv.Itoa(os.Getuid())}})
+	conn, err := grpc.NewClient(ag.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	client := workload.NewSpiffeWorkloadAPIClient(conn)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "workload.spiffe.io", "true")
+	fetch := func() error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stream, err := client.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+		if err != nil {
+			return err
+		}
+		_, err = stream.Recv()
+		return err
+	}
+	for deadline := time.Now().Add(10 * time.Second); fetch() != nil; {
+		if time.Now().After(deadline) {
+			b.Fatal("no SVID")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := fetch(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkBareUDSStream is the floor for the same round trip: a gRPC stream
+// on a Unix socket to a server that answers at once, with no attestation.
+func BenchmarkBareUDSStream(b *testing.B) {
+	sock := filepath.Join(harness.ShortDir(b), "bare.sock")
+	lis, err := uds.Listen(sock, 0o700)
+	if err != nil {
+		b.Fatal(err)
+	}
+	g := grpc.NewServer(grpc.Creds(uds.NewCredentials()))
+	workload.RegisterSpiffeWorkloadAPIServer(g, bareWorkloadAPI{})
+	go func() { _ = g.Serve(lis) }()
+	defer g.Stop()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	client := workload.NewSpiffeWorkloadAPIClient(conn)
+	b.ReportAllocs()
+	for b.Loop() {
+		ctx, cancel := context.WithCancel(context.Background())
+		stream, err := client.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+type bareWorkloadAPI struct {
+	workload.UnimplementedSpiffeWorkloadAPIServer
+}
+
+func (bareWorkloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, s workload.SpiffeWorkloadAPI_FetchX509SVIDServer) error {
+	return s.Send(&workload.X509SVIDResponse{Svids: []*workload.X509SVID{{SpiffeId: "spiffe://example.org/bench"}}})
 }
