@@ -58,6 +58,9 @@ const (
 	// SyncPageSize is how many entries one SyncEntries message carries; a few
 	// hundred bytes each keeps every message far below gRPC's 4 MB limit.
 	SyncPageSize = 500
+	// lastSeenResolution is how stale an agent's recorded last sync may get;
+	// it must stay well below the agent liveness window.
+	lastSeenResolution = 15 * time.Second
 )
 
 // AgentConfig configures the agent API.
@@ -202,14 +205,20 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 	if err != nil {
 		return err
 	}
-	agent.LastSeen = s.cfg.Clock.Now()
-	agent.BundleSequence = req.GetBundleSequence()
-	agent.SignerKeyIDs = agent.SignerKeyIDs[:0]
+	signers := make([]string, 0, len(req.GetSignerKeyIds()))
 	for _, id := range req.GetSignerKeyIds() {
-		agent.SignerKeyIDs = append(agent.SignerKeyIDs, hex.EncodeToString(id))
+		signers = append(signers, hex.EncodeToString(id))
 	}
-	if err := s.cfg.Store.UpdateAgent(ctx, agent); err != nil {
-		return toStatus(ctx, s.cfg.Logger, "sync", err)
+	slices.Sort(signers)
+	// Record what the agent reports; when only the time moved, write at most
+	// every lastSeenResolution, so thousands of agents syncing every few
+	// seconds do not each cost a datastore commit.
+	now := s.cfg.Clock.Now()
+	if agent.BundleSequence != req.GetBundleSequence() || !slices.Equal(agent.SignerKeyIDs, signers) || now.Sub(agent.LastSeen) >= lastSeenResolution {
+		agent.LastSeen, agent.BundleSequence, agent.SignerKeyIDs = now, req.GetBundleSequence(), signers
+		if err := s.cfg.Store.UpdateAgent(ctx, agent); err != nil {
+			return toStatus(ctx, s.cfg.Logger, "sync", err)
+		}
 	}
 	// Read the revision before listing: a change made while listing raises
 	// the parent's revision above it, so the next sync is complete again.

@@ -49,6 +49,7 @@ func TestServerConfigErrorsNameTheField(t *testing.T) {
 		{"intermediate too short", base + "intermediate_ttl: 5m\n", "intermediate_ttl"},
 		{"root too short", base + "root_ttl: 30h\n", "root_ttl"},
 		{"bad log level", base + "log_level: loud\n", "log_level"},
+		{"liveness too short", base + "agent_liveness: 10s\n", "agent_liveness"},
 		{"two documents", base + "---\ntrust_domain: b\n", "more than one"},
 		{"wrong type", base + "agent_svid_ttl: [1]\n", "agent_svid_ttl"},
 	}
