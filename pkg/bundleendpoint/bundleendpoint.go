@@ -13,6 +13,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -37,6 +38,8 @@ type Config struct {
 	// Certificate returns the TLS certificate: the server's SVID for
 	// https_spiffe, the Web PKI certificate for https_web.
 	Certificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// Logger receives connection errors (failed handshakes) at debug level.
+	Logger *slog.Logger
 }
 
 // Server is a listening bundle endpoint.
@@ -66,9 +69,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("bundleendpoint: listen: %w", err)
 	}
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: cfg.Certificate}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
 	return &Server{
 		lis: tls.NewListener(lis, tlsCfg),
-		srv: &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second},
+		srv: &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second,
+			ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)},
 	}, nil
 }
 

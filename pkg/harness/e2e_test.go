@@ -121,7 +121,9 @@ func TestWorkloadWithNonMatchingUIDIsDenied(t *testing.T) {
 		Selectors: []string{uidSelector(), "unix:gid:" + strconv.Itoa(os.Getgid()+4242)},
 	})
 	time.Sleep(time.Second) // several sync intervals
-	_, err := fetchX509(t, ag.Addr(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(ag.Addr()))
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("FetchX509Context error = %v, want PermissionDenied", err)
 	}

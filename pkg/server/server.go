@@ -308,7 +308,7 @@ func (s *Server) newBundleEndpoint(be *BundleEndpointConfig) (*bundleendpoint.Se
 		return nil, fmt.Errorf("server: bundle_endpoint.profile %q is not https_spiffe or https_web", be.Profile)
 	}
 	ep, err := bundleendpoint.New(bundleendpoint.Config{
-		Addr: be.Addr, TrustDomain: s.cfg.TrustDomain, Certificate: cert,
+		Addr: be.Addr, TrustDomain: s.cfg.TrustDomain, Certificate: cert, Logger: s.cfg.Logger,
 		Bundle: func() *spiffebundle.Bundle { return s.ca.SPIFFEBundle(hint) },
 	})
 	if err != nil {
