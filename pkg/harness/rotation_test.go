@@ -158,17 +158,25 @@ func TestRootActivationWaitsForLaggingAgent(t *testing.T) {
 	srv := harness.StartServer(t, func(c *server.Config) { c.AgentLiveness = time.Minute })
 	fast := harness.StartAgent(t, srv)
 	slow := harness.StartAgent(t, srv)
-	time.Sleep(500 * time.Millisecond) // both have synced
-	slow.Stop()                        // seen recently, so still live, but no longer syncing
+	slow.Stop() // attested just now, so live, but no longer syncing
 
 	ctx := context.Background()
 	if _, err := srv.Admin.PrepareRoot(ctx, &adminv1.PrepareRootRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond) // the fast agent syncs the new bundle
-	_, err := srv.Admin.ActivateRoot(ctx, &adminv1.ActivateRootRequest{})
-	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), slow.ID()) || strings.Contains(err.Error(), fast.ID()) {
-		t.Fatalf("activation with a lagging agent: %v; want FailedPrecondition naming only %s", err, slow.ID())
+	// Once the fast agent has synced the new bundle, only the slow one blocks.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		_, err := srv.Admin.ActivateRoot(ctx, &adminv1.ActivateRootRequest{})
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), slow.ID()) {
+			t.Fatalf("activation with a lagging agent: %v; want FailedPrecondition naming %s", err, slow.ID())
+		}
+		if !strings.Contains(err.Error(), fast.ID()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the fast agent never reported the new bundle: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	show, err := srv.Admin.ListAuthorities(ctx, &adminv1.ListAuthoritiesRequest{})
 	if err != nil {
