@@ -120,10 +120,17 @@ func TestWorkloadWithNonMatchingUIDIsDenied(t *testing.T) {
 		SpiffeId: "spiffe://example.org/partial", ParentId: ag.ID(),
 		Selectors: []string{uidSelector(), "unix:gid:" + strconv.Itoa(os.Getgid()+4242)},
 	})
-	time.Sleep(time.Second) // several sync intervals
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(ag.Addr()))
+	// Until its first sync the agent answers Unavailable; then the verdict.
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err = workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(ag.Addr()))
+		cancel()
+		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("FetchX509Context error = %v, want PermissionDenied", err)
 	}

@@ -187,7 +187,25 @@ func TestAgentMetrics(t *testing.T) {
 	if _, err := fetchX509(t, ag.Addr(), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond) // one more loop of the agent to refresh its gauges
+	// The agent refreshes its gauges on every loop; poll until they settle.
+	var got map[string]float64
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		got = gatherAll(t, reg)
+		if got["shortleaf_agent_workload_api_first_response_seconds"] >= 1 && got["shortleaf_agent_cached_x509_svids"] == 1 &&
+			got["shortleaf_agent_expired_x509_svids"] == 0 && got["shortleaf_agent_x509_svid_renewals_total"] >= 1 &&
+			got["shortleaf_agent_workload_api_requests_total"] >= 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent metrics = %v", got)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// gatherAll sums every sample of each metric family (histograms by count).
+func gatherAll(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -205,9 +223,5 @@ func TestAgentMetrics(t *testing.T) {
 			}
 		}
 	}
-	if got["shortleaf_agent_workload_api_first_response_seconds"] < 1 || got["shortleaf_agent_cached_x509_svids"] != 1 ||
-		got["shortleaf_agent_expired_x509_svids"] != 0 || got["shortleaf_agent_x509_svid_renewals_total"] < 1 ||
-		got["shortleaf_agent_workload_api_requests_total"] < 1 {
-		t.Fatalf("agent metrics = %v", got)
-	}
+	return got
 }
