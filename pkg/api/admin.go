@@ -230,17 +230,7 @@ func (s *AdminService) EvictAgent(ctx context.Context, req *adminv1.EvictAgentRe
 
 // GetBundle returns the trust bundle.
 func (s *AdminService) GetBundle(context.Context, *adminv1.GetBundleRequest) (*adminv1.Bundle, error) {
-	b, seq := s.cfg.CA.Bundle()
-	out := &adminv1.Bundle{TrustDomain: b.TrustDomain().Name(), Sequence: seq}
-	for _, c := range b.X509Authorities() {
-		out.X509Authorities = append(out.X509Authorities, c.Raw)
-	}
-	for kid, pub := range s.cfg.CA.JWTBundle().JWTAuthorities() {
-		if der, err := x509.MarshalPKIXPublicKey(pub); err == nil {
-			out.JwtAuthorities = append(out.JwtAuthorities, &adminv1.JWTAuthority{KeyId: kid, PublicKey: der})
-		}
-	}
-	return out, nil
+	return readBundle(s.cfg.CA).adminProto(), nil
 }
 
 // MintX509SVID signs an X.509-SVID for tooling: from a CSR, or for a fresh

@@ -404,17 +404,7 @@ func (s *AgentService) agentEntryProto(e *datastore.Entry) *agentv1.Entry {
 }
 
 func (s *AgentService) bundleProto() *agentv1.Bundle {
-	b, seq := s.cfg.CA.Bundle()
-	out := &agentv1.Bundle{TrustDomain: b.TrustDomain().Name(), Sequence: seq}
-	for _, c := range b.X509Authorities() {
-		out.X509Authorities = append(out.X509Authorities, c.Raw)
-	}
-	for kid, pub := range s.cfg.CA.JWTBundle().JWTAuthorities() {
-		if der, err := x509.MarshalPKIXPublicKey(pub); err == nil {
-			out.JwtAuthorities = append(out.JwtAuthorities, &agentv1.JWTAuthority{KeyId: kid, PublicKey: der})
-		}
-	}
-	return out
+	return readBundle(s.cfg.CA).agentProto()
 }
 
 func svidProto(id spiffeid.ID, chain []*x509.Certificate) *agentv1.X509SVID {
