@@ -288,3 +288,14 @@ func TestAgentServesCacheWhileServerIsDownAndReconnects(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// x509Source is a go-spiffe X509Source on ag's Workload API, closed with the test.
+func x509Source(ctx context.Context, t *testing.T, ag *harness.Agent) *workloadapi.X509Source {
+	t.Helper()
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(ag.Addr())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = src.Close() })
+	return src
+}

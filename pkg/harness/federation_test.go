@@ -24,7 +24,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -97,16 +96,7 @@ func TestFederatedWorkloadsDoMTLSAcrossTrustDomains(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	srcA, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(agA.Addr())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srcA.Close()
-	srcB, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(agB.Addr())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srcB.Close()
+	srcA, srcB := x509Source(ctx, t, agA), x509Source(ctx, t, agB)
 	lis, err := spiffetls.ListenWithMode(ctx, "tcp", "127.0.0.1:0", spiffetls.MTLSServerWithSource(tlsconfig.AuthorizeID(idB), srcA))
 	if err != nil {
 		t.Fatal(err)

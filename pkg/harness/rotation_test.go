@@ -47,16 +47,7 @@ func TestNoHandshakeFailsAcrossRotations(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	srcA, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(agA.Addr())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srcA.Close()
-	srcB, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(agB.Addr())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srcB.Close()
+	srcA, srcB := x509Source(ctx, t, agA), x509Source(ctx, t, agB)
 
 	lis, err := spiffetls.ListenWithMode(ctx, "tcp", "127.0.0.1:0", spiffetls.MTLSServerWithSource(tlsconfig.AuthorizeID(idB), srcA))
 	if err != nil {
