@@ -2,11 +2,15 @@ package ca_test
 
 import (
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
+	"math/big"
 	"net/url"
 	"testing"
 
@@ -26,10 +30,55 @@ func makeCSR(t testing.TB, key any, tpl *x509.CertificateRequest) []byte {
 	return der
 }
 
+// forgedRSACSR is a CSR for an RSA public key of the given size and exponent
+// (a random odd modulus, no private half) with a garbage signature, as an
+// attacker who wants the CA to verify expensive signatures would send it.
+// Go refuses to sign such a CSR, so it is assembled by hand.
+func forgedRSACSR(t testing.TB, bits, exponent int) []byte {
+	t.Helper()
+	buf := make([]byte, bits/8)
+	if _, err := rand.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	buf[0] |= 0x80
+	buf[len(buf)-1] |= 1
+	spki, err := x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: new(big.Int).SetBytes(buf), E: exponent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type certificationRequestInfo struct {
+		Version    int
+		Subject    asn1.RawValue
+		PublicKey  asn1.RawValue
+		Attributes asn1.RawValue `asn1:"tag:0"`
+	}
+	info, err := asn1.Marshal(certificationRequestInfo{
+		Subject:    asn1.RawValue{FullBytes: []byte{0x30, 0x00}},
+		PublicKey:  asn1.RawValue{FullBytes: spki},
+		Attributes: asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sha256WithRSA := pkix.AlgorithmIdentifier{Algorithm: asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 11}, Parameters: asn1.NullRawValue}
+	der, err := asn1.Marshal(struct {
+		Info      asn1.RawValue
+		Algorithm pkix.AlgorithmIdentifier
+		Signature asn1.BitString
+	}{asn1.RawValue{FullBytes: info}, sha256WithRSA, asn1.BitString{Bytes: buf, BitLength: len(buf) * 8}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
 func TestParseX509SVIDCSR(t *testing.T) {
 	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
 	rsa1024, _ := rsa.GenerateKey(rand.Reader, 1024) //nolint:gosec // testing that short keys are refused
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
+	rsa2048, _ := rsa.GenerateKey(rand.Reader, 2048)
 	cases := []struct {
 		name  string
 		der   []byte
@@ -41,6 +90,13 @@ func TestParseX509SVIDCSR(t *testing.T) {
 		{"RSA-1024 key", makeCSR(t, rsa1024, &x509.CertificateRequest{}), "csr.public_key"},
 		{"non-SPIFFE URI", makeCSR(t, p256, &x509.CertificateRequest{URIs: []*url.URL{{Scheme: "https", Host: "x"}}}), "csr.uri_sans"},
 		{"truncated", makeCSR(t, p256, &x509.CertificateRequest{})[:40], "csr"},
+		{"P-384 key", makeCSR(t, p384, &x509.CertificateRequest{}), ""},
+		{"Ed25519 key", makeCSR(t, edKey, &x509.CertificateRequest{}), ""},
+		{"RSA-2048 key", makeCSR(t, rsa2048, &x509.CertificateRequest{}), ""},
+		// These two carry a garbage signature: refusing them on the key, not
+		// the signature, proves the bound is checked before any signature work.
+		{"RSA-8192 key", forgedRSACSR(t, 8192, 65537), "csr.public_key"},
+		{"RSA exponent 3", forgedRSACSR(t, 2048, 3), "csr.public_key"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,8 +2,6 @@ package ca
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1" //nolint:gosec // key identifiers only
@@ -94,21 +92,13 @@ func (c *CA) SignX509SVID(p X509SVIDParams) ([]*x509.Certificate, error) {
 // leafKeyUsage is digitalSignature for every key, plus keyEncipherment for RSA
 // keys only (RFC 5480 forbids it for EC keys).
 func leafKeyUsage(pub crypto.PublicKey) (x509.KeyUsage, error) {
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		return x509.KeyUsageDigitalSignature, nil
-	case *rsa.PublicKey:
-		if k.N.BitLen() < 2048 {
-			return 0, requestErr("public_key", "RSA key of %d bits is too short (at least 2048)", k.N.BitLen())
-		}
-		return x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment, nil
-	case ed25519.PublicKey:
-		return x509.KeyUsageDigitalSignature, nil
-	case nil:
-		return 0, requestErr("public_key", "is missing")
-	default:
-		return 0, requestErr("public_key", "unsupported key type %T", pub)
+	if err := CheckPublicKey(pub); err != nil {
+		return 0, err
 	}
+	if _, ok := pub.(*rsa.PublicKey); ok {
+		return x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment, nil
+	}
+	return x509.KeyUsageDigitalSignature, nil
 }
 
 // subjectKeyID is RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey

@@ -50,7 +50,6 @@ type Config struct {
 const (
 	DefaultSocketPath   = "/tmp/shortleaf/agent.sock"
 	DefaultSyncInterval = 5 * time.Second
-	batchSize           = 500
 	rpcTimeout          = 30 * time.Second
 	shutdownGrace       = 5 * time.Second
 )

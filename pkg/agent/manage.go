@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/pkg/api"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
 
@@ -415,30 +416,42 @@ func entryFromProto(pe *agentv1.Entry) (*entry, error) {
 	}, nil
 }
 
-// issue obtains SVIDs for due entries in batches. It returns an error if any
-// request failed, so the caller backs off before retrying those.
+// issue obtains SVIDs for due entries in batches within the server's limits
+// (count and CSR bytes). It returns an error if any request failed, so the
+// caller backs off before retrying those.
 func (a *Agent) issue(ctx context.Context, due []*entry) error {
 	var failed error
-	for start := 0; start < len(due); start += batchSize {
-		batch := due[start:min(start+batchSize, len(due))]
-		if err := a.issueBatch(ctx, batch); err != nil {
+	var batch []*entry
+	keys := make(map[string]crypto.Signer, min(len(due), api.MaxBatchSize))
+	req := &agentv1.BatchNewX509SVIDRequest{}
+	size := 0
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		if err := a.issueBatch(ctx, batch, keys, req); err != nil {
 			failed = err
 		}
+		batch, keys, req, size = nil, make(map[string]crypto.Signer, len(keys)), &agentv1.BatchNewX509SVIDRequest{}, 0
 	}
-	return failed
-}
-
-func (a *Agent) issueBatch(ctx context.Context, batch []*entry) error {
-	keys := make(map[string]crypto.Signer, len(batch))
-	req := &agentv1.BatchNewX509SVIDRequest{}
-	for _, e := range batch {
+	for _, e := range due {
 		key, csr, err := newKeyAndCSR(e.SPIFFEID)
 		if err != nil {
 			return fmt.Errorf("agent: key: %w", err)
 		}
+		if len(batch) == api.MaxBatchSize || size+len(csr) > api.MaxBatchCSRBytes {
+			flush()
+		}
+		batch = append(batch, e)
 		keys[e.ID] = key
+		size += len(csr)
 		req.Params = append(req.Params, &agentv1.NewX509SVIDParams{EntryId: e.ID, Csr: csr})
 	}
+	flush()
+	return failed
+}
+
+func (a *Agent) issueBatch(ctx context.Context, batch []*entry, keys map[string]crypto.Signer, req *agentv1.BatchNewX509SVIDRequest) error {
 	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
 	resp, err := a.client.BatchNewX509SVID(ctx, req)

@@ -5,8 +5,10 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"runtime"
 	"slices"
 	"strings"
@@ -26,6 +28,7 @@ import (
 	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
+	"github.com/shortleaf/shortleaf/pkg/ratelimit"
 	"github.com/shortleaf/shortleaf/pkg/telemetry"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
@@ -45,6 +48,7 @@ type AgentStore interface {
 	AttestJoinToken(ctx context.Context, tokenID string, secretHash []byte, now time.Time, agent *datastore.Agent) error
 	GetAgent(ctx context.Context, spiffeID string) (*datastore.Agent, error)
 	UpdateAgent(ctx context.Context, a *datastore.Agent) error
+	DeleteAgent(ctx context.Context, spiffeID string) error
 	GetEntry(ctx context.Context, id string) (*datastore.Entry, error)
 	ListEntriesByParent(ctx context.Context, parentID, pageToken string, pageSize int) ([]*datastore.Entry, string, error)
 	GetFederatedBundle(ctx context.Context, td string) ([]byte, error)
@@ -54,7 +58,14 @@ type AgentStore interface {
 // Limits of the agent API.
 const (
 	// MaxBatchSize is the most CSRs one BatchNewX509SVID call may carry.
-	MaxBatchSize = 1000
+	MaxBatchSize = 500
+	// MaxBatchCSRBytes bounds the CSR bytes of one batch: the CA's work per
+	// CSR grows with its key (an RSA-4096 CSR is four times a P-256 one), so
+	// the byte total bounds the key cost of a batch as well as its size.
+	MaxBatchCSRBytes = 96 << 10
+	// MaxSignerKeyIDs bounds the signer key IDs an agent reports per sync;
+	// an agent holds SVIDs of a handful of intermediates at most.
+	MaxSignerKeyIDs = 64
 	// SyncPageSize is how many entries one SyncEntries message carries; a few
 	// hundred bytes each keeps every message far below gRPC's 4 MB limit.
 	SyncPageSize = 500
@@ -73,24 +84,59 @@ type AgentConfig struct {
 	Clock          clock.Clock
 	Logger         *slog.Logger
 	Metrics        *telemetry.Server
+	// AttestLimit bounds attestations per source address; nil: unlimited.
+	AttestLimit *ratelimit.Limiter
+	// SignLimit bounds the SVIDs (X.509 and JWT, the agent's own included)
+	// each agent may have signed; a batch takes one token per CSR. nil:
+	// unlimited.
+	SignLimit *ratelimit.Limiter
 }
 
 // AgentService implements the agent API.
 type AgentService struct {
 	agentv1.UnimplementedAgentAPIServer
-	cfg AgentConfig
+	cfg      AgentConfig
+	refusals *ratelimit.Sampler
 }
+
+// refusalLogInterval is how often one source may add a line to the log about
+// refused requests; the lines in between are counted, not written.
+const refusalLogInterval = time.Minute
 
 // NewAgentService returns the agent API.
 func NewAgentService(cfg AgentConfig) *AgentService {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real
 	}
-	return &AgentService{cfg: cfg}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &AgentService{cfg: cfg, refusals: ratelimit.NewSampler(cfg.Logger, refusalLogInterval)}
+}
+
+// refuse counts and logs (sampled per key) a request refused by a limit.
+func (s *AgentService) refuse(ctx context.Context, reason, key string, err error) error {
+	s.cfg.Metrics.Refusals.WithLabelValues(reason).Inc()
+	s.refusals.Warn(ctx, s.cfg.Clock.Now(), reason+"|"+key, "request refused", slog.String("reason", reason), slog.String("caller", key), slog.Any("error", err))
+	return err
+}
+
+// takeSigning takes n signing tokens from the agent's bucket.
+func (s *AgentService) takeSigning(ctx context.Context, agentID spiffeid.ID, n int) error {
+	if s.cfg.SignLimit.Allow(agentID.String(), s.cfg.Clock.Now(), n) {
+		return nil
+	}
+	return s.refuse(ctx, "signing_rate", agentID.String(), status.Errorf(codes.ResourceExhausted,
+		"signing rate limit for %s exceeded (%s SVIDs per agent); retry later", agentID, s.cfg.SignLimit.Describe()))
 }
 
 // AttestAgent consumes a join token and issues the agent's first SVID.
 func (s *AgentService) AttestAgent(ctx context.Context, req *agentv1.AttestAgentRequest) (*agentv1.AttestAgentResponse, error) {
+	ip := peerIP(ctx)
+	if !s.cfg.AttestLimit.Allow(ip, s.cfg.Clock.Now(), 1) {
+		return nil, s.refuse(ctx, "attestation_rate", ip, status.Errorf(codes.ResourceExhausted,
+			"attestation rate limit for %s exceeded (%s per source address); retry later", ip, s.cfg.AttestLimit.Describe()))
+	}
 	jt := req.GetJoinToken()
 	if jt == nil {
 		s.cfg.Metrics.AgentAttestations.WithLabelValues("none", telemetry.ResultBad).Inc()
@@ -106,16 +152,24 @@ func (s *AgentService) AttestAgent(ctx context.Context, req *agentv1.AttestAgent
 	if err != nil {
 		return nil, invalid("join_token.token", "%v", err)
 	}
-	csr, err := ca.ParseX509SVIDCSR(req.GetCsr(), agentID)
-	if err != nil {
-		s.cfg.Metrics.AgentAttestations.WithLabelValues(jointoken.Type, telemetry.ResultBad).Inc()
-		return nil, toStatus(ctx, s.cfg.Logger, "attest", err)
-	}
+	// The token is looked up (and, when it matches, consumed) before the CSR
+	// is parsed or its signature checked: a caller without a valid token
+	// costs one hash and one read transaction, whatever its CSR holds.
 	now := s.cfg.Clock.Now()
 	agent := &datastore.Agent{SPIFFEID: agentID.String(), AttestationType: jointoken.Type, CreatedAt: now, LastSeen: now}
 	if err := s.cfg.Store.AttestJoinToken(ctx, tokenID, hash, now, agent); err != nil {
 		s.cfg.Metrics.AgentAttestations.WithLabelValues(jointoken.Type, telemetry.ResultDenied).Inc()
-		s.cfg.Logger.WarnContext(ctx, "agent attestation refused", slog.String("join_token_id", tokenID), slog.Any("error", err))
+		s.refusals.Warn(ctx, now, "attestation|"+ip, "agent attestation refused", slog.String("source", ip), slog.String("join_token_id", tokenID), slog.Any("error", err))
+		return nil, toStatus(ctx, s.cfg.Logger, "attest", err)
+	}
+	csr, err := ca.ParseX509SVIDCSR(req.GetCsr(), agentID)
+	if err != nil {
+		// The token is spent, as a used token must be; the agent record it
+		// made has no SVID and is removed so that nothing half-made stays.
+		s.cfg.Metrics.AgentAttestations.WithLabelValues(jointoken.Type, telemetry.ResultBad).Inc()
+		if derr := s.cfg.Store.DeleteAgent(ctx, agent.SPIFFEID); derr != nil {
+			s.cfg.Logger.ErrorContext(ctx, "remove agent record after a refused CSR", slog.String("agent_id", agent.SPIFFEID), slog.Any("error", derr))
+		}
 		return nil, toStatus(ctx, s.cfg.Logger, "attest", err)
 	}
 	svid, err := s.signAgentSVID(ctx, agent, csr)
@@ -132,6 +186,9 @@ func (s *AgentService) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRe
 	agentID, agent, err := s.callerAgent(ctx)
 	if err != nil {
 		s.cfg.Metrics.AgentRenewals.WithLabelValues(telemetry.ResultDenied).Inc()
+		return nil, err
+	}
+	if err := s.takeSigning(ctx, agentID, 1); err != nil {
 		return nil, err
 	}
 	csr, err := ca.ParseX509SVIDCSR(req.GetCsr(), agentID)
@@ -204,6 +261,9 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 	agentID, agent, err := s.callerAgent(ctx)
 	if err != nil {
 		return err
+	}
+	if n := len(req.GetSignerKeyIds()); n > MaxSignerKeyIDs {
+		return s.refuse(ctx, "batch_limit", agentID.String(), invalid("signer_key_ids", "has %d key IDs, more than the limit of %d", n, MaxSignerKeyIDs))
 	}
 	signers := make([]string, 0, len(req.GetSignerKeyIds()))
 	for _, id := range req.GetSignerKeyIds() {
@@ -289,8 +349,11 @@ func (s *AgentService) BatchNewX509SVID(ctx context.Context, req *agentv1.BatchN
 		s.cfg.Metrics.SVIDsIssued.WithLabelValues(telemetry.ResultDenied).Add(float64(len(req.GetParams())))
 		return nil, err
 	}
-	if len(req.GetParams()) > MaxBatchSize {
-		return nil, invalid("params", "has %d requests, more than the limit of %d", len(req.GetParams()), MaxBatchSize)
+	if err := checkBatch(req.GetParams()); err != nil {
+		return nil, s.refuse(ctx, "batch_limit", agentID.String(), err)
+	}
+	if err := s.takeSigning(ctx, agentID, len(req.GetParams())); err != nil {
+		return nil, err
 	}
 	// Each request is independent and CPU-bound (two signature checks and one
 	// signature), so a batch is spread over the cores; results keep the
@@ -307,6 +370,28 @@ func (s *AgentService) BatchNewX509SVID(ctx context.Context, req *agentv1.BatchN
 	}
 	_ = g.Wait() // newX509SVID reports failures in its result, never as an error
 	return &agentv1.BatchNewX509SVIDResponse{Results: results}, nil
+}
+
+// checkBatch applies the batch limits before any CSR is parsed: the count,
+// the CSR bytes, and one request per entry (two CSRs for one entry would
+// only double the work).
+func checkBatch(params []*agentv1.NewX509SVIDParams) error {
+	if len(params) > MaxBatchSize {
+		return invalid("params", "has %d requests, more than the limit of %d", len(params), MaxBatchSize)
+	}
+	total := 0
+	seen := make(map[string]bool, len(params))
+	for i, p := range params {
+		total += len(p.GetCsr())
+		if seen[p.GetEntryId()] {
+			return invalid(fmt.Sprintf("params[%d].entry_id", i), "%q is requested twice in one batch", p.GetEntryId())
+		}
+		seen[p.GetEntryId()] = true
+	}
+	if total > MaxBatchCSRBytes {
+		return invalid("params", "CSRs total %d bytes, more than the limit of %d per batch", total, MaxBatchCSRBytes)
+	}
+	return nil
 }
 
 func (s *AgentService) newX509SVID(ctx context.Context, agentID spiffeid.ID, p *agentv1.NewX509SVIDParams) *agentv1.BatchNewX509SVIDResult {
@@ -353,6 +438,9 @@ func (s *AgentService) newX509SVID(ctx context.Context, agentID spiffeid.ID, p *
 func (s *AgentService) NewJWTSVID(ctx context.Context, req *agentv1.NewJWTSVIDRequest) (*agentv1.NewJWTSVIDResponse, error) {
 	agentID, _, err := s.callerAgent(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.takeSigning(ctx, agentID, 1); err != nil {
 		return nil, err
 	}
 	entry, err := s.cfg.Store.GetEntry(ctx, req.GetEntryId())
@@ -405,6 +493,19 @@ func (s *AgentService) agentEntryProto(e *datastore.Entry) *agentv1.Entry {
 
 func (s *AgentService) bundleProto() *agentv1.Bundle {
 	return readBundle(s.cfg.CA).agentProto()
+}
+
+// peerIP is the caller's IP address, the key of per-source limits.
+func peerIP(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return "unknown"
+	}
+	host, _, err := net.SplitHostPort(p.Addr.String())
+	if err != nil {
+		return p.Addr.String()
+	}
+	return host
 }
 
 func svidProto(id spiffeid.ID, chain []*x509.Certificate) *agentv1.X509SVID {

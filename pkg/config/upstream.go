@@ -34,6 +34,9 @@ func LoadUpstream(certFile, keyFile string, passphrase []byte) (*ca.Upstream, er
 	if !ok {
 		return nil, fieldErr("upstream_authority.key_file", "holds a %T, not a signing key", key)
 	}
+	if err := ca.CheckPublicKey(signer.Public()); err != nil {
+		return nil, fieldErr("upstream_authority.key_file", "%v", err)
+	}
 	type equaler interface{ Equal(crypto.PublicKey) bool }
 	if pub, ok := signer.Public().(equaler); !ok || !pub.Equal(chain[0].PublicKey) {
 		return nil, fieldErr("upstream_authority.key_file", "the key does not match the first certificate of cert_file")

@@ -31,21 +31,23 @@ func (s *Store) CreateJoinToken(_ context.Context, t *JoinToken) error {
 // attests at most one agent. An expired token is deleted and ErrTokenExpired
 // returned; an unknown, used or mismatching one is ErrTokenInvalid.
 func (s *Store) AttestJoinToken(_ context.Context, tokenID string, secretHash []byte, now time.Time, agent *Agent) error {
+	// A flood of unknown or forged tokens is answered from a read
+	// transaction: it never queues on bbolt's single writer, so legitimate
+	// writes do not wait behind it.
+	err := s.db.View(func(tx *bolt.Tx) error {
+		_, err := matchJoinToken(tx, tokenID, secretHash)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("datastore: attest join token: %w", err)
+	}
 	expired := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTokens)
-		raw := b.Get([]byte(tokenID))
-		if raw == nil {
-			return ErrTokenInvalid
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		t, err := matchJoinToken(tx, tokenID, secretHash)
+		if err != nil {
+			return err
 		}
-		var t JoinToken
-		if err := json.Unmarshal(raw, &t); err != nil {
-			return fmt.Errorf("decode join token: %w", err)
-		}
-		if subtle.ConstantTimeCompare(t.SecretHash, secretHash) != 1 {
-			return ErrTokenInvalid
-		}
-		if err := b.Delete([]byte(tokenID)); err != nil {
+		if err := tx.Bucket(bucketTokens).Delete([]byte(tokenID)); err != nil {
 			return err
 		}
 		if !now.Before(t.ExpiresAt) {
@@ -65,6 +67,22 @@ func (s *Store) AttestJoinToken(_ context.Context, tokenID string, secretHash []
 		return fmt.Errorf("datastore: attest join token: %w", ErrTokenExpired)
 	}
 	return nil
+}
+
+// matchJoinToken returns the stored token tokenID if its secret hash matches.
+func matchJoinToken(tx *bolt.Tx, tokenID string, secretHash []byte) (*JoinToken, error) {
+	raw := tx.Bucket(bucketTokens).Get([]byte(tokenID))
+	if raw == nil {
+		return nil, ErrTokenInvalid
+	}
+	var t JoinToken
+	if err := json.Unmarshal(raw, &t); err != nil {
+		return nil, fmt.Errorf("decode join token: %w", err)
+	}
+	if subtle.ConstantTimeCompare(t.SecretHash, secretHash) != 1 {
+		return nil, ErrTokenInvalid
+	}
+	return &t, nil
 }
 
 // GetAgent returns the agent with the given SPIFFE ID.

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"fmt"
 	"net"
 	"net/url"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/shortleaf/shortleaf/pkg/api"
 	"github.com/shortleaf/shortleaf/pkg/harness"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
@@ -139,13 +141,34 @@ func TestAgentAPIRejectsBadCSRsNamingTheField(t *testing.T) {
 			t.Fatalf("good CSR after bad ones: %v %v", err, resp.GetResults())
 		}
 	}
-	// Too many requests in one batch is refused whole.
-	many := &agentv1.BatchNewX509SVIDRequest{}
-	for range 1001 {
-		many.Params = append(many.Params, &agentv1.NewX509SVIDParams{EntryId: entry.GetId(), Csr: good})
+	// A batch over a limit is refused whole, naming the limit, before any CSR
+	// is parsed: too many requests, too many CSR bytes, one entry twice.
+	batch := func(n int, csr []byte, sameEntry bool) *agentv1.BatchNewX509SVIDRequest {
+		req := &agentv1.BatchNewX509SVIDRequest{}
+		for i := range n {
+			id := fmt.Sprintf("entry-%d", i)
+			if sameEntry {
+				id = entry.GetId()
+			}
+			req.Params = append(req.Params, &agentv1.NewX509SVIDParams{EntryId: id, Csr: csr})
+		}
+		return req
 	}
-	if _, err := a.Client.BatchNewX509SVID(context.Background(), many); status.Code(err) != codes.InvalidArgument {
-		t.Fatalf("1001-request batch: %v, want InvalidArgument", err)
+	for name, tc := range map[string]struct {
+		req  *agentv1.BatchNewX509SVIDRequest
+		want string
+	}{
+		"too many requests":  {batch(api.MaxBatchSize+1, nil, false), "more than the limit of 500"},
+		"too many CSR bytes": {batch(api.MaxBatchCSRBytes/len(good)+1, good, false), "bytes, more than the limit"},
+		"one entry twice":    {batch(2, good, true), "requested twice in one batch"},
+	} {
+		_, err := a.Client.BatchNewX509SVID(context.Background(), tc.req)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want InvalidArgument saying %q", name, err, tc.want)
+		}
+	}
+	if after := srv.CounterValue(t, issuedMetric, signedOK); after != before+2 {
+		t.Fatalf("%v SVIDs were signed, want the 2 good ones", after-before)
 	}
 }
 

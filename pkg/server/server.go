@@ -29,6 +29,7 @@ import (
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	"github.com/shortleaf/shortleaf/pkg/federation"
 	"github.com/shortleaf/shortleaf/pkg/keymanager"
+	"github.com/shortleaf/shortleaf/pkg/rpclimit"
 	"github.com/shortleaf/shortleaf/pkg/telemetry"
 	"github.com/shortleaf/shortleaf/pkg/uds"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
@@ -61,6 +62,8 @@ type Config struct {
 	Upstream *ca.Upstream
 	// BundleEndpoint, when set, serves the SPIFFE bundle to other trust domains.
 	BundleEndpoint *BundleEndpointConfig
+	// Limits bound what clients may make the server do and hold.
+	Limits Limits
 	// KeyManagerURI, when set, keeps CA keys in that KMS (pkcs11:...) instead
 	// of encrypted files under DataDir/keys.
 	KeyManagerURI string
@@ -112,6 +115,7 @@ type Server struct {
 	adminSrv  *grpc.Server
 	httpSrv   *http.Server
 	tlsCert   *serverCertificate
+	metrics   *telemetry.Server
 	admin     *api.AdminService
 	caMetrics *telemetry.CA
 	poller    *federation.Poller
@@ -171,23 +175,16 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if s.tlsCert, err = newServerCertificate(s.ca, cfg.Clock, min(serverSVIDTTL, cfg.MaxSVIDTTL)); err != nil {
 		return nil, err
 	}
-	metrics := telemetry.NewServer(cfg.Registry)
-	s.agentSrv = grpc.NewServer(grpc.Creds(credentials.NewTLS(s.agentTLSConfig())))
+	s.metrics = telemetry.NewServer(cfg.Registry)
+	s.agentSrv = grpc.NewServer(append(cfg.Limits.agentAPILimits().ServerOptions(s.countRefusal),
+		grpc.Creds(credentials.NewTLS(s.agentTLSConfig())))...)
 	agentv1.RegisterAgentAPIServer(s.agentSrv, api.NewAgentService(api.AgentConfig{
 		CA: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, DefaultJWTTTL: cfg.DefaultJWTTTL, AgentSVIDTTL: cfg.AgentSVIDTTL,
-		Clock: cfg.Clock, Logger: cfg.Logger, Metrics: metrics,
+		Clock: cfg.Clock, Logger: cfg.Logger, Metrics: s.metrics,
+		AttestLimit: cfg.Limits.attestLimiter(), SignLimit: cfg.Limits.signLimiter(),
 	}))
-	check := api.AdminPeerCheck(func(ctx context.Context) (uint32, bool) {
-		c, ok := uds.PeerFromContext(ctx)
-		return c.UID, ok
-	}, uint32(os.Getuid()))
-	s.adminSrv = grpc.NewServer(grpc.Creds(uds.NewCredentials()),
-		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-			if err := check(ctx); err != nil {
-				return nil, err
-			}
-			return h(ctx, req)
-		}))
+	s.adminSrv = grpc.NewServer(append(adminLimits().ServerOptions(s.countRefusal),
+		grpc.Creds(uds.NewCredentials()), grpc.ChainUnaryInterceptor(adminUnaryCheck), grpc.ChainStreamInterceptor(adminStreamCheck))...)
 	s.poller = federation.NewPoller(s.store, cfg.Clock, cfg.Logger)
 	s.admin = api.NewAdminService(api.AdminConfig{
 		Federation: s.store, Refresher: s.poller, BundleRefreshHint: bundleRefreshHint(cfg.BundleEndpoint),
@@ -200,9 +197,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if s.agentLis, err = net.Listen("tcp", cfg.AgentAPIAddr); err != nil {
 		return nil, fmt.Errorf("server: agent API listener: %w", err)
 	}
+	s.agentLis = cfg.Limits.agentAPILimits().Listener(s.agentLis, rpclimit.ByRemoteIP, s.countRefusal)
 	if s.adminLis, err = uds.Listen(cfg.AdminSocket, 0o600); err != nil {
 		return nil, fmt.Errorf("server: admin socket: %w", err)
 	}
+	s.adminLis = adminLimits().Listener(s.adminLis, nil, s.countRefusal)
 	if be := cfg.BundleEndpoint; be != nil {
 		if s.bundleEP, err = s.newBundleEndpoint(be); err != nil {
 			return nil, err
@@ -256,6 +255,7 @@ func applyDefaults(cfg *Config) error {
 		return fmt.Errorf("server: max_x509_svid_ttl (%s) must be at least x509_svid_ttl (%s) and agent_svid_ttl (%s)",
 			cfg.MaxSVIDTTL, cfg.DefaultSVIDTTL, cfg.AgentSVIDTTL)
 	}
+	cfg.Limits.applyDefaults()
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real
 	}
@@ -280,6 +280,11 @@ func (s *Server) agentTLSConfig() *tls.Config {
 			return verifyAgentPeer(cs, s.ca, s.cfg.Clock)
 		},
 	}
+}
+
+// countRefusal counts a request or connection refused by a limit.
+func (s *Server) countRefusal(reason string) {
+	s.metrics.Refusals.WithLabelValues(reason).Inc()
 }
 
 // bundleRefreshHint is the refresh hint the endpoint publishes, 0 without one.

@@ -23,6 +23,9 @@ type Server struct {
 	SignDuration      prometheus.Histogram
 	AgentAttestations *prometheus.CounterVec
 	AgentRenewals     *prometheus.CounterVec
+	// Refusals counts requests refused by a limit, by reason
+	// (attestation_rate, signing_rate, batch_limit, message_size, ...).
+	Refusals *prometheus.CounterVec
 }
 
 // NewServer registers the server's metrics on reg.
@@ -46,7 +49,11 @@ func NewServer(reg prometheus.Registerer) *Server {
 			Help: "Agent SVID renewals by result.",
 		}, []string{"result"}),
 	}
-	reg.MustRegister(m.SVIDsIssued, m.SignDuration, m.AgentAttestations, m.AgentRenewals)
+	m.Refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "shortleaf_server_requests_refused_total",
+		Help: "Requests refused by a resource limit, by reason (attestation_rate, signing_rate, batch_limit, message_size, connection_limit).",
+	}, []string{"reason"})
+	reg.MustRegister(m.SVIDsIssued, m.SignDuration, m.AgentAttestations, m.AgentRenewals, m.Refusals)
 	return m
 }
 

@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
@@ -55,9 +57,10 @@ func (peerCredentials) Info() credentials.ProtocolInfo {
 func (p peerCredentials) Clone() credentials.TransportCredentials { return p }
 func (peerCredentials) OverrideServerName(string) error           { return nil }
 
-// PeerCredOf reads SO_PEERCRED from a Unix socket connection.
+// PeerCredOf reads SO_PEERCRED from a Unix socket connection (or a wrapper
+// that exposes the socket through syscall.Conn).
 func PeerCredOf(conn net.Conn) (PeerCred, error) {
-	uc, ok := conn.(*net.UnixConn)
+	uc, ok := conn.(syscall.Conn)
 	if !ok {
 		return PeerCred{}, fmt.Errorf("uds: connection is %T, not a Unix socket", conn)
 	}
@@ -76,6 +79,15 @@ func PeerCredOf(conn net.Conn) (PeerCred, error) {
 		return PeerCred{}, fmt.Errorf("uds: SO_PEERCRED: %w", sockErr)
 	}
 	return PeerCred{PID: ucred.Pid, UID: ucred.Uid, GID: ucred.Gid}, nil
+}
+
+// ByUID keys connections by the peer's uid, for per-uid connection caps.
+func ByUID(conn net.Conn) (string, error) {
+	c, err := PeerCredOf(conn)
+	if err != nil {
+		return "", err
+	}
+	return strconv.FormatUint(uint64(c.UID), 10), nil
 }
 
 // PeerFromContext returns the caller's credentials inside a gRPC handler.
