@@ -7,16 +7,14 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/asn1"
 	"errors"
-	"math/big"
 	"net/url"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/ca/catest"
 )
 
 var webID = spiffeid.RequireFromString("spiffe://example.org/web")
@@ -24,48 +22,6 @@ var webID = spiffeid.RequireFromString("spiffe://example.org/web")
 func makeCSR(t testing.TB, key any, tpl *x509.CertificateRequest) []byte {
 	t.Helper()
 	der, err := x509.CreateCertificateRequest(rand.Reader, tpl, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
-}
-
-// forgedRSACSR is a CSR for an RSA public key of the given size and exponent
-// (a random odd modulus, no private half) with a garbage signature, as an
-// attacker who wants the CA to verify expensive signatures would send it.
-// Go refuses to sign such a CSR, so it is assembled by hand.
-func forgedRSACSR(t testing.TB, bits, exponent int) []byte {
-	t.Helper()
-	buf := make([]byte, bits/8)
-	if _, err := rand.Read(buf); err != nil {
-		t.Fatal(err)
-	}
-	buf[0] |= 0x80
-	buf[len(buf)-1] |= 1
-	spki, err := x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: new(big.Int).SetBytes(buf), E: exponent})
-	if err != nil {
-		t.Fatal(err)
-	}
-	type certificationRequestInfo struct {
-		Version    int
-		Subject    asn1.RawValue
-		PublicKey  asn1.RawValue
-		Attributes asn1.RawValue `asn1:"tag:0"`
-	}
-	info, err := asn1.Marshal(certificationRequestInfo{
-		Subject:    asn1.RawValue{FullBytes: []byte{0x30, 0x00}},
-		PublicKey:  asn1.RawValue{FullBytes: spki},
-		Attributes: asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sha256WithRSA := pkix.AlgorithmIdentifier{Algorithm: asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 11}, Parameters: asn1.NullRawValue}
-	der, err := asn1.Marshal(struct {
-		Info      asn1.RawValue
-		Algorithm pkix.AlgorithmIdentifier
-		Signature asn1.BitString
-	}{asn1.RawValue{FullBytes: info}, sha256WithRSA, asn1.BitString{Bytes: buf, BitLength: len(buf) * 8}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,8 +51,8 @@ func TestParseX509SVIDCSR(t *testing.T) {
 		{"RSA-2048 key", makeCSR(t, rsa2048, &x509.CertificateRequest{}), ""},
 		// These two carry a garbage signature: refusing them on the key, not
 		// the signature, proves the bound is checked before any signature work.
-		{"RSA-8192 key", forgedRSACSR(t, 8192, 65537), "csr.public_key"},
-		{"RSA exponent 3", forgedRSACSR(t, 2048, 3), "csr.public_key"},
+		{"RSA-8192 key", catest.ForgedRSACSR(t, 8192, 65537), "csr.public_key"},
+		{"RSA exponent 3", catest.ForgedRSACSR(t, 2048, 3), "csr.public_key"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -40,6 +40,44 @@ type ServerFile struct {
 	LogLevel          string        `yaml:"log_level"`
 	// BundleEndpoint, when set, serves the SPIFFE bundle to other trust domains.
 	BundleEndpoint *BundleEndpointFile `yaml:"bundle_endpoint"`
+	// Limits bound what clients may make the server do; on by default.
+	Limits *LimitsFile `yaml:"limits"`
+}
+
+// LimitsFile configures the server's rate and connection limits. A rate of
+// -1 turns that limit off.
+type LimitsFile struct {
+	AttestationsPerSecond float64 `yaml:"attestations_per_second"`
+	AttestationBurst      int     `yaml:"attestation_burst"`
+	SVIDsPerSecond        float64 `yaml:"svids_per_second"`
+	SVIDBurst             int     `yaml:"svid_burst"`
+	MaxConnections        int     `yaml:"max_connections"`
+}
+
+func (l *LimitsFile) resolve() (server.Limits, error) {
+	if l == nil {
+		return server.Limits{}, nil
+	}
+	for _, f := range []struct {
+		key string
+		v   float64
+	}{{"limits.attestations_per_second", l.AttestationsPerSecond}, {"limits.svids_per_second", l.SVIDsPerSecond}} {
+		if f.v < 0 && f.v != -1 {
+			return server.Limits{}, fieldErr(f.key, "%v is negative (-1 turns the limit off)", f.v)
+		}
+	}
+	for _, f := range []struct {
+		key string
+		v   int
+	}{{"limits.attestation_burst", l.AttestationBurst}, {"limits.svid_burst", l.SVIDBurst}, {"limits.max_connections", l.MaxConnections}} {
+		if f.v < 0 {
+			return server.Limits{}, fieldErr(f.key, "%d is negative", f.v)
+		}
+	}
+	return server.Limits{
+		AttestationsPerSecond: l.AttestationsPerSecond, AttestationBurst: l.AttestationBurst,
+		SigningPerSecond: l.SVIDsPerSecond, SigningBurst: l.SVIDBurst, MaxConnections: l.MaxConnections,
+	}, nil
 }
 
 // BundleEndpointFile configures the SPIFFE bundle endpoint.
@@ -114,6 +152,9 @@ func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Le
 		IntermediateTTL: durationOr(f.IntermediateTTL, 24*time.Hour),
 		MaxSVIDTTL:      time.Duration(f.MaxX509SVIDTTL),
 		AgentLiveness:   time.Duration(f.AgentLiveness),
+	}
+	if cfg.Limits, err = f.Limits.resolve(); err != nil {
+		return cfg, 0, err
 	}
 	if f.MetricsAddress == "off" {
 		cfg.MetricsAddr = ""

@@ -1,0 +1,201 @@
+package harness
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/shortleaf/shortleaf/pkg/adminclient"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// Binary builds cmd/shortleaf once per test process and returns its path.
+// Tests that measure a server as an operator would (CPU time, RSS, SIGKILL)
+// run it as a real process.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "shortleaf-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "shortleaf")
+		out, err := exec.Command("go", "build", "-o", binPath, "github.com/shortleaf/shortleaf/cmd/shortleaf").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// Process is a shortleaf server running as a child process.
+type Process struct {
+	Cmd         *exec.Cmd
+	DataDir     string
+	AdminSocket string
+	AgentAddr   string
+	logs        *lockedBuffer
+	exited      chan struct{}
+}
+
+// ProcessConfig is the server.yaml of a Process, before the keys the harness
+// fills in (trust domain, data dir, addresses).
+type ProcessConfig struct {
+	DataDir string // reused across restarts; default a new temporary dir
+	Extra   string // more YAML keys, e.g. "limits:\n  max_connections: 10\n"
+}
+
+// StartServerProcess runs `shortleaf server` and waits until it serves.
+func StartServerProcess(t testing.TB, pc ProcessConfig) *Process {
+	t.Helper()
+	if pc.DataDir == "" {
+		pc.DataDir = ShortDir(t)
+	}
+	p := &Process{DataDir: pc.DataDir, AdminSocket: filepath.Join(pc.DataDir, "admin.sock"), logs: &lockedBuffer{}, exited: make(chan struct{})}
+	cfgPath := filepath.Join(pc.DataDir, "server.yaml")
+	yaml := fmt.Sprintf("trust_domain: %s\ndata_dir: %s\nagent_api_address: 127.0.0.1:0\nmetrics_address: \"off\"\nlog_level: debug\n%s",
+		TrustDomain.Name(), pc.DataDir, pc.Extra)
+	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.Cmd = exec.Command(Binary(t), "server", "--config", cfgPath)
+	p.Cmd.Env = append(os.Environ(), "SHORTLEAF_KEY_PASSPHRASE="+Passphrase)
+	stderr, err := p.Cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan string, 1)
+	go p.readLogs(stderr, ready)
+	go func() { _ = p.Cmd.Wait(); close(p.exited) }()
+	t.Cleanup(p.Kill)
+	select {
+	case p.AgentAddr = <-ready:
+	case <-p.exited:
+		t.Fatalf("server exited before serving:\n%s", p.Logs())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("server did not start within 60s:\n%s", p.Logs())
+	}
+	return p
+}
+
+// readLogs keeps the server's JSON log and reports the agent API address
+// from its "server running" line.
+func (p *Process) readLogs(r io.Reader, ready chan<- string) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		_, _ = p.logs.Write(append(line, '\n'))
+		var rec struct {
+			Msg      string `json:"msg"`
+			AgentAPI string `json:"agent_api"`
+		}
+		if json.Unmarshal(line, &rec) == nil && rec.Msg == "server running" {
+			select {
+			case ready <- rec.AgentAPI:
+			default:
+			}
+		}
+	}
+}
+
+// Logs is everything the server wrote to stderr so far.
+func (p *Process) Logs() string { return p.logs.String() }
+
+// Admin dials the admin socket.
+func (p *Process) Admin(t testing.TB) *adminclient.Client {
+	t.Helper()
+	c, err := adminclient.Dial(p.AdminSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Kill sends SIGKILL and waits for the process to be gone.
+func (p *Process) Kill() {
+	_ = p.Cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times; 100 on Linux.
+const clockTicks = 100
+
+// CPUTime is the user plus system CPU time the process has used.
+func (p *Process) CPUTime(t testing.TB) time.Duration {
+	t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the command name (which may hold spaces) start after ')'.
+	fields := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / clockTicks
+}
+
+// RSS is the process's resident set size in bytes.
+func (p *Process) RSS(t testing.TB) int64 {
+	t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS in /proc/PID/status")
+	return 0
+}
+
+// LogBuffer is an io.Writer safe for concurrent use, for tests that read
+// what a server logged.
+type LogBuffer = lockedBuffer
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String is everything written so far.
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
