@@ -11,7 +11,6 @@ import (
 	"net"
 	"runtime"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -241,7 +240,7 @@ func (s *AgentService) callerAgent(ctx context.Context) (spiffeid.ID, *datastore
 	if err != nil {
 		return spiffeid.ID{}, nil, status.Errorf(codes.Unauthenticated, "client certificate is not an SVID: %v", err)
 	}
-	if id.TrustDomain() != s.cfg.CA.TrustDomain() || !strings.HasPrefix(id.Path(), agentPathPrefix) {
+	if !ca.IsAgentID(id, s.cfg.CA.TrustDomain()) {
 		return spiffeid.ID{}, nil, status.Errorf(codes.PermissionDenied, "%s is not an agent of this trust domain", id)
 	}
 	agent, err := s.cfg.Store.GetAgent(ctx, id.String())

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"regexp"
 	"strings"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 )
@@ -20,26 +22,19 @@ const (
 	maxDNSNames    = 32
 )
 
-// agentPathPrefix is reserved for agent IDs: no workload entry may claim it.
-const agentPathPrefix = "/agent/"
-
 var dnsLabel = regexp.MustCompile(`^([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]{0,61}[a-zA-Z0-9])$`)
 
-// parseWorkloadID checks a workload SPIFFE ID: well formed, in td, with a path
-// outside the agent namespace.
+// parseWorkloadID checks a workload SPIFFE ID: well formed and allowed by
+// ca.CheckWorkloadID (in td, with a path, outside reserved namespaces).
 func parseWorkloadID(field, s string, td spiffeid.TrustDomain) (spiffeid.ID, error) {
 	id, err := spiffeid.FromString(s)
 	if err != nil {
 		return spiffeid.ID{}, invalid(field, "%q is not a valid SPIFFE ID: %v", s, err)
 	}
-	if id.TrustDomain() != td {
-		return spiffeid.ID{}, invalid(field, "%q is not in trust domain %q", s, td)
-	}
-	if id.Path() == "" {
-		return spiffeid.ID{}, invalid(field, "%q has no path; workload IDs need one", s)
-	}
-	if strings.HasPrefix(id.Path(), agentPathPrefix) {
-		return spiffeid.ID{}, invalid(field, "%q is in %s, which is reserved for agents", s, agentPathPrefix)
+	if err := ca.CheckWorkloadID(field, id, td); err != nil {
+		var re *ca.RequestError
+		errors.As(err, &re)
+		return spiffeid.ID{}, invalid(re.Field, "%s", re.Reason)
 	}
 	return id, nil
 }
@@ -50,11 +45,8 @@ func parseAgentID(field, s string, td spiffeid.TrustDomain) (spiffeid.ID, error)
 	if err != nil {
 		return spiffeid.ID{}, invalid(field, "%q is not a valid SPIFFE ID: %v", s, err)
 	}
-	if id.TrustDomain() != td {
-		return spiffeid.ID{}, invalid(field, "%q is not in trust domain %q", s, td)
-	}
-	if !strings.HasPrefix(id.Path(), agentPathPrefix) {
-		return spiffeid.ID{}, invalid(field, "%q is not an agent ID (spiffe://%s/agent/...)", s, td)
+	if !ca.IsAgentID(id, td) {
+		return spiffeid.ID{}, invalid(field, "%q is not an agent ID of %s (spiffe://%s/agent/...)", s, td, td)
 	}
 	return id, nil
 }

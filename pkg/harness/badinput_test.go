@@ -43,6 +43,8 @@ func TestAdminRejectsBadEntriesNamingTheField(t *testing.T) {
 		{"no path", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "spiffe://example.org" }},
 		{"other trust domain", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "spiffe://other.org/web" }},
 		{"agent namespace", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "spiffe://example.org/agent/join_token/x" }},
+		{"the server's own ID", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "spiffe://example.org/shortleaf/server" }},
+		{"shortleaf namespace", "entry.spiffe_id", func(e *adminv1.Entry) { e.SpiffeId = "spiffe://example.org/shortleaf" }},
 		{"parent not an agent", "entry.parent_id", func(e *adminv1.Entry) { e.ParentId = "spiffe://example.org/web" }},
 		{"parent malformed", "entry.parent_id", func(e *adminv1.Entry) { e.ParentId = "spiffe:///agent" }},
 		{"no selectors", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = nil }},
@@ -169,6 +171,29 @@ func TestAgentAPIRejectsBadCSRsNamingTheField(t *testing.T) {
 	}
 	if after := srv.CounterValue(t, issuedMetric, signedOK); after != before+2 {
 		t.Fatalf("%v SVIDs were signed, want the 2 good ones", after-before)
+	}
+}
+
+// No one can obtain an SVID for the server's own identity (agents accept
+// only that ID as the server): entries refuse it above, and so do minting
+// by CSR, by fresh key and as a JWT. A look-alike outside the namespace is fine.
+func TestServerNamespaceCannotBeMinted(t *testing.T) {
+	srv := harness.StartServer(t)
+	ctx := context.Background()
+	_, csr := harness.NewCSR(t, spiffeid.RequireFromString("spiffe://example.org/shortleaf/server"))
+	for _, id := range []string{"spiffe://example.org/shortleaf/server", "spiffe://example.org/shortleaf/x/y"} {
+		if _, err := srv.Admin.MintX509SVID(ctx, &adminv1.MintX509SVIDRequest{SpiffeId: id}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "reserved") {
+			t.Errorf("x509 mint %s: %v, want InvalidArgument saying it is reserved", id, err)
+		}
+		if _, err := srv.Admin.MintX509SVID(ctx, &adminv1.MintX509SVIDRequest{SpiffeId: id, Csr: csr}); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("x509 mint %s from a CSR: %v, want InvalidArgument", id, err)
+		}
+		if _, err := srv.Admin.MintJWTSVID(ctx, &adminv1.MintJWTSVIDRequest{SpiffeId: id, Audience: []string{"a"}}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "reserved") {
+			t.Errorf("jwt mint %s: %v, want InvalidArgument saying it is reserved", id, err)
+		}
+	}
+	if _, err := srv.Admin.MintX509SVID(ctx, &adminv1.MintX509SVIDRequest{SpiffeId: "spiffe://example.org/shortleafish"}); err != nil {
+		t.Errorf("a look-alike path outside the namespace: %v", err)
 	}
 }
 
