@@ -139,14 +139,20 @@ func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// connect opens the connection to the server with the current agent SVID.
+// A connection it replaces is closed once calls in flight on it are done.
 func (a *Agent) connect() error {
 	conn, err := dial(a.cfg.ServerAddr, tlsConfig(a.cfg.TrustDomain, a.bundleCerts, a.currentCert))
 	if err != nil {
 		return err
 	}
 	a.mu.Lock()
+	old := a.conn
 	a.conn, a.client = conn, agentv1.NewAgentAPIClient(conn)
 	a.mu.Unlock()
+	if old != nil {
+		time.AfterFunc(rpcTimeout, func() { _ = old.Close() })
+	}
 	return nil
 }
 
@@ -241,7 +247,9 @@ func (a *Agent) renewAgent(ctx context.Context) error {
 	}
 	a.setSVID(key, chain)
 	a.cfg.Logger.Info("agent SVID renewed", slog.Time("not_after", chain[0].NotAfter))
-	return nil
+	// The server accepts the old SVID only until the new one is first used,
+	// and a TLS connection keeps the certificate of its handshake: reconnect.
+	return a.connect()
 }
 
 // sync reads every authorized entry and the bundle from the server.

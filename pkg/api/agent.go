@@ -171,7 +171,7 @@ func (s *AgentService) AttestAgent(ctx context.Context, req *agentv1.AttestAgent
 		}
 		return nil, toStatus(ctx, s.cfg.Logger, "attest", err)
 	}
-	svid, err := s.signAgentSVID(ctx, agent, csr)
+	svid, err := s.signAgentSVID(ctx, agent, csr, false)
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +195,7 @@ func (s *AgentService) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRe
 		s.cfg.Metrics.AgentRenewals.WithLabelValues(telemetry.ResultBad).Inc()
 		return nil, toStatus(ctx, s.cfg.Logger, "renew agent", err)
 	}
-	svid, err := s.signAgentSVID(ctx, agent, csr)
+	svid, err := s.signAgentSVID(ctx, agent, csr, true)
 	if err != nil {
 		s.cfg.Metrics.AgentRenewals.WithLabelValues(telemetry.ResultError).Inc()
 		return nil, err
@@ -204,7 +204,10 @@ func (s *AgentService) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRe
 	return &agentv1.RenewAgentResponse{Svid: svid}, nil
 }
 
-func (s *AgentService) signAgentSVID(ctx context.Context, agent *datastore.Agent, csr *x509.CertificateRequest) (*agentv1.X509SVID, error) {
+// signAgentSVID signs an agent SVID. At attestation it becomes the agent's
+// serial at once; at renewal it is recorded as the new serial, promoted on
+// first use (see datastore.Agent).
+func (s *AgentService) signAgentSVID(ctx context.Context, agent *datastore.Agent, csr *x509.CertificateRequest, renewal bool) (*agentv1.X509SVID, error) {
 	id, err := spiffeid.FromString(agent.SPIFFEID)
 	if err != nil {
 		return nil, toStatus(ctx, s.cfg.Logger, "sign agent SVID", err)
@@ -213,7 +216,12 @@ func (s *AgentService) signAgentSVID(ctx context.Context, agent *datastore.Agent
 	if err != nil {
 		return nil, toStatus(ctx, s.cfg.Logger, "sign agent SVID", err)
 	}
-	agent.SerialNumber = chain[0].SerialNumber.Text(16)
+	serial := chain[0].SerialNumber.Text(16)
+	if renewal {
+		agent.NewSerialNumber = serial
+	} else {
+		agent.SerialNumber, agent.NewSerialNumber = serial, ""
+	}
 	agent.NotAfter = chain[0].NotAfter
 	agent.LastSeen = s.cfg.Clock.Now()
 	if err := s.cfg.Store.UpdateAgent(ctx, agent); err != nil {
@@ -225,8 +233,11 @@ func (s *AgentService) signAgentSVID(ctx context.Context, agent *datastore.Agent
 	return svidProto(id, chain), nil
 }
 
-// callerAgent authenticates the caller by its agent SVID (already verified
-// against the bundle during the TLS handshake) and checks it is still attested.
+// callerAgent authenticates the caller by its agent SVID, on every call: the
+// chain was verified against the bundle at the handshake, but a connection
+// outlives certificates, so the validity period is checked again now, and
+// the SVID must be the latest the server issued to that agent (or the one
+// before, until the latest is first used).
 func (s *AgentService) callerAgent(ctx context.Context) (spiffeid.ID, *datastore.Agent, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
@@ -236,12 +247,21 @@ func (s *AgentService) callerAgent(ctx context.Context) (spiffeid.ID, *datastore
 	if !ok || len(info.State.PeerCertificates) == 0 {
 		return spiffeid.ID{}, nil, status.Error(codes.Unauthenticated, "an agent SVID is required as client certificate")
 	}
-	id, err := x509svid.IDFromCert(info.State.PeerCertificates[0])
+	leaf := info.State.PeerCertificates[0]
+	id, err := x509svid.IDFromCert(leaf)
 	if err != nil {
 		return spiffeid.ID{}, nil, status.Errorf(codes.Unauthenticated, "client certificate is not an SVID: %v", err)
 	}
 	if !ca.IsAgentID(id, s.cfg.CA.TrustDomain()) {
 		return spiffeid.ID{}, nil, status.Errorf(codes.PermissionDenied, "%s is not an agent of this trust domain", id)
+	}
+	now := s.cfg.Clock.Now()
+	for _, c := range info.State.PeerCertificates {
+		if now.Before(c.NotBefore) || now.After(c.NotAfter) {
+			return spiffeid.ID{}, nil, status.Errorf(codes.Unauthenticated,
+				"the connection's certificate %s is outside its validity (%s to %s); reconnect with a current agent SVID",
+				c.SerialNumber.Text(16), c.NotBefore.Format(time.RFC3339), c.NotAfter.Format(time.RFC3339))
+		}
 	}
 	agent, err := s.cfg.Store.GetAgent(ctx, id.String())
 	if errors.Is(err, datastore.ErrNotFound) {
@@ -249,6 +269,19 @@ func (s *AgentService) callerAgent(ctx context.Context) (spiffeid.ID, *datastore
 	}
 	if err != nil {
 		return spiffeid.ID{}, nil, toStatus(ctx, s.cfg.Logger, "authenticate agent", err)
+	}
+	switch serial := leaf.SerialNumber.Text(16); serial {
+	case agent.SerialNumber:
+	case agent.NewSerialNumber:
+		agent.SerialNumber, agent.NewSerialNumber = serial, ""
+		if err := s.cfg.Store.UpdateAgent(ctx, agent); err != nil {
+			return spiffeid.ID{}, nil, toStatus(ctx, s.cfg.Logger, "authenticate agent", err)
+		}
+	default:
+		s.refusals.Warn(ctx, now, "stale_serial|"+id.String(), "agent presented an SVID that is not its latest (a copied key, or a superseded SVID)",
+			slog.String("agent_id", id.String()), slog.String("serial", serial), slog.String("latest", agent.SerialNumber))
+		return spiffeid.ID{}, nil, status.Errorf(codes.PermissionDenied,
+			"agent SVID %s is not the latest issued to %s; a superseded or copied SVID cannot be used", serial, id)
 	}
 	return id, agent, nil
 }

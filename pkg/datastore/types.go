@@ -43,7 +43,13 @@ type Agent struct {
 	SPIFFEID        string            `json:"spiffe_id"`
 	AttestationType string            `json:"attestation_type"`
 	Selectors       []attest.Selector `json:"selectors,omitempty"`
-	SerialNumber    string            `json:"serial_number"`
+	// SerialNumber (hex) is the agent SVID the agent is known to use. A
+	// renewal records its SVID as NewSerialNumber; the first call made with
+	// it promotes it to SerialNumber. Until then both are accepted, so an
+	// agent that crashed before saving its new SVID still works, and once
+	// the new one is used a copy of the old one is refused.
+	SerialNumber    string `json:"serial_number"`
+	NewSerialNumber string `json:"new_serial_number,omitempty"`
 	NotAfter        time.Time         `json:"not_after"`
 	CreatedAt       time.Time         `json:"created_at"`
 	LastSeen        time.Time         `json:"last_seen"`
