@@ -48,11 +48,11 @@ type Agent struct {
 	// it promotes it to SerialNumber. Until then both are accepted, so an
 	// agent that crashed before saving its new SVID still works, and once
 	// the new one is used a copy of the old one is refused.
-	SerialNumber    string `json:"serial_number"`
-	NewSerialNumber string `json:"new_serial_number,omitempty"`
-	NotAfter        time.Time         `json:"not_after"`
-	CreatedAt       time.Time         `json:"created_at"`
-	LastSeen        time.Time         `json:"last_seen"`
+	SerialNumber    string    `json:"serial_number"`
+	NewSerialNumber string    `json:"new_serial_number,omitempty"`
+	NotAfter        time.Time `json:"not_after"`
+	CreatedAt       time.Time `json:"created_at"`
+	LastSeen        time.Time `json:"last_seen"`
 	// BundleSequence is the trust bundle sequence the agent last reported
 	// holding; root activation waits for every live agent to hold the newest.
 	BundleSequence uint64 `json:"bundle_sequence,omitempty"`
