@@ -19,6 +19,7 @@ import (
 
 	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/attest/unix"
+	"github.com/shortleaf/shortleaf/pkg/atomicfile"
 	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/telemetry"
 	"github.com/shortleaf/shortleaf/pkg/uds"
@@ -151,12 +152,20 @@ func (u unixAttestor) Attest(c uds.PeerCred) ([]attest.Selector, error) {
 
 // restore loads a stored identity that is still valid.
 func (a *Agent) restore() error {
-	key, p, err := a.store.load()
+	if n, err := atomicfile.RemoveTemps(a.cfg.DataDir); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	} else if n > 0 {
+		a.cfg.Logger.Info("removed temporary files left by a crash", slog.Int("files", n))
+	}
+	key, p, fellBack, err := a.store.load()
+	if errors.Is(err, errNoIdentity) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
-	if key == nil {
-		return nil
+	if fellBack {
+		a.cfg.Logger.Warn("the stored identity was unusable; resumed with the previous one")
 	}
 	bundle, err := parseCerts(p.Bundle)
 	if err != nil {

@@ -206,10 +206,7 @@ func (a *Agent) attest(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: attest: server returned an unreadable bundle: %w", err)
 	}
-	if err := a.store.saveKey(key); err != nil {
-		return err
-	}
-	if err := a.store.saveState(&persisted{SVIDChain: rawCerts(chain), Bundle: rawCerts(bundle), BundleSequence: resp.GetBundle().GetSequence()}); err != nil {
+	if err := a.store.save(key, &persisted{SVIDChain: rawCerts(chain), Bundle: rawCerts(bundle), BundleSequence: resp.GetBundle().GetSequence()}); err != nil {
 		return err
 	}
 	a.cache.setBundle(bundle, resp.GetBundle().GetSequence())
@@ -239,10 +236,7 @@ func (a *Agent) renewAgent(ctx context.Context) error {
 		return fmt.Errorf("agent: renew: server returned an unreadable SVID: %w", err)
 	}
 	bundle, seq := a.cache.getBundle()
-	if err := a.store.saveKey(key); err != nil {
-		return err
-	}
-	if err := a.store.saveState(&persisted{SVIDChain: rawCerts(chain), Bundle: rawCerts(bundle), BundleSequence: seq}); err != nil {
+	if err := a.store.save(key, &persisted{SVIDChain: rawCerts(chain), Bundle: rawCerts(bundle), BundleSequence: seq}); err != nil {
 		return err
 	}
 	a.setSVID(key, chain)
@@ -325,9 +319,13 @@ func (a *Agent) applySync(entries map[string]*entry, pb *agentv1.Bundle, federat
 	old, oldSeq := a.cache.getBundle()
 	if pb.GetSequence() != oldSeq || !sameCerts(old, bundle) {
 		a.mu.Lock()
-		chain := a.svidChain
+		chain, cert := a.svidChain, a.tlsCert
 		a.mu.Unlock()
-		if err := a.store.saveState(&persisted{SVIDChain: rawCerts(chain), Bundle: rawCerts(bundle), BundleSequence: pb.GetSequence()}); err != nil {
+		key, ok := cert.PrivateKey.(crypto.Signer)
+		if !ok {
+			return fmt.Errorf("agent: own key is a %T", cert.PrivateKey)
+		}
+		if err := a.store.save(key, &persisted{SVIDChain: rawCerts(chain), Bundle: rawCerts(bundle), BundleSequence: pb.GetSequence()}); err != nil {
 			return err
 		}
 		a.cfg.Logger.Info("trust bundle updated", slog.Uint64("sequence", pb.GetSequence()))

@@ -14,6 +14,8 @@ import (
 	"go.step.sm/crypto/kms/apiv1"
 	"go.step.sm/crypto/kms/softkms"
 	"go.step.sm/crypto/pemutil"
+
+	"github.com/shortleaf/shortleaf/pkg/atomicfile"
 )
 
 // Config configures the software key manager.
@@ -94,7 +96,7 @@ func (s *Soft) CreateKey(_ context.Context, name, keyType string) (crypto.Signer
 		return nil, "", fmt.Errorf("keymanager: serialize key: %w", err)
 	}
 	file := name + ".key"
-	if err := writeFileAtomic(filepath.Join(s.cfg.Dir, file), pem.EncodeToMemory(block)); err != nil {
+	if err := atomicfile.Write(filepath.Join(s.cfg.Dir, file), pem.EncodeToMemory(block)); err != nil {
 		return nil, "", err
 	}
 	return signer, softPrefix + file, nil
@@ -124,33 +126,6 @@ func (s *Soft) LoadKey(_ context.Context, keyRef string) (crypto.Signer, error) 
 		return nil, fmt.Errorf("keymanager: open key %s (wrong passphrase?): %w", keyRef, err)
 	}
 	return signer, nil
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return fmt.Errorf("keymanager: write key: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		_ = tmp.Close()
-		return fmt.Errorf("keymanager: write key: %w", err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		_ = tmp.Close()
-		return fmt.Errorf("keymanager: write key: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		_ = tmp.Close()
-		return fmt.Errorf("keymanager: write key: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("keymanager: write key: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("keymanager: write key: %w", err)
-	}
-	return nil
 }
 
 // DeleteKey removes a key file once its authority has left the journal.
