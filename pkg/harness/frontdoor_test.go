@@ -83,7 +83,7 @@ func TestUnauthenticatedRequestsAreCheap(t *testing.T) {
 			for i := range perWorker {
 				err := attestWith(clients[w], tokens[i%len(tokens)], heavy)
 				if c := status.Code(err); c != codes.PermissionDenied && c != codes.InvalidArgument {
-					errs <- fmt.Errorf("request %d: %v, want PermissionDenied or InvalidArgument", i, err)
+					errs <- fmt.Errorf("request %d: %w, want PermissionDenied or InvalidArgument", i, err)
 					return
 				}
 			}

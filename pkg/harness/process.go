@@ -36,9 +36,9 @@ func Binary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "shortleaf")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/shortleaf/shortleaf/cmd/shortleaf").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", binPath, "github.com/shortleaf/shortleaf/cmd/shortleaf").CombinedOutput() //nolint:gosec // a path the harness made
 		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
 		}
 	})
 	if buildErr != nil {
@@ -77,7 +77,7 @@ func StartServerProcess(t testing.TB, pc ProcessConfig) *Process {
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p.Cmd = exec.Command(Binary(t), "server", "--config", cfgPath)
+	p.Cmd = exec.Command(Binary(t), "server", "--config", cfgPath) //nolint:gosec // the binary the harness built
 	p.Cmd.Env = append(os.Environ(), "SHORTLEAF_KEY_PASSPHRASE="+Passphrase)
 	stderr, err := p.Cmd.StderrPipe()
 	if err != nil {

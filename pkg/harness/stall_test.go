@@ -81,7 +81,7 @@ func (s *stallConn) read() {
 					s.initialWin = int64(v)
 				}
 				s.mu.Unlock()
-				s.write(func() error { return s.fr.WriteSettingsAck() })
+				_ = s.write(func() error { return s.fr.WriteSettingsAck() })
 				continue
 			}
 		case *http2.WindowUpdateFrame:
@@ -99,7 +99,7 @@ func (s *stallConn) read() {
 		case *http2.PingFrame:
 			if !f.IsAck() {
 				s.mu.Unlock()
-				s.write(func() error { return s.fr.WritePing(true, f.Data) })
+				_ = s.write(func() error { return s.fr.WritePing(true, f.Data) })
 				continue
 			}
 		}
