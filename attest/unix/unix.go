@@ -1,10 +1,13 @@
 package unix
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/user"
 	"strconv"
@@ -13,43 +16,66 @@ import (
 	"time"
 
 	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/pkg/uds"
 )
 
 // SelectorType is the type of every selector this attestor produces.
 const SelectorType = "unix"
 
-// Caller is what the kernel told us about the peer.
+// Caller is what the kernel told us about the peer when it connected.
 type Caller struct {
 	PID int32
 	UID uint32
 	GID uint32
+	// StartTime and Exe were read from /proc at connect (see uds.PeerCred);
+	// zero and empty if unknown.
+	StartTime uint64
+	Exe       string
 }
+
+// Options say what one attestation needs.
+type Options struct {
+	// Hash asks for the unix:sha256 selector. Hashing reads the whole
+	// executable, so it is done only when an entry uses that selector.
+	Hash bool
+}
+
+// DefaultMaxHashSize bounds the executables hashed for unix:sha256.
+const DefaultMaxHashSize = 256 << 20
 
 // Attestor produces unix selectors for callers.
 type Attestor struct {
 	// ProcRoot is where /proc is mounted; tests may point it elsewhere.
 	ProcRoot string
+	// MaxHashSize: a larger executable gets no unix:sha256 selector.
+	MaxHashSize int64
+	Logger      *slog.Logger
 
 	mu     sync.Mutex
 	hashes map[fileKey]string
 	names  nameCache
 }
 
+// fileKey names one version of a file: a replaced or rewritten executable
+// changes its inode, size, mtime or ctime, so its hash is computed again.
 type fileKey struct {
-	dev, ino uint64
-	size     int64
-	mtime    time.Time
+	dev, ino     uint64
+	size         int64
+	mtime, ctime time.Time
 }
 
 // New returns an attestor reading /proc.
 func New() *Attestor {
-	return &Attestor{ProcRoot: "/proc", hashes: make(map[fileKey]string)}
+	return &Attestor{ProcRoot: "/proc", MaxHashSize: DefaultMaxHashSize, Logger: slog.New(slog.DiscardHandler), hashes: make(map[fileKey]string)}
 }
 
 // Attest returns the selectors of the caller. uid and gid always come back;
-// user and group names when they resolve; path and sha256 when the
-// executable is readable (the agent runs as root or as the workload's user).
-func (a *Attestor) Attest(c Caller) ([]attest.Selector, error) {
+// user and group names when they resolve; path (and sha256 if asked) when
+// the executable is readable (the agent runs as root or as the workload's
+// user) and the process is still the one that connected, running the
+// executable it ran then. ctx ends the hashing of a large executable when the
+// caller goes away.
+func (a *Attestor) Attest(ctx context.Context, c Caller, opts Options) ([]attest.Selector, error) {
 	sels := []attest.Selector{
 		sel("uid", strconv.FormatUint(uint64(c.UID), 10)),
 		sel("gid", strconv.FormatUint(uint64(c.GID), 10)),
@@ -78,13 +104,41 @@ func (a *Attestor) Attest(c Caller) ([]attest.Selector, error) {
 	// A process we cannot inspect (gone, or another user's while the agent is
 	// not root) still gets its uid and gid selectors; path and hash are absent.
 	exeLink := fmt.Sprintf("%s/%d/exe", a.ProcRoot, c.PID)
-	if path, err := os.Readlink(exeLink); err == nil {
-		sels = append(sels, sel("path", path))
-		if sum, err := a.hashExecutable(exeLink); err == nil {
-			sels = append(sels, sel("sha256", sum))
+	path, err := os.Readlink(exeLink)
+	if err != nil {
+		return sels, nil
+	}
+	var exeSels []attest.Selector
+	exeSels = append(exeSels, sel("path", path))
+	if opts.Hash {
+		switch sum, err := a.hashExecutable(ctx, exeLink); {
+		case err == nil:
+			exeSels = append(exeSels, sel("sha256", sum))
+		case errors.Is(err, errTooLarge):
+			a.Logger.WarnContext(ctx, "executable too large to hash; no unix:sha256 selector", slog.String("path", path), slog.Int64("max_bytes", a.MaxHashSize))
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
 		}
 	}
-	return sels, nil
+	// Path and hash describe the process only if it is still the one that
+	// connected (same start time: the PID was not reused) and still runs the
+	// executable it ran then (no exec since connecting).
+	if !a.sameProcess(c, path) {
+		a.Logger.WarnContext(ctx, "caller exec'd or exited since it connected; attested by uid and gid only",
+			slog.Int("pid", int(c.PID)), slog.String("exe_at_connect", c.Exe), slog.String("exe_now", path))
+		return sels, nil
+	}
+	return append(sels, exeSels...), nil
+}
+
+// sameProcess checks, after the executable was read, that PID still names
+// the process that connected and that it runs what it ran then.
+func (a *Attestor) sameProcess(c Caller, exeNow string) bool {
+	if c.StartTime == 0 || c.Exe == "" {
+		return false // nothing to compare with: do not vouch for the executable
+	}
+	start, err := uds.ProcStartTime(a.ProcRoot, c.PID)
+	return err == nil && start == c.StartTime && exeNow == c.Exe
 }
 
 func sel(key, value string) attest.Selector {
@@ -96,13 +150,29 @@ func keyOf(info os.FileInfo) (fileKey, bool) {
 	if !ok {
 		return fileKey{}, false
 	}
-	return fileKey{dev: st.Dev, ino: st.Ino, size: info.Size(), mtime: info.ModTime()}, true
+	return fileKey{dev: st.Dev, ino: st.Ino, size: info.Size(), mtime: info.ModTime(), ctime: time.Unix(st.Ctim.Unix())}, true
+}
+
+var errTooLarge = errors.New("unix: executable is larger than the hashing limit")
+
+// ctxReader stops a read when ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // hashExecutable hashes the file behind /proc/<pid>/exe (which still points at
 // the running binary even if its path was replaced). A stat answers from the
-// cache; the file is opened and read only for a binary not seen before.
-func (a *Attestor) hashExecutable(exeLink string) (string, error) {
+// cache; the file is opened and read only for a binary not seen before, and
+// only up to MaxHashSize.
+func (a *Attestor) hashExecutable(ctx context.Context, exeLink string) (string, error) {
 	if info, err := os.Stat(exeLink); err == nil {
 		if key, ok := keyOf(info); ok {
 			a.mu.Lock()
@@ -126,8 +196,11 @@ func (a *Attestor) hashExecutable(exeLink string) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("unix: no stat for %s", exeLink)
 	}
+	if info.Size() > a.MaxHashSize {
+		return "", errTooLarge
+	}
 	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	if _, err := io.Copy(h, io.LimitReader(ctxReader{ctx, f}, a.MaxHashSize)); err != nil {
 		return "", err
 	}
 	sum := hex.EncodeToString(h.Sum(nil))

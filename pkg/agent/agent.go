@@ -42,6 +42,9 @@ type Config struct {
 	SyncInterval time.Duration // default 5s
 	// WorkloadAttestor defaults to Unix peer credentials.
 	WorkloadAttestor workloadapi.Attestor
+	// MaxExecutableHashSize bounds the executables hashed for unix:sha256;
+	// default unix.DefaultMaxHashSize.
+	MaxExecutableHashSize int64
 	Clock            clock.Clock
 	Logger           *slog.Logger
 	Registry         prometheus.Registerer
@@ -109,13 +112,18 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	if cfg.WorkloadAttestor == nil {
-		cfg.WorkloadAttestor = unixAttestor{unix.New()}
-	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: create data dir: %w", err)
 	}
 	a := &Agent{cfg: cfg, store: storage{dir: cfg.DataDir}, cache: newCache(cfg.TrustDomain), metrics: telemetry.NewAgent(cfg.Registry)}
+	if a.cfg.WorkloadAttestor == nil {
+		ua := unix.New()
+		ua.Logger = cfg.Logger
+		if cfg.MaxExecutableHashSize > 0 {
+			ua.MaxHashSize = cfg.MaxExecutableHashSize
+		}
+		a.cfg.WorkloadAttestor = unixAttestor{a: ua, cache: a.cache}
+	}
 	if err := a.restore(); err != nil {
 		return nil, err
 	}
@@ -138,16 +146,21 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.wl = workloadapi.NewGRPCServer(workloadapi.New(workloadapi.Config{
-		Source: a.cache, JWT: a, Attestor: cfg.WorkloadAttestor, Logger: cfg.Logger, Metrics: a.metrics,
+		Source: a.cache, JWT: a, Attestor: a.cfg.WorkloadAttestor, Logger: cfg.Logger, Metrics: a.metrics,
 	}))
 	return a, nil
 }
 
-// unixAttestor adapts the unix attestor to workloadapi.Attestor.
-type unixAttestor struct{ a *unix.Attestor }
+// unixAttestor adapts the unix attestor to workloadapi.Attestor; it hashes
+// executables only while an entry of this agent uses unix:sha256.
+type unixAttestor struct {
+	a     *unix.Attestor
+	cache *cache
+}
 
-func (u unixAttestor) Attest(c uds.PeerCred) ([]attest.Selector, error) {
-	return u.a.Attest(unix.Caller{PID: c.PID, UID: c.UID, GID: c.GID})
+func (u unixAttestor) Attest(ctx context.Context, c uds.PeerCred) ([]attest.Selector, error) {
+	return u.a.Attest(ctx, unix.Caller{PID: c.PID, UID: c.UID, GID: c.GID, StartTime: c.StartTime, Exe: c.Exe},
+		unix.Options{Hash: u.cache.usesSelector(unix.SelectorType, "sha256:")})
 }
 
 // restore loads a stored identity that is still valid.

@@ -55,6 +55,8 @@ type cache struct {
 	bundleSeq uint64
 	jwtBundle *jwtbundle.Bundle
 	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle
+	// selectorPrefixes holds "type:key:" of every selector the entries use.
+	selectorPrefixes map[string]bool
 
 	state   *workloadapi.State
 	changed chan struct{}
@@ -137,9 +139,30 @@ func (c *cache) setEntries(entries map[string]*entry, bundle []*x509.Certificate
 		}
 	}
 	c.entries, c.bundle, c.bundleSeq, c.synced = entries, bundle, seq, true
+	c.selectorPrefixes = selectorPrefixes(entries)
 	if changed {
 		c.publish()
 	}
+}
+
+func selectorPrefixes(entries map[string]*entry) map[string]bool {
+	out := map[string]bool{}
+	for _, e := range entries {
+		for _, s := range e.Selectors {
+			if key, _, ok := strings.Cut(s.Value, ":"); ok {
+				out[s.Type+":"+key+":"] = true
+			}
+		}
+	}
+	return out
+}
+
+// usesSelector reports whether an entry held uses a selector of type typ
+// whose value starts with keyPrefix ("sha256:").
+func (c *cache) usesSelector(typ, keyPrefix string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.selectorPrefixes[typ+":"+keyPrefix]
 }
 
 // setBundle replaces the bundle (bootstrap, or loaded from disk).

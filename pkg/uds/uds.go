@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -21,6 +22,15 @@ type PeerCred struct {
 	PID int32
 	UID uint32
 	GID uint32
+	// StartTime (clock ticks since boot) and Exe identify the process behind
+	// PID at connect time, read from /proc when the connection is accepted.
+	// Attestation later compares them with what /proc then says: a different
+	// start time means the PID now names another process; a different Exe
+	// means the process ran exec after it connected. Zero and empty when
+	// /proc could not be read (the process is another user's and the agent
+	// is not root, or it is already gone).
+	StartTime uint64
+	Exe       string
 }
 
 // AuthInfo carries PeerCred through gRPC's peer information.
@@ -78,7 +88,34 @@ func PeerCredOf(conn net.Conn) (PeerCred, error) {
 	if sockErr != nil {
 		return PeerCred{}, fmt.Errorf("uds: SO_PEERCRED: %w", sockErr)
 	}
-	return PeerCred{PID: ucred.Pid, UID: ucred.Uid, GID: ucred.Gid}, nil
+	c := PeerCred{PID: ucred.Pid, UID: ucred.Uid, GID: ucred.Gid}
+	if c.PID > 0 {
+		c.StartTime, _ = ProcStartTime("/proc", c.PID)
+		c.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", c.PID))
+	}
+	return c, nil
+}
+
+// ProcStartTime reads the start time of process pid (field 22 of
+// /proc/<pid>/stat, in clock ticks since boot): with the PID, it names one
+// process for the life of the system.
+func ProcStartTime(procRoot string, pid int32) (uint64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("%s/%d/stat", procRoot, pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses; the
+	// fields after it start after the last ')'.
+	i := strings.LastIndexByte(string(raw), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("uds: malformed %s/%d/stat", procRoot, pid)
+	}
+	fields := strings.Fields(string(raw[i+1:]))
+	const startTimeField = 22 - 3 // fields 1 and 2 precede ')'; field 3 is index 0
+	if len(fields) <= startTimeField {
+		return 0, fmt.Errorf("uds: short %s/%d/stat", procRoot, pid)
+	}
+	return strconv.ParseUint(fields[startTimeField], 10, 64)
 }
 
 // ByUID keys connections by the peer's uid, for per-uid connection caps.

@@ -59,7 +59,7 @@ func (d *sdsServer) attest(ctx context.Context) ([]attest.Selector, error) {
 	if !ok {
 		return nil, status.Error(codes.Internal, "caller's peer credentials are unknown")
 	}
-	sels, err := d.s.cfg.Attestor.Attest(cred)
+	sels, err := d.s.cfg.Attestor.Attest(ctx, cred)
 	if err != nil {
 		return nil, status.Error(codes.PermissionDenied, "workload attestation failed")
 	}

@@ -73,7 +73,7 @@ func (s *Server) attestCaller(ctx context.Context) ([]attest.Selector, error) {
 	if !ok {
 		return nil, status.Error(codes.Internal, "caller's peer credentials are unknown")
 	}
-	sels, err := s.cfg.Attestor.Attest(cred)
+	sels, err := s.cfg.Attestor.Attest(ctx, cred)
 	if err != nil {
 		s.cfg.Logger.WarnContext(ctx, "workload attestation failed", slog.Int("pid", int(cred.PID)), slog.Any("error", err))
 		return nil, status.Error(codes.PermissionDenied, "workload attestation failed")

@@ -85,9 +85,10 @@ type Source interface {
 	Current() (*State, <-chan struct{})
 }
 
-// Attestor turns a caller's peer credentials into selectors.
+// Attestor turns a caller's peer credentials into selectors. ctx ends with
+// the caller's call.
 type Attestor interface {
-	Attest(cred uds.PeerCred) ([]attest.Selector, error)
+	Attest(ctx context.Context, cred uds.PeerCred) ([]attest.Selector, error)
 }
 
 // match returns the identities whose selectors are all among sels.
