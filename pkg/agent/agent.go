@@ -45,9 +45,9 @@ type Config struct {
 	// MaxExecutableHashSize bounds the executables hashed for unix:sha256;
 	// default unix.DefaultMaxHashSize.
 	MaxExecutableHashSize int64
-	Clock            clock.Clock
-	Logger           *slog.Logger
-	Registry         prometheus.Registerer
+	Clock                 clock.Clock
+	Logger                *slog.Logger
+	Registry              prometheus.Registerer
 }
 
 // Defaults.

@@ -49,7 +49,9 @@ func (s *source) set(st *wl.State) {
 
 type fixedAttestor []attest.Selector
 
-func (f fixedAttestor) Attest(context.Context, uds.PeerCred) ([]attest.Selector, error) { return f, nil }
+func (f fixedAttestor) Attest(context.Context, uds.PeerCred) ([]attest.Selector, error) {
+	return f, nil
+}
 
 var uid1 = attest.Selector{Type: "unix", Value: "uid:1"}
 
