@@ -122,7 +122,7 @@ func newDevCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&cfg.DataDir, "data-dir", devmode.DefaultDataDir, "directory for the server's and agent's state")
-	cmd.Flags().StringVar(&cfg.SocketPath, "socket", agent.DefaultSocketPath, "Workload API socket path")
+	cmd.Flags().StringVar(&cfg.SocketPath, "socket", "", "Workload API socket path (default <data-dir>/agent.sock)")
 	cmd.Flags().DurationVar(&cfg.X509SVIDTTL, "x509-svid-ttl", server.DefaultX509SVIDTTL, "X.509-SVID lifetime (1m to 24h)")
 	cmd.Flags().DurationVar(&cfg.IntermediateTTL, "intermediate-ttl", 24*time.Hour, "intermediate CA (and JWT key) lifetime; at least twice the SVID TTL")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "log at info level instead of warn")

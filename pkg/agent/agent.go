@@ -38,10 +38,12 @@ type Config struct {
 	// JoinToken is needed only when the data dir holds no valid agent SVID.
 	JoinToken    string
 	DataDir      string
-	SocketPath   string        // default /tmp/shortleaf/agent.sock
+	SocketPath   string        // default /run/shortleaf/agent.sock
 	SyncInterval time.Duration // default 5s
 	// WorkloadAttestor defaults to Unix peer credentials.
 	WorkloadAttestor workloadapi.Attestor
+	// WorkloadAPI bounds the connections local processes may hold.
+	WorkloadAPI workloadapi.Limits
 	// MaxExecutableHashSize bounds the executables hashed for unix:sha256;
 	// default unix.DefaultMaxHashSize.
 	MaxExecutableHashSize int64
@@ -52,7 +54,9 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultSocketPath   = "/tmp/shortleaf/agent.sock"
+	// DefaultSocketPath is under /run, not /tmp: a directory in /tmp could
+	// be created first by another user (uds.Listen refuses one it does not own).
+	DefaultSocketPath   = "/run/shortleaf/agent.sock"
 	DefaultSyncInterval = 5 * time.Second
 	rpcTimeout          = 30 * time.Second
 	shutdownGrace       = 5 * time.Second
@@ -141,13 +145,15 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 	if cfg.InsecureBootstrap && a.tlsCert == nil {
 		cfg.Logger.Warn("insecure_bootstrap: the server is not authenticated during attestation; use for development only")
 	}
-	var err error
-	if a.lis, err = uds.Listen(cfg.SocketPath, 0o777); err != nil {
+	raiseFileLimit(cfg.Logger)
+	lis, err := uds.Listen(cfg.SocketPath, 0o777)
+	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	a.lis = cfg.WorkloadAPI.Listener(lis, func(reason string) { a.metrics.WorkloadRefusals.WithLabelValues(reason).Inc() })
 	a.wl = workloadapi.NewGRPCServer(workloadapi.New(workloadapi.Config{
 		Source: a.cache, JWT: a, Attestor: a.cfg.WorkloadAttestor, Logger: cfg.Logger, Metrics: a.metrics,
-	}))
+	}), cfg.WorkloadAPI)
 	return a, nil
 }
 

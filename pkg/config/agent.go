@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/shortleaf/shortleaf/pkg/agent"
+	"github.com/shortleaf/shortleaf/pkg/workloadapi"
 )
 
 // AgentFile is agent.yaml as written by an operator.
@@ -25,6 +26,16 @@ type AgentFile struct {
 	SyncInterval      Duration `yaml:"sync_interval"`
 	MetricsAddress    string   `yaml:"metrics_address"`
 	LogLevel          string   `yaml:"log_level"`
+	// WorkloadAPI bounds what local processes can make the agent hold.
+	WorkloadAPI *WorkloadAPIFile `yaml:"workload_api"`
+}
+
+// WorkloadAPIFile configures the Workload API's limits.
+type WorkloadAPIFile struct {
+	MaxConnections        int      `yaml:"max_connections"`
+	MaxConnectionsPerUID  int      `yaml:"max_connections_per_uid"`
+	IdleTimeout           Duration `yaml:"idle_timeout"`
+	MaxExecutableHashSize int64    `yaml:"max_executable_hash_size"`
 }
 
 // Agent is the resolved agent config plus what the command itself needs.
@@ -84,6 +95,19 @@ func (f *AgentFile) Resolve() (Agent, error) {
 		},
 		MetricsAddr: f.MetricsAddress,
 		LogLevel:    level,
+	}
+	if w := f.WorkloadAPI; w != nil {
+		for key, v := range map[string]int64{"workload_api.max_connections": int64(w.MaxConnections),
+			"workload_api.max_connections_per_uid": int64(w.MaxConnectionsPerUID), "workload_api.max_executable_hash_size": w.MaxExecutableHashSize} {
+			if v < 0 {
+				return Agent{}, fieldErr(key, "%d is negative", v)
+			}
+		}
+		if d := time.Duration(w.IdleTimeout); d != 0 && d < time.Second {
+			return Agent{}, fieldErr("workload_api.idle_timeout", "%s is too short (at least 1s)", d)
+		}
+		out.Agent.WorkloadAPI = workloadapi.Limits{MaxConnections: w.MaxConnections, MaxConnectionsPerUID: w.MaxConnectionsPerUID, IdleTimeout: time.Duration(w.IdleTimeout)}
+		out.Agent.MaxExecutableHashSize = w.MaxExecutableHashSize
 	}
 	if f.TrustBundlePath != "" {
 		out.Agent.TrustBundle, err = ReadPEMCertificates(f.TrustBundlePath)

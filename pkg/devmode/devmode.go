@@ -30,7 +30,7 @@ const TrustDomain = "example.org"
 // Config configures dev mode.
 type Config struct {
 	DataDir         string        // default /tmp/shortleaf/dev
-	SocketPath      string        // default agent.DefaultSocketPath
+	SocketPath      string        // default <DataDir>/agent.sock
 	X509SVIDTTL     time.Duration // default 5m
 	IntermediateTTL time.Duration // default 24h
 	SyncInterval    time.Duration // default 1s: dev wants entry changes to show at once
@@ -47,9 +47,6 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.DataDir == "" {
 		cfg.DataDir = DefaultDataDir
 	}
-	if cfg.SocketPath == "" {
-		cfg.SocketPath = agent.DefaultSocketPath
-	}
 	if cfg.X509SVIDTTL == 0 {
 		cfg.X509SVIDTTL = server.DefaultX509SVIDTTL
 	}
@@ -65,6 +62,9 @@ func Run(ctx context.Context, cfg Config) error {
 	dataDir, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("dev: %w", err)
+	}
+	if cfg.SocketPath == "" {
+		cfg.SocketPath = filepath.Join(dataDir, "agent.sock")
 	}
 	td := spiffeid.RequireTrustDomainFromString(TrustDomain)
 	scfg := server.Config{

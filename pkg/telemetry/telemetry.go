@@ -95,6 +95,8 @@ type Agent struct {
 	ExpiredSVIDs prometheus.Gauge
 	// FirstResponse is the time from a Workload API call to its first answer.
 	FirstResponse *prometheus.HistogramVec
+	// WorkloadRefusals counts Workload API connections refused by a cap.
+	WorkloadRefusals *prometheus.CounterVec
 }
 
 // NewAgent registers the agent's metrics on reg.
@@ -126,7 +128,11 @@ func NewAgent(reg prometheus.Registerer) *Agent {
 		Help:    "Time from a Workload API or SDS call to its first response, by method.",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 	}, []string{"method"})
-	reg.MustRegister(m.WorkloadRequests, m.SVIDRenewals, m.SyncFailures, m.CachedSVIDs, m.ExpiredSVIDs, m.FirstResponse)
+	m.WorkloadRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "shortleaf_agent_workload_api_refused_total",
+		Help: "Workload API connections refused by a limit, by reason (connection_limit).",
+	}, []string{"reason"})
+	reg.MustRegister(m.WorkloadRequests, m.SVIDRenewals, m.SyncFailures, m.CachedSVIDs, m.ExpiredSVIDs, m.FirstResponse, m.WorkloadRefusals)
 	return m
 }
 

@@ -142,15 +142,22 @@ func PeerFromContext(ctx context.Context) (PeerCred, bool) {
 
 // Listen creates the socket at path with the given file mode, creating its
 // directory (0755) and replacing a stale socket left by a previous run. It
-// refuses to replace anything that is not a socket.
+// refuses to replace anything that is not a socket, and refuses a directory
+// it cannot trust: one owned by another uid, or writable by group or others,
+// could have been made by another user to put a socket of their own in our
+// place (the squatting attack).
 func Listen(path string, mode os.FileMode) (net.Listener, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("uds: socket path %q must be absolute", path)
 	}
 	// Workloads must be able to reach the Workload API socket, so its directory
 	// is world-traversable; the admin socket is protected by its own mode.
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { //nolint:gosec // see above
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // see above
 		return nil, fmt.Errorf("uds: create socket directory: %w", err)
+	}
+	if err := CheckPrivateDir(dir); err != nil {
+		return nil, err
 	}
 	if info, err := os.Lstat(path); err == nil {
 		if info.Mode()&os.ModeSocket == 0 {
@@ -171,4 +178,28 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 		return nil, fmt.Errorf("uds: chmod %s: %w", path, err)
 	}
 	return lis, nil
+}
+
+// CheckPrivateDir refuses a directory that another user could have placed or
+// could write into: a symlink, one owned by a uid other than this process's,
+// or one writable by group or others. The error says which and what to do.
+func CheckPrivateDir(dir string) error {
+	info, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("uds: %w", err)
+	}
+	if !info.IsDir() {
+		return fmt.Errorf("uds: %s is not a directory (a symlink or a file); refusing to use it", dir)
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("uds: no owner information for %s", dir)
+	}
+	if uid := os.Getuid(); st.Uid != uint32(uid) { //nolint:gosec // uids fit in uint32
+		return fmt.Errorf("uds: directory %s is owned by uid %d, not by this process (uid %d): another user may have created it to intercept its socket; remove it or choose another path", dir, st.Uid, uid)
+	}
+	if perm := info.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("uds: directory %s has mode %04o, writable by group or others, who could replace the socket; chmod go-w %s or choose another path", dir, perm, dir)
+	}
+	return nil
 }

@@ -44,13 +44,9 @@ func New(cfg Config) *Server {
 	return &Server{cfg: cfg}
 }
 
-// NewGRPCServer returns a gRPC server with the Workload API and Envoy SDS v3
-// registered and the peer-credential transport both need.
-func NewGRPCServer(s *Server) *grpc.Server {
-	g := grpc.NewServer(grpc.Creds(uds.NewCredentials()))
+func registerServices(g *grpc.Server, s *Server) {
 	workload.RegisterSpiffeWorkloadAPIServer(g, s)
 	RegisterSDS(g, s)
-	return g
 }
 
 const headerKey = "workload.spiffe.io"

@@ -78,7 +78,7 @@ func serve(t *testing.T, src wl.Source, sels ...attest.Selector) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := wl.NewGRPCServer(wl.New(wl.Config{Source: src, JWT: fixedJWT{"test-token"}, Attestor: fixedAttestor(sels)}))
+	g := wl.NewGRPCServer(wl.New(wl.Config{Source: src, JWT: fixedJWT{"test-token"}, Attestor: fixedAttestor(sels)}), wl.Limits{})
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
 	return "unix://" + sock
