@@ -1,6 +1,7 @@
 package attest
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -87,4 +88,18 @@ func Subset(want, have []Selector) bool {
 		}
 	}
 	return true
+}
+
+// CheckIdentifiesCaller refuses a selector set made only of unix:path and
+// unix:sha256: those name a file, and any user on the node can run a copy of
+// it, so on their own they would hand the identity to every user. Adding a
+// uid, gid, user or group selector ties the identity to an account.
+func CheckIdentifiesCaller(sels []Selector) error {
+	for _, s := range sels {
+		key, _, _ := strings.Cut(s.Value, ":")
+		if s.Type != "unix" || (key != "path" && key != "sha256") {
+			return nil
+		}
+	}
+	return errors.New("unix:path and unix:sha256 alone do not identify a caller (any user can run a copy of the file); add unix:uid, unix:gid, unix:user or unix:group")
 }

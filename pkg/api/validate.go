@@ -109,6 +109,9 @@ func entryFromProto(in *adminv1.Entry, td spiffeid.TrustDomain, maxTTL time.Dura
 		}
 		sels = append(sels, sel)
 	}
+	if err := attest.CheckIdentifiesCaller(sels); err != nil {
+		return nil, invalid("entry.selectors", "%v", err)
+	}
 	ttl, err := validateTTL("entry.x509_svid_ttl", in.GetX509SvidTtlSeconds(), maxTTL)
 	if err != nil {
 		return nil, err

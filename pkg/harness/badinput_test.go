@@ -52,6 +52,9 @@ func TestAdminRejectsBadEntriesNamingTheField(t *testing.T) {
 		{"unknown selector key", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = []string{"unix:shoe:9"} }},
 		{"malformed selector", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = []string{"unix"} }},
 		{"bad uid value", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = []string{"unix:uid:root"} }},
+		{"path and hash without an account", "entry.selectors", func(e *adminv1.Entry) {
+			e.Selectors = []string{"unix:path:/usr/bin/web", "unix:sha256:" + strings.Repeat("ab", 32)}
+		}},
 		{"TTL too short", "entry.x509_svid_ttl", func(e *adminv1.Entry) { e.X509SvidTtlSeconds = 59 }},
 		{"TTL too long", "entry.x509_svid_ttl", func(e *adminv1.Entry) { e.X509SvidTtlSeconds = 24*3600 + 1 }},
 		{"negative TTL", "entry.x509_svid_ttl", func(e *adminv1.Entry) { e.X509SvidTtlSeconds = -5 }},
