@@ -10,6 +10,9 @@ var (
 	ErrNoActiveIntermediate = errors.New("ca: no active intermediate authority")
 	// ErrSignerExpired means the active intermediate can no longer sign anything.
 	ErrSignerExpired = errors.New("ca: active intermediate has expired")
+	// ErrSignerNotYetValid means the clock stepped back before the active
+	// intermediate's NotBefore; the next rotation replaces it.
+	ErrSignerNotYetValid = errors.New("ca: active intermediate is not yet valid (the clock stepped back)")
 )
 
 // RequestError is a rejected signing request. Field names the part of the

@@ -52,6 +52,9 @@ func (c *CA) SignJWTSVID(p JWTSVIDParams) (string, time.Time, error) {
 		return "", time.Time{}, requestErr("ttl", "must be positive")
 	}
 	now := c.cfg.Clock.Now()
+	if NotYetValid(key, now) {
+		return "", time.Time{}, ErrSignerNotYetValid
+	}
 	exp := now.Add(p.TTL)
 	if exp.After(key.NotAfter) {
 		exp = key.NotAfter

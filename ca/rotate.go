@@ -124,6 +124,10 @@ func (ch *change) prepare(ctx context.Context, kind Kind) (*Authority, error) {
 		if !root.NotAfter.After(ch.now) {
 			return nil, fmt.Errorf("ca: root %s expired at %s", root.ID, root.NotAfter.Format(time.RFC3339))
 		}
+		if NotYetValid(root, ch.now) {
+			return nil, fmt.Errorf("ca: root %s is not valid before %s and the clock says %s: the clock stepped back; fix the clock (a new root would have to reach every agent first)",
+				root.ID, root.NotBefore.Format(time.RFC3339), ch.now.Format(time.RFC3339))
+		}
 		a, err = ch.c.newIntermediate(ctx, root, ch.now)
 	case KindJWT:
 		a, err = ch.c.newJWTKey(ctx, ch.now)
@@ -208,11 +212,26 @@ func (ch *change) advance(ctx context.Context, kind Kind) error {
 	s := ch.c.schedule
 	active := ch.find(kind, StateActive)
 	prepared := ch.find(kind, StatePrepared)
-	if prepared != nil && !s.CanSignFullTTL(prepared, ch.now) {
+	if prepared != nil && (!s.CanSignFullTTL(prepared, ch.now) || NotYetValid(prepared, ch.now)) {
 		// Prepared so long ago (a long stop) that it could not serve a full
-		// term: drop it and start over.
+		// term, or after now (the clock stepped back): drop it, start over.
 		ch.remove(prepared, "dropped")
 		prepared = nil
+	}
+	if active != nil && NotYetValid(active, ch.now) {
+		// The clock stepped back past the active key's NotBefore: it must not
+		// sign (nothing it signed would chain), so a fresh key takes over at
+		// once. The stepped-back key retires like any old one.
+		ch.c.cfg.Logger.WarnContext(ctx, "the clock stepped back before the active key's NotBefore; replacing it at once",
+			slog.String("kind", string(kind)), slog.String("authority_id", active.ID),
+			slog.Time("not_before", active.NotBefore), slog.Time("now", ch.now), slog.Duration("step", active.NotBefore.Sub(ch.now)))
+		next, err := ch.prepare(ctx, kind)
+		if err != nil {
+			return err
+		}
+		ch.activate(next)
+		ch.note(next, "activated_after_clock_step")
+		return nil
 	}
 	// No usable active key (first start, or a stop longer than the schedule):
 	// take over at once with the prepared key if it can sign, or a new one.

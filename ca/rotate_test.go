@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -465,4 +466,89 @@ func TestRemovedAuthoritiesLoseTheirKeys(t *testing.T) {
 	if len(now) != live {
 		t.Fatalf("%d key files for %d authorities (started with %d): removed keys were not deleted", len(now), live, len(first))
 	}
+}
+
+// Clock steps. Backward past the active intermediate's NotBefore: it must not
+// sign (its SVIDs would not chain), a fresh one takes over at the next
+// rotation, the step is logged and counted, and SVIDs verify again. Forward
+// past the schedule: the expired keys are replaced at once, as after a long
+// stop.
+func TestClockSteps(t *testing.T) {
+	t.Run("backward", func(t *testing.T) {
+		clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+		cfg := catest.Config(t)
+		cfg.Clock, cfg.IntermediateTTL, cfg.MaxSVIDTTL = clk, time.Hour, 5*time.Minute
+		var mu sync.Mutex
+		transitions := map[string]int{}
+		cfg.OnTransition = func(kind ca.Kind, what string) {
+			mu.Lock()
+			defer mu.Unlock()
+			transitions[string(kind)+"/"+what]++
+		}
+		c := catest.NewFromConfig(t, cfg)
+		for range 36 { // three hours of rotations
+			clk.Add(5 * time.Minute)
+			if err := c.Rotate(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := byKindState(c)["intermediate/active"][0]
+		// An NTP correction, or a VM restored from a snapshot: back to ten
+		// minutes after the root was made, before every key issued since.
+		clk.Add(-(3*time.Hour - 10*time.Minute))
+		if _, err := c.SignX509SVID(params(t, 5*time.Minute)); !errors.Is(err, ca.ErrSignerNotYetValid) {
+			t.Fatalf("signing with a not-yet-valid intermediate: %v, want ErrSignerNotYetValid", err)
+		}
+		if _, _, err := c.SignJWTSVID(ca.JWTSVIDParams{SPIFFEID: webID, Audience: []string{"a"}, TTL: time.Minute}); !errors.Is(err, ca.ErrSignerNotYetValid) {
+			t.Fatalf("signing with a not-yet-valid JWT key: %v, want ErrSignerNotYetValid", err)
+		}
+		if err := c.Rotate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		after := byKindState(c)["intermediate/active"][0]
+		if after.ID == before.ID || clk.Now().Before(after.NotBefore) {
+			t.Fatalf("after the step the active intermediate is %s (NotBefore %s, now %s); want a fresh, valid one", after.ID, after.NotBefore, clk.Now())
+		}
+		mu.Lock()
+		counted := transitions["intermediate/activated_after_clock_step"] + transitions["jwt/activated_after_clock_step"]
+		mu.Unlock()
+		if counted != 2 {
+			t.Fatalf("transitions %v: want one activated_after_clock_step for the intermediate and one for the JWT key (the metric counts these)", transitions)
+		}
+		chain, err := c.SignX509SVID(params(t, 5*time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bundle, _ := c.Bundle()
+		if _, _, err := x509svid.Verify(chain, bundle, x509svid.WithTime(clk.Now())); err != nil {
+			t.Fatalf("SVID after the step does not verify: %v", err)
+		}
+	})
+	t.Run("forward", func(t *testing.T) {
+		c, clk, _ := lifecycle(t)
+		clk.Add(3 * time.Hour) // past the intermediate's NotAfter
+		if _, err := c.SignX509SVID(params(t, 5*time.Minute)); err == nil {
+			t.Fatal("signed with an expired intermediate")
+		}
+		if err := c.Rotate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		chain, err := c.SignX509SVID(params(t, 5*time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := chain[0].NotAfter.Sub(clk.Now()); got != 5*time.Minute {
+			t.Fatalf("SVID after the step lives %s, want the full 5m", got)
+		}
+	})
+}
+
+// params asks for an X.509-SVID for webID under a fresh P-256 key.
+func params(t *testing.T, ttl time.Duration) ca.X509SVIDParams {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca.X509SVIDParams{PublicKey: key.Public(), SPIFFEID: webID, TTL: ttl}
 }

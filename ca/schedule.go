@@ -62,3 +62,9 @@ func (s Schedule) RemoveAt(old *Authority) time.Time {
 func (s Schedule) CanSignFullTTL(a *Authority, now time.Time) bool {
 	return !now.Add(s.MaxSignedTTL).After(a.NotAfter)
 }
+
+// NotYetValid reports whether a's NotBefore is after now: the clock stepped
+// back past the moment a was issued. Nothing a signs now would chain.
+func NotYetValid(a *Authority, now time.Time) bool {
+	return now.Before(a.NotBefore)
+}

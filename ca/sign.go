@@ -56,6 +56,9 @@ func (c *CA) SignX509SVID(p X509SVIDParams) ([]*x509.Certificate, error) {
 	}
 	now := c.cfg.Clock.Now()
 	signer := cur.authority
+	if NotYetValid(signer, now) {
+		return nil, ErrSignerNotYetValid
+	}
 	notAfter := now.Add(p.TTL)
 	if notAfter.After(signer.Cert.NotAfter) {
 		notAfter = signer.Cert.NotAfter

@@ -44,7 +44,7 @@ func toStatus(ctx context.Context, log *slog.Logger, op string, err error) error
 		return status.Error(codes.PermissionDenied, "join token is unknown, already used or wrong")
 	case errors.Is(err, datastore.ErrTokenExpired):
 		return status.Error(codes.PermissionDenied, "join token has expired")
-	case errors.Is(err, ca.ErrNoActiveIntermediate), errors.Is(err, ca.ErrSignerExpired):
+	case errors.Is(err, ca.ErrNoActiveIntermediate), errors.Is(err, ca.ErrSignerExpired), errors.Is(err, ca.ErrSignerNotYetValid):
 		log.ErrorContext(ctx, "CA cannot sign", slog.String("op", op), slog.Any("error", err))
 		return status.Error(codes.Unavailable, "the CA cannot sign right now")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
