@@ -19,7 +19,7 @@ import (
 
 	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/attest/unix"
-	"github.com/shortleaf/shortleaf/pkg/atomicfile"
+	"github.com/shortleaf/shortleaf/pkg/safefile"
 	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/telemetry"
 	"github.com/shortleaf/shortleaf/pkg/uds"
@@ -119,6 +119,9 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: create data dir: %w", err)
 	}
+	if err := safefile.CheckPrivateDir(cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("agent: data_dir: %w", err)
+	}
 	a := &Agent{cfg: cfg, store: storage{dir: cfg.DataDir}, cache: newCache(cfg.TrustDomain), metrics: telemetry.NewAgent(cfg.Registry)}
 	if a.cfg.WorkloadAttestor == nil {
 		ua := unix.New()
@@ -171,7 +174,7 @@ func (u unixAttestor) Attest(ctx context.Context, c uds.PeerCred) ([]attest.Sele
 
 // restore loads a stored identity that is still valid.
 func (a *Agent) restore() error {
-	if n, err := atomicfile.RemoveTemps(a.cfg.DataDir); err != nil {
+	if n, err := safefile.RemoveTemps(a.cfg.DataDir); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	} else if n > 0 {
 		a.cfg.Logger.Info("removed temporary files left by a crash", slog.Int("files", n))

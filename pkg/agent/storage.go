@@ -10,7 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/shortleaf/shortleaf/pkg/atomicfile"
+	"github.com/shortleaf/shortleaf/pkg/safefile"
 )
 
 // Files in the agent's data directory, all mode 0600. The key and the SVID
@@ -51,7 +51,7 @@ func (s storage) load() (key crypto.Signer, p *persisted, fellBack bool, err err
 	if err == nil {
 		return key, p, false, nil
 	}
-	prevKey, prevP, prevErr := readIdentity(path + atomicfile.PreviousSuffix)
+	prevKey, prevP, prevErr := readIdentity(path + safefile.PreviousSuffix)
 	if prevErr == nil {
 		return prevKey, prevP, true, nil
 	}
@@ -118,7 +118,7 @@ func (s storage) save(key crypto.Signer, p *persisted) error {
 	if err != nil {
 		return fmt.Errorf("agent: encode state: %w", err)
 	}
-	if err := atomicfile.WriteKeepingPrevious(filepath.Join(s.dir, identityFileName), raw); err != nil {
+	if err := safefile.WriteKeepingPrevious(filepath.Join(s.dir, identityFileName), raw); err != nil {
 		return fmt.Errorf("agent: save identity: %w", err)
 	}
 	return nil

@@ -76,6 +76,14 @@ func TestServerPassphraseSources(t *testing.T) {
 	if err != nil || string(cfg.KeyPassphrase) != "from-file" {
 		t.Fatalf("passphrase file: %q, %v", cfg.KeyPassphrase, err)
 	}
+	// A passphrase file others can read is refused, naming the key and the mode.
+	if err := os.Chmod(file, 0o644); err != nil { //nolint:gosec // the mistake under test
+		t.Fatal(err)
+	}
+	if _, _, err := config.ParseServer(strings.NewReader(base+"key_passphrase_file: "+file+"\n"), withPass); err == nil ||
+		!strings.Contains(err.Error(), "key_passphrase_file") || !strings.Contains(err.Error(), "0644") {
+		t.Fatalf("group/world-readable passphrase file: %v, want a refusal naming key_passphrase_file and its mode", err)
+	}
 	// The passphrase never shows up in an error.
 	_, _, err = config.ParseServer(strings.NewReader(base+"key_passphrase_file: /nonexistent\n"), withPass)
 	if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "key_passphrase_file") {
@@ -153,6 +161,13 @@ func TestUpstreamAuthorityFiles(t *testing.T) {
 	}
 	if _, err := config.LoadUpstream("", "", nil); err == nil || !strings.Contains(err.Error(), "upstream_authority") {
 		t.Fatalf("empty: %v", err)
+	}
+	readable := writeKey("readable.key", key)
+	if err := os.Chmod(readable, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := config.LoadUpstream(certFile, readable, nil); err == nil || !strings.Contains(err.Error(), "upstream_authority.key_file") || !strings.Contains(err.Error(), "0640") {
+		t.Fatalf("group-readable upstream key: %v, want a refusal naming the key and its mode", err)
 	}
 }
 

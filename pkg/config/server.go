@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/shortleaf/shortleaf/pkg/keymanager"
+	"github.com/shortleaf/shortleaf/pkg/safefile"
 	"github.com/shortleaf/shortleaf/pkg/server"
 )
 
@@ -181,6 +182,9 @@ func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Le
 			if be.CertFile == "" || be.KeyFile == "" {
 				return cfg, 0, fieldErr("bundle_endpoint", "https_web needs cert_file and key_file")
 			}
+			if err := safefile.CheckPrivateFile(be.KeyFile); err != nil {
+				return cfg, 0, fieldErr("bundle_endpoint.key_file", "%v", err)
+			}
 		default:
 			return cfg, 0, fieldErr("bundle_endpoint.profile", "%q is not https_spiffe or https_web", be.Profile)
 		}
@@ -235,6 +239,9 @@ func ValidateServer(cfg *server.Config) error {
 
 func readPassphrase(file string, getenv func(string) string) ([]byte, error) {
 	if file != "" {
+		if err := safefile.CheckPrivateFile(file); err != nil {
+			return nil, fieldErr("key_passphrase_file", "%v", err)
+		}
 		raw, err := os.ReadFile(file) //nolint:gosec // an operator-chosen path
 		if err != nil {
 			return nil, fieldErr("key_passphrase_file", "%v", err)

@@ -6,6 +6,7 @@ import (
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/pkg/safefile"
 )
 
 // LoadUpstream reads an upstream CA: its certificate chain (signing
@@ -25,6 +26,9 @@ func LoadUpstream(certFile, keyFile string, passphrase []byte) (*ca.Upstream, er
 	var opts []pemutil.Options
 	if len(passphrase) > 0 {
 		opts = append(opts, pemutil.WithPassword(passphrase))
+	}
+	if err := safefile.CheckPrivateFile(keyFile); err != nil {
+		return nil, fieldErr("upstream_authority.key_file", "%v", err)
 	}
 	key, err := pemutil.Read(keyFile, opts...)
 	if err != nil {

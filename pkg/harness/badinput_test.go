@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -15,8 +17,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/shortleaf/shortleaf/pkg/agent"
 	"github.com/shortleaf/shortleaf/pkg/api"
 	"github.com/shortleaf/shortleaf/pkg/harness"
+	"github.com/shortleaf/shortleaf/pkg/server"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
@@ -214,4 +218,27 @@ func TestAttestRejectsMalformedToken(t *testing.T) {
 func csrWith(t *testing.T, id spiffeid.ID, mutate func(*x509.CertificateRequest)) []byte {
 	_, der := harness.NewCSR(t, id, mutate)
 	return der
+}
+
+// A data directory another user controls is refused before anything is read
+// from it or written to it, by the server and the agent alike.
+func TestDataDirOthersControlIsRefused(t *testing.T) {
+	open := t.TempDir()
+	if err := os.Chmod(open, 0o777); err != nil { //nolint:gosec // the mistake under test
+		t.Fatal(err)
+	}
+	_, err := server.New(context.Background(), server.Config{TrustDomain: harness.TrustDomain, DataDir: open, InsecureUnencryptedKeys: true,
+		AgentAPIAddr: "127.0.0.1:0", AdminSocket: filepath.Join(harness.ShortDir(t), "admin.sock")})
+	if err == nil || !strings.Contains(err.Error(), "data_dir") || !strings.Contains(err.Error(), "writable by group or others") {
+		t.Fatalf("server with a world-writable data dir: %v", err)
+	}
+	if entries, _ := os.ReadDir(open); len(entries) != 0 {
+		t.Fatalf("the server wrote %d files into a refused data dir", len(entries))
+	}
+	srv := harness.StartServer(t)
+	_, err = agent.New(context.Background(), agent.Config{ServerAddr: srv.AgentAddr(), TrustDomain: harness.TrustDomain, DataDir: open,
+		JoinToken: "x", InsecureBootstrap: true, SocketPath: filepath.Join(harness.ShortDir(t), "agent.sock")})
+	if err == nil || !strings.Contains(err.Error(), "data_dir") {
+		t.Fatalf("agent with a world-writable data dir: %v", err)
+	}
 }

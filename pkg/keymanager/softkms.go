@@ -15,7 +15,7 @@ import (
 	"go.step.sm/crypto/kms/softkms"
 	"go.step.sm/crypto/pemutil"
 
-	"github.com/shortleaf/shortleaf/pkg/atomicfile"
+	"github.com/shortleaf/shortleaf/pkg/safefile"
 )
 
 // Config configures the software key manager.
@@ -96,7 +96,7 @@ func (s *Soft) CreateKey(_ context.Context, name, keyType string) (crypto.Signer
 		return nil, "", fmt.Errorf("keymanager: serialize key: %w", err)
 	}
 	file := name + ".key"
-	if err := atomicfile.Write(filepath.Join(s.cfg.Dir, file), pem.EncodeToMemory(block)); err != nil {
+	if err := safefile.Write(filepath.Join(s.cfg.Dir, file), pem.EncodeToMemory(block)); err != nil {
 		return nil, "", err
 	}
 	return signer, softPrefix + file, nil
@@ -109,12 +109,8 @@ func (s *Soft) LoadKey(_ context.Context, keyRef string) (crypto.Signer, error) 
 		return nil, fmt.Errorf("keymanager: key reference %q is not a softkms reference", keyRef)
 	}
 	path := filepath.Join(s.cfg.Dir, file)
-	info, err := os.Stat(path)
-	if err != nil {
+	if err := safefile.CheckPrivateFile(path); err != nil {
 		return nil, fmt.Errorf("keymanager: key %s: %w", keyRef, err)
-	}
-	if info.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("keymanager: key file %s has mode %o; it must be readable by its owner only (0600)", path, info.Mode().Perm())
 	}
 	req := &apiv1.CreateSignerRequest{SigningKey: path}
 	if len(s.cfg.Passphrase) > 0 {

@@ -30,6 +30,7 @@ import (
 	"github.com/shortleaf/shortleaf/pkg/federation"
 	"github.com/shortleaf/shortleaf/pkg/keymanager"
 	"github.com/shortleaf/shortleaf/pkg/rpclimit"
+	"github.com/shortleaf/shortleaf/pkg/safefile"
 	"github.com/shortleaf/shortleaf/pkg/telemetry"
 	"github.com/shortleaf/shortleaf/pkg/uds"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
@@ -131,6 +132,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: create data dir: %w", err)
+	}
+	if err := safefile.CheckPrivateDir(cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("server: data_dir: %w", err)
 	}
 	if len(cfg.KeyPassphrase) == 0 && !cfg.InsecureUnencryptedKeys && cfg.KeyManagerURI == "" {
 		return nil, errors.New("server: a key passphrase is required (SHORTLEAF_KEY_PASSPHRASE or key_passphrase_file); only dev mode may store keys unencrypted")

@@ -14,6 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+
+	"github.com/shortleaf/shortleaf/pkg/safefile"
 )
 
 // PeerCred is the kernel's word on the process at the other end of a socket,
@@ -156,8 +158,8 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // see above
 		return nil, fmt.Errorf("uds: create socket directory: %w", err)
 	}
-	if err := CheckPrivateDir(dir); err != nil {
-		return nil, err
+	if err := safefile.CheckPrivateDir(dir); err != nil {
+		return nil, fmt.Errorf("uds: socket %w", err)
 	}
 	if info, err := os.Lstat(path); err == nil {
 		if info.Mode()&os.ModeSocket == 0 {
@@ -178,28 +180,4 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 		return nil, fmt.Errorf("uds: chmod %s: %w", path, err)
 	}
 	return lis, nil
-}
-
-// CheckPrivateDir refuses a directory that another user could have placed or
-// could write into: a symlink, one owned by a uid other than this process's,
-// or one writable by group or others. The error says which and what to do.
-func CheckPrivateDir(dir string) error {
-	info, err := os.Lstat(dir)
-	if err != nil {
-		return fmt.Errorf("uds: %w", err)
-	}
-	if !info.IsDir() {
-		return fmt.Errorf("uds: %s is not a directory (a symlink or a file); refusing to use it", dir)
-	}
-	st, ok := info.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fmt.Errorf("uds: no owner information for %s", dir)
-	}
-	if uid := os.Getuid(); st.Uid != uint32(uid) { //nolint:gosec // uids fit in uint32
-		return fmt.Errorf("uds: directory %s is owned by uid %d, not by this process (uid %d): another user may have created it to intercept its socket; remove it or choose another path", dir, st.Uid, uid)
-	}
-	if perm := info.Mode().Perm(); perm&0o022 != 0 {
-		return fmt.Errorf("uds: directory %s has mode %04o, writable by group or others, who could replace the socket; chmod go-w %s or choose another path", dir, perm, dir)
-	}
-	return nil
 }

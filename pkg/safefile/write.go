@@ -1,4 +1,4 @@
-package atomicfile
+package safefile
 
 import (
 	"errors"
@@ -24,7 +24,7 @@ func Write(path string, data []byte) error {
 	}
 	defer os.Remove(tmp) //nolint:errcheck // gone after a successful rename
 	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("atomicfile: %w", err)
+		return fmt.Errorf("safefile: %w", err)
 	}
 	return syncDir(filepath.Dir(path))
 }
@@ -43,17 +43,17 @@ func WriteKeepingPrevious(path string, data []byte) error {
 		link := filepath.Join(filepath.Dir(path), TempPrefix+filepath.Base(path)+PreviousSuffix)
 		_ = os.Remove(link)
 		if err := os.Link(path, link); err != nil {
-			return fmt.Errorf("atomicfile: keep previous: %w", err)
+			return fmt.Errorf("safefile: keep previous: %w", err)
 		}
 		if err := os.Rename(link, path+PreviousSuffix); err != nil {
 			_ = os.Remove(link)
-			return fmt.Errorf("atomicfile: keep previous: %w", err)
+			return fmt.Errorf("safefile: keep previous: %w", err)
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("atomicfile: %w", err)
+		return fmt.Errorf("safefile: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("atomicfile: %w", err)
+		return fmt.Errorf("safefile: %w", err)
 	}
 	return syncDir(filepath.Dir(path))
 }
@@ -61,7 +61,7 @@ func WriteKeepingPrevious(path string, data []byte) error {
 func writeTemp(path string, data []byte) (string, error) {
 	f, err := os.CreateTemp(filepath.Dir(path), TempPrefix+"*")
 	if err != nil {
-		return "", fmt.Errorf("atomicfile: %w", err)
+		return "", fmt.Errorf("safefile: %w", err)
 	}
 	werr := f.Chmod(0o600)
 	if werr == nil {
@@ -75,7 +75,7 @@ func writeTemp(path string, data []byte) (string, error) {
 	}
 	if werr != nil {
 		_ = os.Remove(f.Name())
-		return "", fmt.Errorf("atomicfile: write %s: %w", filepath.Base(path), werr)
+		return "", fmt.Errorf("safefile: write %s: %w", filepath.Base(path), werr)
 	}
 	return f.Name(), nil
 }
@@ -83,11 +83,11 @@ func writeTemp(path string, data []byte) (string, error) {
 func syncDir(dir string) error {
 	d, err := os.Open(dir) //nolint:gosec // the directory of a path the caller chose
 	if err != nil {
-		return fmt.Errorf("atomicfile: %w", err)
+		return fmt.Errorf("safefile: %w", err)
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("atomicfile: fsync %s: %w", dir, err)
+		return fmt.Errorf("safefile: fsync %s: %w", dir, err)
 	}
 	return nil
 }
@@ -97,13 +97,13 @@ func syncDir(dir string) error {
 func RemoveTemps(dir string) (int, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return 0, fmt.Errorf("atomicfile: %w", err)
+		return 0, fmt.Errorf("safefile: %w", err)
 	}
 	n := 0
 	for _, e := range entries {
 		if e.Type().IsRegular() && strings.HasPrefix(e.Name(), TempPrefix) {
 			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return n, fmt.Errorf("atomicfile: %w", err)
+				return n, fmt.Errorf("safefile: %w", err)
 			}
 			n++
 		}
