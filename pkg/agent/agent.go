@@ -19,8 +19,8 @@ import (
 
 	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/attest/unix"
-	"github.com/shortleaf/shortleaf/pkg/safefile"
 	"github.com/shortleaf/shortleaf/pkg/clock"
+	"github.com/shortleaf/shortleaf/pkg/safefile"
 	"github.com/shortleaf/shortleaf/pkg/telemetry"
 	"github.com/shortleaf/shortleaf/pkg/uds"
 	"github.com/shortleaf/shortleaf/pkg/workloadapi"
