@@ -30,6 +30,13 @@ type KeyDeleter interface {
 	DeleteKey(ctx context.Context, keyRef string) error
 }
 
+// KeyLister is an optional ability of a KeyManager: listing the keys it
+// holds, so that keys no authority names (left by a crash between creating a
+// key and saving the journal) are destroyed at start.
+type KeyLister interface {
+	ListKeys(ctx context.Context) ([]string, error)
+}
+
 // Journal persists the CA's authorities and bundle sequence as an opaque record.
 // LoadCAJournal returns (nil, nil) when nothing was stored yet.
 type Journal interface {
@@ -143,7 +150,38 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	if err := c.Rotate(ctx); err != nil {
 		return nil, err
 	}
+	c.destroyOrphanKeys(ctx)
 	return c, nil
+}
+
+// destroyOrphanKeys deletes the keys the key manager holds that no authority
+// in the (just saved) journal names. Run once at start, under no lock: no
+// other change can be under way yet.
+func (c *CA) destroyOrphanKeys(ctx context.Context) {
+	lister, ok := c.cfg.Keys.(KeyLister)
+	deleter, ok2 := c.cfg.Keys.(KeyDeleter)
+	if !ok || !ok2 {
+		return
+	}
+	refs, err := lister.ListKeys(ctx)
+	if err != nil {
+		c.cfg.Logger.WarnContext(ctx, "could not list CA keys to remove orphans", slog.Any("error", err))
+		return
+	}
+	named := map[string]bool{}
+	for _, a := range c.Authorities() {
+		named[a.KeyRef] = true
+	}
+	for _, ref := range refs {
+		if named[ref] {
+			continue
+		}
+		if err := deleter.DeleteKey(ctx, ref); err != nil {
+			c.cfg.Logger.WarnContext(ctx, "could not delete an orphaned CA key", slog.String("key_ref", ref), slog.Any("error", err))
+			continue
+		}
+		c.cfg.Logger.InfoContext(ctx, "deleted a CA key no authority names (left by a crash)", slog.String("key_ref", ref))
+	}
 }
 
 func (c *CA) restore(ctx context.Context, raw []byte) error {

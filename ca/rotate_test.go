@@ -282,14 +282,25 @@ func TestFailedJournalSaveChangesNothingAndLeavesNoBrokenState(t *testing.T) {
 		t.Fatalf("rotation with a failing journal: %v", err)
 	}
 	_ = bc
-	keys, _ := os.ReadDir(filepath.Join(filepath.Dir(cfg.Journal.(*datastore.Store).Path()), "keys"))
-	if len(keys) <= 3 {
-		t.Fatalf("expected an orphan key file to test with, found %d keys", len(keys))
+	keyDir := filepath.Join(filepath.Dir(cfg.Journal.(*datastore.Store).Path()), "keys")
+	orphans := keyFiles(t, keyDir)
+	if len(orphans) <= 3 {
+		t.Fatalf("expected an orphan key file to test with, found %d keys", len(orphans))
 	}
-	// The next start ignores the orphan and resumes from the journal.
+	// The next start resumes from the journal and destroys the orphans: only
+	// keys that some authority names are left.
 	again, err := ca.New(ctx, cfg)
 	if err != nil {
 		t.Fatalf("start after the failed save: %v", err)
+	}
+	named := map[string]bool{}
+	for _, a := range again.Authorities() {
+		named[strings.TrimPrefix(a.KeyRef, "softkms:")] = true
+	}
+	for _, f := range keyFiles(t, keyDir) {
+		if !named[f] {
+			t.Errorf("key file %s is named by no authority and was not destroyed", f)
+		}
 	}
 	after := again.Authorities()
 	if count(again, ca.KindIntermediate, ca.StatePrepared) != 1 {
@@ -304,6 +315,19 @@ func TestFailedJournalSaveChangesNothingAndLeavesNoBrokenState(t *testing.T) {
 			t.Errorf("authority %s lost", b.ID)
 		}
 	}
+}
+
+func keyFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
 }
 
 func TestForcedRotationRefusesUnsafeSteps(t *testing.T) {

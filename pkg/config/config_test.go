@@ -52,6 +52,13 @@ func TestServerConfigErrorsNameTheField(t *testing.T) {
 		{"liveness too short", base + "agent_liveness: 10s\n", "agent_liveness"},
 		{"two documents", base + "---\ntrust_domain: b\n", "more than one"},
 		{"wrong type", base + "agent_svid_ttl: [1]\n", "agent_svid_ttl"},
+		// Durations whose arithmetic would overflow (2*intermediate_ttl, now+root_ttl).
+		{"root TTL near the int64 limit", base + "root_ttl: 2562047h\n", "root_ttl"},
+		{"intermediate TTL past half the int64 limit", base + "intermediate_ttl: 1500000h\nroot_ttl: 876000h\n", "intermediate_ttl"},
+		{"negative intermediate TTL", base + "intermediate_ttl: -24h\n", "intermediate_ttl"},
+		{"duration past the int64 limit", base + "root_ttl: 9999999999h\n", "root_ttl"},
+		{"refresh hint out of range", base + "bundle_endpoint:\n  address: 127.0.0.1:0\n  refresh_hint: 1000h\n", "refresh_hint"},
+		{"negative rate", base + "limits:\n  svids_per_second: -5\n", "limits.svids_per_second"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -101,6 +101,8 @@ const (
 	DefaultMetricsAddress = "127.0.0.1:8088"
 	MinX509SVIDTTL        = time.Minute
 	MaxX509SVIDTTL        = 24 * time.Hour
+	MaxRootTTL            = 100 * 365 * 24 * time.Hour
+	MaxIntermediateTTL    = 10 * 365 * 24 * time.Hour
 )
 
 // LoadServer reads and validates a server config file. getenv is os.Getenv
@@ -188,6 +190,9 @@ func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Le
 		default:
 			return cfg, 0, fieldErr("bundle_endpoint.profile", "%q is not https_spiffe or https_web", be.Profile)
 		}
+		if d := time.Duration(be.RefreshHint); d != 0 && (d < time.Second || d > 7*24*time.Hour) {
+			return cfg, 0, fieldErr("bundle_endpoint.refresh_hint", "%s is out of range (1s to 168h)", d)
+		}
 		cfg.BundleEndpoint = &server.BundleEndpointConfig{Addr: be.Address, Profile: orDefault(be.Profile, "https_spiffe"),
 			CertFile: be.CertFile, KeyFile: be.KeyFile, RefreshHint: time.Duration(be.RefreshHint)}
 	}
@@ -223,6 +228,16 @@ func ValidateServer(cfg *server.Config) error {
 	}
 	if cfg.DefaultJWTTTL != 0 && (cfg.DefaultJWTTTL < MinX509SVIDTTL || cfg.DefaultJWTTTL > cfg.MaxSVIDTTL) {
 		return fieldErr("jwt_svid_ttl", "%s is out of range (%s to max_x509_svid_ttl, %s)", cfg.DefaultJWTTTL, MinX509SVIDTTL, cfg.MaxSVIDTTL)
+	}
+	// Upper bounds keep every sum and product of these durations far from
+	// overflowing (2*intermediate_ttl, now + root_ttl).
+	for _, b := range []struct {
+		key      string
+		v, limit time.Duration
+	}{{"root_ttl", cfg.RootTTL, MaxRootTTL}, {"intermediate_ttl", cfg.IntermediateTTL, MaxIntermediateTTL}, {"agent_liveness", cfg.AgentLiveness, 30 * 24 * time.Hour}} {
+		if b.v > b.limit {
+			return fieldErr(b.key, "%s is longer than the limit of %s", b.v, b.limit)
+		}
 	}
 	// The next intermediate takes over while the active one can still sign a
 	// max-TTL SVID, and is prepared at half of its life: both fit only if an

@@ -26,6 +26,48 @@ func (s *Store) CreateJoinToken(_ context.Context, t *JoinToken) error {
 	return nil
 }
 
+// PurgeExpiredJoinTokens deletes the join tokens that expired before now and
+// returns how many. Expired tokens attest nothing; purging keeps a token
+// store that operators fill faster than agents use from growing forever.
+func (s *Store) PurgeExpiredJoinTokens(_ context.Context, now time.Time) (int, error) {
+	var expired [][]byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTokens).ForEach(func(k, v []byte) error {
+			var t JoinToken
+			if err := json.Unmarshal(v, &t); err != nil {
+				return fmt.Errorf("decode join token %s: %w", k, err)
+			}
+			if !now.Before(t.ExpiresAt) {
+				expired = append(expired, append([]byte(nil), k...))
+			}
+			return nil
+		})
+	})
+	if err != nil || len(expired) == 0 {
+		return 0, wrapErr("purge join tokens", err)
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTokens)
+		for _, k := range expired {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, wrapErr("purge join tokens", err)
+	}
+	return len(expired), nil
+}
+
+func wrapErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("datastore: %s: %w", op, err)
+}
+
 // AttestJoinToken consumes the join token tokenID if secretHash matches and it
 // has not expired at now, and records agent, in one transaction: a token
 // attests at most one agent. An expired token is deleted and ErrTokenExpired

@@ -182,3 +182,26 @@ func TestCAJournalRoundTrip(t *testing.T) {
 		t.Fatalf("journal = %q, %v", got, err)
 	}
 }
+
+func TestPurgeExpiredJoinTokens(t *testing.T) {
+	s, _ := open(t)
+	ctx := context.Background()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	hash := []byte("h")
+	for id, exp := range map[string]time.Time{"old": now.Add(-time.Hour), "edge": now, "live": now.Add(time.Minute)} {
+		if err := s.CreateJoinToken(ctx, &datastore.JoinToken{ID: id, SecretHash: hash, ExpiresAt: exp}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := s.PurgeExpiredJoinTokens(ctx, now)
+	if err != nil || n != 2 {
+		t.Fatalf("purged %d, %v; want 2 (expired and expiring now)", n, err)
+	}
+	err = s.AttestJoinToken(ctx, "live", hash, now, &datastore.Agent{SPIFFEID: "spiffe://example.org/agent/join_token/live"})
+	if err != nil {
+		t.Fatalf("the live token was lost: %v", err)
+	}
+	if n, err := s.PurgeExpiredJoinTokens(ctx, now); err != nil || n != 0 {
+		t.Fatalf("second purge: %d, %v", n, err)
+	}
+}

@@ -44,6 +44,9 @@ func New(cfg Config) (*Soft, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("keymanager: create key directory: %w", err)
 	}
+	if _, err := safefile.RemoveTemps(cfg.Dir); err != nil {
+		return nil, fmt.Errorf("keymanager: %w", err)
+	}
 	k, err := softkms.New(context.Background(), apiv1.Options{Type: apiv1.SoftKMS})
 	if err != nil {
 		return nil, fmt.Errorf("keymanager: softkms: %w", err)
@@ -122,6 +125,22 @@ func (s *Soft) LoadKey(_ context.Context, keyRef string) (crypto.Signer, error) 
 		return nil, fmt.Errorf("keymanager: open key %s (wrong passphrase?): %w", keyRef, err)
 	}
 	return signer, nil
+}
+
+// ListKeys returns the references of every key file in the directory.
+func (s *Soft) ListKeys(_ context.Context) ([]string, error) {
+	entries, err := os.ReadDir(s.cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("keymanager: %w", err)
+	}
+	var refs []string
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".key")
+		if ok && e.Type().IsRegular() && keyNamePattern.MatchString(name) {
+			refs = append(refs, softPrefix+e.Name())
+		}
+	}
+	return refs, nil
 }
 
 // DeleteKey removes a key file once its authority has left the journal.

@@ -81,3 +81,32 @@ func TestLoadRefusesLooseModeAndBadRefs(t *testing.T) {
 		t.Error("accepted an unknown key type")
 	}
 }
+
+// A crash while a key file was being written leaves a temporary file; the
+// next start removes it, and ListKeys names only real key files.
+func TestStartRemovesTempFilesAndListsKeys(t *testing.T) {
+	dir := t.TempDir()
+	km, err := keymanager.New(keymanager.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, _, err := km.CreateKey(ctx, "root-1", "ec-p256"); err != nil {
+		t.Fatal(err)
+	}
+	torn := filepath.Join(dir, ".tmp-123456")
+	if err := os.WriteFile(torn, []byte("-----BEGIN ENCRYPTED"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	km, err = keymanager.New(keymanager.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(torn); !os.IsNotExist(err) {
+		t.Fatalf("the torn temporary file survived the restart: %v", err)
+	}
+	refs, err := km.ListKeys(ctx)
+	if err != nil || len(refs) != 1 || refs[0] != "softkms:root-1.key" {
+		t.Fatalf("ListKeys = %v, %v; want [softkms:root-1.key]", refs, err)
+	}
+}

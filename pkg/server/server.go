@@ -370,6 +370,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { s.rotate(gctx); return nil })
+	g.Go(func() error { s.housekeep(gctx); return nil })
 	g.Go(func() error { return s.poller.Run(gctx) })
 	if s.bundleEP != nil {
 		g.Go(func() error { return s.bundleEP.Run(gctx) })
@@ -395,6 +396,25 @@ func (s *Server) rotate(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-s.cfg.Clock.After(s.cfg.RotationInterval):
+		}
+	}
+}
+
+// housekeepingInterval is how often expired join tokens are purged.
+const housekeepingInterval = time.Minute
+
+// housekeep purges expired join tokens every housekeepingInterval.
+func (s *Server) housekeep(ctx context.Context) {
+	for {
+		if n, err := s.store.PurgeExpiredJoinTokens(ctx, s.cfg.Clock.Now()); err != nil {
+			s.cfg.Logger.Error("purging expired join tokens failed; retrying", slog.Any("error", err))
+		} else if n > 0 {
+			s.cfg.Logger.Info("purged expired join tokens", slog.Int("tokens", n))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.cfg.Clock.After(housekeepingInterval):
 		}
 	}
 }
