@@ -42,6 +42,15 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// aeadSuites are the TLS 1.2 suites the endpoint accepts: forward-secret
+// ECDHE with AEAD ciphers only (TLS 1.3 suites are not configurable and are
+// all AEAD).
+var aeadSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
 // Server is a listening bundle endpoint.
 type Server struct {
 	lis net.Listener
@@ -68,13 +77,14 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bundleendpoint: listen: %w", err)
 	}
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: cfg.Certificate}
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: cfg.Certificate, CipherSuites: aeadSuites}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Server{
 		lis: tls.NewListener(lis, tlsCfg),
-		srv: &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second,
+		srv: &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10,
 			ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)},
 	}, nil
 }

@@ -25,6 +25,9 @@ const (
 // MaxBundleSize bounds a fetched bundle; a real one is a few kilobytes.
 const MaxBundleSize = 1 << 20
 
+// fetchTimeout bounds one fetch, from dial to the last byte.
+const fetchTimeout = 30 * time.Second
+
 // Relationship is how to reach a foreign trust domain's bundle endpoint.
 type Relationship struct {
 	TrustDomain spiffeid.TrustDomain
@@ -77,7 +80,13 @@ func Fetch(ctx context.Context, r Relationship, trusted *spiffebundle.Bundle) (*
 			tlsCfg.RootCAs = pool
 		}
 	}
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment}}
+	// One fetch per refresh hint (minutes) gains nothing from keep-alive, and
+	// a transport per fetch that kept its idle connection would leave one
+	// open connection per fetch: no connection outlives its fetch.
+	transport := &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment, DisableKeepAlives: true,
+		TLSHandshakeTimeout: 10 * time.Second, ResponseHeaderTimeout: 20 * time.Second, MaxResponseHeaderBytes: 64 << 10}
+	defer transport.CloseIdleConnections()
+	client := &http.Client{Timeout: fetchTimeout, Transport: transport}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.URL, http.NoBody)
 	if err != nil {
 		return nil, fmt.Errorf("federation: %s: %w", r.TrustDomain, err)

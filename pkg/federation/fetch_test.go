@@ -1,8 +1,15 @@
 package federation_test
 
 import (
+	"context"
+	"crypto/x509"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -71,4 +78,48 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Every fetch used to leave its connection open (a transport per fetch that
+// kept its idle connection); now no connection outlives its fetch. Counted
+// on the endpoint's side.
+func TestFetchLeavesNoConnectionOpen(t *testing.T) {
+	body, err := catest.New(t).SPIFFEBundle(0).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	open := 0
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(body) }))
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch st {
+		case http.StateNew:
+			open++
+		case http.StateClosed, http.StateHijacked:
+			open--
+		}
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	r := federation.Relationship{TrustDomain: td, URL: srv.URL, Profile: federation.ProfileWeb, WebRoots: []*x509.Certificate{srv.Certificate()}}
+	for range 10 {
+		if _, err := federation.Fetch(context.Background(), r, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := open
+		mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still open after 10 fetches, want 0", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
