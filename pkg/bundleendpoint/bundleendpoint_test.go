@@ -33,7 +33,9 @@ func startEndpoint(t *testing.T) string {
 	go func() { done <- ep.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			t.Errorf("endpoint stopped with error: %v", err)
+		}
 	})
 	return ep.Addr()
 }
