@@ -4,7 +4,7 @@ BUF     := tools/bin/buf
 LINTER  := tools/bin/golangci-lint
 PKGS    := ./...
 
-.PHONY: all build deps test lint generate generate-check demo bench fuzz clean
+.PHONY: all build deps test lint generate generate-check demo bench fuzz soak clean
 
 all: build
 
@@ -50,6 +50,10 @@ demo:
 ## bench: the issuance benchmarks (see README for how to read them)
 bench:
 	bash scripts/bench.sh
+
+## soak: the SIGKILL crash-consistency tests with 200 kills each (make test deals 20)
+soak:
+	SHORTLEAF_CRASH_CYCLES=200 $(GO) test -count=1 -timeout 60m -run 'SIGKILL' -v ./pkg/harness/
 
 ## fuzz: run each fuzz target briefly
 fuzz:

@@ -2,7 +2,9 @@ package harness
 
 import (
 	"bufio"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"os"
@@ -47,7 +49,7 @@ func Binary(t testing.TB) string {
 	return binPath
 }
 
-// Process is a shortleaf server running as a child process.
+// Process is a shortleaf server or agent running as a child process.
 type Process struct {
 	Cmd         *exec.Cmd
 	DataDir     string
@@ -79,6 +81,50 @@ func StartServerProcess(t testing.TB, pc ProcessConfig) *Process {
 	}
 	p.Cmd = exec.Command(Binary(t), "server", "--config", cfgPath) //nolint:gosec // the binary the harness built
 	p.Cmd.Env = append(os.Environ(), "SHORTLEAF_KEY_PASSPHRASE="+Passphrase)
+	p.AgentAddr = p.start(t, "server running", "agent_api")
+	return p
+}
+
+// AgentProcessConfig is an agent.yaml for StartAgentProcess.
+type AgentProcessConfig struct {
+	ServerAddr string
+	Bundle     []*x509.Certificate // authenticates the server at the first attestation
+	JoinToken  string              // needed only while DataDir holds no identity
+	DataDir    string
+	SocketPath string
+}
+
+// StartAgentProcess runs `shortleaf agent` and waits until it runs (not
+// until it is attested: a caller that needs that fetches an SVID).
+func StartAgentProcess(t testing.TB, ac AgentProcessConfig) *Process {
+	t.Helper()
+	p := &Process{DataDir: ac.DataDir, logs: &lockedBuffer{}, exited: make(chan struct{})}
+	bundlePath := filepath.Join(ac.DataDir, "..", filepath.Base(ac.DataDir)+"-bundle.pem")
+	var pemBundle []byte
+	for _, c := range ac.Bundle {
+		pemBundle = append(pemBundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	if err := os.WriteFile(bundlePath, pemBundle, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	yaml := fmt.Sprintf("server_address: %s\ntrust_domain: %s\ntrust_bundle_path: %s\ndata_dir: %s\nsocket_path: %s\nsync_interval: 1s\nlog_level: debug\n",
+		ac.ServerAddr, TrustDomain.Name(), bundlePath, ac.DataDir, ac.SocketPath)
+	if ac.JoinToken != "" {
+		yaml += "join_token: " + ac.JoinToken + "\n"
+	}
+	cfgPath := filepath.Join(ac.DataDir, "..", filepath.Base(ac.DataDir)+"-agent.yaml")
+	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.Cmd = exec.Command(Binary(t), "agent", "--config", cfgPath) //nolint:gosec // the binary the harness built
+	p.start(t, "agent running", "socket")
+	return p
+}
+
+// start runs p.Cmd and waits for the log line msg, returning its attribute
+// attr.
+func (p *Process) start(t testing.TB, msg, attr string) string {
+	t.Helper()
 	stderr, err := p.Cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -87,34 +133,33 @@ func StartServerProcess(t testing.TB, pc ProcessConfig) *Process {
 		t.Fatal(err)
 	}
 	ready := make(chan string, 1)
-	go p.readLogs(stderr, ready)
+	go p.readLogs(stderr, msg, attr, ready)
 	go func() { _ = p.Cmd.Wait(); close(p.exited) }()
 	t.Cleanup(p.Kill)
 	select {
-	case p.AgentAddr = <-ready:
+	case v := <-ready:
+		return v
 	case <-p.exited:
-		t.Fatalf("server exited before serving:\n%s", p.Logs())
+		t.Fatalf("%s exited before %q:\n%s", p.Cmd.Args[1], msg, p.Logs())
 	case <-time.After(60 * time.Second):
-		t.Fatalf("server did not start within 60s:\n%s", p.Logs())
+		t.Fatalf("%s did not log %q within 60s:\n%s", p.Cmd.Args[1], msg, p.Logs())
 	}
-	return p
+	return ""
 }
 
-// readLogs keeps the server's JSON log and reports the agent API address
-// from its "server running" line.
-func (p *Process) readLogs(r io.Reader, ready chan<- string) {
+// readLogs keeps the process's JSON log and reports attribute attr of the
+// first line whose message is msg.
+func (p *Process) readLogs(r io.Reader, msg, attr string, ready chan<- string) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Bytes()
 		_, _ = p.logs.Write(append(line, '\n'))
-		var rec struct {
-			Msg      string `json:"msg"`
-			AgentAPI string `json:"agent_api"`
-		}
-		if json.Unmarshal(line, &rec) == nil && rec.Msg == "server running" {
+		var rec map[string]any
+		if json.Unmarshal(line, &rec) == nil && rec["msg"] == msg {
+			v, _ := rec[attr].(string)
 			select {
-			case ready <- rec.AgentAPI:
+			case ready <- v:
 			default:
 			}
 		}
