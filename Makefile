@@ -60,9 +60,20 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseX509SVIDCSR -fuzztime 30s ./ca/
 	$(GO) test -run '^$$' -fuzz FuzzParseSelector -fuzztime 30s ./attest/
 	$(GO) test -run '^$$' -fuzz FuzzParseServerConfig -fuzztime 30s ./pkg/config/
-	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./pkg/federation/
-	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./attest/jointoken/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 30s ./pkg/federation/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 30s ./attest/jointoken/
 	$(GO) test -run '^$$' -fuzz FuzzParseAgentConfig -fuzztime 30s ./pkg/config/
+	$(GO) test -run '^$$' -fuzz FuzzLoadUpstream -fuzztime 30s ./pkg/config/
+	$(GO) test -run '^$$' -fuzz FuzzEntryFromProto -fuzztime 30s ./pkg/api/
+	$(GO) test -run '^$$' -fuzz FuzzCheckBatch -fuzztime 30s ./pkg/api/
+	$(GO) test -run '^$$' -fuzz FuzzAttestAgent -fuzztime 30s ./pkg/api/
+	$(GO) test -run '^$$' -fuzz FuzzFederationFromProto -fuzztime 30s ./pkg/api/
+	$(GO) test -run '^$$' -fuzz FuzzValidateJWTSVID -fuzztime 30s ./pkg/workloadapi/
+	$(GO) test -run '^$$' -fuzz FuzzSDSRequest -fuzztime 30s ./pkg/workloadapi/
+	$(GO) test -run '^$$' -fuzz FuzzParsePEMCertificates -fuzztime 30s ./pkg/federation/
+	$(GO) test -run '^$$' -fuzz FuzzRelationshipValidate -fuzztime 30s ./pkg/federation/
+	$(GO) test -run '^$$' -fuzz FuzzDecodeJournal -fuzztime 30s ./ca/
+	$(GO) test -run '^$$' -fuzz FuzzReadIdentity -fuzztime 30s ./pkg/agent/
 
 clean:
 	rm -rf tools/bin

@@ -126,8 +126,23 @@ func decodeJournal(b []byte) (*journalRecord, error) {
 	return &rec, nil
 }
 
-// fromRecord rebuilds an authority (without its signer) from the journal.
+// fromRecord rebuilds an authority (without its signer) from the journal. A
+// record that could not have been written (an unknown kind or state, a
+// lifetime that ends before it starts) is refused: the journal is damaged.
 func fromRecord(r authorityRecord) (*Authority, error) {
+	switch r.Kind {
+	case KindRoot, KindIntermediate, KindJWT:
+	default:
+		return nil, fmt.Errorf("ca: journal: authority %s has unknown kind %q", r.ID, r.Kind)
+	}
+	switch r.State {
+	case StatePrepared, StateActive, StateOld:
+	default:
+		return nil, fmt.Errorf("ca: journal: authority %s has unknown state %q", r.ID, r.State)
+	}
+	if !r.NotAfter.After(r.NotBefore) {
+		return nil, fmt.Errorf("ca: journal: authority %s ends (%s) before it starts (%s)", r.ID, r.NotAfter, r.NotBefore)
+	}
 	a := &Authority{
 		ID: r.ID, Kind: r.Kind, State: r.State, NotBefore: r.NotBefore, NotAfter: r.NotAfter,
 		KeyRef: r.KeyRef, ParentID: r.ParentID, Tainted: r.Tainted, BundleSequence: r.BundleSequence,

@@ -18,7 +18,7 @@ import (
 )
 
 // testIdentity is a key and a self-signed certificate of its own.
-func testIdentity(t *testing.T) (crypto.Signer, *persisted) {
+func testIdentity(t testing.TB) (crypto.Signer, *persisted) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -129,4 +129,29 @@ func writeRaw(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// FuzzReadIdentity: no identity file panics the agent's restore, and what it
+// accepts is a key with the SVID of that very key.
+func FuzzReadIdentity(f *testing.F) {
+	key, p := testIdentity(f)
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	good, _ := json.Marshal(identityFile{Key: der, persisted: *p})
+	f.Add(good)
+	f.Add([]byte(`{"key":"AAAA","svid_chain":["AAAA"]}`))
+	f.Add([]byte(`{`))
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		path := filepath.Join(dir, "identity")
+		if err := os.WriteFile(path, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		key, p, err := readIdentity(path)
+		if err != nil {
+			return
+		}
+		if err := checkPair(key, p.SVIDChain); err != nil {
+			t.Fatalf("accepted a key without its SVID: %v", err)
+		}
+	})
 }

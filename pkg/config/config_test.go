@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/config"
 )
 
@@ -188,6 +189,33 @@ func FuzzParseAgentConfig(f *testing.F) {
 		}
 		if cfg.Agent.ServerAddr == "" || cfg.Agent.DataDir == "" || cfg.Agent.TrustDomain.IsZero() {
 			t.Fatalf("accepted an incomplete config: %+v", cfg.Agent)
+		}
+	})
+}
+
+// FuzzLoadUpstream: no certificate or key file panics the upstream loader,
+// and what it accepts is a CA certificate with its own key, within the key
+// bounds.
+func FuzzLoadUpstream(f *testing.F) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "up"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, _ := x509.CreateCertificate(rand.Reader, tpl, tpl, key.Public(), key)
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	f.Add(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+	f.Add([]byte("junk"), []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"))
+	f.Fuzz(func(t *testing.T, certPEM, keyPEM []byte) {
+		dir := t.TempDir()
+		certFile, keyFile := filepath.Join(dir, "up.pem"), filepath.Join(dir, "up.key")
+		if os.WriteFile(certFile, certPEM, 0o600) != nil || os.WriteFile(keyFile, keyPEM, 0o600) != nil {
+			t.Fatal("write")
+		}
+		up, err := config.LoadUpstream(certFile, keyFile, nil)
+		if err != nil {
+			return
+		}
+		if !up.Chain[0].IsCA || ca.CheckPublicKey(up.Signer.Public()) != nil {
+			t.Fatalf("accepted a non-CA certificate or an out-of-bounds key")
 		}
 	})
 }

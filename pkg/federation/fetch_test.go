@@ -123,3 +123,41 @@ func TestFetchLeavesNoConnectionOpen(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// FuzzParsePEMCertificates: no PEM input panics the reader, and every
+// certificate it returns parses on its own.
+func FuzzParsePEMCertificates(f *testing.F) {
+	good, _ := catest.New(f).SPIFFEBundle(0).Marshal()
+	f.Add(good)
+	f.Add([]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		certs, err := federation.ParsePEMCertificates(raw)
+		if err != nil {
+			return
+		}
+		for _, c := range certs {
+			if _, err := x509.ParseCertificate(c.Raw); err != nil {
+				t.Fatalf("returned an unparsable certificate: %v", err)
+			}
+		}
+	})
+}
+
+// FuzzRelationshipValidate: whatever relationship validates names a trust
+// domain, an https URL and, for https_spiffe, the endpoint's ID.
+func FuzzRelationshipValidate(f *testing.F) {
+	f.Add("other.org", "https://other.org/b", "https_web", "")
+	f.Add("other.org", "https://x:8443", "https_spiffe", "spiffe://other.org/s")
+	f.Add("", "http://x", "ftp", "x")
+	f.Fuzz(func(t *testing.T, tdName, url, profile, endpointID string) {
+		r := federation.Relationship{URL: url, Profile: profile}
+		r.TrustDomain, _ = spiffeid.TrustDomainFromString(tdName)
+		r.EndpointID, _ = spiffeid.FromString(endpointID)
+		if r.Validate() != nil {
+			return
+		}
+		if r.TrustDomain.IsZero() || len(url) < 9 || url[:8] != "https://" || (profile == federation.ProfileSPIFFE && r.EndpointID.IsZero()) {
+			t.Fatalf("validated %+v", r)
+		}
+	})
+}
