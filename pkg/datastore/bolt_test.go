@@ -205,3 +205,42 @@ func TestPurgeExpiredJoinTokens(t *testing.T) {
 		t.Fatalf("second purge: %d, %v", n, err)
 	}
 }
+
+// A poll in flight never undoes an update: the refresh outcome of a fetch
+// made with the settings read before the update is refused whole (status
+// and bundle), and the update stands.
+func TestFederationRefreshDoesNotUndoAnUpdate(t *testing.T) {
+	s, _ := open(t)
+	ctx := context.Background()
+	f := &datastore.Federation{TrustDomain: "other.org", URL: "https://a", Profile: "https_web", WebRootsPEM: []byte("old roots")}
+	if err := s.PutFederation(ctx, f, true); err != nil {
+		t.Fatal(err)
+	}
+	read, err := s.GetFederation(ctx, "other.org") // the poller reads, then fetches...
+	if err != nil {
+		t.Fatal(err)
+	}
+	updated := *read
+	updated.WebRootsPEM = nil // ...while an admin removes the Web roots
+	if err := s.PutFederation(ctx, &updated, false); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if err := s.RecordFederationRefresh(ctx, read, []byte(`{"keys":[]}`), now, ""); !errors.Is(err, datastore.ErrChanged) {
+		t.Fatalf("recording a fetch made with the old settings: %v, want ErrChanged", err)
+	}
+	got, _ := s.GetFederation(ctx, "other.org")
+	if got.WebRootsPEM != nil || !got.LastRefresh.IsZero() {
+		t.Fatalf("the update was undone or the stale outcome recorded: %+v", got)
+	}
+	if _, err := s.GetFederatedBundle(ctx, "other.org"); !errors.Is(err, datastore.ErrNotFound) {
+		t.Fatalf("a bundle fetched under the old settings was stored: %v", err)
+	}
+	// With the current settings the outcome is recorded.
+	if err := s.RecordFederationRefresh(ctx, got, []byte(`{"keys":[]}`), now, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.GetFederation(ctx, "other.org"); !got.LastRefresh.Equal(now) {
+		t.Fatalf("LastRefresh = %v, want %v", got.LastRefresh, now)
+	}
+}

@@ -12,4 +12,7 @@ var (
 	// ErrTokenExpired means a join token was presented after its expiry; it is
 	// deleted all the same.
 	ErrTokenExpired = errors.New("datastore: join token has expired")
+	// ErrChanged means a record changed since it was read; the write based
+	// on the old copy was not made.
+	ErrChanged = errors.New("datastore: record changed since it was read")
 )

@@ -1,6 +1,7 @@
 package datastore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -103,6 +104,43 @@ func (s *Store) DeleteFederation(_ context.Context, td string) error {
 	})
 	if err != nil {
 		return fmt.Errorf("datastore: delete federation: %w", err)
+	}
+	return nil
+}
+
+// RecordFederationRefresh records the outcome of a fetch made with the
+// relationship read, in one transaction: the bundle (when not nil) and the
+// refresh status. If the relationship's settings changed since read was
+// taken (an update raced with the fetch), nothing is written and ErrChanged
+// returned: a poll in flight never undoes an update, nor stores a bundle
+// fetched under the old settings.
+func (s *Store) RecordFederationRefresh(_ context.Context, read *Federation, bundle []byte, at time.Time, fetchErr string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketFederations)
+		raw := b.Get([]byte(read.TrustDomain))
+		if raw == nil {
+			return ErrNotFound
+		}
+		var cur Federation
+		if err := json.Unmarshal(raw, &cur); err != nil {
+			return fmt.Errorf("decode federation: %w", err)
+		}
+		if cur.URL != read.URL || cur.Profile != read.Profile || cur.EndpointSPIFFEID != read.EndpointSPIFFEID || !bytes.Equal(cur.WebRootsPEM, read.WebRootsPEM) {
+			return ErrChanged
+		}
+		if bundle != nil {
+			if err := tx.Bucket(bucketFederatedBundles).Put([]byte(read.TrustDomain), bundle); err != nil {
+				return err
+			}
+		}
+		if fetchErr == "" {
+			cur.LastRefresh = at
+		}
+		cur.LastError = fetchErr
+		return putJSON(b, []byte(cur.TrustDomain), &cur)
+	})
+	if err != nil {
+		return fmt.Errorf("datastore: record federation refresh: %w", err)
 	}
 	return nil
 }

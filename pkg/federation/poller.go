@@ -29,9 +29,8 @@ const (
 type Store interface {
 	ListFederations(ctx context.Context) ([]*datastore.Federation, error)
 	GetFederation(ctx context.Context, td string) (*datastore.Federation, error)
-	PutFederation(ctx context.Context, f *datastore.Federation, create bool) error
 	GetFederatedBundle(ctx context.Context, td string) ([]byte, error)
-	SetFederatedBundle(ctx context.Context, td string, raw []byte) error
+	RecordFederationRefresh(ctx context.Context, read *datastore.Federation, bundle []byte, at time.Time, fetchErr string) error
 }
 
 // Poller refreshes every foreign bundle at its refresh hint.
@@ -132,15 +131,26 @@ func (p *Poller) refresh(ctx context.Context, f *datastore.Federation) error {
 	if err != nil {
 		return p.failed(ctx, f, now, err)
 	}
-	if held == nil || !held.Equal(b) {
-		if err := p.store.SetFederatedBundle(ctx, f.TrustDomain, raw); err != nil {
-			return p.failed(ctx, f, now, err)
-		}
-		p.log.InfoContext(ctx, "federated bundle updated", slog.String("trust_domain", f.TrustDomain))
+	changed := held == nil || !held.Equal(b)
+	if !changed {
+		raw = nil // nothing new to store
 	}
-	f.LastRefresh, f.LastError = now, ""
-	if err := p.store.PutFederation(ctx, f, false); err != nil && !errors.Is(err, datastore.ErrNotFound) {
-		p.log.ErrorContext(ctx, "federation: record refresh", slog.Any("error", err))
+	if err := p.store.RecordFederationRefresh(ctx, f, raw, now, ""); err != nil {
+		if errors.Is(err, datastore.ErrChanged) {
+			// Updated while this fetch ran: its result belongs to the old
+			// settings. Fetch again with the new ones at the next tick.
+			p.mu.Lock()
+			p.next[f.TrustDomain] = now
+			p.mu.Unlock()
+			return fmt.Errorf("federation: %s: the relationship changed during the fetch; fetching again", f.TrustDomain)
+		}
+		if errors.Is(err, datastore.ErrNotFound) {
+			return nil // deleted meanwhile
+		}
+		return p.failed(ctx, f, now, err)
+	}
+	if changed {
+		p.log.InfoContext(ctx, "federated bundle updated", slog.String("trust_domain", f.TrustDomain))
 	}
 	hint, ok := b.RefreshHint()
 	if !ok || hint <= 0 {
@@ -155,8 +165,8 @@ func (p *Poller) refresh(ctx context.Context, f *datastore.Federation) error {
 // failed records the error and keeps the last good bundle.
 func (p *Poller) failed(ctx context.Context, f *datastore.Federation, now time.Time, err error) error {
 	p.log.WarnContext(ctx, "federated bundle refresh failed; keeping the last good bundle", slog.String("trust_domain", f.TrustDomain), slog.Any("error", err))
-	f.LastError = err.Error()
-	if perr := p.store.PutFederation(ctx, f, false); perr != nil && !errors.Is(perr, datastore.ErrNotFound) {
+	if perr := p.store.RecordFederationRefresh(ctx, f, nil, now, err.Error()); perr != nil &&
+		!errors.Is(perr, datastore.ErrNotFound) && !errors.Is(perr, datastore.ErrChanged) {
 		p.log.ErrorContext(ctx, "federation: record failure", slog.Any("error", perr))
 	}
 	p.mu.Lock()
