@@ -1,12 +1,10 @@
 package devmode_test
 
 import (
-	"bytes"
 	"context"
 	"os/user"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,27 +15,10 @@ import (
 	"github.com/shortleaf/shortleaf/pkg/harness"
 )
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // runDev starts dev mode and returns once it printed its export line.
-func runDev(t *testing.T, dataDir, socket string) (stop func() error, out *lockedBuffer) {
+func runDev(t *testing.T, dataDir, socket string) (stop func() error, out *harness.LogBuffer) {
 	t.Helper()
-	out = &lockedBuffer{}
+	out = &harness.LogBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

@@ -1,9 +1,7 @@
 package harness_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/x509"
 	"strings"
 	"testing"
 	"time"
@@ -26,15 +24,7 @@ func renew(t *testing.T, c agentv1.AgentAPIClient, a *harness.RawAgent) *x509svi
 	if err != nil {
 		t.Fatalf("renew: %v", err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svid, err := x509svid.ParseRaw(bytes.Join(resp.GetSvid().GetCertChain(), nil), keyDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return svid
+	return harness.ParseSVID(t, key, resp.GetSvid())
 }
 
 // syncCall makes one SyncEntries call and returns its first error.

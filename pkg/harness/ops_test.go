@@ -1,14 +1,12 @@
 package harness_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,26 +21,9 @@ import (
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 )
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // Join tokens and private keys never reach the logs, at debug level.
 func TestSecretsNeverLogged(t *testing.T) {
-	var logs syncBuffer
+	var logs harness.LogBuffer
 	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv := harness.StartServer(t, func(c *server.Config) { c.Logger = logger })
 	token, _ := srv.NewJoinToken(t)

@@ -55,7 +55,7 @@ type Process struct {
 	DataDir     string
 	AdminSocket string
 	AgentAddr   string
-	logs        *lockedBuffer
+	logs        *LogBuffer
 	exited      chan struct{}
 }
 
@@ -72,7 +72,7 @@ func StartServerProcess(t testing.TB, pc ProcessConfig) *Process {
 	if pc.DataDir == "" {
 		pc.DataDir = ShortDir(t)
 	}
-	p := &Process{DataDir: pc.DataDir, AdminSocket: filepath.Join(pc.DataDir, "admin.sock"), logs: &lockedBuffer{}, exited: make(chan struct{})}
+	p := &Process{DataDir: pc.DataDir, AdminSocket: filepath.Join(pc.DataDir, "admin.sock"), logs: &LogBuffer{}, exited: make(chan struct{})}
 	cfgPath := filepath.Join(pc.DataDir, "server.yaml")
 	yaml := fmt.Sprintf("trust_domain: %s\ndata_dir: %s\nagent_api_address: 127.0.0.1:0\nmetrics_address: \"off\"\nlog_level: debug\n%s",
 		TrustDomain.Name(), pc.DataDir, pc.Extra)
@@ -98,7 +98,7 @@ type AgentProcessConfig struct {
 // until it is attested: a caller that needs that fetches an SVID).
 func StartAgentProcess(t testing.TB, ac AgentProcessConfig) *Process {
 	t.Helper()
-	p := &Process{DataDir: ac.DataDir, logs: &lockedBuffer{}, exited: make(chan struct{})}
+	p := &Process{DataDir: ac.DataDir, logs: &LogBuffer{}, exited: make(chan struct{})}
 	bundlePath := filepath.Join(ac.DataDir, "..", filepath.Base(ac.DataDir)+"-bundle.pem")
 	var pemBundle []byte
 	for _, c := range ac.Bundle {
@@ -224,22 +224,20 @@ func (p *Process) RSS(t testing.TB) int64 {
 }
 
 // LogBuffer is an io.Writer safe for concurrent use, for tests that read
-// what a server logged.
-type LogBuffer = lockedBuffer
-
-type lockedBuffer struct {
+// what a server or agent logged.
+type LogBuffer struct {
 	mu  sync.Mutex
 	buf strings.Builder
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+func (b *LogBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
 // String is everything written so far.
-func (b *lockedBuffer) String() string {
+func (b *LogBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()

@@ -54,17 +54,25 @@ func AttestRaw(t testing.TB, srv *Server) *RawAgent {
 	if err != nil {
 		t.Fatalf("attest: %v", err)
 	}
+	svid := ParseSVID(t, key, resp.GetSvid())
+	bundle, _ := srv.CA().Bundle()
+	cfg := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(ca.ServerID(TrustDomain)))
+	return &RawAgent{ID: svid.ID, SVID: svid, Client: agentv1.NewAgentAPIClient(dialTLS(t, srv.AgentAddr(), cfg))}
+}
+
+// ParseSVID pairs an SVID the server returned with the key its CSR was made
+// with.
+func ParseSVID(t testing.TB, key *ecdsa.PrivateKey, s *agentv1.X509SVID) *x509svid.SVID {
+	t.Helper()
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	svid, err := x509svid.ParseRaw(bytes.Join(resp.GetSvid().GetCertChain(), nil), keyDER)
+	svid, err := x509svid.ParseRaw(bytes.Join(s.GetCertChain(), nil), keyDER)
 	if err != nil {
-		t.Fatalf("agent SVID: %v", err)
+		t.Fatalf("SVID: %v", err)
 	}
-	bundle, _ := srv.CA().Bundle()
-	cfg := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(ca.ServerID(TrustDomain)))
-	return &RawAgent{ID: svid.ID, SVID: svid, Client: agentv1.NewAgentAPIClient(dialTLS(t, srv.AgentAddr(), cfg))}
+	return svid
 }
 
 // UnauthenticatedClient connects without a client certificate.
