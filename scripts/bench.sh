@@ -8,15 +8,17 @@ count=${COUNT:-5}
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 go test -run '^$' -bench 'BenchmarkIssuance$|BenchmarkCryptoBound$' -benchmem -count "$count" ./ca/ | tee "$out"
-go test -run '^$' -bench 'BenchmarkBatchNewX509SVID|BenchmarkWorkloadAPIFetch|BenchmarkBareUDSStream' -benchmem -count "$count" ./pkg/harness/ | tee -a "$out"
+go test -run '^$' -bench 'BenchmarkBatchNewX509SVID|BenchmarkWorkloadAPIFetch|BenchmarkWorkloadAPIFetchExecutableSelectors|BenchmarkBareUDSStream' -benchmem -count "$count" ./pkg/harness/ | tee -a "$out"
 awk '
   /^BenchmarkIssuance-/      { for (i=1;i<=NF;i++) if ($(i+1)=="ns/op") { iss+=$i; ni++ } }
   /^BenchmarkCryptoBound-/   { for (i=1;i<=NF;i++) if ($(i+1)=="ns/op") { bound+=$i; nb++ } }
   /^BenchmarkBatchNewX509SVID-/ { for (i=1;i<=NF;i++) if ($(i+1)=="ns/svid") { rpc+=$i; nr++ } }
   /^BenchmarkWorkloadAPIFetch-/ { for (i=1;i<=NF;i++) if ($(i+1)=="ns/op") { wl+=$i; nw++ } }
+  /^BenchmarkWorkloadAPIFetchExecutableSelectors-/ { for (i=1;i<=NF;i++) if ($(i+1)=="ns/op") { wlx+=$i; nx++ } }
   /^BenchmarkBareUDSStream-/    { for (i=1;i<=NF;i++) if ($(i+1)=="ns/op") { bare+=$i; nu++ } }
   END {
     if (ni && nb) printf "\nissuance / crypto bound = %.2fx (mean of %d runs)\n", (iss/ni)/(bound/nb), ni
     if (nw && nu) printf "Workload API FetchX509SVID / bare gRPC stream on a Unix socket = %.2fx\n", (wl/nw)/(bare/nu)
+    if (nx && nu) printf "  the same with unix:path and unix:sha256 entries = %.2fx\n", (wlx/nx)/(bare/nu)
     if (nr && nb) printf "gRPC batch issuance, wall time per SVID / single-core crypto bound = %.2fx (the batch uses every core)\n", (rpc/nr)/(bound/nb)
   }' "$out"

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/shortleaf/shortleaf/attest"
-	"github.com/shortleaf/shortleaf/pkg/uds"
 )
 
 // SelectorType is the type of every selector this attestor produces.
@@ -27,16 +26,21 @@ type Caller struct {
 	PID int32
 	UID uint32
 	GID uint32
-	// StartTime and Exe were read from /proc at connect (see uds.PeerCred);
-	// zero and empty if unknown.
-	StartTime uint64
-	Exe       string
+	// Exe was read from /proc at connect; Running reports whether the
+	// process that connected still runs (see uds.PeerCred). Empty or nil:
+	// unknown, and path and hash are withheld.
+	Exe     string
+	Running func() bool
 }
 
-// Options say what one attestation needs.
+// Options say what one attestation needs. Selectors no entry uses change
+// no match, so the agent asks only for those its entries use.
 type Options struct {
-	// Hash asks for the unix:sha256 selector. Hashing reads the whole
-	// executable, so it is done only when an entry uses that selector.
+	// Path asks for the unix:path selector: a readlink of /proc/<pid>/exe
+	// and a check that the process is still the one that connected.
+	Path bool
+	// Hash asks for the unix:sha256 selector (and implies Path). Hashing
+	// reads the whole executable, so it is done only when an entry uses it.
 	Hash bool
 }
 
@@ -98,7 +102,7 @@ func (a *Attestor) Attest(ctx context.Context, c Caller, opts Options) ([]attest
 	}); ok {
 		sels = append(sels, sel("group", name))
 	}
-	if c.PID <= 0 {
+	if c.PID <= 0 || (!opts.Path && !opts.Hash) {
 		return sels, nil
 	}
 	// A process we cannot inspect (gone, or another user's while the agent is
@@ -131,14 +135,14 @@ func (a *Attestor) Attest(ctx context.Context, c Caller, opts Options) ([]attest
 	return append(sels, exeSels...), nil
 }
 
-// sameProcess checks, after the executable was read, that PID still names
-// the process that connected and that it runs what it ran then.
+// sameProcess checks, after the executable was read, that the process that
+// connected still runs (so PID was not reused by another) and runs what it
+// ran then (no exec since).
 func (a *Attestor) sameProcess(c Caller, exeNow string) bool {
-	if c.StartTime == 0 || c.Exe == "" {
+	if c.Running == nil || c.Exe == "" {
 		return false // nothing to compare with: do not vouch for the executable
 	}
-	start, err := uds.ProcStartTime(a.ProcRoot, c.PID)
-	return err == nil && start == c.StartTime && exeNow == c.Exe
+	return exeNow == c.Exe && c.Running()
 }
 
 func sel(key, value string) attest.Selector {

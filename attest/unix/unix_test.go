@@ -8,24 +8,32 @@ import (
 	"testing"
 	"time"
 
+	sysunix "golang.org/x/sys/unix"
+
 	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/attest/unix"
-	"github.com/shortleaf/shortleaf/pkg/uds"
 )
+
+// running takes a pidfd of pid, as the agent does at connect, and reports
+// through it whether that process still runs.
+func running(t *testing.T, pid int) func() bool {
+	t.Helper()
+	fd, err := sysunix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sysunix.Close(fd) })
+	return func() bool { return sysunix.PidfdSendSignal(fd, 0, nil, 0) == nil }
+}
 
 // self is this test process as the kernel reported it at connect.
 func self(t *testing.T) unix.Caller {
 	t.Helper()
-	pid := int32(os.Getpid()) //nolint:gosec // pids fit
-	start, err := uds.ProcStartTime("/proc", pid)
-	if err != nil {
-		t.Fatal(err)
-	}
 	exe, err := os.Readlink("/proc/self/exe")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return unix.Caller{PID: pid, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), StartTime: start, Exe: exe} //nolint:gosec // ids fit
+	return unix.Caller{PID: int32(os.Getpid()), UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Exe: exe, Running: running(t, os.Getpid())} //nolint:gosec // ids fit
 }
 
 func keys(t *testing.T, sels []attest.Selector) map[string]string {
@@ -70,8 +78,11 @@ func TestAttestSelf(t *testing.T) {
 // Executables are hashed only when asked (an entry uses unix:sha256), never
 // above the size bound, and not after the caller went away.
 func TestHashingIsBounded(t *testing.T) {
-	if _, ok := keys(t, mustAttest(t, unix.New(), context.Background(), unix.Options{}))["sha256"]; ok {
-		t.Error("hashed without being asked")
+	if byKey := keys(t, mustAttest(t, unix.New(), context.Background(), unix.Options{})); byKey["sha256"] != "" || byKey["path"] != "" {
+		t.Errorf("read the executable without being asked: %v", byKey)
+	}
+	if byKey := keys(t, mustAttest(t, unix.New(), context.Background(), unix.Options{Path: true})); byKey["sha256"] != "" || byKey["path"] == "" {
+		t.Errorf("asked for the path only: %v", byKey)
 	}
 	small := unix.New()
 	small.MaxHashSize = 1 << 10
@@ -103,9 +114,9 @@ func TestExecOrPIDReuseAfterConnectDropsPathAndHash(t *testing.T) {
 	execd := me
 	execd.Exe = "/usr/bin/trusted-daemon"
 	reused := me
-	reused.StartTime++
+	reused.Running = func() bool { return false } // the process that connected is gone; the PID names another
 	unknown := me
-	unknown.StartTime, unknown.Exe = 0, ""
+	unknown.Running, unknown.Exe = nil, ""
 	for name, c := range map[string]unix.Caller{"exec after connect": execd, "PID reused": reused, "nothing known at connect": unknown} {
 		sels, err := unix.New().Attest(context.Background(), c, unix.Options{Hash: true})
 		if err != nil {
@@ -132,15 +143,11 @@ func TestRealExecAfterConnect(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	pid := int32(cmd.Process.Pid) //nolint:gosec // pids fit
-	start, err := uds.ProcStartTime("/proc", pid)
-	if err != nil {
-		t.Fatal(err)
-	}
 	exeAtConnect, err := os.Readlink("/proc/" + strconv.Itoa(int(pid)) + "/exe")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := unix.Caller{PID: pid, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), StartTime: start, Exe: exeAtConnect} //nolint:gosec // ids fit
+	c := unix.Caller{PID: pid, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Exe: exeAtConnect, Running: running(t, cmd.Process.Pid)} //nolint:gosec // ids fit
 	if byKey := keys(t, mustAttestCaller(t, c)); byKey["path"] != exeAtConnect {
 		t.Fatalf("before exec: path %q, want %q", byKey["path"], exeAtConnect)
 	}
@@ -191,4 +198,28 @@ func cut(v string) (string, string, bool) {
 		}
 	}
 	return v, "", false
+}
+
+// A caller that exited after connecting (its PID free for reuse) gets no
+// path: the pidfd taken at connect says the process is gone.
+func TestExitedCallerGetsNoPath(t *testing.T) {
+	cmd := exec.Command("/bin/sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	alive := running(t, pid)
+	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	c := unix.Caller{PID: int32(pid), UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Exe: exe, Running: alive} //nolint:gosec // ids fit
+	if alive() {
+		t.Fatal("the pidfd says a reaped process still runs")
+	}
+	if byKey := keys(t, mustAttestCaller(t, c)); byKey["path"] != "" {
+		t.Fatalf("an exited caller got path %q", byKey["path"])
+	}
 }

@@ -160,16 +160,17 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// unixAttestor adapts the unix attestor to workloadapi.Attestor; it hashes
-// executables only while an entry of this agent uses unix:sha256.
+// unixAttestor adapts the unix attestor to workloadapi.Attestor; it reads
+// /proc only while an entry of this agent uses unix:path or unix:sha256,
+// and hashes executables only for the latter.
 type unixAttestor struct {
 	a     *unix.Attestor
 	cache *cache
 }
 
 func (u unixAttestor) Attest(ctx context.Context, c uds.PeerCred) ([]attest.Selector, error) {
-	return u.a.Attest(ctx, unix.Caller{PID: c.PID, UID: c.UID, GID: c.GID, StartTime: c.StartTime, Exe: c.Exe},
-		unix.Options{Hash: u.cache.usesSelector(unix.SelectorType, "sha256:")})
+	return u.a.Attest(ctx, unix.Caller{PID: c.PID, UID: c.UID, GID: c.GID, Exe: c.Exe, Running: c.Running},
+		unix.Options{Path: u.cache.usesSelector(unix.SelectorType, "path:"), Hash: u.cache.usesSelector(unix.SelectorType, "sha256:")})
 }
 
 // restore loads a stored identity that is still valid.

@@ -2,6 +2,8 @@ package harness_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -57,9 +59,30 @@ func BenchmarkBatchNewX509SVID(b *testing.B) {
 // a new stream on the agent's socket, peer-credential attestation (uid, gid,
 // names, executable path and hash), selector matching and the response.
 func BenchmarkWorkloadAPIFetch(b *testing.B) {
+	benchmarkFetch(b, "unix:uid:"+strconv.Itoa(os.Getuid()))
+}
+
+// BenchmarkWorkloadAPIFetchExecutableSelectors is the same fetch when an
+// entry uses unix:path and unix:sha256: the agent then reads /proc/<pid>/exe
+// and checks the caller is still the process that connected (the hash
+// itself comes from the cache after the first fetch).
+func BenchmarkWorkloadAPIFetchExecutableSelectors(b *testing.B) {
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw, err := os.ReadFile(exe) //nolint:gosec // this benchmark's own binary
+	if err != nil {
+		b.Fatal(err)
+	}
+	sum := sha256.Sum256(raw)
+	benchmarkFetch(b, "unix:uid:"+strconv.Itoa(os.Getuid()), "unix:path:"+exe, "unix:sha256:"+hex.EncodeToString(sum[:]))
+}
+
+func benchmarkFetch(b *testing.B, selectors ...string) {
 	srv := harness.StartServer(b, func(c *server.Config) { c.Logger = slog.New(slog.DiscardHandler) })
 	ag := harness.StartAgent(b, srv, func(c *agent.Config) { c.Logger = slog.New(slog.DiscardHandler) })
-	srv.CreateEntry(b, &adminv1.Entry{SpiffeId: "spiffe://example.org/bench", ParentId: ag.ID(), Selectors: []string{"unix:uid:" + strconv.Itoa(os.Getuid())}})
+	srv.CreateEntry(b, &adminv1.Entry{SpiffeId: "spiffe://example.org/bench", ParentId: ag.ID(), Selectors: selectors})
 	conn, err := grpc.NewClient(ag.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		b.Fatal(err)

@@ -8,7 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -24,15 +24,19 @@ type PeerCred struct {
 	PID int32
 	UID uint32
 	GID uint32
-	// StartTime (clock ticks since boot) and Exe identify the process behind
-	// PID at connect time, read from /proc when the connection is accepted.
-	// Attestation later compares them with what /proc then says: a different
-	// start time means the PID now names another process; a different Exe
-	// means the process ran exec after it connected. Zero and empty when
-	// /proc could not be read (the process is another user's and the agent
-	// is not root, or it is already gone).
-	StartTime uint64
-	Exe       string
+	// Exe is /proc/<pid>/exe read when the connection was accepted, and
+	// pidfd a pidfd of that very process: attestation later checks that the
+	// process still runs (a PID now naming another process fails this) and
+	// still runs Exe (an exec since connecting fails this). Empty and 0 when
+	// /proc or pidfd_open were refused.
+	Exe   string
+	pidfd int
+}
+
+// Running reports whether the process that connected still runs: its pidfd
+// accepts signal 0. False when no pidfd was taken or the connection closed.
+func (c PeerCred) Running() bool {
+	return c.pidfd > 0 && unix.PidfdSendSignal(c.pidfd, 0, nil, 0) == nil
 }
 
 // AuthInfo carries PeerCred through gRPC's peer information.
@@ -55,12 +59,40 @@ func (peerCredentials) ClientHandshake(_ context.Context, _ string, conn net.Con
 	return conn, AuthInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}, nil
 }
 
+// ServerHandshake records the peer's credentials, its executable and a
+// pidfd of it; the returned connection closes the pidfd with itself.
 func (peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	cred, err := PeerCredOf(conn)
 	if err != nil {
 		return nil, nil, err
 	}
-	return conn, AuthInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, Cred: cred}, nil
+	info := AuthInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}
+	if cred.PID <= 0 {
+		info.Cred = cred
+		return conn, info, nil
+	}
+	cred.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", cred.PID))
+	fd, err := unix.PidfdOpen(int(cred.PID), 0)
+	if err != nil {
+		info.Cred = cred
+		return conn, info, nil //nolint:nilerr // without a pidfd the process is attested by uid and gid alone
+	}
+	cred.pidfd = fd
+	info.Cred = cred
+	return &pidfdConn{Conn: conn, pidfd: fd}, info, nil
+}
+
+// pidfdConn closes the peer's pidfd when the connection closes.
+type pidfdConn struct {
+	net.Conn
+	pidfd int
+	once  sync.Once
+}
+
+func (c *pidfdConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { _ = unix.Close(c.pidfd) })
+	return err
 }
 
 func (peerCredentials) Info() credentials.ProtocolInfo {
@@ -90,34 +122,7 @@ func PeerCredOf(conn net.Conn) (PeerCred, error) {
 	if sockErr != nil {
 		return PeerCred{}, fmt.Errorf("uds: SO_PEERCRED: %w", sockErr)
 	}
-	c := PeerCred{PID: ucred.Pid, UID: ucred.Uid, GID: ucred.Gid}
-	if c.PID > 0 {
-		c.StartTime, _ = ProcStartTime("/proc", c.PID)
-		c.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", c.PID))
-	}
-	return c, nil
-}
-
-// ProcStartTime reads the start time of process pid (field 22 of
-// /proc/<pid>/stat, in clock ticks since boot): with the PID, it names one
-// process for the life of the system.
-func ProcStartTime(procRoot string, pid int32) (uint64, error) {
-	raw, err := os.ReadFile(fmt.Sprintf("%s/%d/stat", procRoot, pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may hold spaces and parentheses; the
-	// fields after it start after the last ')'.
-	i := strings.LastIndexByte(string(raw), ')')
-	if i < 0 {
-		return 0, fmt.Errorf("uds: malformed %s/%d/stat", procRoot, pid)
-	}
-	fields := strings.Fields(string(raw[i+1:]))
-	const startTimeField = 22 - 3 // fields 1 and 2 precede ')'; field 3 is index 0
-	if len(fields) <= startTimeField {
-		return 0, fmt.Errorf("uds: short %s/%d/stat", procRoot, pid)
-	}
-	return strconv.ParseUint(fields[startTimeField], 10, 64)
+	return PeerCred{PID: ucred.Pid, UID: ucred.Uid, GID: ucred.Gid}, nil
 }
 
 // ByUID keys connections by the peer's uid, for per-uid connection caps.
