@@ -51,7 +51,10 @@ func (l *Limits) applyDefaults() {
 	if l.SigningPerSecond == 0 {
 		l.SigningPerSecond = DefaultSigningPerSecond
 	}
-	l.SigningBurst = max(l.SigningBurst, api.MaxBatchSize)
+	if l.SigningBurst == 0 {
+		l.SigningBurst = DefaultSigningBurst
+	}
+	l.SigningBurst = max(l.SigningBurst, api.MaxBatchSize) // a full batch must be able to pass
 	if l.MaxConnections == 0 {
 		l.MaxConnections = DefaultMaxConnections
 	}
