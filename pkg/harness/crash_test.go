@@ -37,8 +37,8 @@ func crashCycles(t *testing.T) int {
 // acked records the writes the server acknowledged.
 type acked struct {
 	mu      sync.Mutex
-	entries map[string]string // entry ID → SPIFFE ID
-	tokens  map[string]bool   // token IDs
+	entries map[string]string    // entry ID → SPIFFE ID
+	tokens  map[string]time.Time // token ID → expiry (expired ones are purged, as they should be)
 }
 
 // A real server process is killed with SIGKILL at random moments while
@@ -48,7 +48,7 @@ type acked struct {
 func TestServerSurvivesSIGKILLDuringWrites(t *testing.T) {
 	dir := harness.ShortDir(t)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1)) //nolint:gosec // timing jitter, not security
-	a := &acked{entries: map[string]string{}, tokens: map[string]bool{}}
+	a := &acked{entries: map[string]string{}, tokens: map[string]time.Time{}}
 	cycles := crashCycles(t)
 	for cycle := range cycles {
 		p := harness.StartServerProcess(t, harness.ProcessConfig{DataDir: dir})
@@ -91,7 +91,7 @@ func writeUntilKilled(ctx context.Context, admin adminv1.AdminAPIClient, a *acke
 				return
 			}
 			a.mu.Lock()
-			a.tokens[tok.GetTokenId()] = true
+			a.tokens[tok.GetTokenId()] = time.Unix(tok.GetExpiresAt(), 0)
 			a.mu.Unlock()
 		default:
 			kind := []string{"intermediate", "jwt"}[i%2]
@@ -121,9 +121,12 @@ func checkBolt(t *testing.T, path string, a *acked) {
 		tokens := tx.Bucket([]byte("join_tokens"))
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		for id := range a.tokens {
-			if tokens == nil || tokens.Get([]byte(id)) == nil {
-				return fmt.Errorf("acknowledged join token %s was lost", id)
+		// A token is kept until it expires; the server purges it after
+		// (every minute), so only tokens well before their expiry must be here.
+		live := time.Now().Add(5 * time.Second)
+		for id, exp := range a.tokens {
+			if exp.After(live) && (tokens == nil || tokens.Get([]byte(id)) == nil) {
+				return fmt.Errorf("acknowledged join token %s (expires %s) was lost", id, exp.Format(time.RFC3339))
 			}
 		}
 		return nil
