@@ -169,8 +169,9 @@ type unixAttestor struct {
 }
 
 func (u unixAttestor) Attest(ctx context.Context, c uds.PeerCred) ([]attest.Selector, error) {
+	path, hash := u.cache.executableSelectors()
 	return u.a.Attest(ctx, unix.Caller{PID: c.PID, UID: c.UID, GID: c.GID, Exe: c.Exe, Running: c.Running},
-		unix.Options{Path: u.cache.usesSelector(unix.SelectorType, "path:"), Hash: u.cache.usesSelector(unix.SelectorType, "sha256:")})
+		unix.Options{Path: path, Hash: hash})
 }
 
 // restore loads a stored identity that is still valid.

@@ -157,12 +157,12 @@ func selectorPrefixes(entries map[string]*entry) map[string]bool {
 	return out
 }
 
-// usesSelector reports whether an entry held uses a selector of type typ
-// whose value starts with keyPrefix ("sha256:").
-func (c *cache) usesSelector(typ, keyPrefix string) bool {
+// executableSelectors reports whether an entry held uses unix:path and
+// unix:sha256 selectors: the Workload API reads /proc (and hashes) only then.
+func (c *cache) executableSelectors() (path, hash bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.selectorPrefixes[typ+":"+keyPrefix]
+	return c.selectorPrefixes["unix:path:"], c.selectorPrefixes["unix:sha256:"]
 }
 
 // setBundle replaces the bundle (bootstrap, or loaded from disk).

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"runtime"
 	"slices"
 	"time"
@@ -28,6 +27,7 @@ import (
 	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	"github.com/shortleaf/shortleaf/pkg/ratelimit"
+	"github.com/shortleaf/shortleaf/pkg/rpclimit"
 	"github.com/shortleaf/shortleaf/pkg/telemetry"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
@@ -530,14 +530,10 @@ func (s *AgentService) bundleProto() *agentv1.Bundle {
 // peerIP is the caller's IP address, the key of per-source limits.
 func peerIP(ctx context.Context) string {
 	p, ok := peer.FromContext(ctx)
-	if !ok || p.Addr == nil {
+	if !ok {
 		return "unknown"
 	}
-	host, _, err := net.SplitHostPort(p.Addr.String())
-	if err != nil {
-		return p.Addr.String()
-	}
-	return host
+	return rpclimit.HostOf(p.Addr)
 }
 
 func svidProto(id spiffeid.ID, chain []*x509.Certificate) *agentv1.X509SVID {

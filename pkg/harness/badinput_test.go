@@ -215,6 +215,25 @@ func TestAttestRejectsMalformedToken(t *testing.T) {
 	}
 }
 
+// A valid token with a bad CSR: the CSR is refused naming the field, the
+// token is spent (it was looked up and consumed before the CSR was read), and
+// no half-made agent record is left behind.
+func TestAttestWithABadCSRSpendsTheTokenAndLeavesNoAgent(t *testing.T) {
+	srv := harness.StartServer(t)
+	token, agentID := srv.NewJoinToken(t)
+	_, err := harness.Attest(t, srv, token, []byte{0x30, 0x03, 0x02, 0x01, 0x00})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "csr") {
+		t.Fatalf("bad CSR: %v, want InvalidArgument naming csr", err)
+	}
+	if _, err := srv.Admin.GetAgent(context.Background(), &adminv1.GetAgentRequest{SpiffeId: agentID}); status.Code(err) != codes.NotFound {
+		t.Fatalf("agent record after a refused CSR: %v, want NotFound", err)
+	}
+	_, csr := harness.NewCSR(t, spiffeid.ID{})
+	if _, err := harness.Attest(t, srv, token, csr); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("the token after its use with a bad CSR: %v, want PermissionDenied (spent)", err)
+	}
+}
+
 func csrWith(t *testing.T, id spiffeid.ID, mutate func(*x509.CertificateRequest)) []byte {
 	_, der := harness.NewCSR(t, id, mutate)
 	return der

@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"strconv"
 	"sync"
 	"time"
 
@@ -83,5 +84,22 @@ func (l *Limiter) Describe() string {
 	if l == nil {
 		return "unlimited"
 	}
-	return rateString(l.cfg.PerSecond) + ", burst " + itoa(l.cfg.Burst)
+	return rateString(l.cfg.PerSecond) + ", burst " + strconv.Itoa(l.cfg.Burst)
+}
+
+func rateString(perSecond float64) string {
+	if perSecond >= 1 {
+		return strconv.FormatFloat(perSecond, 'f', -1, 64) + "/s"
+	}
+	return strconv.FormatFloat(perSecond*60, 'f', -1, 64) + "/min"
+}
+
+// Keys is how many keys the limiter tracks now.
+func (l *Limiter) Keys() int {
+	if l == nil {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.buckets)
 }

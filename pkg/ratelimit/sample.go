@@ -3,7 +3,6 @@ package ratelimit
 import (
 	"context"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 )
@@ -68,13 +67,4 @@ func (s *Sampler) forget(now time.Time) {
 		}
 		delete(s.keys, k)
 	}
-}
-
-func itoa(n int) string { return strconv.Itoa(n) }
-
-func rateString(perSecond float64) string {
-	if perSecond >= 1 {
-		return strconv.FormatFloat(perSecond, 'f', -1, 64) + "/s"
-	}
-	return strconv.FormatFloat(perSecond*60, 'f', -1, 64) + "/min"
 }

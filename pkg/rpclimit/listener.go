@@ -11,12 +11,19 @@ import (
 type KeyFunc func(net.Conn) (string, error)
 
 // ByRemoteIP keys TCP connections by the client's IP address.
-func ByRemoteIP(c net.Conn) (string, error) {
-	host, _, err := net.SplitHostPort(c.RemoteAddr().String())
-	if err != nil {
-		return c.RemoteAddr().String(), nil //nolint:nilerr // an address without a port is its own key
+func ByRemoteIP(c net.Conn) (string, error) { return HostOf(c.RemoteAddr()), nil }
+
+// HostOf is the IP address of a TCP address (the whole address if it has no
+// port), the key of every per-source limit.
+func HostOf(addr net.Addr) string {
+	if addr == nil {
+		return "unknown"
 	}
-	return host, nil
+	host, _, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return addr.String()
+	}
+	return host
 }
 
 // Listener wraps lis so that at most l.MaxConnections connections are open
@@ -84,17 +91,6 @@ func (l *limitListener) release(k string) {
 	if l.perKey[k]--; l.perKey[k] <= 0 {
 		delete(l.perKey, k)
 	}
-}
-
-// Open is the number of connections open now, for tests and metrics.
-func Open(lis net.Listener) int {
-	l, ok := lis.(*limitListener)
-	if !ok {
-		return -1
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.total
 }
 
 // countedConn gives its slot back once, on the first Close. It keeps the
