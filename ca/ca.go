@@ -53,6 +53,16 @@ type Config struct {
 	// MaxSVIDTTL is the longest lifetime the CA will be asked to sign; every
 	// SVID up to it gets its full lifetime. Default IntermediateTTL / 4.
 	MaxSVIDTTL time.Duration
+	// RootPrepareBefore is how long before the active root's expiry its
+	// successor is prepared; default DefaultRootPrepareBefore(RootTTL).
+	RootPrepareBefore time.Duration
+	// RootGate lists what still lacks a prepared root (lagging live agents,
+	// federated consumers still owed refresh hints); the root activates only
+	// when it lists nothing. nil: nothing to wait for.
+	RootGate RootGate
+	// RootGateLead is the least time RootGate needs to pass after a
+	// prepare; RootPrepareBefore must leave room for it.
+	RootGateLead time.Duration
 	// Upstream, when set, signs the intermediates instead of a self-signed
 	// root; root rotation is then the upstream CA's business.
 	Upstream *Upstream
@@ -61,8 +71,13 @@ type Config struct {
 	Clock    clock.Clock // default clock.Real
 	Logger   *slog.Logger
 	// OnTransition, if set, is told of every state change, for metrics.
-	OnTransition func(kind Kind, transition string)
+	OnTransition func(Transition)
 }
+
+// RootGate lists what must still receive the prepared root (published at
+// prepared.BundleSequence) before it may sign. Entries name agents or
+// consumers; they are shown to operators.
+type RootGate func(ctx context.Context, prepared Authority) (blockers []string)
 
 // Upstream is an existing CA that signs shortleaf's intermediates.
 type Upstream struct {
@@ -83,8 +98,9 @@ const (
 
 // CA signs SVIDs with its active intermediate and publishes its roots.
 type CA struct {
-	cfg      Config
-	schedule Schedule
+	cfg          Config
+	schedule     Schedule
+	rootSchedule RootSchedule
 
 	writeMu     sync.Mutex // one change of authorities at a time
 	mu          sync.RWMutex
@@ -94,6 +110,9 @@ type CA struct {
 	// active and activeJWT are read on every signature without taking mu.
 	active    atomic.Pointer[activeSigner]
 	activeJWT atomic.Pointer[Authority]
+
+	// gate is what the last check of the propagation gate found.
+	gate atomic.Pointer[GateStatus]
 }
 
 // activeSigner is the intermediate the hot path signs with.
@@ -124,6 +143,9 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	if cfg.MaxSVIDTTL == 0 {
 		cfg.MaxSVIDTTL = cfg.IntermediateTTL / 4
 	}
+	if cfg.RootPrepareBefore == 0 {
+		cfg.RootPrepareBefore = DefaultRootPrepareBefore(cfg.RootTTL)
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real
 	}
@@ -133,9 +155,16 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	if cfg.Upstream != nil && (len(cfg.Upstream.Chain) == 0 || cfg.Upstream.Signer == nil) {
 		return nil, errors.New("ca: upstream authority needs a certificate chain and a key")
 	}
-	c := &CA{cfg: cfg, schedule: Schedule{TTL: cfg.IntermediateTTL, MaxSignedTTL: cfg.MaxSVIDTTL}}
+	c := &CA{cfg: cfg, schedule: Schedule{TTL: cfg.IntermediateTTL, MaxSignedTTL: cfg.MaxSVIDTTL},
+		rootSchedule: RootSchedule{TTL: cfg.RootTTL, PrepareBefore: cfg.RootPrepareBefore,
+			IntermediateTTL: cfg.IntermediateTTL, MaxSVIDTTL: cfg.MaxSVIDTTL, GateLead: cfg.RootGateLead}}
 	if err := c.schedule.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Upstream == nil {
+		if err := c.rootSchedule.Validate(); err != nil {
+			return nil, err
+		}
 	}
 
 	raw, err := cfg.Journal.LoadCAJournal(ctx)

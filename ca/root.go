@@ -3,15 +3,171 @@ package ca
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"time"
 )
 
-// Root rotation is gated on propagation: a new root is first published
-// (PrepareRoot raises the bundle sequence), and may sign only once every live
-// agent holds a bundle with it (ActivateRoot checks), so no workload ever
-// meets an SVID it cannot verify. The old root leaves the bundle only when
-// nothing valid chains to it (RetireRoot checks).
+// Root rotation is scheduled (RootSchedule) and gated on propagation: the
+// successor is first published (prepare raises the bundle sequence) and may
+// sign only once the RootGate lists nothing still lacking it, so no workload
+// ever meets an SVID it cannot verify. The old root leaves the bundle when
+// nothing that chains to it is left. Operators may step ahead of the
+// schedule with PrepareRoot, ActivateRoot and RetireRoot.
 
-// PrepareRoot creates a new root and adds it to the bundle; it signs nothing yet.
+// RootRotationStatus is where root rotation stands, for `ca show` and metrics.
+type RootRotationStatus struct {
+	// Scheduled is false with an upstream authority: its root rotates there.
+	Scheduled bool
+	// ActiveRootID is the root that signs intermediates, RootNotAfter its expiry.
+	ActiveRootID string
+	RootNotAfter time.Time
+	// PrepareAt, Deadline and ForceAt are the active root's schedule (RootSchedule).
+	PrepareAt, Deadline, ForceAt time.Time
+	// PreparedRootID is the successor waiting on the gate, published at PreparedAt.
+	PreparedRootID string
+	PreparedAt     time.Time
+	// Blockers is what the last gate check found still lacking the prepared
+	// root, at GateCheckedAt.
+	Blockers      []string
+	GateCheckedAt time.Time
+	// OldRootID is a superseded root still in the bundle until RetireAt.
+	OldRootID string
+	RetireAt  time.Time
+}
+
+// GateStatus is the last check of the propagation gate.
+type GateStatus struct {
+	PreparedRootID string
+	Blockers       []string
+	CheckedAt      time.Time
+}
+
+// RootRotation reports the active root's schedule and the gate.
+func (c *CA) RootRotation() RootRotationStatus {
+	st := RootRotationStatus{Scheduled: c.cfg.Upstream == nil}
+	rs := c.rootSchedule
+	c.mu.RLock()
+	for _, a := range c.authorities {
+		if a.Kind != KindRoot {
+			continue
+		}
+		switch a.State {
+		case StateActive:
+			st.ActiveRootID, st.RootNotAfter = a.ID, a.NotAfter
+			st.PrepareAt, st.Deadline, st.ForceAt = rs.PrepareAt(a), rs.Deadline(a), rs.ForceAt(a)
+		case StatePrepared:
+			st.PreparedRootID, st.PreparedAt = a.ID, a.NotBefore.Add(Backdate)
+		case StateOld:
+			st.OldRootID = a.ID
+			for _, child := range c.authorities {
+				if child.ParentID == a.ID && child.NotAfter.After(st.RetireAt) {
+					st.RetireAt = child.NotAfter
+				}
+			}
+		}
+	}
+	c.mu.RUnlock()
+	if g := c.gate.Load(); g != nil && g.PreparedRootID == st.PreparedRootID && st.PreparedRootID != "" {
+		st.Blockers, st.GateCheckedAt = g.Blockers, g.CheckedAt
+	}
+	if !st.Scheduled {
+		st.PrepareAt, st.Deadline, st.ForceAt = time.Time{}, time.Time{}, time.Time{}
+	}
+	return st
+}
+
+// checkGate asks the RootGate what still lacks prepared and records the answer.
+func (c *CA) checkGate(ctx context.Context, prepared *Authority, now time.Time) []string {
+	var blockers []string
+	if c.cfg.RootGate != nil {
+		blockers = c.cfg.RootGate(ctx, *prepared)
+	}
+	c.gate.Store(&GateStatus{PreparedRootID: prepared.ID, Blockers: blockers, CheckedAt: now})
+	return blockers
+}
+
+// rotateRoot applies the root schedule: prepare the successor at its time,
+// activate it when the gate passes (or, past ForceAt, without it).
+func (ch *change) rotateRoot(ctx context.Context) error {
+	if ch.c.cfg.Upstream != nil {
+		return nil
+	}
+	rs := ch.c.rootSchedule
+	active := ch.find(KindRoot, StateActive)
+	prepared := ch.find(KindRoot, StatePrepared)
+	if prepared == nil {
+		if ch.find(KindRoot, StateOld) != nil || ch.now.Before(rs.PrepareAt(active)) {
+			return nil
+		}
+		var err error
+		if prepared, err = ch.prepareRoot(ctx); err != nil {
+			return err
+		}
+	}
+	blockers := ch.c.checkGate(ctx, prepared, ch.now)
+	switch {
+	case len(blockers) == 0:
+		return ch.activateRoot(ctx, prepared)
+	case !ch.now.Before(rs.ForceAt(active)):
+		ch.c.cfg.Logger.ErrorContext(ctx, "the propagation gate did not pass before the active root's last moment: activating the next root WITHOUT it; "+
+			"the consumers listed lack the new root and will not verify SVIDs it signs until they fetch the bundle",
+			slog.String("root_id", prepared.ID), slog.Time("old_root_not_after", active.NotAfter),
+			slog.Int("blockers", len(blockers)), slog.Any("blocking", firstN(blockers, 20)))
+		ch.note(prepared, "activated_forced")
+		return ch.activateRoot(ctx, prepared)
+	}
+	return nil
+}
+
+// retireRoot removes an old root once nothing chains to it any more (its
+// last intermediate has expired, or was revoked).
+func (ch *change) retireRoot() {
+	if old := ch.find(KindRoot, StateOld); old != nil && len(ch.childrenOf(old)) == 0 && ch.c.cfg.Upstream == nil {
+		ch.remove(old, "retired")
+	}
+}
+
+func (ch *change) childrenOf(root *Authority) []*Authority {
+	var out []*Authority
+	for _, a := range ch.auths {
+		if a.ParentID == root.ID {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// prepareRoot creates a new root and publishes it; it signs nothing yet.
+func (ch *change) prepareRoot(ctx context.Context) (*Authority, error) {
+	root, err := ch.c.newRoot(ctx, ch.now)
+	if err != nil {
+		return nil, err
+	}
+	root.State = StatePrepared
+	root.BundleSequence = ch.bumpBundle()
+	ch.auths = append(ch.auths, root)
+	ch.note(root, "prepared")
+	return root, nil
+}
+
+// activateRoot makes next the active root and has it sign a new intermediate,
+// active at once; the old root and intermediate become old.
+func (ch *change) activateRoot(ctx context.Context, next *Authority) error {
+	// A prepared intermediate chains to the old root: drop it.
+	if p := ch.find(KindIntermediate, StatePrepared); p != nil {
+		ch.remove(p, "dropped")
+	}
+	ch.activate(next)
+	inter, err := ch.prepare(ctx, KindIntermediate)
+	if err != nil {
+		return err
+	}
+	ch.activate(inter)
+	return nil
+}
+
+// PrepareRoot creates a new root now, ahead of the schedule, and adds it to
+// the bundle; it signs nothing until the gate passes.
 func (c *CA) PrepareRoot(ctx context.Context) (Authority, error) {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
@@ -25,51 +181,45 @@ func (c *CA) PrepareRoot(ctx context.Context) (Authority, error) {
 	if old := ch.find(KindRoot, StateOld); old != nil {
 		return Authority{}, &RefusedError{Op: "root prepare", Reason: fmt.Sprintf("root %s is still being retired; run ca root retire first", old.ID)}
 	}
-	root, err := c.newRoot(ctx, ch.now)
+	root, err := ch.prepareRoot(ctx)
 	if err != nil {
 		return Authority{}, err
 	}
-	root.State = StatePrepared
-	root.BundleSequence = ch.bumpBundle()
-	ch.auths = append(ch.auths, root)
-	ch.note(root, "prepared")
 	return *root, ch.commit(ctx)
 }
 
-// ActivateRoot makes the prepared root sign a new intermediate, which becomes
-// active at once; the old root and intermediate become old. lagging lists the
-// live agents whose bundle is older than sequence; unless force is set, any
-// lagging agent refuses the activation and is named.
-func (c *CA) ActivateRoot(ctx context.Context, lagging func(sequence uint64) []string, force bool) (Authority, error) {
+// ActivateRoot makes the prepared root active now, if the gate passes. With
+// force it activates anyway and returns what the gate listed, for the
+// operator's record; without force, anything listed refuses the activation
+// and is named.
+func (c *CA) ActivateRoot(ctx context.Context, force bool) (Authority, []string, error) {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	ch := c.begin()
 	next := ch.find(KindRoot, StatePrepared)
 	if next == nil {
-		return Authority{}, &RefusedError{Op: "root activate", Reason: "no root is prepared; run ca root prepare first"}
+		return Authority{}, nil, &RefusedError{Op: "root activate", Reason: "no root is prepared; run ca root prepare first"}
 	}
-	if behind := lagging(next.BundleSequence); len(behind) > 0 && !force {
-		return Authority{}, &RefusedError{Op: "root activate",
-			Reason:   fmt.Sprintf("live agents do not hold bundle %d with the new root yet (wait for them to sync, or --force)", next.BundleSequence),
-			Blockers: behind}
+	behind := c.checkGate(ctx, next, ch.now)
+	if len(behind) > 0 {
+		if !force {
+			return Authority{}, nil, &RefusedError{Op: "root activate",
+				Reason:   fmt.Sprintf("not everything holds bundle %d with the new root yet (wait for it, or --force)", next.BundleSequence),
+				Blockers: behind}
+		}
+		ch.note(next, "activated_forced")
 	}
-	// A prepared intermediate chains to the old root: drop it.
-	if p := ch.find(KindIntermediate, StatePrepared); p != nil {
-		ch.remove(p, "dropped")
+	if err := ch.activateRoot(ctx, next); err != nil {
+		return Authority{}, nil, err
 	}
-	ch.activate(next)
-	inter, err := ch.prepare(ctx, KindIntermediate)
-	if err != nil {
-		return Authority{}, err
-	}
-	ch.activate(inter)
-	return *next, ch.commit(ctx)
+	return *next, behind, ch.commit(ctx)
 }
 
-// RetireRoot removes the old root from the bundle once no intermediate that
-// chains to it is left (old intermediates are removed when they expire, and
-// with them the last SVIDs that chain to the old root).
-func (c *CA) RetireRoot(ctx context.Context) (Authority, error) {
+// RetireRoot removes the old root from the bundle now, if no intermediate
+// that chains to it is left (the schedule does this on its own as soon as it
+// may). inUse lists what still presents a certificate under the old root
+// (the server's own TLS certificate); while it lists anything, RetireRoot refuses.
+func (c *CA) RetireRoot(ctx context.Context, inUse func(root Authority) []string) (Authority, error) {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	ch := c.begin()
@@ -78,14 +228,24 @@ func (c *CA) RetireRoot(ctx context.Context) (Authority, error) {
 		return Authority{}, &RefusedError{Op: "root retire", Reason: "no old root to retire"}
 	}
 	var blockers []string
-	for _, a := range ch.auths {
-		if a.ParentID == old.ID {
-			blockers = append(blockers, fmt.Sprintf("%s (%s, expires %s)", a.ID, a.State, a.NotAfter.UTC().Format("2006-01-02T15:04:05Z")))
-		}
+	for _, a := range ch.childrenOf(old) {
+		blockers = append(blockers, fmt.Sprintf("%s (%s, expires %s)", a.ID, a.State, a.NotAfter.UTC().Format(time.RFC3339)))
 	}
 	if len(blockers) > 0 {
 		return Authority{}, &RefusedError{Op: "root retire", Reason: "intermediates that chain to the old root are still valid", Blockers: blockers}
 	}
+	if inUse != nil {
+		if users := inUse(*old); len(users) > 0 {
+			return Authority{}, &RefusedError{Op: "root retire", Reason: "certificates under the old root are still presented", Blockers: users}
+		}
+	}
 	ch.remove(old, "retired")
 	return *old, ch.commit(ctx)
+}
+
+func firstN(s []string, n int) []string {
+	if len(s) > n {
+		return append(s[:n:n], fmt.Sprintf("… and %d more", len(s)-n))
+	}
+	return s
 }

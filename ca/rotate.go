@@ -14,15 +14,19 @@ type change struct {
 	now    time.Time
 	auths  []*Authority
 	seq    uint64
-	events []transition
+	events []Transition
 	// gone are the keys of authorities removed by this change; they are
 	// destroyed only after the journal no longer names them.
 	gone []string
 }
 
-type transition struct {
-	kind     Kind
-	id, what string
+// Transition is one change of an authority's state, as told to OnTransition.
+type Transition struct {
+	Kind Kind
+	// AuthorityID names the authority; What is the transition (prepared,
+	// activated, activated_forced, superseded, tainted, revoked, removed, retired, dropped…).
+	AuthorityID, What string
+	At                time.Time
 }
 
 func (c *CA) begin() *change {
@@ -54,7 +58,7 @@ func (ch *change) byID(id string) *Authority {
 }
 
 func (ch *change) note(a *Authority, what string) {
-	ch.events = append(ch.events, transition{kind: a.Kind, id: a.ID, what: what})
+	ch.events = append(ch.events, Transition{Kind: a.Kind, AuthorityID: a.ID, What: what, At: ch.now})
 }
 
 // bumpBundle raises the bundle sequence: the set of published keys changed.
@@ -102,10 +106,10 @@ func (ch *change) commit(ctx context.Context) error {
 		}
 	}
 	for _, e := range ch.events {
-		ch.c.cfg.Logger.InfoContext(ctx, "CA authority "+e.what, slog.String("kind", string(e.kind)), slog.String("authority_id", e.id),
+		ch.c.cfg.Logger.InfoContext(ctx, "CA authority "+e.What, slog.String("kind", string(e.Kind)), slog.String("authority_id", e.AuthorityID),
 			slog.Uint64("bundle_sequence", ch.seq))
 		if ch.c.cfg.OnTransition != nil {
-			ch.c.cfg.OnTransition(e.kind, e.what)
+			ch.c.cfg.OnTransition(e)
 		}
 	}
 	return nil
@@ -169,11 +173,15 @@ func (c *CA) Rotate(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := ch.rotateRoot(ctx); err != nil {
+		return err
+	}
 	for _, kind := range []Kind{KindIntermediate, KindJWT} {
 		if err := ch.rotateKind(ctx, kind); err != nil {
 			return err
 		}
 	}
+	ch.retireRoot()
 	return ch.commit(ctx)
 }
 
@@ -262,7 +270,7 @@ func (c *CA) NextTransition(a Authority) (string, time.Time) {
 	s := c.schedule
 	switch {
 	case a.Kind == KindRoot:
-		return "", time.Time{}
+		return c.nextRootTransition(a)
 	case a.State == StateOld:
 		return "removal", s.RemoveAt(&a)
 	case a.State == StatePrepared:
@@ -295,4 +303,79 @@ func (c *CA) activeOf(kind Kind) *Authority {
 		}
 	}
 	return nil
+}
+
+// nextRootTransition says what happens next to root a and when.
+func (c *CA) nextRootTransition(a Authority) (string, time.Time) {
+	st := c.RootRotation()
+	if !st.Scheduled {
+		return "", time.Time{}
+	}
+	switch a.State {
+	case StatePrepared:
+		return "activation once the propagation gate passes, forced", st.ForceAt
+	case StateOld:
+		return "retirement", st.RetireAt
+	default:
+		if st.PreparedRootID != "" {
+			return "successor activation once the propagation gate passes, forced", st.ForceAt
+		}
+		if st.OldRootID != "" {
+			return "successor preparation after the old root retires", st.PrepareAt
+		}
+		return "successor preparation", st.PrepareAt
+	}
+}
+
+// NextEvent is the earliest time at which Rotate will change something by
+// the clock alone. It is now while a prepared root waits on the propagation
+// gate, which can pass at any moment. Simulations use it to skip quiet spans.
+func (c *CA) NextEvent() time.Time {
+	now := c.cfg.Clock.Now()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	next := time.Time{}
+	consider := func(t time.Time) {
+		if t.Before(now) {
+			t = now
+		}
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
+	find := func(kind Kind, state State) *Authority {
+		for _, a := range c.authorities {
+			if a.Kind == kind && a.State == state {
+				return a
+			}
+		}
+		return nil
+	}
+	for _, kind := range []Kind{KindIntermediate, KindJWT} {
+		active, prepared := find(kind, StateActive), find(kind, StatePrepared)
+		switch {
+		case active == nil:
+			return now
+		case prepared != nil:
+			consider(c.schedule.ActivateAt(active))
+			consider(prepared.NotAfter.Add(-c.schedule.MaxSignedTTL)) // dropped if it could no longer serve a full term
+		default:
+			consider(c.schedule.PrepareAt(active))
+		}
+	}
+	for _, a := range c.authorities {
+		if a.State == StateOld && a.Kind != KindRoot {
+			consider(c.schedule.RemoveAt(a))
+		}
+	}
+	if c.cfg.Upstream == nil {
+		root := find(KindRoot, StateActive)
+		switch {
+		case root == nil || find(KindRoot, StatePrepared) != nil:
+			return now
+		case find(KindRoot, StateOld) == nil: // an old root retires with its last intermediate, counted above
+			consider(c.rootSchedule.PrepareAt(root))
+		}
+	}
+	return next
 }

@@ -178,7 +178,10 @@ func journalOf(t *testing.T) (ca.Config, *clock.Fake) {
 		t.Fatal(err)
 	}
 	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	return ca.Config{TrustDomain: catest.TrustDomain, Keys: km, Journal: store, Clock: clk, IntermediateTTL: time.Hour, MaxSVIDTTL: 5 * time.Minute}, clk
+	// An agent that never syncs keeps a prepared root prepared across restarts.
+	gate := func(context.Context, ca.Authority) []string { return []string{"spiffe://example.org/agent/offline"} }
+	return ca.Config{TrustDomain: catest.TrustDomain, Keys: km, Journal: store, Clock: clk, IntermediateTTL: time.Hour, MaxSVIDTTL: 5 * time.Minute,
+		RootGate: gate}, clk
 }
 
 func sameAuthorities(t *testing.T, state string, a, b []ca.Authority) {
@@ -241,7 +244,7 @@ func testRestartInEveryState(t *testing.T, cfg ca.Config, clk *clock.Fake) {
 		t.Fatal(err)
 	}
 	restart("root prepared")
-	if _, err := c.ActivateRoot(ctx, func(uint64) []string { return nil }, false); err != nil {
+	if _, _, err := c.ActivateRoot(ctx, true); err != nil {
 		t.Fatal(err)
 	}
 	restart("root activated, old root pending")
@@ -382,9 +385,36 @@ func TestForcedRotationRefusesUnsafeSteps(t *testing.T) {
 	}
 }
 
+// gateControl is a RootGate whose blockers a test sets.
+type gateControl struct {
+	mu       sync.Mutex
+	blockers []string
+	asked    []uint64 // bundle sequences asked about
+}
+
+func (g *gateControl) gate(_ context.Context, prepared ca.Authority) []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.asked = append(g.asked, prepared.BundleSequence)
+	return g.blockers
+}
+
+func (g *gateControl) set(blockers ...string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.blockers = blockers
+}
+
 func TestRootRotationGate(t *testing.T) {
-	c, clk, _ := lifecycle(t)
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	g := &gateControl{}
+	cfg := catest.Config(t)
+	cfg.Clock, cfg.IntermediateTTL, cfg.MaxSVIDTTL, cfg.RootGate = clk, time.Hour, 5*time.Minute, g.gate
+	c := catest.NewFromConfig(t, cfg)
 	oldBundle, seq0 := c.Bundle()
+
+	slow := "spiffe://example.org/agent/slow"
+	g.set(slow)
 	root, err := c.PrepareRoot(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -393,44 +423,84 @@ func TestRootRotationGate(t *testing.T) {
 	if len(b.X509Authorities()) != 2 || seq1 <= seq0 || root.BundleSequence != seq1 {
 		t.Fatalf("prepared root not published: %d roots, seq %d -> %d", len(b.X509Authorities()), seq0, seq1)
 	}
-	// Until agents hold it, the new root signs nothing.
+	// While the gate blocks, the new root signs nothing, by schedule or by hand.
+	if err := c.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
 	cur, _ := c.ActiveIntermediate()
 	if err := cur.CheckSignatureFrom(oldBundle.X509Authorities()[0]); err != nil {
-		t.Fatal("the intermediate changed roots at prepare time")
+		t.Fatal("the intermediate changed roots while the gate blocked")
 	}
-	lagging := []string{"spiffe://example.org/agent/slow"}
-	_, err = c.ActivateRoot(ctx, func(seq uint64) []string {
-		if seq != root.BundleSequence {
-			t.Errorf("gate asked about sequence %d, want %d", seq, root.BundleSequence)
-		}
-		return lagging
-	}, false)
+	if g.asked[len(g.asked)-1] != root.BundleSequence {
+		t.Fatalf("gate asked about sequence %d, want %d", g.asked[len(g.asked)-1], root.BundleSequence)
+	}
+	_, _, err = c.ActivateRoot(ctx, false)
 	var r *ca.RefusedError
-	if !errors.As(err, &r) || len(r.Blockers) != 1 || r.Blockers[0] != lagging[0] {
+	if !errors.As(err, &r) || len(r.Blockers) != 1 || r.Blockers[0] != slow {
 		t.Fatalf("activation with a lagging agent: %v", err)
 	}
-	if _, err := c.ActivateRoot(ctx, func(uint64) []string { return nil }, false); err != nil {
+	if st := c.RootRotation(); st.PreparedRootID != root.ID || len(st.Blockers) != 1 || st.Blockers[0] != slow {
+		t.Fatalf("root rotation status while blocked: %+v", st)
+	}
+
+	// Once the agent holds it, the schedule activates it on its own.
+	g.set()
+	clk.Add(5 * time.Second)
+	if err := c.Rotate(ctx); err != nil {
 		t.Fatal(err)
 	}
 	cur, _ = c.ActiveIntermediate()
 	if err := cur.CheckSignatureFrom(root.Cert); err != nil {
-		t.Fatalf("after activation the intermediate does not chain to the new root: %v", err)
+		t.Fatalf("after the gate passed the intermediate does not chain to the new root: %v", err)
 	}
-	// The old root stays while old intermediates chain to it.
-	_, err = c.RetireRoot(ctx)
+	// The old root stays while old intermediates chain to it, and is retired
+	// by the schedule once they are gone.
+	_, err = c.RetireRoot(ctx, nil)
 	if !errors.As(err, &r) || len(r.Blockers) == 0 {
 		t.Fatalf("retire with old intermediates: %v", err)
+	}
+	if st := c.RootRotation(); st.OldRootID == "" || st.RetireAt.IsZero() {
+		t.Fatalf("status does not show the old root's retirement: %+v", st)
 	}
 	clk.Add(time.Hour)
 	if err := c.Rotate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.RetireRoot(ctx); err != nil {
-		t.Fatalf("retire after old intermediates expired: %v", err)
-	}
 	b, seq2 := c.Bundle()
 	if len(b.X509Authorities()) != 1 || !b.X509Authorities()[0].Equal(root.Cert) || seq2 <= seq1 {
-		t.Fatalf("after retire: %d roots, seq %d", len(b.X509Authorities()), seq2)
+		t.Fatalf("after the old intermediates expired: %d roots, seq %d", len(b.X509Authorities()), seq2)
+	}
+}
+
+// A manual retire refuses while something still presents a certificate
+// under the old root, and names it.
+func TestRootRetireRefusedWhileInUse(t *testing.T) {
+	c, clk, _ := lifecycle(t)
+	if _, err := c.PrepareRoot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.ActivateRoot(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	// Expire the old intermediates without letting the schedule retire the root.
+	clk.Add(time.Hour)
+	for _, a := range c.Authorities() {
+		if a.Kind == ca.KindIntermediate && a.State == ca.StateOld {
+			if _, err := c.Taint(ctx, a.ID); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Revoke(ctx, a.ID, func(string) []string { return nil }); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	_, err := c.RetireRoot(ctx, func(ca.Authority) []string { return []string{"this server's TLS certificate"} })
+	var r *ca.RefusedError
+	if !errors.As(err, &r) || len(r.Blockers) != 1 || !strings.Contains(err.Error(), "still presented") {
+		t.Fatalf("retire while the server presents a certificate under the old root: %v", err)
+	}
+	if _, err := c.RetireRoot(ctx, func(ca.Authority) []string { return nil }); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -504,10 +574,10 @@ func TestClockSteps(t *testing.T) {
 		cfg.Clock, cfg.IntermediateTTL, cfg.MaxSVIDTTL = clk, time.Hour, 5*time.Minute
 		var mu sync.Mutex
 		transitions := map[string]int{}
-		cfg.OnTransition = func(kind ca.Kind, what string) {
+		cfg.OnTransition = func(tr ca.Transition) {
 			mu.Lock()
 			defer mu.Unlock()
-			transitions[string(kind)+"/"+what]++
+			transitions[string(tr.Kind)+"/"+tr.What]++
 		}
 		c := catest.NewFromConfig(t, cfg)
 		for range 36 { // three hours of rotations

@@ -68,3 +68,77 @@ func (s Schedule) CanSignFullTTL(a *Authority, now time.Time) bool {
 func NotYetValid(a *Authority, now time.Time) bool {
 	return now.Before(a.NotBefore)
 }
+
+// RootSchedule decides when a self-signed root is succeeded. Like Schedule,
+// its methods are pure functions of the root and the config.
+//
+// The successor root is prepared (created and published in the bundle)
+// PrepareBefore the active root's expiry. It takes over as soon as the
+// propagation gate passes (every live agent and federated consumer holds it),
+// which must happen before Deadline: the last moment the old root can still
+// sign a full-lifetime intermediate. If the gate is still blocked at ForceAt,
+// the last moment the old root's intermediates can sign full-lifetime SVIDs,
+// the successor takes over without it: the lagging consumers would lose
+// trust a little later anyway, when the old root expires, and everyone else
+// keeps working.
+type RootSchedule struct {
+	// TTL is the life of each root.
+	TTL time.Duration
+	// PrepareBefore is how long before the active root's expiry its successor is prepared.
+	PrepareBefore time.Duration
+	// IntermediateTTL and MaxSVIDTTL are those of the intermediate Schedule.
+	IntermediateTTL, MaxSVIDTTL time.Duration
+	// GateLead is the least time the propagation gate needs after a prepare:
+	// agents must sync and federated consumers fetch the bundle.
+	GateLead time.Duration
+}
+
+// DefaultRootPrepareBefore is the successor's lead when none is configured: a
+// third of the root's life (four months of a one-year root).
+func DefaultRootPrepareBefore(rootTTL time.Duration) time.Duration { return rootTTL / 3 }
+
+// Validate refuses a root schedule in which the successor could not take
+// over in time, or roots would follow each other without rest. Field names
+// are the server config's, so the error tells the operator what to change.
+func (s RootSchedule) Validate() error {
+	need := s.IntermediateTTL + s.MaxSVIDTTL + s.GateLead
+	if s.PrepareBefore < need {
+		return &ScheduleError{Field: "root_prepare_before", Reason: fmt.Sprintf("%s leaves the propagation gate no time: the next root must be "+
+			"published at least intermediate_ttl (%s) + max_x509_svid_ttl (%s) + the gate's lead (%s: agent_liveness and "+
+			"3 bundle refresh hints) before the root expires; raise root_prepare_before (or root_ttl, whose third is its default) to at least %s",
+			s.PrepareBefore, s.IntermediateTTL, s.MaxSVIDTTL, s.GateLead, need)}
+	}
+	if s.TTL < 2*s.PrepareBefore {
+		return &ScheduleError{Field: "root_ttl", Reason: fmt.Sprintf("%s is shorter than twice root_prepare_before (%s): each root must be the only one "+
+			"for at least half of its life; raise root_ttl to at least %s or lower root_prepare_before",
+			s.TTL, s.PrepareBefore, 2*s.PrepareBefore)}
+	}
+	return nil
+}
+
+// ScheduleError is a schedule that cannot keep the CA's promises. Field is
+// the server config key to change.
+type ScheduleError struct {
+	Field, Reason string
+}
+
+func (e *ScheduleError) Error() string { return "ca: " + e.Field + ": " + e.Reason }
+
+// PrepareAt is when root's successor is created and published.
+func (s RootSchedule) PrepareAt(root *Authority) time.Time {
+	return root.NotAfter.Add(-s.PrepareBefore)
+}
+
+// Deadline is the last moment root can sign an intermediate for its full
+// life with a max SVID TTL to spare; the successor should be active by then.
+// After it, intermediates are cut short and rotate more often.
+func (s RootSchedule) Deadline(root *Authority) time.Time {
+	return root.NotAfter.Add(-s.IntermediateTTL - s.MaxSVIDTTL)
+}
+
+// ForceAt is when the successor takes over even though the gate is blocked:
+// from then on the old root's intermediates could no longer give every SVID
+// its full lifetime.
+func (s RootSchedule) ForceAt(root *Authority) time.Time {
+	return root.NotAfter.Add(-2 * s.MaxSVIDTTL)
+}

@@ -56,8 +56,12 @@ type AdminConfig struct {
 	// BundleRefreshHint is the bundle endpoint's refresh hint, 0 without an
 	// endpoint; a new root waits PublishLeadRefreshHints of them.
 	BundleRefreshHint time.Duration
-	Clock             clock.Clock
-	Logger            *slog.Logger
+	// ServerChain returns the certificate chain the server presents now
+	// (leaf, intermediate): revoke and root retire refuse while it chains to
+	// the key being removed.
+	ServerChain func() []*x509.Certificate
+	Clock       clock.Clock
+	Logger      *slog.Logger
 }
 
 // AdminService implements the admin API.

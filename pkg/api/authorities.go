@@ -1,7 +1,10 @@
 package api
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -15,42 +18,69 @@ import (
 // live for root activation and revocation checks.
 const DefaultAgentLiveness = 10 * time.Minute
 
-// ListAuthorities shows every authority, its next transition and how far the
-// newest bundle has propagated.
+// ListAuthorities shows every authority, its next transition, how far the
+// newest bundle has propagated, where root rotation stands and which
+// certificate the server presents.
 func (s *AdminService) ListAuthorities(ctx context.Context, _ *adminv1.ListAuthoritiesRequest) (*adminv1.ListAuthoritiesResponse, error) {
 	resp := &adminv1.ListAuthoritiesResponse{}
 	for _, a := range s.cfg.Lifecycle.Authorities() {
 		resp.Authorities = append(resp.Authorities, s.authorityProto(a))
 	}
 	_, seq := s.cfg.Lifecycle.Bundle()
-	live, lagging, err := s.liveAgents(ctx, seq)
+	live, lagging, err := s.gate().Live(ctx, seq)
 	if err != nil {
 		return nil, toStatus(ctx, s.cfg.Logger, "list authorities", err)
 	}
 	resp.Propagation = &adminv1.Propagation{
 		BundleSequence: seq, LiveAgents: int32(live), CurrentAgents: int32(live - len(lagging)), LaggingAgents: lagging,
 	}
+	resp.RootRotation = rootRotationProto(s.cfg.Lifecycle.RootRotation())
+	resp.ServerCertificate = s.serverCertificateProto()
 	return resp, nil
 }
 
-// liveAgents counts agents seen within the liveness window and lists those
-// whose bundle is older than seq.
-func (s *AdminService) liveAgents(ctx context.Context, seq uint64) (live int, lagging []string, err error) {
-	agents, err := s.cfg.Store.ListAgents(ctx)
-	if err != nil {
-		return 0, nil, err
+func rootRotationProto(st ca.RootRotationStatus) *adminv1.RootRotation {
+	return &adminv1.RootRotation{
+		Scheduled: st.Scheduled, ActiveRootId: st.ActiveRootID, RootNotAfter: unixOrZero(st.RootNotAfter),
+		PrepareAt: unixOrZero(st.PrepareAt), Deadline: unixOrZero(st.Deadline), ForceAt: unixOrZero(st.ForceAt),
+		PreparedRootId: st.PreparedRootID, PreparedAt: unixOrZero(st.PreparedAt), Blockers: st.Blockers,
+		OldRootId: st.OldRootID, RetireAt: unixOrZero(st.RetireAt),
 	}
-	since := s.cfg.Clock.Now().Add(-s.cfg.AgentLiveness)
-	for _, a := range agents {
-		if a.LastSeen.Before(since) {
-			continue
-		}
-		live++
-		if a.BundleSequence < seq {
-			lagging = append(lagging, a.SPIFFEID)
+}
+
+func unixOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+// serverCertificateProto describes the certificate the server presents now.
+func (s *AdminService) serverCertificateProto() *adminv1.ServerCertificate {
+	chain := s.serverChain()
+	if len(chain) < 2 {
+		return nil
+	}
+	out := &adminv1.ServerCertificate{SerialNumber: chain[0].SerialNumber.Text(16), SignerKeyId: hex.EncodeToString(chain[1].SubjectKeyId),
+		NotAfter: chain[0].NotAfter.Unix()}
+	for _, a := range s.cfg.Lifecycle.Authorities() {
+		if a.Cert != nil && a.Cert.Equal(chain[1]) {
+			out.SignerId = a.ID
 		}
 	}
-	return live, lagging, nil
+	return out
+}
+
+func (s *AdminService) serverChain() []*x509.Certificate {
+	if s.cfg.ServerChain == nil {
+		return nil
+	}
+	return s.cfg.ServerChain()
+}
+
+// gate is the propagation gate the admin API reports on.
+func (s *AdminService) gate() *PropagationGate {
+	return &PropagationGate{Agents: s.cfg.Store, Clock: s.cfg.Clock, AgentLiveness: s.cfg.AgentLiveness, BundleRefreshHint: s.cfg.BundleRefreshHint}
 }
 
 // agentsUsing lists live agents that reported SVIDs signed by keyID.
@@ -116,12 +146,16 @@ func (s *AdminService) RevokeAuthority(ctx context.Context, req *adminv1.RevokeA
 	}
 	var lookupErr error
 	a, err := s.cfg.Lifecycle.Revoke(ctx, req.GetId(), func(keyID string) []string {
-		users, err := s.agentsUsing(ctx, keyID)
+		var users []string
+		if chain := s.serverChain(); len(chain) > 1 && hex.EncodeToString(chain[1].SubjectKeyId) == keyID {
+			users = append(users, serverCertificateUser(chain))
+		}
+		agents, err := s.agentsUsing(ctx, keyID)
 		if err != nil {
 			lookupErr = err
-			return []string{"(agents could not be listed)"}
+			return append(users, "(agents could not be listed)")
 		}
-		return users
+		return append(users, agents...)
 	})
 	if lookupErr != nil {
 		return nil, toStatus(ctx, s.cfg.Logger, "revoke", lookupErr)
@@ -135,66 +169,37 @@ func (s *AdminService) PrepareRoot(ctx context.Context, _ *adminv1.PrepareRootRe
 	return s.authorityResult(ctx, "root prepare", a, err)
 }
 
-// ActivateRoot switches signing to the prepared root once every live agent
-// holds it (or with force).
+// ActivateRoot switches signing to the prepared root once the propagation
+// gate passes (or with force, naming what it overrode).
 func (s *AdminService) ActivateRoot(ctx context.Context, req *adminv1.ActivateRootRequest) (*adminv1.ActivateRootResponse, error) {
-	var forcedPast []string
-	var lookupErr error
-	a, err := s.cfg.Lifecycle.ActivateRoot(ctx, func(seq uint64) []string {
-		_, lagging, err := s.liveAgents(ctx, seq)
-		if err != nil {
-			lookupErr = err
-			return []string{"(agents could not be listed)"}
-		}
-		if wait := s.federationWait(); wait != "" {
-			lagging = append(lagging, wait)
-		}
-		forcedPast = lagging
-		return lagging
-	}, req.GetForce())
-	if lookupErr != nil {
-		return nil, toStatus(ctx, s.cfg.Logger, "root activate", lookupErr)
-	}
+	a, forcedPast, err := s.cfg.Lifecycle.ActivateRoot(ctx, req.GetForce())
 	out, err := s.authorityResult(ctx, "root activate", a, err)
 	if err != nil {
 		return nil, err
 	}
 	resp := &adminv1.ActivateRootResponse{Authority: out}
-	if req.GetForce() && len(forcedPast) > 0 {
+	if len(forcedPast) > 0 {
 		resp.LaggingAgents = forcedPast
-		s.cfg.Logger.WarnContext(ctx, "root activated with --force although agents lack it", slog.Int("lagging_agents", len(forcedPast)))
+		s.cfg.Logger.WarnContext(ctx, "root activated with --force although the propagation gate did not pass: the consumers listed lack the new root",
+			slog.Int("blockers", len(forcedPast)), slog.Any("blocking", forcedPast))
 	}
 	return resp, nil
 }
 
-// PublishLeadRefreshHints is how many bundle refresh hints a new root is
-// published to federated trust domains before it may sign (SPIFFE
-// Federation: 3 to 5).
-const PublishLeadRefreshHints = 3
-
-// federationWait names the wait still owed to federated consumers of the
-// bundle endpoint before the prepared root may sign, or "".
-func (s *AdminService) federationWait() string {
-	if s.cfg.BundleRefreshHint <= 0 {
-		return ""
-	}
-	for _, a := range s.cfg.Lifecycle.Authorities() {
-		if a.Kind != ca.KindRoot || a.State != ca.StatePrepared {
-			continue
+// RetireRoot drops the old root from the bundle once nothing chains to it
+// and the server presents no certificate under it.
+func (s *AdminService) RetireRoot(ctx context.Context, _ *adminv1.RetireRootRequest) (*adminv1.Authority, error) {
+	a, err := s.cfg.Lifecycle.RetireRoot(ctx, func(root ca.Authority) []string {
+		if chain := s.serverChain(); len(chain) > 1 && root.Cert != nil && bytes.Equal(chain[1].AuthorityKeyId, root.Cert.SubjectKeyId) {
+			return []string{serverCertificateUser(chain)}
 		}
-		ready := a.NotBefore.Add(ca.Backdate).Add(PublishLeadRefreshHints * s.cfg.BundleRefreshHint)
-		if now := s.cfg.Clock.Now(); now.Before(ready) {
-			return fmt.Sprintf("bundle endpoint consumers (%d refresh hints after prepare: wait until %s)",
-				PublishLeadRefreshHints, ready.UTC().Format(time.RFC3339))
-		}
-	}
-	return ""
+		return nil
+	})
+	return s.authorityResult(ctx, "root retire", a, err)
 }
 
-// RetireRoot drops the old root from the bundle once nothing chains to it.
-func (s *AdminService) RetireRoot(ctx context.Context, _ *adminv1.RetireRootRequest) (*adminv1.Authority, error) {
-	a, err := s.cfg.Lifecycle.RetireRoot(ctx)
-	return s.authorityResult(ctx, "root retire", a, err)
+func serverCertificateUser(chain []*x509.Certificate) string {
+	return fmt.Sprintf("this server's TLS certificate (serial %s, until %s)", chain[0].SerialNumber.Text(16), chain[0].NotAfter.UTC().Format(time.RFC3339))
 }
 
 func (s *AdminService) authorityResult(ctx context.Context, op string, a ca.Authority, err error) (*adminv1.Authority, error) {

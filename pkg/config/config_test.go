@@ -60,6 +60,14 @@ func TestServerConfigErrorsNameTheField(t *testing.T) {
 		{"duration past the int64 limit", base + "root_ttl: 9999999999h\n", "root_ttl"},
 		{"refresh hint out of range", base + "bundle_endpoint:\n  address: 127.0.0.1:0\n  refresh_hint: 1000h\n", "refresh_hint"},
 		{"negative rate", base + "limits:\n  svids_per_second: -5\n", "limits.svids_per_second"},
+		// The next root must be published in time for the gate to pass before
+		// the old root stops giving intermediates their full life.
+		{"root prepared too late", base + "root_prepare_before: 24h\n", "root_prepare_before: 24h0m0s leaves the propagation gate no time"},
+		{"root prepared too late for the federation lead", base + "root_prepare_before: 26h\nbundle_endpoint:\n  address: 127.0.0.1:0\n  refresh_hint: 2h\n",
+			"raise root_prepare_before (or root_ttl, whose third is its default) to at least 31h10m0s"},
+		{"default prepare lead of a short root", base + "root_ttl: 72h\n", "root_prepare_before: 24h0m0s"},
+		{"root shorter than twice its prepare lead", base + "root_prepare_before: 4800h\n", "root_ttl: 8760h0m0s is shorter than twice root_prepare_before"},
+		{"negative prepare lead", base + "root_prepare_before: -1h\n", "root_prepare_before"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/keymanager"
 	"github.com/shortleaf/shortleaf/pkg/safefile"
 	"github.com/shortleaf/shortleaf/pkg/server"
@@ -30,6 +31,7 @@ type ServerFile struct {
 	AgentSVIDTTL      Duration `yaml:"agent_svid_ttl"`
 	CAKeyType         string   `yaml:"ca_key_type"`
 	RootTTL           Duration `yaml:"root_ttl"`
+	RootPrepareBefore Duration `yaml:"root_prepare_before"`
 	IntermediateTTL   Duration `yaml:"intermediate_ttl"`
 	MaxX509SVIDTTL    Duration `yaml:"max_x509_svid_ttl"`
 	AgentLiveness     Duration `yaml:"agent_liveness"`
@@ -142,19 +144,20 @@ func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Le
 		return cfg, 0, err
 	}
 	cfg = server.Config{
-		TrustDomain:     td,
-		DataDir:         f.DataDir,
-		AgentAPIAddr:    orDefault(f.AgentAPIAddress, server.DefaultAgentAPIAddr),
-		AdminSocket:     f.AdminSocket,
-		MetricsAddr:     orDefault(f.MetricsAddress, DefaultMetricsAddress),
-		DefaultSVIDTTL:  durationOr(f.X509SVIDTTL, server.DefaultX509SVIDTTL),
-		DefaultJWTTTL:   time.Duration(f.JWTSVIDTTL),
-		AgentSVIDTTL:    durationOr(f.AgentSVIDTTL, server.DefaultAgentSVIDTTL),
-		KeyType:         orDefault(f.CAKeyType, "ec-p256"),
-		RootTTL:         durationOr(f.RootTTL, 365*24*time.Hour),
-		IntermediateTTL: durationOr(f.IntermediateTTL, 24*time.Hour),
-		MaxSVIDTTL:      time.Duration(f.MaxX509SVIDTTL),
-		AgentLiveness:   time.Duration(f.AgentLiveness),
+		TrustDomain:       td,
+		DataDir:           f.DataDir,
+		AgentAPIAddr:      orDefault(f.AgentAPIAddress, server.DefaultAgentAPIAddr),
+		AdminSocket:       f.AdminSocket,
+		MetricsAddr:       orDefault(f.MetricsAddress, DefaultMetricsAddress),
+		DefaultSVIDTTL:    durationOr(f.X509SVIDTTL, server.DefaultX509SVIDTTL),
+		DefaultJWTTTL:     time.Duration(f.JWTSVIDTTL),
+		AgentSVIDTTL:      durationOr(f.AgentSVIDTTL, server.DefaultAgentSVIDTTL),
+		KeyType:           orDefault(f.CAKeyType, "ec-p256"),
+		RootTTL:           durationOr(f.RootTTL, 365*24*time.Hour),
+		RootPrepareBefore: time.Duration(f.RootPrepareBefore),
+		IntermediateTTL:   durationOr(f.IntermediateTTL, 24*time.Hour),
+		MaxSVIDTTL:        time.Duration(f.MaxX509SVIDTTL),
+		AgentLiveness:     time.Duration(f.AgentLiveness),
 	}
 	if cfg.Limits, err = f.Limits.resolve(); err != nil {
 		return cfg, 0, err
@@ -200,6 +203,9 @@ func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Le
 		if cfg.Upstream, err = LoadUpstream(f.UpstreamAuthority.CertFile, f.UpstreamAuthority.KeyFile, pass); err != nil {
 			return cfg, 0, err
 		}
+	}
+	if err := ValidateRootSchedule(cfg); err != nil {
+		return cfg, 0, err
 	}
 	return cfg, level, nil
 }
@@ -248,6 +254,25 @@ func ValidateServer(cfg *server.Config) error {
 	}
 	if cfg.RootTTL < 2*cfg.IntermediateTTL {
 		return fieldErr("root_ttl", "%s must be at least twice intermediate_ttl (%s)", cfg.RootTTL, cfg.IntermediateTTL)
+	}
+	return nil
+}
+
+// ValidateRootSchedule refuses a root schedule in which the next root could
+// not take over in time (see ca.RootSchedule), naming the key to change. An
+// upstream authority's root is rotated upstream: nothing to check.
+func ValidateRootSchedule(cfg server.Config) error {
+	if cfg.Upstream != nil {
+		return nil
+	}
+	if cfg.RootPrepareBefore < 0 {
+		return fieldErr("root_prepare_before", "%s is negative", cfg.RootPrepareBefore)
+	}
+	var se *ca.ScheduleError
+	if err := cfg.RootSchedule().Validate(); errors.As(err, &se) {
+		return fieldErr(se.Field, "%s", se.Reason)
+	} else if err != nil {
+		return err
 	}
 	return nil
 }

@@ -39,17 +39,20 @@ import (
 
 // Config configures a server. Zero values take the documented defaults.
 type Config struct {
-	TrustDomain     spiffeid.TrustDomain
-	DataDir         string
-	AgentAPIAddr    string        // default 127.0.0.1:8081; ":0" picks a port
-	AdminSocket     string        // default <DataDir>/admin.sock
-	MetricsAddr     string        // empty: no metrics listener
-	DefaultSVIDTTL  time.Duration // default 5m
-	DefaultJWTTTL   time.Duration // default 5m (at most MaxSVIDTTL)
-	AgentSVIDTTL    time.Duration // default 1h
-	KeyType         string        // default ec-p256
-	RootTTL         time.Duration // default 1 year
-	IntermediateTTL time.Duration // default 24h; JWT signing keys live as long
+	TrustDomain    spiffeid.TrustDomain
+	DataDir        string
+	AgentAPIAddr   string        // default 127.0.0.1:8081; ":0" picks a port
+	AdminSocket    string        // default <DataDir>/admin.sock
+	MetricsAddr    string        // empty: no metrics listener
+	DefaultSVIDTTL time.Duration // default 5m
+	DefaultJWTTTL  time.Duration // default 5m (at most MaxSVIDTTL)
+	AgentSVIDTTL   time.Duration // default 1h
+	KeyType        string        // default ec-p256
+	RootTTL        time.Duration // default 1 year
+	// RootPrepareBefore is how long before the root's expiry its successor
+	// is prepared; default a third of RootTTL.
+	RootPrepareBefore time.Duration
+	IntermediateTTL   time.Duration // default 24h; JWT signing keys live as long
 	// MaxSVIDTTL is the longest SVID lifetime the CA gives in full (entries
 	// may not ask for more). Default: the longer of DefaultSVIDTTL and
 	// AgentSVIDTTL. IntermediateTTL must be at least twice as long.
@@ -168,15 +171,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		keys = soft
 	}
+	gate := cfg.propagationGate(s.store)
 	s.ca, err = ca.New(ctx, ca.Config{
 		TrustDomain: cfg.TrustDomain, KeyType: cfg.KeyType, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
-		MaxSVIDTTL: cfg.MaxSVIDTTL, Upstream: cfg.Upstream, Keys: keys, Journal: s.store, Clock: cfg.Clock, Logger: cfg.Logger,
-		OnTransition: func(kind ca.Kind, what string) { s.caMetrics.Transitions.WithLabelValues(string(kind), what).Inc() },
+		MaxSVIDTTL: cfg.MaxSVIDTTL, RootPrepareBefore: cfg.RootPrepareBefore, RootGate: gate.Blockers, RootGateLead: gate.Lead(),
+		Upstream: cfg.Upstream, Keys: keys, Journal: s.store, Clock: cfg.Clock, Logger: cfg.Logger,
+		OnTransition: func(t ca.Transition) { s.caMetrics.Transitions.WithLabelValues(string(t.Kind), t.What).Inc() },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	if s.tlsCert, err = newServerCertificate(s.ca, cfg.Clock, min(serverSVIDTTL, cfg.MaxSVIDTTL)); err != nil {
+	if s.tlsCert, err = newServerCertificate(s.ca, cfg.Clock, min(serverSVIDTTL, cfg.MaxSVIDTTL), cfg.Logger); err != nil {
 		return nil, err
 	}
 	s.metrics = telemetry.NewServer(cfg.Registry)
@@ -193,7 +198,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.admin = api.NewAdminService(api.AdminConfig{
 		Federation: s.store, Refresher: s.poller, BundleRefreshHint: bundleRefreshHint(cfg.BundleEndpoint),
 		CA: s.ca, Lifecycle: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, DefaultJWTTTL: cfg.DefaultJWTTTL, MaxSVIDTTL: cfg.MaxSVIDTTL,
-		AgentLiveness: cfg.AgentLiveness, Clock: cfg.Clock, Logger: cfg.Logger,
+		AgentLiveness: cfg.AgentLiveness, ServerChain: s.tlsCert.presented, Clock: cfg.Clock, Logger: cfg.Logger,
 	})
 	adminv1.RegisterAdminAPIServer(s.adminSrv, s.admin)
 	healthpb.RegisterHealthServer(s.adminSrv, health.NewServer())
@@ -289,6 +294,24 @@ func (s *Server) agentTLSConfig() *tls.Config {
 // countRefusal counts a request or connection refused by a limit.
 func (s *Server) countRefusal(reason string) {
 	s.metrics.Refusals.WithLabelValues(reason).Inc()
+}
+
+// propagationGate is the gate a new root waits on: the live agents in
+// agents, and the bundle endpoint's federated consumers.
+func (cfg *Config) propagationGate(agents api.AgentLister) *api.PropagationGate {
+	return &api.PropagationGate{Agents: agents, Clock: cfg.Clock, AgentLiveness: cfg.AgentLiveness,
+		BundleRefreshHint: bundleRefreshHint(cfg.BundleEndpoint)}
+}
+
+// RootSchedule is the root schedule cfg gives (defaults applied as the
+// server applies them), for checking a config before starting.
+func (cfg Config) RootSchedule() ca.RootSchedule {
+	prepare := cfg.RootPrepareBefore
+	if prepare == 0 {
+		prepare = ca.DefaultRootPrepareBefore(cfg.RootTTL)
+	}
+	return ca.RootSchedule{TTL: cfg.RootTTL, PrepareBefore: prepare, IntermediateTTL: cfg.IntermediateTTL,
+		MaxSVIDTTL: cfg.MaxSVIDTTL, GateLead: cfg.propagationGate(nil).Lead()}
 }
 
 // bundleRefreshHint is the refresh hint the endpoint publishes, 0 without one.
@@ -391,6 +414,7 @@ func (s *Server) rotate(ctx context.Context) {
 		if err := s.ca.Rotate(ctx); err != nil {
 			s.cfg.Logger.Error("CA rotation failed; retrying", slog.Any("error", err))
 		}
+		s.tlsCert.refresh()
 		s.observeAuthorities(ctx)
 		select {
 		case <-ctx.Done():

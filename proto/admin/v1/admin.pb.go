@@ -1551,11 +1551,14 @@ func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
 }
 
 type ListAuthoritiesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Authorities   []*Authority           `protobuf:"bytes,1,rep,name=authorities,proto3" json:"authorities,omitempty"`
-	Propagation   *Propagation           `protobuf:"bytes,2,opt,name=propagation,proto3" json:"propagation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Authorities  []*Authority           `protobuf:"bytes,1,rep,name=authorities,proto3" json:"authorities,omitempty"`
+	Propagation  *Propagation           `protobuf:"bytes,2,opt,name=propagation,proto3" json:"propagation,omitempty"`
+	RootRotation *RootRotation          `protobuf:"bytes,3,opt,name=root_rotation,json=rootRotation,proto3" json:"root_rotation,omitempty"`
+	// The TLS certificate the server presents to agents and on the bundle endpoint.
+	ServerCertificate *ServerCertificate `protobuf:"bytes,4,opt,name=server_certificate,json=serverCertificate,proto3" json:"server_certificate,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ListAuthoritiesResponse) Reset() {
@@ -1602,6 +1605,222 @@ func (x *ListAuthoritiesResponse) GetPropagation() *Propagation {
 	return nil
 }
 
+func (x *ListAuthoritiesResponse) GetRootRotation() *RootRotation {
+	if x != nil {
+		return x.RootRotation
+	}
+	return nil
+}
+
+func (x *ListAuthoritiesResponse) GetServerCertificate() *ServerCertificate {
+	if x != nil {
+		return x.ServerCertificate
+	}
+	return nil
+}
+
+// Where scheduled root rotation stands. Times are Unix seconds, 0 when unset.
+type RootRotation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False with an upstream authority: its root rotates there.
+	Scheduled    bool   `protobuf:"varint,1,opt,name=scheduled,proto3" json:"scheduled,omitempty"`
+	ActiveRootId string `protobuf:"bytes,2,opt,name=active_root_id,json=activeRootId,proto3" json:"active_root_id,omitempty"`
+	RootNotAfter int64  `protobuf:"varint,3,opt,name=root_not_after,json=rootNotAfter,proto3" json:"root_not_after,omitempty"`
+	// When the active root's successor is prepared.
+	PrepareAt int64 `protobuf:"varint,4,opt,name=prepare_at,json=prepareAt,proto3" json:"prepare_at,omitempty"`
+	// The last moment the active root signs full-lifetime intermediates: the
+	// successor should be active by then.
+	Deadline int64 `protobuf:"varint,5,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// When the successor is activated even though the gate still blocks.
+	ForceAt int64 `protobuf:"varint,6,opt,name=force_at,json=forceAt,proto3" json:"force_at,omitempty"`
+	// The successor waiting on the propagation gate, published at prepared_at.
+	PreparedRootId string `protobuf:"bytes,7,opt,name=prepared_root_id,json=preparedRootId,proto3" json:"prepared_root_id,omitempty"`
+	PreparedAt     int64  `protobuf:"varint,8,opt,name=prepared_at,json=preparedAt,proto3" json:"prepared_at,omitempty"`
+	// What the last gate check found still lacking the successor.
+	Blockers []string `protobuf:"bytes,9,rep,name=blockers,proto3" json:"blockers,omitempty"`
+	// A superseded root that stays in the bundle until retire_at.
+	OldRootId     string `protobuf:"bytes,10,opt,name=old_root_id,json=oldRootId,proto3" json:"old_root_id,omitempty"`
+	RetireAt      int64  `protobuf:"varint,11,opt,name=retire_at,json=retireAt,proto3" json:"retire_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RootRotation) Reset() {
+	*x = RootRotation{}
+	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RootRotation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RootRotation) ProtoMessage() {}
+
+func (x *RootRotation) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RootRotation.ProtoReflect.Descriptor instead.
+func (*RootRotation) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RootRotation) GetScheduled() bool {
+	if x != nil {
+		return x.Scheduled
+	}
+	return false
+}
+
+func (x *RootRotation) GetActiveRootId() string {
+	if x != nil {
+		return x.ActiveRootId
+	}
+	return ""
+}
+
+func (x *RootRotation) GetRootNotAfter() int64 {
+	if x != nil {
+		return x.RootNotAfter
+	}
+	return 0
+}
+
+func (x *RootRotation) GetPrepareAt() int64 {
+	if x != nil {
+		return x.PrepareAt
+	}
+	return 0
+}
+
+func (x *RootRotation) GetDeadline() int64 {
+	if x != nil {
+		return x.Deadline
+	}
+	return 0
+}
+
+func (x *RootRotation) GetForceAt() int64 {
+	if x != nil {
+		return x.ForceAt
+	}
+	return 0
+}
+
+func (x *RootRotation) GetPreparedRootId() string {
+	if x != nil {
+		return x.PreparedRootId
+	}
+	return ""
+}
+
+func (x *RootRotation) GetPreparedAt() int64 {
+	if x != nil {
+		return x.PreparedAt
+	}
+	return 0
+}
+
+func (x *RootRotation) GetBlockers() []string {
+	if x != nil {
+		return x.Blockers
+	}
+	return nil
+}
+
+func (x *RootRotation) GetOldRootId() string {
+	if x != nil {
+		return x.OldRootId
+	}
+	return ""
+}
+
+func (x *RootRotation) GetRetireAt() int64 {
+	if x != nil {
+		return x.RetireAt
+	}
+	return 0
+}
+
+type ServerCertificate struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	SerialNumber string                 `protobuf:"bytes,1,opt,name=serial_number,json=serialNumber,proto3" json:"serial_number,omitempty"`
+	// The intermediate that signed it: its authority ID and key ID.
+	SignerId      string `protobuf:"bytes,2,opt,name=signer_id,json=signerId,proto3" json:"signer_id,omitempty"`
+	SignerKeyId   string `protobuf:"bytes,3,opt,name=signer_key_id,json=signerKeyId,proto3" json:"signer_key_id,omitempty"`
+	NotAfter      int64  `protobuf:"varint,4,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerCertificate) Reset() {
+	*x = ServerCertificate{}
+	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerCertificate) ProtoMessage() {}
+
+func (x *ServerCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerCertificate.ProtoReflect.Descriptor instead.
+func (*ServerCertificate) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ServerCertificate) GetSerialNumber() string {
+	if x != nil {
+		return x.SerialNumber
+	}
+	return ""
+}
+
+func (x *ServerCertificate) GetSignerId() string {
+	if x != nil {
+		return x.SignerId
+	}
+	return ""
+}
+
+func (x *ServerCertificate) GetSignerKeyId() string {
+	if x != nil {
+		return x.SignerKeyId
+	}
+	return ""
+}
+
+func (x *ServerCertificate) GetNotAfter() int64 {
+	if x != nil {
+		return x.NotAfter
+	}
+	return 0
+}
+
 type PrepareAuthorityRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// intermediate (default) or jwt.
@@ -1612,7 +1831,7 @@ type PrepareAuthorityRequest struct {
 
 func (x *PrepareAuthorityRequest) Reset() {
 	*x = PrepareAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1624,7 +1843,7 @@ func (x *PrepareAuthorityRequest) String() string {
 func (*PrepareAuthorityRequest) ProtoMessage() {}
 
 func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1637,7 +1856,7 @@ func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PrepareAuthorityRequest) GetKind() string {
@@ -1657,7 +1876,7 @@ type ActivateAuthorityRequest struct {
 
 func (x *ActivateAuthorityRequest) Reset() {
 	*x = ActivateAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1888,7 @@ func (x *ActivateAuthorityRequest) String() string {
 func (*ActivateAuthorityRequest) ProtoMessage() {}
 
 func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1901,7 @@ func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*ActivateAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ActivateAuthorityRequest) GetKind() string {
@@ -1701,7 +1920,7 @@ type TaintAuthorityRequest struct {
 
 func (x *TaintAuthorityRequest) Reset() {
 	*x = TaintAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1932,7 @@ func (x *TaintAuthorityRequest) String() string {
 func (*TaintAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1945,7 @@ func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TaintAuthorityRequest) GetId() string {
@@ -1745,7 +1964,7 @@ type RevokeAuthorityRequest struct {
 
 func (x *RevokeAuthorityRequest) Reset() {
 	*x = RevokeAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1757,7 +1976,7 @@ func (x *RevokeAuthorityRequest) String() string {
 func (*RevokeAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1770,7 +1989,7 @@ func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RevokeAuthorityRequest) GetId() string {
@@ -1788,7 +2007,7 @@ type PrepareRootRequest struct {
 
 func (x *PrepareRootRequest) Reset() {
 	*x = PrepareRootRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1800,7 +2019,7 @@ func (x *PrepareRootRequest) String() string {
 func (*PrepareRootRequest) ProtoMessage() {}
 
 func (x *PrepareRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1813,7 +2032,7 @@ func (x *PrepareRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareRootRequest.ProtoReflect.Descriptor instead.
 func (*PrepareRootRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 type ActivateRootRequest struct {
@@ -1826,7 +2045,7 @@ type ActivateRootRequest struct {
 
 func (x *ActivateRootRequest) Reset() {
 	*x = ActivateRootRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1838,7 +2057,7 @@ func (x *ActivateRootRequest) String() string {
 func (*ActivateRootRequest) ProtoMessage() {}
 
 func (x *ActivateRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1851,7 +2070,7 @@ func (x *ActivateRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateRootRequest.ProtoReflect.Descriptor instead.
 func (*ActivateRootRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ActivateRootRequest) GetForce() bool {
@@ -1872,7 +2091,7 @@ type ActivateRootResponse struct {
 
 func (x *ActivateRootResponse) Reset() {
 	*x = ActivateRootResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_admin_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1884,7 +2103,7 @@ func (x *ActivateRootResponse) String() string {
 func (*ActivateRootResponse) ProtoMessage() {}
 
 func (x *ActivateRootResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_admin_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1897,7 +2116,7 @@ func (x *ActivateRootResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateRootResponse.ProtoReflect.Descriptor instead.
 func (*ActivateRootResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ActivateRootResponse) GetAuthority() *Authority {
@@ -1922,7 +2141,7 @@ type RetireRootRequest struct {
 
 func (x *RetireRootRequest) Reset() {
 	*x = RetireRootRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_admin_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1934,7 +2153,7 @@ func (x *RetireRootRequest) String() string {
 func (*RetireRootRequest) ProtoMessage() {}
 
 func (x *RetireRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_admin_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1947,7 +2166,7 @@ func (x *RetireRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireRootRequest.ProtoReflect.Descriptor instead.
 func (*RetireRootRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 type Federation struct {
@@ -1972,7 +2191,7 @@ type Federation struct {
 
 func (x *Federation) Reset() {
 	*x = Federation{}
-	mi := &file_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_admin_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2203,7 @@ func (x *Federation) String() string {
 func (*Federation) ProtoMessage() {}
 
 func (x *Federation) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_admin_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2216,7 @@ func (x *Federation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Federation.ProtoReflect.Descriptor instead.
 func (*Federation) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Federation) GetTrustDomain() string {
@@ -2072,7 +2291,7 @@ type CreateFederationRequest struct {
 
 func (x *CreateFederationRequest) Reset() {
 	*x = CreateFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_admin_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2084,7 +2303,7 @@ func (x *CreateFederationRequest) String() string {
 func (*CreateFederationRequest) ProtoMessage() {}
 
 func (x *CreateFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_admin_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2097,7 +2316,7 @@ func (x *CreateFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateFederationRequest.ProtoReflect.Descriptor instead.
 func (*CreateFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CreateFederationRequest) GetFederation() *Federation {
@@ -2115,7 +2334,7 @@ type ListFederationsRequest struct {
 
 func (x *ListFederationsRequest) Reset() {
 	*x = ListFederationsRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_admin_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2346,7 @@ func (x *ListFederationsRequest) String() string {
 func (*ListFederationsRequest) ProtoMessage() {}
 
 func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_admin_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2359,7 @@ func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 type ListFederationsResponse struct {
@@ -2152,7 +2371,7 @@ type ListFederationsResponse struct {
 
 func (x *ListFederationsResponse) Reset() {
 	*x = ListFederationsResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_admin_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2164,7 +2383,7 @@ func (x *ListFederationsResponse) String() string {
 func (*ListFederationsResponse) ProtoMessage() {}
 
 func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_admin_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2177,7 +2396,7 @@ func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListFederationsResponse) GetFederations() []*Federation {
@@ -2196,7 +2415,7 @@ type GetFederationRequest struct {
 
 func (x *GetFederationRequest) Reset() {
 	*x = GetFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[39]
+	mi := &file_admin_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2208,7 +2427,7 @@ func (x *GetFederationRequest) String() string {
 func (*GetFederationRequest) ProtoMessage() {}
 
 func (x *GetFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[39]
+	mi := &file_admin_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2221,7 +2440,7 @@ func (x *GetFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFederationRequest.ProtoReflect.Descriptor instead.
 func (*GetFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetFederationRequest) GetTrustDomain() string {
@@ -2240,7 +2459,7 @@ type UpdateFederationRequest struct {
 
 func (x *UpdateFederationRequest) Reset() {
 	*x = UpdateFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[40]
+	mi := &file_admin_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2252,7 +2471,7 @@ func (x *UpdateFederationRequest) String() string {
 func (*UpdateFederationRequest) ProtoMessage() {}
 
 func (x *UpdateFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[40]
+	mi := &file_admin_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2265,7 +2484,7 @@ func (x *UpdateFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateFederationRequest.ProtoReflect.Descriptor instead.
 func (*UpdateFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *UpdateFederationRequest) GetFederation() *Federation {
@@ -2284,7 +2503,7 @@ type DeleteFederationRequest struct {
 
 func (x *DeleteFederationRequest) Reset() {
 	*x = DeleteFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[41]
+	mi := &file_admin_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2296,7 +2515,7 @@ func (x *DeleteFederationRequest) String() string {
 func (*DeleteFederationRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[41]
+	mi := &file_admin_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2309,7 +2528,7 @@ func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DeleteFederationRequest) GetTrustDomain() string {
@@ -2327,7 +2546,7 @@ type DeleteFederationResponse struct {
 
 func (x *DeleteFederationResponse) Reset() {
 	*x = DeleteFederationResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[42]
+	mi := &file_admin_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2339,7 +2558,7 @@ func (x *DeleteFederationResponse) String() string {
 func (*DeleteFederationResponse) ProtoMessage() {}
 
 func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[42]
+	mi := &file_admin_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2352,7 +2571,7 @@ func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 type RefreshFederationRequest struct {
@@ -2364,7 +2583,7 @@ type RefreshFederationRequest struct {
 
 func (x *RefreshFederationRequest) Reset() {
 	*x = RefreshFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[43]
+	mi := &file_admin_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2376,7 +2595,7 @@ func (x *RefreshFederationRequest) String() string {
 func (*RefreshFederationRequest) ProtoMessage() {}
 
 func (x *RefreshFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[43]
+	mi := &file_admin_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2389,7 +2608,7 @@ func (x *RefreshFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshFederationRequest.ProtoReflect.Descriptor instead.
 func (*RefreshFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RefreshFederationRequest) GetTrustDomain() string {
@@ -2413,7 +2632,7 @@ type FederatedBundle struct {
 
 func (x *FederatedBundle) Reset() {
 	*x = FederatedBundle{}
-	mi := &file_admin_v1_admin_proto_msgTypes[44]
+	mi := &file_admin_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2425,7 +2644,7 @@ func (x *FederatedBundle) String() string {
 func (*FederatedBundle) ProtoMessage() {}
 
 func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[44]
+	mi := &file_admin_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2438,7 +2657,7 @@ func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederatedBundle.ProtoReflect.Descriptor instead.
 func (*FederatedBundle) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *FederatedBundle) GetTrustDomain() string {
@@ -2484,7 +2703,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[45]
+	mi := &file_admin_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2496,7 +2715,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[45]
+	mi := &file_admin_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2509,7 +2728,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 type ListBundlesResponse struct {
@@ -2522,7 +2741,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[46]
+	mi := &file_admin_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2534,7 +2753,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[46]
+	mi := &file_admin_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2547,7 +2766,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*FederatedBundle {
@@ -2568,7 +2787,7 @@ type SetFederatedBundleRequest struct {
 
 func (x *SetFederatedBundleRequest) Reset() {
 	*x = SetFederatedBundleRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[47]
+	mi := &file_admin_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2580,7 +2799,7 @@ func (x *SetFederatedBundleRequest) String() string {
 func (*SetFederatedBundleRequest) ProtoMessage() {}
 
 func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[47]
+	mi := &file_admin_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2593,7 +2812,7 @@ func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*SetFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *SetFederatedBundleRequest) GetTrustDomain() string {
@@ -2619,7 +2838,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[48]
+	mi := &file_admin_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2631,7 +2850,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[48]
+	mi := &file_admin_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2644,7 +2863,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{48}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -2662,7 +2881,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[49]
+	mi := &file_admin_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2674,7 +2893,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[49]
+	mi := &file_admin_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2687,7 +2906,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{49}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 var File_admin_v1_admin_proto protoreflect.FileDescriptor
@@ -2806,10 +3025,32 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"liveAgents\x12%\n" +
 	"\x0ecurrent_agents\x18\x03 \x01(\x05R\rcurrentAgents\x12%\n" +
 	"\x0elagging_agents\x18\x04 \x03(\tR\rlaggingAgents\"\x18\n" +
-	"\x16ListAuthoritiesRequest\"\x9d\x01\n" +
+	"\x16ListAuthoritiesRequest\"\xba\x02\n" +
 	"\x17ListAuthoritiesResponse\x12?\n" +
 	"\vauthorities\x18\x01 \x03(\v2\x1d.shortleaf.admin.v1.AuthorityR\vauthorities\x12A\n" +
-	"\vpropagation\x18\x02 \x01(\v2\x1f.shortleaf.admin.v1.PropagationR\vpropagation\"-\n" +
+	"\vpropagation\x18\x02 \x01(\v2\x1f.shortleaf.admin.v1.PropagationR\vpropagation\x12E\n" +
+	"\rroot_rotation\x18\x03 \x01(\v2 .shortleaf.admin.v1.RootRotationR\frootRotation\x12T\n" +
+	"\x12server_certificate\x18\x04 \x01(\v2%.shortleaf.admin.v1.ServerCertificateR\x11serverCertificate\"\xf2\x02\n" +
+	"\fRootRotation\x12\x1c\n" +
+	"\tscheduled\x18\x01 \x01(\bR\tscheduled\x12$\n" +
+	"\x0eactive_root_id\x18\x02 \x01(\tR\factiveRootId\x12$\n" +
+	"\x0eroot_not_after\x18\x03 \x01(\x03R\frootNotAfter\x12\x1d\n" +
+	"\n" +
+	"prepare_at\x18\x04 \x01(\x03R\tprepareAt\x12\x1a\n" +
+	"\bdeadline\x18\x05 \x01(\x03R\bdeadline\x12\x19\n" +
+	"\bforce_at\x18\x06 \x01(\x03R\aforceAt\x12(\n" +
+	"\x10prepared_root_id\x18\a \x01(\tR\x0epreparedRootId\x12\x1f\n" +
+	"\vprepared_at\x18\b \x01(\x03R\n" +
+	"preparedAt\x12\x1a\n" +
+	"\bblockers\x18\t \x03(\tR\bblockers\x12\x1e\n" +
+	"\vold_root_id\x18\n" +
+	" \x01(\tR\toldRootId\x12\x1b\n" +
+	"\tretire_at\x18\v \x01(\x03R\bretireAt\"\x96\x01\n" +
+	"\x11ServerCertificate\x12#\n" +
+	"\rserial_number\x18\x01 \x01(\tR\fserialNumber\x12\x1b\n" +
+	"\tsigner_id\x18\x02 \x01(\tR\bsignerId\x12\"\n" +
+	"\rsigner_key_id\x18\x03 \x01(\tR\vsignerKeyId\x12\x1b\n" +
+	"\tnot_after\x18\x04 \x01(\x03R\bnotAfter\"-\n" +
 	"\x17PrepareAuthorityRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\".\n" +
 	"\x18ActivateAuthorityRequest\x12\x12\n" +
@@ -2916,7 +3157,7 @@ func file_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_admin_v1_admin_proto_rawDescData
 }
 
-var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_admin_v1_admin_proto_goTypes = []any{
 	(*Entry)(nil),                         // 0: shortleaf.admin.v1.Entry
 	(*CreateEntryRequest)(nil),            // 1: shortleaf.admin.v1.CreateEntryRequest
@@ -2945,29 +3186,31 @@ var file_admin_v1_admin_proto_goTypes = []any{
 	(*Propagation)(nil),                   // 24: shortleaf.admin.v1.Propagation
 	(*ListAuthoritiesRequest)(nil),        // 25: shortleaf.admin.v1.ListAuthoritiesRequest
 	(*ListAuthoritiesResponse)(nil),       // 26: shortleaf.admin.v1.ListAuthoritiesResponse
-	(*PrepareAuthorityRequest)(nil),       // 27: shortleaf.admin.v1.PrepareAuthorityRequest
-	(*ActivateAuthorityRequest)(nil),      // 28: shortleaf.admin.v1.ActivateAuthorityRequest
-	(*TaintAuthorityRequest)(nil),         // 29: shortleaf.admin.v1.TaintAuthorityRequest
-	(*RevokeAuthorityRequest)(nil),        // 30: shortleaf.admin.v1.RevokeAuthorityRequest
-	(*PrepareRootRequest)(nil),            // 31: shortleaf.admin.v1.PrepareRootRequest
-	(*ActivateRootRequest)(nil),           // 32: shortleaf.admin.v1.ActivateRootRequest
-	(*ActivateRootResponse)(nil),          // 33: shortleaf.admin.v1.ActivateRootResponse
-	(*RetireRootRequest)(nil),             // 34: shortleaf.admin.v1.RetireRootRequest
-	(*Federation)(nil),                    // 35: shortleaf.admin.v1.Federation
-	(*CreateFederationRequest)(nil),       // 36: shortleaf.admin.v1.CreateFederationRequest
-	(*ListFederationsRequest)(nil),        // 37: shortleaf.admin.v1.ListFederationsRequest
-	(*ListFederationsResponse)(nil),       // 38: shortleaf.admin.v1.ListFederationsResponse
-	(*GetFederationRequest)(nil),          // 39: shortleaf.admin.v1.GetFederationRequest
-	(*UpdateFederationRequest)(nil),       // 40: shortleaf.admin.v1.UpdateFederationRequest
-	(*DeleteFederationRequest)(nil),       // 41: shortleaf.admin.v1.DeleteFederationRequest
-	(*DeleteFederationResponse)(nil),      // 42: shortleaf.admin.v1.DeleteFederationResponse
-	(*RefreshFederationRequest)(nil),      // 43: shortleaf.admin.v1.RefreshFederationRequest
-	(*FederatedBundle)(nil),               // 44: shortleaf.admin.v1.FederatedBundle
-	(*ListBundlesRequest)(nil),            // 45: shortleaf.admin.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),           // 46: shortleaf.admin.v1.ListBundlesResponse
-	(*SetFederatedBundleRequest)(nil),     // 47: shortleaf.admin.v1.SetFederatedBundleRequest
-	(*DeleteFederatedBundleRequest)(nil),  // 48: shortleaf.admin.v1.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil), // 49: shortleaf.admin.v1.DeleteFederatedBundleResponse
+	(*RootRotation)(nil),                  // 27: shortleaf.admin.v1.RootRotation
+	(*ServerCertificate)(nil),             // 28: shortleaf.admin.v1.ServerCertificate
+	(*PrepareAuthorityRequest)(nil),       // 29: shortleaf.admin.v1.PrepareAuthorityRequest
+	(*ActivateAuthorityRequest)(nil),      // 30: shortleaf.admin.v1.ActivateAuthorityRequest
+	(*TaintAuthorityRequest)(nil),         // 31: shortleaf.admin.v1.TaintAuthorityRequest
+	(*RevokeAuthorityRequest)(nil),        // 32: shortleaf.admin.v1.RevokeAuthorityRequest
+	(*PrepareRootRequest)(nil),            // 33: shortleaf.admin.v1.PrepareRootRequest
+	(*ActivateRootRequest)(nil),           // 34: shortleaf.admin.v1.ActivateRootRequest
+	(*ActivateRootResponse)(nil),          // 35: shortleaf.admin.v1.ActivateRootResponse
+	(*RetireRootRequest)(nil),             // 36: shortleaf.admin.v1.RetireRootRequest
+	(*Federation)(nil),                    // 37: shortleaf.admin.v1.Federation
+	(*CreateFederationRequest)(nil),       // 38: shortleaf.admin.v1.CreateFederationRequest
+	(*ListFederationsRequest)(nil),        // 39: shortleaf.admin.v1.ListFederationsRequest
+	(*ListFederationsResponse)(nil),       // 40: shortleaf.admin.v1.ListFederationsResponse
+	(*GetFederationRequest)(nil),          // 41: shortleaf.admin.v1.GetFederationRequest
+	(*UpdateFederationRequest)(nil),       // 42: shortleaf.admin.v1.UpdateFederationRequest
+	(*DeleteFederationRequest)(nil),       // 43: shortleaf.admin.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil),      // 44: shortleaf.admin.v1.DeleteFederationResponse
+	(*RefreshFederationRequest)(nil),      // 45: shortleaf.admin.v1.RefreshFederationRequest
+	(*FederatedBundle)(nil),               // 46: shortleaf.admin.v1.FederatedBundle
+	(*ListBundlesRequest)(nil),            // 47: shortleaf.admin.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),           // 48: shortleaf.admin.v1.ListBundlesResponse
+	(*SetFederatedBundleRequest)(nil),     // 49: shortleaf.admin.v1.SetFederatedBundleRequest
+	(*DeleteFederatedBundleRequest)(nil),  // 50: shortleaf.admin.v1.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 51: shortleaf.admin.v1.DeleteFederatedBundleResponse
 }
 var file_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: shortleaf.admin.v1.CreateEntryRequest.entry:type_name -> shortleaf.admin.v1.Entry
@@ -2977,74 +3220,76 @@ var file_admin_v1_admin_proto_depIdxs = []int32{
 	18, // 4: shortleaf.admin.v1.Bundle.jwt_authorities:type_name -> shortleaf.admin.v1.JWTAuthority
 	23, // 5: shortleaf.admin.v1.ListAuthoritiesResponse.authorities:type_name -> shortleaf.admin.v1.Authority
 	24, // 6: shortleaf.admin.v1.ListAuthoritiesResponse.propagation:type_name -> shortleaf.admin.v1.Propagation
-	23, // 7: shortleaf.admin.v1.ActivateRootResponse.authority:type_name -> shortleaf.admin.v1.Authority
-	35, // 8: shortleaf.admin.v1.CreateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
-	35, // 9: shortleaf.admin.v1.ListFederationsResponse.federations:type_name -> shortleaf.admin.v1.Federation
-	35, // 10: shortleaf.admin.v1.UpdateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
-	44, // 11: shortleaf.admin.v1.ListBundlesResponse.bundles:type_name -> shortleaf.admin.v1.FederatedBundle
-	1,  // 12: shortleaf.admin.v1.AdminAPI.CreateEntry:input_type -> shortleaf.admin.v1.CreateEntryRequest
-	2,  // 13: shortleaf.admin.v1.AdminAPI.ListEntries:input_type -> shortleaf.admin.v1.ListEntriesRequest
-	4,  // 14: shortleaf.admin.v1.AdminAPI.GetEntry:input_type -> shortleaf.admin.v1.GetEntryRequest
-	5,  // 15: shortleaf.admin.v1.AdminAPI.UpdateEntry:input_type -> shortleaf.admin.v1.UpdateEntryRequest
-	6,  // 16: shortleaf.admin.v1.AdminAPI.DeleteEntry:input_type -> shortleaf.admin.v1.DeleteEntryRequest
-	8,  // 17: shortleaf.admin.v1.AdminAPI.CreateJoinToken:input_type -> shortleaf.admin.v1.CreateJoinTokenRequest
-	11, // 18: shortleaf.admin.v1.AdminAPI.ListAgents:input_type -> shortleaf.admin.v1.ListAgentsRequest
-	13, // 19: shortleaf.admin.v1.AdminAPI.GetAgent:input_type -> shortleaf.admin.v1.GetAgentRequest
-	14, // 20: shortleaf.admin.v1.AdminAPI.EvictAgent:input_type -> shortleaf.admin.v1.EvictAgentRequest
-	16, // 21: shortleaf.admin.v1.AdminAPI.GetBundle:input_type -> shortleaf.admin.v1.GetBundleRequest
-	21, // 22: shortleaf.admin.v1.AdminAPI.MintX509SVID:input_type -> shortleaf.admin.v1.MintX509SVIDRequest
-	19, // 23: shortleaf.admin.v1.AdminAPI.MintJWTSVID:input_type -> shortleaf.admin.v1.MintJWTSVIDRequest
-	36, // 24: shortleaf.admin.v1.AdminAPI.CreateFederation:input_type -> shortleaf.admin.v1.CreateFederationRequest
-	37, // 25: shortleaf.admin.v1.AdminAPI.ListFederations:input_type -> shortleaf.admin.v1.ListFederationsRequest
-	39, // 26: shortleaf.admin.v1.AdminAPI.GetFederation:input_type -> shortleaf.admin.v1.GetFederationRequest
-	40, // 27: shortleaf.admin.v1.AdminAPI.UpdateFederation:input_type -> shortleaf.admin.v1.UpdateFederationRequest
-	41, // 28: shortleaf.admin.v1.AdminAPI.DeleteFederation:input_type -> shortleaf.admin.v1.DeleteFederationRequest
-	43, // 29: shortleaf.admin.v1.AdminAPI.RefreshFederation:input_type -> shortleaf.admin.v1.RefreshFederationRequest
-	45, // 30: shortleaf.admin.v1.AdminAPI.ListBundles:input_type -> shortleaf.admin.v1.ListBundlesRequest
-	47, // 31: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:input_type -> shortleaf.admin.v1.SetFederatedBundleRequest
-	48, // 32: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:input_type -> shortleaf.admin.v1.DeleteFederatedBundleRequest
-	25, // 33: shortleaf.admin.v1.AdminAPI.ListAuthorities:input_type -> shortleaf.admin.v1.ListAuthoritiesRequest
-	27, // 34: shortleaf.admin.v1.AdminAPI.PrepareAuthority:input_type -> shortleaf.admin.v1.PrepareAuthorityRequest
-	28, // 35: shortleaf.admin.v1.AdminAPI.ActivateAuthority:input_type -> shortleaf.admin.v1.ActivateAuthorityRequest
-	29, // 36: shortleaf.admin.v1.AdminAPI.TaintAuthority:input_type -> shortleaf.admin.v1.TaintAuthorityRequest
-	30, // 37: shortleaf.admin.v1.AdminAPI.RevokeAuthority:input_type -> shortleaf.admin.v1.RevokeAuthorityRequest
-	31, // 38: shortleaf.admin.v1.AdminAPI.PrepareRoot:input_type -> shortleaf.admin.v1.PrepareRootRequest
-	32, // 39: shortleaf.admin.v1.AdminAPI.ActivateRoot:input_type -> shortleaf.admin.v1.ActivateRootRequest
-	34, // 40: shortleaf.admin.v1.AdminAPI.RetireRoot:input_type -> shortleaf.admin.v1.RetireRootRequest
-	0,  // 41: shortleaf.admin.v1.AdminAPI.CreateEntry:output_type -> shortleaf.admin.v1.Entry
-	3,  // 42: shortleaf.admin.v1.AdminAPI.ListEntries:output_type -> shortleaf.admin.v1.ListEntriesResponse
-	0,  // 43: shortleaf.admin.v1.AdminAPI.GetEntry:output_type -> shortleaf.admin.v1.Entry
-	0,  // 44: shortleaf.admin.v1.AdminAPI.UpdateEntry:output_type -> shortleaf.admin.v1.Entry
-	7,  // 45: shortleaf.admin.v1.AdminAPI.DeleteEntry:output_type -> shortleaf.admin.v1.DeleteEntryResponse
-	9,  // 46: shortleaf.admin.v1.AdminAPI.CreateJoinToken:output_type -> shortleaf.admin.v1.CreateJoinTokenResponse
-	12, // 47: shortleaf.admin.v1.AdminAPI.ListAgents:output_type -> shortleaf.admin.v1.ListAgentsResponse
-	10, // 48: shortleaf.admin.v1.AdminAPI.GetAgent:output_type -> shortleaf.admin.v1.Agent
-	15, // 49: shortleaf.admin.v1.AdminAPI.EvictAgent:output_type -> shortleaf.admin.v1.EvictAgentResponse
-	17, // 50: shortleaf.admin.v1.AdminAPI.GetBundle:output_type -> shortleaf.admin.v1.Bundle
-	22, // 51: shortleaf.admin.v1.AdminAPI.MintX509SVID:output_type -> shortleaf.admin.v1.MintX509SVIDResponse
-	20, // 52: shortleaf.admin.v1.AdminAPI.MintJWTSVID:output_type -> shortleaf.admin.v1.MintJWTSVIDResponse
-	35, // 53: shortleaf.admin.v1.AdminAPI.CreateFederation:output_type -> shortleaf.admin.v1.Federation
-	38, // 54: shortleaf.admin.v1.AdminAPI.ListFederations:output_type -> shortleaf.admin.v1.ListFederationsResponse
-	35, // 55: shortleaf.admin.v1.AdminAPI.GetFederation:output_type -> shortleaf.admin.v1.Federation
-	35, // 56: shortleaf.admin.v1.AdminAPI.UpdateFederation:output_type -> shortleaf.admin.v1.Federation
-	42, // 57: shortleaf.admin.v1.AdminAPI.DeleteFederation:output_type -> shortleaf.admin.v1.DeleteFederationResponse
-	35, // 58: shortleaf.admin.v1.AdminAPI.RefreshFederation:output_type -> shortleaf.admin.v1.Federation
-	46, // 59: shortleaf.admin.v1.AdminAPI.ListBundles:output_type -> shortleaf.admin.v1.ListBundlesResponse
-	44, // 60: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:output_type -> shortleaf.admin.v1.FederatedBundle
-	49, // 61: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:output_type -> shortleaf.admin.v1.DeleteFederatedBundleResponse
-	26, // 62: shortleaf.admin.v1.AdminAPI.ListAuthorities:output_type -> shortleaf.admin.v1.ListAuthoritiesResponse
-	23, // 63: shortleaf.admin.v1.AdminAPI.PrepareAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 64: shortleaf.admin.v1.AdminAPI.ActivateAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 65: shortleaf.admin.v1.AdminAPI.TaintAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 66: shortleaf.admin.v1.AdminAPI.RevokeAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 67: shortleaf.admin.v1.AdminAPI.PrepareRoot:output_type -> shortleaf.admin.v1.Authority
-	33, // 68: shortleaf.admin.v1.AdminAPI.ActivateRoot:output_type -> shortleaf.admin.v1.ActivateRootResponse
-	23, // 69: shortleaf.admin.v1.AdminAPI.RetireRoot:output_type -> shortleaf.admin.v1.Authority
-	41, // [41:70] is the sub-list for method output_type
-	12, // [12:41] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	27, // 7: shortleaf.admin.v1.ListAuthoritiesResponse.root_rotation:type_name -> shortleaf.admin.v1.RootRotation
+	28, // 8: shortleaf.admin.v1.ListAuthoritiesResponse.server_certificate:type_name -> shortleaf.admin.v1.ServerCertificate
+	23, // 9: shortleaf.admin.v1.ActivateRootResponse.authority:type_name -> shortleaf.admin.v1.Authority
+	37, // 10: shortleaf.admin.v1.CreateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
+	37, // 11: shortleaf.admin.v1.ListFederationsResponse.federations:type_name -> shortleaf.admin.v1.Federation
+	37, // 12: shortleaf.admin.v1.UpdateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
+	46, // 13: shortleaf.admin.v1.ListBundlesResponse.bundles:type_name -> shortleaf.admin.v1.FederatedBundle
+	1,  // 14: shortleaf.admin.v1.AdminAPI.CreateEntry:input_type -> shortleaf.admin.v1.CreateEntryRequest
+	2,  // 15: shortleaf.admin.v1.AdminAPI.ListEntries:input_type -> shortleaf.admin.v1.ListEntriesRequest
+	4,  // 16: shortleaf.admin.v1.AdminAPI.GetEntry:input_type -> shortleaf.admin.v1.GetEntryRequest
+	5,  // 17: shortleaf.admin.v1.AdminAPI.UpdateEntry:input_type -> shortleaf.admin.v1.UpdateEntryRequest
+	6,  // 18: shortleaf.admin.v1.AdminAPI.DeleteEntry:input_type -> shortleaf.admin.v1.DeleteEntryRequest
+	8,  // 19: shortleaf.admin.v1.AdminAPI.CreateJoinToken:input_type -> shortleaf.admin.v1.CreateJoinTokenRequest
+	11, // 20: shortleaf.admin.v1.AdminAPI.ListAgents:input_type -> shortleaf.admin.v1.ListAgentsRequest
+	13, // 21: shortleaf.admin.v1.AdminAPI.GetAgent:input_type -> shortleaf.admin.v1.GetAgentRequest
+	14, // 22: shortleaf.admin.v1.AdminAPI.EvictAgent:input_type -> shortleaf.admin.v1.EvictAgentRequest
+	16, // 23: shortleaf.admin.v1.AdminAPI.GetBundle:input_type -> shortleaf.admin.v1.GetBundleRequest
+	21, // 24: shortleaf.admin.v1.AdminAPI.MintX509SVID:input_type -> shortleaf.admin.v1.MintX509SVIDRequest
+	19, // 25: shortleaf.admin.v1.AdminAPI.MintJWTSVID:input_type -> shortleaf.admin.v1.MintJWTSVIDRequest
+	38, // 26: shortleaf.admin.v1.AdminAPI.CreateFederation:input_type -> shortleaf.admin.v1.CreateFederationRequest
+	39, // 27: shortleaf.admin.v1.AdminAPI.ListFederations:input_type -> shortleaf.admin.v1.ListFederationsRequest
+	41, // 28: shortleaf.admin.v1.AdminAPI.GetFederation:input_type -> shortleaf.admin.v1.GetFederationRequest
+	42, // 29: shortleaf.admin.v1.AdminAPI.UpdateFederation:input_type -> shortleaf.admin.v1.UpdateFederationRequest
+	43, // 30: shortleaf.admin.v1.AdminAPI.DeleteFederation:input_type -> shortleaf.admin.v1.DeleteFederationRequest
+	45, // 31: shortleaf.admin.v1.AdminAPI.RefreshFederation:input_type -> shortleaf.admin.v1.RefreshFederationRequest
+	47, // 32: shortleaf.admin.v1.AdminAPI.ListBundles:input_type -> shortleaf.admin.v1.ListBundlesRequest
+	49, // 33: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:input_type -> shortleaf.admin.v1.SetFederatedBundleRequest
+	50, // 34: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:input_type -> shortleaf.admin.v1.DeleteFederatedBundleRequest
+	25, // 35: shortleaf.admin.v1.AdminAPI.ListAuthorities:input_type -> shortleaf.admin.v1.ListAuthoritiesRequest
+	29, // 36: shortleaf.admin.v1.AdminAPI.PrepareAuthority:input_type -> shortleaf.admin.v1.PrepareAuthorityRequest
+	30, // 37: shortleaf.admin.v1.AdminAPI.ActivateAuthority:input_type -> shortleaf.admin.v1.ActivateAuthorityRequest
+	31, // 38: shortleaf.admin.v1.AdminAPI.TaintAuthority:input_type -> shortleaf.admin.v1.TaintAuthorityRequest
+	32, // 39: shortleaf.admin.v1.AdminAPI.RevokeAuthority:input_type -> shortleaf.admin.v1.RevokeAuthorityRequest
+	33, // 40: shortleaf.admin.v1.AdminAPI.PrepareRoot:input_type -> shortleaf.admin.v1.PrepareRootRequest
+	34, // 41: shortleaf.admin.v1.AdminAPI.ActivateRoot:input_type -> shortleaf.admin.v1.ActivateRootRequest
+	36, // 42: shortleaf.admin.v1.AdminAPI.RetireRoot:input_type -> shortleaf.admin.v1.RetireRootRequest
+	0,  // 43: shortleaf.admin.v1.AdminAPI.CreateEntry:output_type -> shortleaf.admin.v1.Entry
+	3,  // 44: shortleaf.admin.v1.AdminAPI.ListEntries:output_type -> shortleaf.admin.v1.ListEntriesResponse
+	0,  // 45: shortleaf.admin.v1.AdminAPI.GetEntry:output_type -> shortleaf.admin.v1.Entry
+	0,  // 46: shortleaf.admin.v1.AdminAPI.UpdateEntry:output_type -> shortleaf.admin.v1.Entry
+	7,  // 47: shortleaf.admin.v1.AdminAPI.DeleteEntry:output_type -> shortleaf.admin.v1.DeleteEntryResponse
+	9,  // 48: shortleaf.admin.v1.AdminAPI.CreateJoinToken:output_type -> shortleaf.admin.v1.CreateJoinTokenResponse
+	12, // 49: shortleaf.admin.v1.AdminAPI.ListAgents:output_type -> shortleaf.admin.v1.ListAgentsResponse
+	10, // 50: shortleaf.admin.v1.AdminAPI.GetAgent:output_type -> shortleaf.admin.v1.Agent
+	15, // 51: shortleaf.admin.v1.AdminAPI.EvictAgent:output_type -> shortleaf.admin.v1.EvictAgentResponse
+	17, // 52: shortleaf.admin.v1.AdminAPI.GetBundle:output_type -> shortleaf.admin.v1.Bundle
+	22, // 53: shortleaf.admin.v1.AdminAPI.MintX509SVID:output_type -> shortleaf.admin.v1.MintX509SVIDResponse
+	20, // 54: shortleaf.admin.v1.AdminAPI.MintJWTSVID:output_type -> shortleaf.admin.v1.MintJWTSVIDResponse
+	37, // 55: shortleaf.admin.v1.AdminAPI.CreateFederation:output_type -> shortleaf.admin.v1.Federation
+	40, // 56: shortleaf.admin.v1.AdminAPI.ListFederations:output_type -> shortleaf.admin.v1.ListFederationsResponse
+	37, // 57: shortleaf.admin.v1.AdminAPI.GetFederation:output_type -> shortleaf.admin.v1.Federation
+	37, // 58: shortleaf.admin.v1.AdminAPI.UpdateFederation:output_type -> shortleaf.admin.v1.Federation
+	44, // 59: shortleaf.admin.v1.AdminAPI.DeleteFederation:output_type -> shortleaf.admin.v1.DeleteFederationResponse
+	37, // 60: shortleaf.admin.v1.AdminAPI.RefreshFederation:output_type -> shortleaf.admin.v1.Federation
+	48, // 61: shortleaf.admin.v1.AdminAPI.ListBundles:output_type -> shortleaf.admin.v1.ListBundlesResponse
+	46, // 62: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:output_type -> shortleaf.admin.v1.FederatedBundle
+	51, // 63: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:output_type -> shortleaf.admin.v1.DeleteFederatedBundleResponse
+	26, // 64: shortleaf.admin.v1.AdminAPI.ListAuthorities:output_type -> shortleaf.admin.v1.ListAuthoritiesResponse
+	23, // 65: shortleaf.admin.v1.AdminAPI.PrepareAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 66: shortleaf.admin.v1.AdminAPI.ActivateAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 67: shortleaf.admin.v1.AdminAPI.TaintAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 68: shortleaf.admin.v1.AdminAPI.RevokeAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 69: shortleaf.admin.v1.AdminAPI.PrepareRoot:output_type -> shortleaf.admin.v1.Authority
+	35, // 70: shortleaf.admin.v1.AdminAPI.ActivateRoot:output_type -> shortleaf.admin.v1.ActivateRootResponse
+	23, // 71: shortleaf.admin.v1.AdminAPI.RetireRoot:output_type -> shortleaf.admin.v1.Authority
+	43, // [43:72] is the sub-list for method output_type
+	14, // [14:43] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_admin_v1_admin_proto_init() }
@@ -3058,7 +3303,7 @@ func file_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_v1_admin_proto_rawDesc), len(file_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   50,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
