@@ -313,8 +313,10 @@ func TestRootActivationWaitsForFederatedConsumers(t *testing.T) {
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "refresh hints") {
 		t.Fatalf("activation right after prepare: %v", err)
 	}
-	time.Sleep(3 * time.Second)
-	if _, err := srv.Admin.ActivateRoot(ctx, &adminv1.ActivateRootRequest{}); err != nil {
-		t.Fatalf("activation after three refresh hints: %v", err)
+	// After three refresh hints the schedule activates it.
+	start := time.Now()
+	waitRoot(t, srv, "activation after three refresh hints", 10*time.Second, nil, func(r *adminv1.RootRotation) bool { return r.GetPreparedRootId() == "" })
+	if waited := time.Since(start); waited < 2*time.Second {
+		t.Fatalf("the root took over %s after prepare, before three 1s refresh hints", waited)
 	}
 }

@@ -101,33 +101,15 @@ func TestNoHandshakeFailsAcrossRotations(t *testing.T) {
 	run(14 * time.Second) // two or more scheduled intermediate rotations
 
 	admin := srv.Admin
-	if _, err := admin.PrepareRoot(ctx, &adminv1.PrepareRootRequest{}); err != nil {
+	root, err := admin.PrepareRoot(ctx, &adminv1.PrepareRootRequest{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	activated := false
-	for deadline := time.Now().Add(10 * time.Second); !activated; {
-		_, err := admin.ActivateRoot(ctx, &adminv1.ActivateRootRequest{})
-		switch {
-		case err == nil:
-			activated = true
-		case status.Code(err) != codes.FailedPrecondition || time.Now().After(deadline):
-			t.Fatalf("root activate: %v", err)
-		default:
-			run(100 * time.Millisecond)
-		}
-	}
-	retired := false
-	for deadline := time.Now().Add(20 * time.Second); !retired; {
-		_, err := admin.RetireRoot(ctx, &adminv1.RetireRootRequest{})
-		switch {
-		case err == nil:
-			retired = true
-		case status.Code(err) != codes.FailedPrecondition || time.Now().After(deadline):
-			t.Fatalf("root retire: %v", err)
-		default:
-			run(200 * time.Millisecond)
-		}
-	}
+	// The schedule activates it once the agents hold it, and retires the
+	// old root once its intermediates are gone.
+	pause := func() { run(100 * time.Millisecond) }
+	waitRoot(t, srv, "the prepared root to take over", 10*time.Second, pause, func(r *adminv1.RootRotation) bool { return r.GetActiveRootId() == root.GetId() })
+	waitRoot(t, srv, "the old root to retire", 20*time.Second, pause, func(r *adminv1.RootRotation) bool { return r.GetOldRootId() == "" })
 	run(4 * time.Second) // after retirement, on the new root alone
 
 	if failed.Load() > 0 {
@@ -177,20 +159,18 @@ func TestRootActivationWaitsForLaggingAgent(t *testing.T) {
 		t.Fatalf("propagation = %v, want 1 of 2", p)
 	}
 
+	rot := show.GetRootRotation()
+	if len(rot.GetBlockers()) != 1 || rot.GetBlockers()[0] != slow.ID() || rot.GetDeadline() == 0 || rot.GetForceAt() == 0 {
+		t.Fatalf("ca show's root rotation = %v, want the slow agent as the one blocker and the deadlines", rot)
+	}
+
+	// Once it syncs again, the schedule activates the root on its own.
 	cfg := slow.Config
 	cfg.JoinToken = ""
 	harness.RunAgent(t, cfg)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := srv.Admin.ActivateRoot(ctx, &adminv1.ActivateRootRequest{})
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("activation after the agent synced: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitRoot(t, srv, "activation after the agent synced", 10*time.Second, nil, func(r *adminv1.RootRotation) bool {
+		return r.GetPreparedRootId() == "" && r.GetActiveRootId() != rot.GetActiveRootId()
+	})
 	// New SVIDs now chain to the new root.
 	inter, _ := srv.CA().ActiveIntermediate()
 	for _, a := range srv.CA().Authorities() {
@@ -353,19 +333,30 @@ func TestBundleChangesReachOpenStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(2)
+	// The schedule activates the new root and retires the old one.
+	waitFor(1)
+}
+
+// waitRoot polls ca show until cond holds on its root rotation status,
+// calling between (if set) while it waits.
+func waitRoot(t *testing.T, srv *harness.Server, what string, timeout time.Duration, between func(), cond func(*adminv1.RootRotation) bool) *adminv1.RootRotation {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for {
-		if _, err := srv.Admin.ActivateRoot(ctx, &adminv1.ActivateRootRequest{}); err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	for {
-		if _, err := srv.Admin.RetireRoot(ctx, &adminv1.RetireRootRequest{}); err == nil {
-			break
-		} else if ctx.Err() != nil {
+		show, err := srv.Admin.ListAuthorities(context.Background(), &adminv1.ListAuthoritiesRequest{})
+		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(200 * time.Millisecond)
+		if r := show.GetRootRotation(); cond(r) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s; root rotation: %v", timeout, what, show.GetRootRotation())
+		}
+		if between != nil {
+			between()
+		} else {
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
-	waitFor(1)
 }
