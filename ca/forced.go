@@ -80,7 +80,7 @@ func (c *CA) Revoke(ctx context.Context, id string, inUse func(keyID string) []s
 		return Authority{}, &RefusedError{Op: "revoke", Reason: fmt.Sprintf("%s is not tainted; taint it first so agents replace what it signed", id)}
 	}
 	if users := inUse(a.KeyID()); len(users) > 0 {
-		return Authority{}, &RefusedError{Op: "revoke", Reason: fmt.Sprintf("%s still signs SVIDs that agents hold", id), Blockers: users}
+		return Authority{}, &RefusedError{Op: "revoke", Reason: fmt.Sprintf("%s still signs certificates in use (SVIDs agents hold, the server's TLS certificate)", id), Blockers: users}
 	}
 	ch.remove(a, "revoked")
 	return *a, ch.commit(ctx)

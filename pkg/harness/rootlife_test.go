@@ -1,0 +1,196 @@
+package harness_test
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/federation"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/pkg/harness"
+	"github.com/shortleaf/shortleaf/pkg/server"
+	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
+)
+
+// The operator's whole runbook for a compromised CA: taint and revoke the
+// intermediate, rotate the root, taint and revoke the last intermediate of
+// the old root, let the old root retire. Afterwards a brand-new agent (which
+// trusts only the new root) and a restarted agent both attest and sync, and
+// a federated peer polling the https_spiffe bundle endpoint never loses it:
+// the server's own TLS certificate followed the CA at every step.
+func TestAgentsConnectAfterTaintRevokeAndRootRetire(t *testing.T) {
+	srv := harness.StartServer(t, withBundleEndpoint(harness.TrustDomain), func(c *server.Config) {
+		c.AgentLiveness = time.Minute
+		c.RotationInterval = 50 * time.Millisecond
+	})
+	ag := harness.StartAgent(t, srv)
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	if _, err := fetchX509(t, ag.Addr(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+
+	// A federated peer polls the endpoint, authenticating it with the
+	// bundle it fetched last, as a SPIRE server does.
+	peer := newPollingPeer(t, srv)
+	defer peer.stop()
+
+	activeIntermediate := func() string {
+		t.Helper()
+		for _, a := range srv.CA().Authorities() {
+			if a.Kind == ca.KindIntermediate && a.State == ca.StateActive {
+				return a.ID
+			}
+		}
+		t.Fatal("no active intermediate")
+		return ""
+	}
+	taintAndRevoke := func(id string) {
+		t.Helper()
+		if _, err := srv.Admin.TaintAuthority(ctx, &adminv1.TaintAuthorityRequest{Id: id}); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			_, err := srv.Admin.RevokeAuthority(ctx, &adminv1.RevokeAuthorityRequest{Id: id})
+			if err == nil {
+				return
+			}
+			if status.Code(err) != codes.FailedPrecondition || time.Now().After(deadline) {
+				t.Fatalf("revoke %s: %v", id, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+
+	first := activeIntermediate()
+	if _, err := srv.Admin.PrepareAuthority(ctx, &adminv1.PrepareAuthorityRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Admin.ActivateAuthority(ctx, &adminv1.ActivateAuthorityRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	second := activeIntermediate()
+	taintAndRevoke(first)
+
+	root, err := srv.Admin.PrepareRoot(ctx, &adminv1.PrepareRootRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRoot(t, srv, "the new root to take over", 15*time.Second, nil, func(r *adminv1.RootRotation) bool { return r.GetActiveRootId() == root.GetId() })
+	taintAndRevoke(second) // the old root's last intermediate
+	waitRoot(t, srv, "the old root to retire", 10*time.Second, nil, func(r *adminv1.RootRotation) bool { return r.GetOldRootId() == "" })
+
+	// What the server presents now chains to the bundle that holds only the new root.
+	bundle, _ := srv.CA().Bundle()
+	if n := len(bundle.X509Authorities()); n != 1 {
+		t.Fatalf("bundle holds %d roots after retirement", n)
+	}
+	conn, err := tls.Dial("tcp", srv.AgentAddr(), &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}) //nolint:gosec // the chain is verified below, as an SVID
+	if err != nil {
+		t.Fatal(err)
+	}
+	presented := conn.ConnectionState().PeerCertificates
+	conn.Close()
+	if _, _, err := x509svid.Verify(presented, bundle); err != nil {
+		t.Fatalf("the server presents a certificate that does not chain to the current bundle: %v", err)
+	}
+	show, err := srv.Admin.ListAuthorities(ctx, &adminv1.ListAuthoritiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc := show.GetServerCertificate(); sc.GetSignerId() != activeIntermediate() {
+		t.Fatalf("ca show: server certificate signed by %q, want the active intermediate %s", sc.GetSignerId(), activeIntermediate())
+	}
+
+	// A new agent, bootstrapped with the new root only.
+	fresh := harness.StartAgent(t, srv)
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/fresh", ParentId: fresh.ID(), Selectors: []string{uidSelector()}})
+	if _, err := fetchX509(t, fresh.Addr(), 10*time.Second); err != nil {
+		t.Fatalf("a new agent after the root retired: %v", err)
+	}
+	// The first agent, restarted from what it stored.
+	ag.Stop()
+	cfg := ag.Config
+	cfg.JoinToken = ""
+	again := harness.RunAgent(t, cfg)
+	x, err := fetchX509(t, again.Addr(), 10*time.Second)
+	if err != nil {
+		t.Fatalf("the restarted agent: %v", err)
+	}
+	if _, _, err := x509svid.Verify(x.DefaultSVID().Certificates, bundle); err != nil {
+		t.Fatalf("the restarted agent serves an SVID that does not verify: %v", err)
+	}
+	peer.requireHealthy(t, root.GetId())
+}
+
+// pollingPeer is a federated trust domain polling the bundle endpoint.
+type pollingPeer struct {
+	mu      sync.Mutex
+	bundle  *spiffebundle.Bundle
+	fetches int
+	errs    []string
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+func newPollingPeer(t *testing.T, srv *harness.Server) *pollingPeer {
+	t.Helper()
+	b, _ := srv.CA().Bundle()
+	p := &pollingPeer{bundle: spiffebundle.FromX509Authorities(harness.TrustDomain, b.X509Authorities()), done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	url := "https://" + srv.BundleEndpointAddr()
+	go func() {
+		defer close(p.done)
+		for ctx.Err() == nil {
+			p.mu.Lock()
+			auth := p.bundle
+			p.mu.Unlock()
+			fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
+			got, err := federation.FetchBundle(fctx, harness.TrustDomain, url, federation.WithSPIFFEAuth(auth, ca.ServerID(harness.TrustDomain)))
+			fcancel()
+			p.mu.Lock()
+			switch {
+			case err != nil && ctx.Err() == nil:
+				p.errs = append(p.errs, fmt.Sprintf("%s: %v", time.Now().Format(time.StampMilli), err))
+			case err == nil:
+				p.bundle = got
+				p.fetches++
+			}
+			p.mu.Unlock()
+			select {
+			case <-ctx.Done():
+			case <-time.After(300 * time.Millisecond): // faster than the 1s refresh hint
+			}
+		}
+	}()
+	return p
+}
+
+func (p *pollingPeer) stop() {
+	p.cancel()
+	<-p.done
+}
+
+// requireHealthy fails unless every poll succeeded and the peer holds the
+// current bundle, which has the new root.
+func (p *pollingPeer) requireHealthy(t *testing.T, rootID string) {
+	t.Helper()
+	p.stop()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.errs) > 0 {
+		t.Fatalf("the federated peer failed %d of %d polls; first: %s", len(p.errs), len(p.errs)+p.fetches, p.errs[0])
+	}
+	if n := len(p.bundle.X509Authorities()); n != 1 || p.fetches < 5 {
+		t.Fatalf("the federated peer holds %d roots after %d polls; want the new root alone (%s)", n, p.fetches, rootID)
+	}
+}
