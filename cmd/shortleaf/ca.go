@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"strconv"
 
 	"github.com/spf13/cobra"
@@ -18,7 +19,10 @@ func newCACommand() *cobra.Command {
 		Short: "Show and rotate the CA's keys",
 		Long: "Intermediates and JWT keys rotate on their own: PREPARED -> ACTIVE -> OLD -> removed.\n" +
 			"These verbs force a step (prepare, activate), take a compromised key out (taint, then revoke),\n" +
-			"and rotate the root (root prepare, root activate once every agent holds it, root retire).",
+			"and step ahead of the root schedule (root prepare, root activate, root retire). Roots rotate on\n"+
+			"their own too: the next root is prepared root_prepare_before the active one expires, takes over\n"+
+			"once every live agent and federated consumer holds it, and the old root leaves the bundle when\n"+
+			"nothing chains to it.",
 		Args: cobra.NoArgs,
 	}
 	af.register(cmd)
@@ -42,6 +46,11 @@ func newCACommand() *cobra.Command {
 				fmt.Fprintf(cmd.OutOrStdout(), "\nbundle sequence %d: %d of %d live agents hold it\n", p.GetBundleSequence(), p.GetCurrentAgents(), p.GetLiveAgents())
 				for _, a := range p.GetLaggingAgents() {
 					fmt.Fprintf(cmd.OutOrStdout(), "  lagging: %s\n", a)
+				}
+				printRootRotation(cmd.OutOrStdout(), resp.GetRootRotation())
+				if sc := resp.GetServerCertificate(); sc != nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "\nserver TLS certificate %s: signed by %s, until %s\n",
+						sc.GetSerialNumber(), orUnknown(sc.GetSignerId(), sc.GetSignerKeyId()), unixTime(sc.GetNotAfter()))
 				}
 				return nil
 			})
@@ -103,7 +112,7 @@ func newCACommand() *cobra.Command {
 }
 
 func newRootCommands(af *adminFlags) *cobra.Command {
-	root := &cobra.Command{Use: "root", Short: "Rotate the root, gated on propagation to every live agent", Args: cobra.NoArgs}
+	root := &cobra.Command{Use: "root", Short: "Step ahead of the root schedule; every step is gated on propagation to live agents and federated consumers", Args: cobra.NoArgs}
 	prepare := &cobra.Command{
 		Use:   "prepare",
 		Short: "Create a new root and add it to the trust bundle (it signs nothing yet)",
@@ -121,7 +130,7 @@ func newRootCommands(af *adminFlags) *cobra.Command {
 	var force bool
 	activate := &cobra.Command{
 		Use:   "activate",
-		Short: "Make new intermediates chain to the prepared root; refused while a live agent lacks it",
+		Short: "Make new intermediates chain to the prepared root now; refused while a live agent or federated consumer lacks it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
@@ -136,10 +145,10 @@ func newRootCommands(af *adminFlags) *cobra.Command {
 			})
 		},
 	}
-	activate.Flags().BoolVar(&force, "force", false, "activate even though some live agents lack the new root (their workloads will fail to verify new SVIDs)")
+	activate.Flags().BoolVar(&force, "force", false, "activate even though some live agents or federated consumers lack the new root (they will fail to verify new SVIDs); logged")
 	retire := &cobra.Command{
 		Use:   "retire",
-		Short: "Remove the old root from the bundle once nothing valid chains to it",
+		Short: "Remove the old root from the bundle now; refused while an intermediate or the server's certificate chains to it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
@@ -181,4 +190,38 @@ func printAuthorities(cmd *cobra.Command, auths ...*adminv1.Authority) error {
 			a.GetKeyRef(), seq, next})
 	}
 	return table(cmd.OutOrStdout(), []string{"KIND", "ID", "STATE", "NOT BEFORE", "NOT AFTER", "KEY", "BUNDLE SEQ", "NEXT"}, rows)
+}
+
+// printRootRotation says where root rotation stands and, while the next root
+// waits, what blocks it and by when it must pass.
+func printRootRotation(w io.Writer, r *adminv1.RootRotation) {
+	if r == nil {
+		return
+	}
+	fmt.Fprintln(w)
+	if !r.GetScheduled() {
+		fmt.Fprintf(w, "root rotation: the upstream authority's (its certificate expires %s)\n", unixTime(r.GetRootNotAfter()))
+		return
+	}
+	fmt.Fprintf(w, "root %s expires %s\n", r.GetActiveRootId(), unixTime(r.GetRootNotAfter()))
+	switch {
+	case r.GetPreparedRootId() != "":
+		fmt.Fprintf(w, "next root %s prepared %s, waiting on the propagation gate\n", r.GetPreparedRootId(), unixTime(r.GetPreparedAt()))
+		for _, b := range r.GetBlockers() {
+			fmt.Fprintf(w, "  blocked by: %s\n", b)
+		}
+	case r.GetOldRootId() != "":
+		fmt.Fprintf(w, "old root %s leaves the bundle at %s\n", r.GetOldRootId(), unixTime(r.GetRetireAt()))
+	default:
+		fmt.Fprintf(w, "next root is prepared at %s\n", unixTime(r.GetPrepareAt()))
+	}
+	fmt.Fprintf(w, "deadline for the next root to take over: %s (after it intermediates are cut short)\n", unixTime(r.GetDeadline()))
+	fmt.Fprintf(w, "forced takeover, even if the gate still blocks: %s\n", unixTime(r.GetForceAt()))
+}
+
+func orUnknown(id, keyID string) string {
+	if id != "" {
+		return id
+	}
+	return "key " + keyID + " (no longer in the journal)"
 }

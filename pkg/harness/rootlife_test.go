@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/harness"
 	"github.com/shortleaf/shortleaf/pkg/server"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
@@ -192,5 +195,77 @@ func (p *pollingPeer) requireHealthy(t *testing.T, rootID string) {
 	}
 	if n := len(p.bundle.X509Authorities()); n != 1 || p.fetches < 5 {
 		t.Fatalf("the federated peer holds %d roots after %d polls; want the new root alone (%s)", n, p.fetches, rootID)
+	}
+}
+
+// A live agent that never takes the new bundle blocks root rotation: the
+// metrics show how long and on how many, ca show names it with the
+// deadline, and once the wait outlasts what the gate needs the server logs
+// the blockers (hourly, not on every check).
+func TestBlockedRootRotationRaisesAlarms(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	logs := &harness.LogBuffer{}
+	srv := harness.StartServer(t, func(c *server.Config) {
+		c.Clock = clk
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	})
+	reg := srv.Registry
+	stuck := harness.AttestRaw(t, srv) // syncs, but never reports the new bundle
+	ctx := context.Background()
+	root, err := srv.Admin.PrepareRoot(ctx, &adminv1.PrepareRootRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gauge := func(name string) float64 {
+		families, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range families {
+			if f.GetName() == name {
+				return f.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatalf("no metric %s", name)
+		return 0
+	}
+	// Past the gate's lead (the 10-minute liveness window), twice.
+	for minute := 1; minute <= 22; minute++ {
+		if err := syncCall(stuck.Client); err != nil { // live, still lagging
+			t.Fatal(err)
+		}
+		clk.Add(time.Minute) // fires a rotation tick
+		lastNudge := time.Now()
+		harness.Eventually(t, 5*time.Second, func() bool { // the rotation loop has seen it
+			if gauge("shortleaf_ca_root_gate_blocked_seconds") >= float64(minute*60) {
+				return true
+			}
+			// The loop may have armed its next tick after the Add: fire it.
+			if time.Since(lastNudge) > 200*time.Millisecond {
+				clk.Add(5 * time.Second)
+				lastNudge = time.Now()
+			}
+			return false
+		})
+	}
+	if n := gauge("shortleaf_ca_root_gate_blockers"); n != 1 {
+		t.Fatalf("shortleaf_ca_root_gate_blockers = %v, want 1", n)
+	}
+	if left := gauge("shortleaf_ca_root_time_to_expiry_seconds"); left < 364*24*3600 {
+		t.Fatalf("shortleaf_ca_root_time_to_expiry_seconds = %v", left)
+	}
+	show, err := srv.Admin.ListAuthorities(ctx, &adminv1.ListAuthoritiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rot := show.GetRootRotation()
+	if rot.GetPreparedRootId() != root.GetId() || len(rot.GetBlockers()) != 1 || rot.GetBlockers()[0] != stuck.ID.String() || rot.GetDeadline() == 0 {
+		t.Fatalf("ca show's root rotation = %v, want %s blocked by %s with a deadline", rot, root.GetId(), stuck.ID)
+	}
+	if n := strings.Count(logs.String(), "root rotation is blocked"); n != 1 {
+		t.Fatalf("%d alarm lines after 22 minutes blocked, want 1 (hourly):\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), stuck.ID.String()) {
+		t.Fatal("the alarm does not name the blocking agent")
 	}
 }

@@ -126,6 +126,8 @@ type Server struct {
 	bundleEP  *bundleendpoint.Server
 	closers   []func() error
 	closeOnce sync.Once
+	// lastRootAlarm is when a blocked root rotation was last logged (rotate loop only).
+	lastRootAlarm time.Time
 }
 
 // New opens the datastore, loads or creates the CA and opens every listener.
@@ -455,6 +457,7 @@ func (s *Server) observeAuthorities(ctx context.Context) {
 	for k, t := range earliest {
 		s.caMetrics.AuthorityNotAfter.WithLabelValues(k[0], k[1]).Set(float64(t.Unix()))
 	}
+	s.observeRootRotation(ctx)
 	resp, err := s.admin.ListAuthorities(ctx, &adminv1.ListAuthoritiesRequest{})
 	if err != nil {
 		return
@@ -465,6 +468,51 @@ func (s *Server) observeAuthorities(ctx context.Context) {
 		ratio = float64(p.GetCurrentAgents()) / float64(p.GetLiveAgents())
 	}
 	s.caMetrics.Propagation.Set(ratio)
+}
+
+// rootAlarmInterval is how often a blocked root rotation is logged again.
+const rootAlarmInterval = time.Hour
+
+// observeRootRotation updates the root rotation metrics and, while the next
+// root waits on the gate longer than the gate needs, logs what blocks it
+// (hourly; as an error once the deadline has passed).
+func (s *Server) observeRootRotation(ctx context.Context) {
+	st := s.ca.RootRotation()
+	now := s.cfg.Clock.Now()
+	m := s.caMetrics
+	m.RootTimeToExpiry.Set(st.RootNotAfter.Sub(now).Seconds())
+	m.RootDeadline.Set(0)
+	if !st.Deadline.IsZero() {
+		m.RootDeadline.Set(float64(st.Deadline.Unix()))
+	}
+	if st.PreparedRootID == "" {
+		m.RootGateBlocked.Set(0)
+		m.RootGateBlockers.Set(0)
+		return
+	}
+	waited := now.Sub(st.PreparedAt)
+	m.RootGateBlocked.Set(waited.Seconds())
+	m.RootGateBlockers.Set(float64(len(st.Blockers)))
+	if waited < s.cfg.propagationGate(nil).Lead() || now.Sub(s.lastRootAlarm) < rootAlarmInterval {
+		return
+	}
+	s.lastRootAlarm = now
+	level := slog.LevelWarn
+	if now.After(st.Deadline) {
+		level = slog.LevelError
+	}
+	s.cfg.Logger.Log(ctx, level, "root rotation is blocked on the propagation gate: the agents and consumers listed do not hold the next root",
+		slog.String("prepared_root_id", st.PreparedRootID), slog.Duration("waiting", waited.Round(time.Second)),
+		slog.Time("deadline", st.Deadline), slog.Time("forced_at", st.ForceAt), slog.Time("root_not_after", st.RootNotAfter),
+		slog.Int("blockers", len(st.Blockers)), slog.Any("blocking", firstBlockers(st.Blockers)))
+}
+
+func firstBlockers(b []string) []string {
+	const shown = 20
+	if len(b) > shown {
+		return append(b[:shown:shown], fmt.Sprintf("and %d more", len(b)-shown))
+	}
+	return b
 }
 
 func serveGRPC(srv *grpc.Server, lis net.Listener) error {

@@ -62,6 +62,12 @@ type CA struct {
 	AuthorityNotAfter *prometheus.GaugeVec
 	Transitions       *prometheus.CounterVec
 	Propagation       prometheus.Gauge
+	// Root rotation: time left on the active root, its deadline, and how
+	// long (and on how many agents and consumers) the next root has waited.
+	RootTimeToExpiry prometheus.Gauge
+	RootDeadline     prometheus.Gauge
+	RootGateBlocked  prometheus.Gauge
+	RootGateBlockers prometheus.Gauge
 }
 
 // NewCA registers the key lifecycle metrics on reg.
@@ -80,7 +86,23 @@ func NewCA(reg prometheus.Registerer) *CA {
 			Help: "Share of live agents that hold the newest trust bundle (1 when there are none).",
 		}),
 	}
-	reg.MustRegister(m.AuthorityNotAfter, m.Transitions, m.Propagation)
+	m.RootTimeToExpiry = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "shortleaf_ca_root_time_to_expiry_seconds",
+		Help: "Seconds until the active root expires. Root rotation starts root_prepare_before ahead; alert well before this nears that lead.",
+	})
+	m.RootDeadline = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "shortleaf_ca_root_rotation_deadline_timestamp_seconds",
+		Help: "When the active root stops signing full-lifetime intermediates (Unix time); its successor should be active by then (0 with an upstream authority).",
+	})
+	m.RootGateBlocked = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "shortleaf_ca_root_gate_blocked_seconds",
+		Help: "How long the prepared next root has waited on the propagation gate (0 when none waits).",
+	})
+	m.RootGateBlockers = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "shortleaf_ca_root_gate_blockers",
+		Help: "Live agents and federated consumers that still lack the prepared next root, at the last gate check (0 when none waits).",
+	})
+	reg.MustRegister(m.AuthorityNotAfter, m.Transitions, m.Propagation, m.RootTimeToExpiry, m.RootDeadline, m.RootGateBlocked, m.RootGateBlockers)
 	return m
 }
 
