@@ -19,9 +19,9 @@ func newCACommand() *cobra.Command {
 		Short: "Show and rotate the CA's keys",
 		Long: "Intermediates and JWT keys rotate on their own: PREPARED -> ACTIVE -> OLD -> removed.\n" +
 			"These verbs force a step (prepare, activate), take a compromised key out (taint, then revoke),\n" +
-			"and step ahead of the root schedule (root prepare, root activate, root retire). Roots rotate on\n"+
-			"their own too: the next root is prepared root_prepare_before the active one expires, takes over\n"+
-			"once every live agent and federated consumer holds it, and the old root leaves the bundle when\n"+
+			"and step ahead of the root schedule (root prepare, root activate, root retire). Roots rotate on\n" +
+			"their own too: the next root is prepared root_prepare_before the active one expires, takes over\n" +
+			"once every live agent and federated consumer holds it, and the old root leaves the bundle when\n" +
 			"nothing chains to it.",
 		Args: cobra.NoArgs,
 	}
