@@ -107,7 +107,7 @@ func newCACommand() *cobra.Command {
 		func(ctx context.Context, c *adminclient.Client, id string) (*adminv1.Authority, error) {
 			return c.RevokeAuthority(ctx, &adminv1.RevokeAuthorityRequest{Id: id})
 		})
-	cmd.AddCommand(show, prepare, activate, taint, revoke, newRootCommands(&af))
+	cmd.AddCommand(show, prepare, activate, taint, revoke, newRootCommands(&af), newDrillCommand(&af))
 	return cmd
 }
 

@@ -217,3 +217,54 @@ func TestFederationAndBundleVerbs(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// ca drill rehearses a config: on a fresh start, on the running server's
+// journal (over the admin socket), and it exits non-zero naming the day and
+// reason when the schedule cannot hold.
+func TestCADrill(t *testing.T) {
+	dir := t.TempDir()
+	writeConfig := func(name, refreshHint string) string {
+		path := filepath.Join(dir, name)
+		body := "trust_domain: example.org\ndata_dir: " + filepath.Join(dir, "data") + "\nroot_ttl: 216h\nintermediate_ttl: 24h\n" +
+			"agent_svid_ttl: 1h\nbundle_endpoint:\n  address: 127.0.0.1:0\n  refresh_hint: " + refreshHint + "\n"
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	good := writeConfig("good.yaml", "5m")
+	out, err := shortleaf(t, "ca", "drill", "--config", good, "--fresh", "--step", "15s")
+	if err != nil || !strings.Contains(out, "no violations") || !strings.Contains(out, "root") || !strings.Contains(out, "2 root rotations") {
+		t.Fatalf("drill of a good config: %v\n%s", err, out)
+	}
+
+	// No server, no datastore: a first start.
+	out, err = shortleaf(t, "ca", "drill", "--config", good, "--days", "2", "--step", "15s", "-o", "json")
+	var report struct {
+		Timeline   []json.RawMessage `json:"timeline"`
+		Violations []json.RawMessage `json:"violations"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &report) != nil || len(report.Timeline) == 0 || len(report.Violations) != 0 {
+		t.Fatalf("drill -o json: %v\n%s", err, out)
+	}
+
+	// The running server's journal, over its admin socket.
+	srv := harness.StartServer(t)
+	out, err = shortleaf(t, "ca", "drill", "--config", good, "--admin-socket", srv.AdminSocket(), "--days", "1", "--step", "15s")
+	if err != nil || !strings.Contains(out, "the running server's CA journal") {
+		t.Fatalf("drill of the running server's journal: %v\n%s", err, out)
+	}
+	active, _ := srv.CA().ActiveIntermediate()
+	for _, a := range srv.CA().Authorities() {
+		if a.Cert != nil && a.Cert.Equal(active) && !strings.Contains(out, a.ID+" superseded") {
+			t.Fatalf("the drill did not carry on from the server's active intermediate %s:\n%s", a.ID, out)
+		}
+	}
+
+	// Three weekly refresh hints do not fit in the 3-day lead of a 9-day root.
+	bad := writeConfig("bad.yaml", "168h")
+	out, err = shortleaf(t, "ca", "drill", "--config", bad, "--fresh")
+	if err == nil || !strings.Contains(out, "VIOLATION on day 0.000") || !strings.Contains(out, "root_prepare_before") {
+		t.Fatalf("drill of a config that cannot hold: %v\n%s", err, out)
+	}
+}

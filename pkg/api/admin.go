@@ -60,8 +60,12 @@ type AdminConfig struct {
 	// (leaf, intermediate): revoke and root retire refuse while it chains to
 	// the key being removed.
 	ServerChain func() []*x509.Certificate
-	Clock       clock.Clock
-	Logger      *slog.Logger
+	// Journal is where the CA keeps its journal, exported for `ca drill`.
+	Journal interface {
+		LoadCAJournal(ctx context.Context) ([]byte, error)
+	}
+	Clock  clock.Clock
+	Logger *slog.Logger
 }
 
 // AdminService implements the admin API.

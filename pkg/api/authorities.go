@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/shortleaf/shortleaf/ca"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 )
 
@@ -196,6 +199,19 @@ func (s *AdminService) RetireRoot(ctx context.Context, _ *adminv1.RetireRootRequ
 		return nil
 	})
 	return s.authorityResult(ctx, "root retire", a, err)
+}
+
+// ExportCAJournal returns the CA journal for `ca drill`: certificates,
+// lifetimes and key references, no key material.
+func (s *AdminService) ExportCAJournal(ctx context.Context, _ *adminv1.ExportCAJournalRequest) (*adminv1.ExportCAJournalResponse, error) {
+	if s.cfg.Journal == nil {
+		return nil, status.Error(codes.Unimplemented, "this server cannot export its CA journal")
+	}
+	raw, err := s.cfg.Journal.LoadCAJournal(ctx)
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "export CA journal", err)
+	}
+	return &adminv1.ExportCAJournalResponse{Journal: raw}, nil
 }
 
 func serverCertificateUser(chain []*x509.Certificate) string {

@@ -128,6 +128,51 @@ func ParseServer(r io.Reader, getenv func(string) string) (server.Config, slog.L
 
 // Resolve validates the file, applies defaults and reads the passphrase.
 func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Level, error) {
+	cfg, level, err := f.resolveSettings()
+	if err != nil {
+		return cfg, 0, err
+	}
+	pass, err := readPassphrase(f.KeyPassphraseFile, getenv)
+	if err != nil && (cfg.KeyManagerURI == "" || f.KeyPassphraseFile != "") {
+		return cfg, 0, err
+	}
+	cfg.KeyPassphrase = pass
+	if f.UpstreamAuthority != nil {
+		if cfg.Upstream, err = LoadUpstream(f.UpstreamAuthority.CertFile, f.UpstreamAuthority.KeyFile, pass); err != nil {
+			return cfg, 0, err
+		}
+	}
+	if err := ValidateRootSchedule(cfg); err != nil {
+		return cfg, 0, err
+	}
+	return cfg, level, nil
+}
+
+// LoadServerSettings reads a server config file without its secrets: no
+// passphrase is read and an upstream authority comes without its key (its
+// certificate chain only). The root schedule is not checked. For tools that
+// reason about the config, such as `ca drill`.
+func LoadServerSettings(path string) (server.Config, error) {
+	var f ServerFile
+	if err := loadFile(path, &f); err != nil {
+		return server.Config{}, err
+	}
+	cfg, _, err := f.resolveSettings()
+	if err != nil {
+		return cfg, err
+	}
+	if up := f.UpstreamAuthority; up != nil {
+		chain, err := ReadPEMCertificates(up.CertFile)
+		if err != nil {
+			return cfg, fieldErr("upstream_authority.cert_file", "%v", err)
+		}
+		cfg.Upstream = &ca.Upstream{Chain: chain}
+	}
+	return cfg, nil
+}
+
+// resolveSettings is everything Resolve does that needs no secret.
+func (f *ServerFile) resolveSettings() (server.Config, slog.Level, error) {
 	var cfg server.Config
 	td, err := spiffeid.TrustDomainFromString(f.TrustDomain)
 	if f.TrustDomain == "" {
@@ -172,11 +217,6 @@ func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Le
 	if cfg.KeyManagerURI != "" && !strings.HasPrefix(cfg.KeyManagerURI, "pkcs11:") {
 		return cfg, 0, fieldErr("key_manager_uri", "must be a pkcs11: URI (or empty for encrypted key files)")
 	}
-	pass, err := readPassphrase(f.KeyPassphraseFile, getenv)
-	if err != nil && (cfg.KeyManagerURI == "" || f.KeyPassphraseFile != "") {
-		return cfg, 0, err
-	}
-	cfg.KeyPassphrase = pass
 	if be := f.BundleEndpoint; be != nil {
 		if be.Address == "" {
 			return cfg, 0, fieldErr("bundle_endpoint.address", "is required")
@@ -198,14 +238,6 @@ func (f *ServerFile) Resolve(getenv func(string) string) (server.Config, slog.Le
 		}
 		cfg.BundleEndpoint = &server.BundleEndpointConfig{Addr: be.Address, Profile: orDefault(be.Profile, "https_spiffe"),
 			CertFile: be.CertFile, KeyFile: be.KeyFile, RefreshHint: time.Duration(be.RefreshHint)}
-	}
-	if f.UpstreamAuthority != nil {
-		if cfg.Upstream, err = LoadUpstream(f.UpstreamAuthority.CertFile, f.UpstreamAuthority.KeyFile, pass); err != nil {
-			return cfg, 0, err
-		}
-	}
-	if err := ValidateRootSchedule(cfg); err != nil {
-		return cfg, 0, err
 	}
 	return cfg, level, nil
 }

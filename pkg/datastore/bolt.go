@@ -5,7 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -262,4 +265,32 @@ func (s *Store) ListEntriesByParent(_ context.Context, parentID, pageToken strin
 
 func hasPrefix(b, prefix []byte) bool {
 	return len(b) >= len(prefix) && string(b[:len(prefix)]) == string(prefix)
+}
+
+// ReadCAJournal reads the CA journal from the datastore file at path
+// without writing to it, for tools that run beside (not instead of) the
+// server. A missing file means a CA that never started: (nil, nil). A file
+// the running server holds cannot be opened: ask the server instead.
+func ReadCAJournal(path string) ([]byte, error) {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("datastore: open %s read-only (is the server running? then it answers on its admin socket): %w", path, err)
+	}
+	defer db.Close()
+	var out []byte
+	err = db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketMeta); b != nil {
+			if v := b.Get(keyCAJournal); v != nil {
+				out = append([]byte(nil), v...)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datastore: read CA journal: %w", err)
+	}
+	return out, nil
 }

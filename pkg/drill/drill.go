@@ -312,7 +312,7 @@ func (d *Drill) run(ctx context.Context) {
 				break
 			}
 		}
-		d.Clock.Add(d.cfg.Step)
+		d.Clock.Add(min(d.cfg.Step, end.Sub(d.Clock.Now())))
 		d.step(ctx)
 	}
 	d.report.End = d.Clock.Now()
@@ -491,6 +491,9 @@ func (d *Drill) fastForward(ctx context.Context, end time.Time) {
 		lead += d.cfg.BundleRefreshHint
 	}
 	target := next.Add(-lead)
+	// Land on the step grid, so a drill with and without fast-forward calls
+	// Rotate at the same instants and sees the same transitions.
+	target = d.cfg.Start.Add(target.Sub(d.cfg.Start).Truncate(d.cfg.Step))
 	if target.Sub(now) < lead {
 		return
 	}

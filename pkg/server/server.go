@@ -200,7 +200,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.admin = api.NewAdminService(api.AdminConfig{
 		Federation: s.store, Refresher: s.poller, BundleRefreshHint: bundleRefreshHint(cfg.BundleEndpoint),
 		CA: s.ca, Lifecycle: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, DefaultJWTTTL: cfg.DefaultJWTTTL, MaxSVIDTTL: cfg.MaxSVIDTTL,
-		AgentLiveness: cfg.AgentLiveness, ServerChain: s.tlsCert.presented, Clock: cfg.Clock, Logger: cfg.Logger,
+		AgentLiveness: cfg.AgentLiveness, ServerChain: s.tlsCert.presented, Journal: s.store, Clock: cfg.Clock, Logger: cfg.Logger,
 	})
 	adminv1.RegisterAdminAPIServer(s.adminSrv, s.admin)
 	healthpb.RegisterHealthServer(s.adminSrv, health.NewServer())

@@ -2169,6 +2169,87 @@ func (*RetireRootRequest) Descriptor() ([]byte, []int) {
 	return file_admin_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
+type ExportCAJournalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportCAJournalRequest) Reset() {
+	*x = ExportCAJournalRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportCAJournalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportCAJournalRequest) ProtoMessage() {}
+
+func (x *ExportCAJournalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportCAJournalRequest.ProtoReflect.Descriptor instead.
+func (*ExportCAJournalRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+}
+
+type ExportCAJournalResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty before the CA's first start.
+	Journal       []byte `protobuf:"bytes,1,opt,name=journal,proto3" json:"journal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportCAJournalResponse) Reset() {
+	*x = ExportCAJournalResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportCAJournalResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportCAJournalResponse) ProtoMessage() {}
+
+func (x *ExportCAJournalResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportCAJournalResponse.ProtoReflect.Descriptor instead.
+func (*ExportCAJournalResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ExportCAJournalResponse) GetJournal() []byte {
+	if x != nil {
+		return x.Journal
+	}
+	return nil
+}
+
 type Federation struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	TrustDomain       string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
@@ -2191,7 +2272,7 @@ type Federation struct {
 
 func (x *Federation) Reset() {
 	*x = Federation{}
-	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_admin_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2203,7 +2284,7 @@ func (x *Federation) String() string {
 func (*Federation) ProtoMessage() {}
 
 func (x *Federation) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_admin_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2216,7 +2297,7 @@ func (x *Federation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Federation.ProtoReflect.Descriptor instead.
 func (*Federation) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Federation) GetTrustDomain() string {
@@ -2291,7 +2372,7 @@ type CreateFederationRequest struct {
 
 func (x *CreateFederationRequest) Reset() {
 	*x = CreateFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_admin_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2303,7 +2384,7 @@ func (x *CreateFederationRequest) String() string {
 func (*CreateFederationRequest) ProtoMessage() {}
 
 func (x *CreateFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_admin_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2316,7 +2397,7 @@ func (x *CreateFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateFederationRequest.ProtoReflect.Descriptor instead.
 func (*CreateFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CreateFederationRequest) GetFederation() *Federation {
@@ -2334,7 +2415,7 @@ type ListFederationsRequest struct {
 
 func (x *ListFederationsRequest) Reset() {
 	*x = ListFederationsRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[39]
+	mi := &file_admin_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2346,7 +2427,7 @@ func (x *ListFederationsRequest) String() string {
 func (*ListFederationsRequest) ProtoMessage() {}
 
 func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[39]
+	mi := &file_admin_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2359,7 +2440,7 @@ func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 type ListFederationsResponse struct {
@@ -2371,7 +2452,7 @@ type ListFederationsResponse struct {
 
 func (x *ListFederationsResponse) Reset() {
 	*x = ListFederationsResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[40]
+	mi := &file_admin_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2383,7 +2464,7 @@ func (x *ListFederationsResponse) String() string {
 func (*ListFederationsResponse) ProtoMessage() {}
 
 func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[40]
+	mi := &file_admin_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2396,7 +2477,7 @@ func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListFederationsResponse) GetFederations() []*Federation {
@@ -2415,7 +2496,7 @@ type GetFederationRequest struct {
 
 func (x *GetFederationRequest) Reset() {
 	*x = GetFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[41]
+	mi := &file_admin_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2427,7 +2508,7 @@ func (x *GetFederationRequest) String() string {
 func (*GetFederationRequest) ProtoMessage() {}
 
 func (x *GetFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[41]
+	mi := &file_admin_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2440,7 +2521,7 @@ func (x *GetFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFederationRequest.ProtoReflect.Descriptor instead.
 func (*GetFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetFederationRequest) GetTrustDomain() string {
@@ -2459,7 +2540,7 @@ type UpdateFederationRequest struct {
 
 func (x *UpdateFederationRequest) Reset() {
 	*x = UpdateFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[42]
+	mi := &file_admin_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2471,7 +2552,7 @@ func (x *UpdateFederationRequest) String() string {
 func (*UpdateFederationRequest) ProtoMessage() {}
 
 func (x *UpdateFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[42]
+	mi := &file_admin_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2484,7 +2565,7 @@ func (x *UpdateFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateFederationRequest.ProtoReflect.Descriptor instead.
 func (*UpdateFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *UpdateFederationRequest) GetFederation() *Federation {
@@ -2503,7 +2584,7 @@ type DeleteFederationRequest struct {
 
 func (x *DeleteFederationRequest) Reset() {
 	*x = DeleteFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[43]
+	mi := &file_admin_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2515,7 +2596,7 @@ func (x *DeleteFederationRequest) String() string {
 func (*DeleteFederationRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[43]
+	mi := &file_admin_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2528,7 +2609,7 @@ func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DeleteFederationRequest) GetTrustDomain() string {
@@ -2546,7 +2627,7 @@ type DeleteFederationResponse struct {
 
 func (x *DeleteFederationResponse) Reset() {
 	*x = DeleteFederationResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[44]
+	mi := &file_admin_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2558,7 +2639,7 @@ func (x *DeleteFederationResponse) String() string {
 func (*DeleteFederationResponse) ProtoMessage() {}
 
 func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[44]
+	mi := &file_admin_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2571,7 +2652,7 @@ func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 type RefreshFederationRequest struct {
@@ -2583,7 +2664,7 @@ type RefreshFederationRequest struct {
 
 func (x *RefreshFederationRequest) Reset() {
 	*x = RefreshFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[45]
+	mi := &file_admin_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2595,7 +2676,7 @@ func (x *RefreshFederationRequest) String() string {
 func (*RefreshFederationRequest) ProtoMessage() {}
 
 func (x *RefreshFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[45]
+	mi := &file_admin_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2608,7 +2689,7 @@ func (x *RefreshFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshFederationRequest.ProtoReflect.Descriptor instead.
 func (*RefreshFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RefreshFederationRequest) GetTrustDomain() string {
@@ -2632,7 +2713,7 @@ type FederatedBundle struct {
 
 func (x *FederatedBundle) Reset() {
 	*x = FederatedBundle{}
-	mi := &file_admin_v1_admin_proto_msgTypes[46]
+	mi := &file_admin_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2644,7 +2725,7 @@ func (x *FederatedBundle) String() string {
 func (*FederatedBundle) ProtoMessage() {}
 
 func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[46]
+	mi := &file_admin_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2657,7 +2738,7 @@ func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederatedBundle.ProtoReflect.Descriptor instead.
 func (*FederatedBundle) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *FederatedBundle) GetTrustDomain() string {
@@ -2703,7 +2784,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[47]
+	mi := &file_admin_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2715,7 +2796,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[47]
+	mi := &file_admin_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2728,7 +2809,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 type ListBundlesResponse struct {
@@ -2741,7 +2822,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[48]
+	mi := &file_admin_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2753,7 +2834,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[48]
+	mi := &file_admin_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2766,7 +2847,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{48}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*FederatedBundle {
@@ -2787,7 +2868,7 @@ type SetFederatedBundleRequest struct {
 
 func (x *SetFederatedBundleRequest) Reset() {
 	*x = SetFederatedBundleRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[49]
+	mi := &file_admin_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2799,7 +2880,7 @@ func (x *SetFederatedBundleRequest) String() string {
 func (*SetFederatedBundleRequest) ProtoMessage() {}
 
 func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[49]
+	mi := &file_admin_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2812,7 +2893,7 @@ func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*SetFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{49}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SetFederatedBundleRequest) GetTrustDomain() string {
@@ -2838,7 +2919,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[50]
+	mi := &file_admin_v1_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2850,7 +2931,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[50]
+	mi := &file_admin_v1_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2863,7 +2944,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{50}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -2881,7 +2962,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[51]
+	mi := &file_admin_v1_admin_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2893,7 +2974,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[51]
+	mi := &file_admin_v1_admin_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2906,7 +2987,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{51}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{53}
 }
 
 var File_admin_v1_admin_proto protoreflect.FileDescriptor
@@ -3065,7 +3146,10 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x14ActivateRootResponse\x12;\n" +
 	"\tauthority\x18\x01 \x01(\v2\x1d.shortleaf.admin.v1.AuthorityR\tauthority\x12%\n" +
 	"\x0elagging_agents\x18\x02 \x03(\tR\rlaggingAgents\"\x13\n" +
-	"\x11RetireRootRequest\"\xda\x02\n" +
+	"\x11RetireRootRequest\"\x18\n" +
+	"\x16ExportCAJournalRequest\"3\n" +
+	"\x17ExportCAJournalResponse\x12\x18\n" +
+	"\ajournal\x18\x01 \x01(\fR\ajournal\"\xda\x02\n" +
 	"\n" +
 	"Federation\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12.\n" +
@@ -3110,7 +3194,7 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x06bundle\x18\x02 \x01(\fR\x06bundle\"A\n" +
 	"\x1cDeleteFederatedBundleRequest\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x1f\n" +
-	"\x1dDeleteFederatedBundleResponse2\xd6\x15\n" +
+	"\x1dDeleteFederatedBundleResponse2\xc2\x16\n" +
 	"\bAdminAPI\x12P\n" +
 	"\vCreateEntry\x12&.shortleaf.admin.v1.CreateEntryRequest\x1a\x19.shortleaf.admin.v1.Entry\x12^\n" +
 	"\vListEntries\x12&.shortleaf.admin.v1.ListEntriesRequest\x1a'.shortleaf.admin.v1.ListEntriesResponse\x12J\n" +
@@ -3143,7 +3227,8 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\vPrepareRoot\x12&.shortleaf.admin.v1.PrepareRootRequest\x1a\x1d.shortleaf.admin.v1.Authority\x12a\n" +
 	"\fActivateRoot\x12'.shortleaf.admin.v1.ActivateRootRequest\x1a(.shortleaf.admin.v1.ActivateRootResponse\x12R\n" +
 	"\n" +
-	"RetireRoot\x12%.shortleaf.admin.v1.RetireRootRequest\x1a\x1d.shortleaf.admin.v1.AuthorityB7Z5github.com/shortleaf/shortleaf/proto/admin/v1;adminv1b\x06proto3"
+	"RetireRoot\x12%.shortleaf.admin.v1.RetireRootRequest\x1a\x1d.shortleaf.admin.v1.Authority\x12j\n" +
+	"\x0fExportCAJournal\x12*.shortleaf.admin.v1.ExportCAJournalRequest\x1a+.shortleaf.admin.v1.ExportCAJournalResponseB7Z5github.com/shortleaf/shortleaf/proto/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -3157,7 +3242,7 @@ func file_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_admin_v1_admin_proto_rawDescData
 }
 
-var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_admin_v1_admin_proto_goTypes = []any{
 	(*Entry)(nil),                         // 0: shortleaf.admin.v1.Entry
 	(*CreateEntryRequest)(nil),            // 1: shortleaf.admin.v1.CreateEntryRequest
@@ -3196,21 +3281,23 @@ var file_admin_v1_admin_proto_goTypes = []any{
 	(*ActivateRootRequest)(nil),           // 34: shortleaf.admin.v1.ActivateRootRequest
 	(*ActivateRootResponse)(nil),          // 35: shortleaf.admin.v1.ActivateRootResponse
 	(*RetireRootRequest)(nil),             // 36: shortleaf.admin.v1.RetireRootRequest
-	(*Federation)(nil),                    // 37: shortleaf.admin.v1.Federation
-	(*CreateFederationRequest)(nil),       // 38: shortleaf.admin.v1.CreateFederationRequest
-	(*ListFederationsRequest)(nil),        // 39: shortleaf.admin.v1.ListFederationsRequest
-	(*ListFederationsResponse)(nil),       // 40: shortleaf.admin.v1.ListFederationsResponse
-	(*GetFederationRequest)(nil),          // 41: shortleaf.admin.v1.GetFederationRequest
-	(*UpdateFederationRequest)(nil),       // 42: shortleaf.admin.v1.UpdateFederationRequest
-	(*DeleteFederationRequest)(nil),       // 43: shortleaf.admin.v1.DeleteFederationRequest
-	(*DeleteFederationResponse)(nil),      // 44: shortleaf.admin.v1.DeleteFederationResponse
-	(*RefreshFederationRequest)(nil),      // 45: shortleaf.admin.v1.RefreshFederationRequest
-	(*FederatedBundle)(nil),               // 46: shortleaf.admin.v1.FederatedBundle
-	(*ListBundlesRequest)(nil),            // 47: shortleaf.admin.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),           // 48: shortleaf.admin.v1.ListBundlesResponse
-	(*SetFederatedBundleRequest)(nil),     // 49: shortleaf.admin.v1.SetFederatedBundleRequest
-	(*DeleteFederatedBundleRequest)(nil),  // 50: shortleaf.admin.v1.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil), // 51: shortleaf.admin.v1.DeleteFederatedBundleResponse
+	(*ExportCAJournalRequest)(nil),        // 37: shortleaf.admin.v1.ExportCAJournalRequest
+	(*ExportCAJournalResponse)(nil),       // 38: shortleaf.admin.v1.ExportCAJournalResponse
+	(*Federation)(nil),                    // 39: shortleaf.admin.v1.Federation
+	(*CreateFederationRequest)(nil),       // 40: shortleaf.admin.v1.CreateFederationRequest
+	(*ListFederationsRequest)(nil),        // 41: shortleaf.admin.v1.ListFederationsRequest
+	(*ListFederationsResponse)(nil),       // 42: shortleaf.admin.v1.ListFederationsResponse
+	(*GetFederationRequest)(nil),          // 43: shortleaf.admin.v1.GetFederationRequest
+	(*UpdateFederationRequest)(nil),       // 44: shortleaf.admin.v1.UpdateFederationRequest
+	(*DeleteFederationRequest)(nil),       // 45: shortleaf.admin.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil),      // 46: shortleaf.admin.v1.DeleteFederationResponse
+	(*RefreshFederationRequest)(nil),      // 47: shortleaf.admin.v1.RefreshFederationRequest
+	(*FederatedBundle)(nil),               // 48: shortleaf.admin.v1.FederatedBundle
+	(*ListBundlesRequest)(nil),            // 49: shortleaf.admin.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),           // 50: shortleaf.admin.v1.ListBundlesResponse
+	(*SetFederatedBundleRequest)(nil),     // 51: shortleaf.admin.v1.SetFederatedBundleRequest
+	(*DeleteFederatedBundleRequest)(nil),  // 52: shortleaf.admin.v1.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 53: shortleaf.admin.v1.DeleteFederatedBundleResponse
 }
 var file_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: shortleaf.admin.v1.CreateEntryRequest.entry:type_name -> shortleaf.admin.v1.Entry
@@ -3223,10 +3310,10 @@ var file_admin_v1_admin_proto_depIdxs = []int32{
 	27, // 7: shortleaf.admin.v1.ListAuthoritiesResponse.root_rotation:type_name -> shortleaf.admin.v1.RootRotation
 	28, // 8: shortleaf.admin.v1.ListAuthoritiesResponse.server_certificate:type_name -> shortleaf.admin.v1.ServerCertificate
 	23, // 9: shortleaf.admin.v1.ActivateRootResponse.authority:type_name -> shortleaf.admin.v1.Authority
-	37, // 10: shortleaf.admin.v1.CreateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
-	37, // 11: shortleaf.admin.v1.ListFederationsResponse.federations:type_name -> shortleaf.admin.v1.Federation
-	37, // 12: shortleaf.admin.v1.UpdateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
-	46, // 13: shortleaf.admin.v1.ListBundlesResponse.bundles:type_name -> shortleaf.admin.v1.FederatedBundle
+	39, // 10: shortleaf.admin.v1.CreateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
+	39, // 11: shortleaf.admin.v1.ListFederationsResponse.federations:type_name -> shortleaf.admin.v1.Federation
+	39, // 12: shortleaf.admin.v1.UpdateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
+	48, // 13: shortleaf.admin.v1.ListBundlesResponse.bundles:type_name -> shortleaf.admin.v1.FederatedBundle
 	1,  // 14: shortleaf.admin.v1.AdminAPI.CreateEntry:input_type -> shortleaf.admin.v1.CreateEntryRequest
 	2,  // 15: shortleaf.admin.v1.AdminAPI.ListEntries:input_type -> shortleaf.admin.v1.ListEntriesRequest
 	4,  // 16: shortleaf.admin.v1.AdminAPI.GetEntry:input_type -> shortleaf.admin.v1.GetEntryRequest
@@ -3239,15 +3326,15 @@ var file_admin_v1_admin_proto_depIdxs = []int32{
 	16, // 23: shortleaf.admin.v1.AdminAPI.GetBundle:input_type -> shortleaf.admin.v1.GetBundleRequest
 	21, // 24: shortleaf.admin.v1.AdminAPI.MintX509SVID:input_type -> shortleaf.admin.v1.MintX509SVIDRequest
 	19, // 25: shortleaf.admin.v1.AdminAPI.MintJWTSVID:input_type -> shortleaf.admin.v1.MintJWTSVIDRequest
-	38, // 26: shortleaf.admin.v1.AdminAPI.CreateFederation:input_type -> shortleaf.admin.v1.CreateFederationRequest
-	39, // 27: shortleaf.admin.v1.AdminAPI.ListFederations:input_type -> shortleaf.admin.v1.ListFederationsRequest
-	41, // 28: shortleaf.admin.v1.AdminAPI.GetFederation:input_type -> shortleaf.admin.v1.GetFederationRequest
-	42, // 29: shortleaf.admin.v1.AdminAPI.UpdateFederation:input_type -> shortleaf.admin.v1.UpdateFederationRequest
-	43, // 30: shortleaf.admin.v1.AdminAPI.DeleteFederation:input_type -> shortleaf.admin.v1.DeleteFederationRequest
-	45, // 31: shortleaf.admin.v1.AdminAPI.RefreshFederation:input_type -> shortleaf.admin.v1.RefreshFederationRequest
-	47, // 32: shortleaf.admin.v1.AdminAPI.ListBundles:input_type -> shortleaf.admin.v1.ListBundlesRequest
-	49, // 33: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:input_type -> shortleaf.admin.v1.SetFederatedBundleRequest
-	50, // 34: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:input_type -> shortleaf.admin.v1.DeleteFederatedBundleRequest
+	40, // 26: shortleaf.admin.v1.AdminAPI.CreateFederation:input_type -> shortleaf.admin.v1.CreateFederationRequest
+	41, // 27: shortleaf.admin.v1.AdminAPI.ListFederations:input_type -> shortleaf.admin.v1.ListFederationsRequest
+	43, // 28: shortleaf.admin.v1.AdminAPI.GetFederation:input_type -> shortleaf.admin.v1.GetFederationRequest
+	44, // 29: shortleaf.admin.v1.AdminAPI.UpdateFederation:input_type -> shortleaf.admin.v1.UpdateFederationRequest
+	45, // 30: shortleaf.admin.v1.AdminAPI.DeleteFederation:input_type -> shortleaf.admin.v1.DeleteFederationRequest
+	47, // 31: shortleaf.admin.v1.AdminAPI.RefreshFederation:input_type -> shortleaf.admin.v1.RefreshFederationRequest
+	49, // 32: shortleaf.admin.v1.AdminAPI.ListBundles:input_type -> shortleaf.admin.v1.ListBundlesRequest
+	51, // 33: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:input_type -> shortleaf.admin.v1.SetFederatedBundleRequest
+	52, // 34: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:input_type -> shortleaf.admin.v1.DeleteFederatedBundleRequest
 	25, // 35: shortleaf.admin.v1.AdminAPI.ListAuthorities:input_type -> shortleaf.admin.v1.ListAuthoritiesRequest
 	29, // 36: shortleaf.admin.v1.AdminAPI.PrepareAuthority:input_type -> shortleaf.admin.v1.PrepareAuthorityRequest
 	30, // 37: shortleaf.admin.v1.AdminAPI.ActivateAuthority:input_type -> shortleaf.admin.v1.ActivateAuthorityRequest
@@ -3256,37 +3343,39 @@ var file_admin_v1_admin_proto_depIdxs = []int32{
 	33, // 40: shortleaf.admin.v1.AdminAPI.PrepareRoot:input_type -> shortleaf.admin.v1.PrepareRootRequest
 	34, // 41: shortleaf.admin.v1.AdminAPI.ActivateRoot:input_type -> shortleaf.admin.v1.ActivateRootRequest
 	36, // 42: shortleaf.admin.v1.AdminAPI.RetireRoot:input_type -> shortleaf.admin.v1.RetireRootRequest
-	0,  // 43: shortleaf.admin.v1.AdminAPI.CreateEntry:output_type -> shortleaf.admin.v1.Entry
-	3,  // 44: shortleaf.admin.v1.AdminAPI.ListEntries:output_type -> shortleaf.admin.v1.ListEntriesResponse
-	0,  // 45: shortleaf.admin.v1.AdminAPI.GetEntry:output_type -> shortleaf.admin.v1.Entry
-	0,  // 46: shortleaf.admin.v1.AdminAPI.UpdateEntry:output_type -> shortleaf.admin.v1.Entry
-	7,  // 47: shortleaf.admin.v1.AdminAPI.DeleteEntry:output_type -> shortleaf.admin.v1.DeleteEntryResponse
-	9,  // 48: shortleaf.admin.v1.AdminAPI.CreateJoinToken:output_type -> shortleaf.admin.v1.CreateJoinTokenResponse
-	12, // 49: shortleaf.admin.v1.AdminAPI.ListAgents:output_type -> shortleaf.admin.v1.ListAgentsResponse
-	10, // 50: shortleaf.admin.v1.AdminAPI.GetAgent:output_type -> shortleaf.admin.v1.Agent
-	15, // 51: shortleaf.admin.v1.AdminAPI.EvictAgent:output_type -> shortleaf.admin.v1.EvictAgentResponse
-	17, // 52: shortleaf.admin.v1.AdminAPI.GetBundle:output_type -> shortleaf.admin.v1.Bundle
-	22, // 53: shortleaf.admin.v1.AdminAPI.MintX509SVID:output_type -> shortleaf.admin.v1.MintX509SVIDResponse
-	20, // 54: shortleaf.admin.v1.AdminAPI.MintJWTSVID:output_type -> shortleaf.admin.v1.MintJWTSVIDResponse
-	37, // 55: shortleaf.admin.v1.AdminAPI.CreateFederation:output_type -> shortleaf.admin.v1.Federation
-	40, // 56: shortleaf.admin.v1.AdminAPI.ListFederations:output_type -> shortleaf.admin.v1.ListFederationsResponse
-	37, // 57: shortleaf.admin.v1.AdminAPI.GetFederation:output_type -> shortleaf.admin.v1.Federation
-	37, // 58: shortleaf.admin.v1.AdminAPI.UpdateFederation:output_type -> shortleaf.admin.v1.Federation
-	44, // 59: shortleaf.admin.v1.AdminAPI.DeleteFederation:output_type -> shortleaf.admin.v1.DeleteFederationResponse
-	37, // 60: shortleaf.admin.v1.AdminAPI.RefreshFederation:output_type -> shortleaf.admin.v1.Federation
-	48, // 61: shortleaf.admin.v1.AdminAPI.ListBundles:output_type -> shortleaf.admin.v1.ListBundlesResponse
-	46, // 62: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:output_type -> shortleaf.admin.v1.FederatedBundle
-	51, // 63: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:output_type -> shortleaf.admin.v1.DeleteFederatedBundleResponse
-	26, // 64: shortleaf.admin.v1.AdminAPI.ListAuthorities:output_type -> shortleaf.admin.v1.ListAuthoritiesResponse
-	23, // 65: shortleaf.admin.v1.AdminAPI.PrepareAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 66: shortleaf.admin.v1.AdminAPI.ActivateAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 67: shortleaf.admin.v1.AdminAPI.TaintAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 68: shortleaf.admin.v1.AdminAPI.RevokeAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 69: shortleaf.admin.v1.AdminAPI.PrepareRoot:output_type -> shortleaf.admin.v1.Authority
-	35, // 70: shortleaf.admin.v1.AdminAPI.ActivateRoot:output_type -> shortleaf.admin.v1.ActivateRootResponse
-	23, // 71: shortleaf.admin.v1.AdminAPI.RetireRoot:output_type -> shortleaf.admin.v1.Authority
-	43, // [43:72] is the sub-list for method output_type
-	14, // [14:43] is the sub-list for method input_type
+	37, // 43: shortleaf.admin.v1.AdminAPI.ExportCAJournal:input_type -> shortleaf.admin.v1.ExportCAJournalRequest
+	0,  // 44: shortleaf.admin.v1.AdminAPI.CreateEntry:output_type -> shortleaf.admin.v1.Entry
+	3,  // 45: shortleaf.admin.v1.AdminAPI.ListEntries:output_type -> shortleaf.admin.v1.ListEntriesResponse
+	0,  // 46: shortleaf.admin.v1.AdminAPI.GetEntry:output_type -> shortleaf.admin.v1.Entry
+	0,  // 47: shortleaf.admin.v1.AdminAPI.UpdateEntry:output_type -> shortleaf.admin.v1.Entry
+	7,  // 48: shortleaf.admin.v1.AdminAPI.DeleteEntry:output_type -> shortleaf.admin.v1.DeleteEntryResponse
+	9,  // 49: shortleaf.admin.v1.AdminAPI.CreateJoinToken:output_type -> shortleaf.admin.v1.CreateJoinTokenResponse
+	12, // 50: shortleaf.admin.v1.AdminAPI.ListAgents:output_type -> shortleaf.admin.v1.ListAgentsResponse
+	10, // 51: shortleaf.admin.v1.AdminAPI.GetAgent:output_type -> shortleaf.admin.v1.Agent
+	15, // 52: shortleaf.admin.v1.AdminAPI.EvictAgent:output_type -> shortleaf.admin.v1.EvictAgentResponse
+	17, // 53: shortleaf.admin.v1.AdminAPI.GetBundle:output_type -> shortleaf.admin.v1.Bundle
+	22, // 54: shortleaf.admin.v1.AdminAPI.MintX509SVID:output_type -> shortleaf.admin.v1.MintX509SVIDResponse
+	20, // 55: shortleaf.admin.v1.AdminAPI.MintJWTSVID:output_type -> shortleaf.admin.v1.MintJWTSVIDResponse
+	39, // 56: shortleaf.admin.v1.AdminAPI.CreateFederation:output_type -> shortleaf.admin.v1.Federation
+	42, // 57: shortleaf.admin.v1.AdminAPI.ListFederations:output_type -> shortleaf.admin.v1.ListFederationsResponse
+	39, // 58: shortleaf.admin.v1.AdminAPI.GetFederation:output_type -> shortleaf.admin.v1.Federation
+	39, // 59: shortleaf.admin.v1.AdminAPI.UpdateFederation:output_type -> shortleaf.admin.v1.Federation
+	46, // 60: shortleaf.admin.v1.AdminAPI.DeleteFederation:output_type -> shortleaf.admin.v1.DeleteFederationResponse
+	39, // 61: shortleaf.admin.v1.AdminAPI.RefreshFederation:output_type -> shortleaf.admin.v1.Federation
+	50, // 62: shortleaf.admin.v1.AdminAPI.ListBundles:output_type -> shortleaf.admin.v1.ListBundlesResponse
+	48, // 63: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:output_type -> shortleaf.admin.v1.FederatedBundle
+	53, // 64: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:output_type -> shortleaf.admin.v1.DeleteFederatedBundleResponse
+	26, // 65: shortleaf.admin.v1.AdminAPI.ListAuthorities:output_type -> shortleaf.admin.v1.ListAuthoritiesResponse
+	23, // 66: shortleaf.admin.v1.AdminAPI.PrepareAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 67: shortleaf.admin.v1.AdminAPI.ActivateAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 68: shortleaf.admin.v1.AdminAPI.TaintAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 69: shortleaf.admin.v1.AdminAPI.RevokeAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 70: shortleaf.admin.v1.AdminAPI.PrepareRoot:output_type -> shortleaf.admin.v1.Authority
+	35, // 71: shortleaf.admin.v1.AdminAPI.ActivateRoot:output_type -> shortleaf.admin.v1.ActivateRootResponse
+	23, // 72: shortleaf.admin.v1.AdminAPI.RetireRoot:output_type -> shortleaf.admin.v1.Authority
+	38, // 73: shortleaf.admin.v1.AdminAPI.ExportCAJournal:output_type -> shortleaf.admin.v1.ExportCAJournalResponse
+	44, // [44:74] is the sub-list for method output_type
+	14, // [14:44] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
 	14, // [14:14] is the sub-list for extension extendee
 	0,  // [0:14] is the sub-list for field type_name
@@ -3303,7 +3392,7 @@ func file_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_v1_admin_proto_rawDesc), len(file_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   52,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

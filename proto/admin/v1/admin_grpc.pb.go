@@ -51,6 +51,7 @@ const (
 	AdminAPI_PrepareRoot_FullMethodName           = "/shortleaf.admin.v1.AdminAPI/PrepareRoot"
 	AdminAPI_ActivateRoot_FullMethodName          = "/shortleaf.admin.v1.AdminAPI/ActivateRoot"
 	AdminAPI_RetireRoot_FullMethodName            = "/shortleaf.admin.v1.AdminAPI/RetireRoot"
+	AdminAPI_ExportCAJournal_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/ExportCAJournal"
 )
 
 // AdminAPIClient is the client API for AdminAPI service.
@@ -88,6 +89,9 @@ type AdminAPIClient interface {
 	PrepareRoot(ctx context.Context, in *PrepareRootRequest, opts ...grpc.CallOption) (*Authority, error)
 	ActivateRoot(ctx context.Context, in *ActivateRootRequest, opts ...grpc.CallOption) (*ActivateRootResponse, error)
 	RetireRoot(ctx context.Context, in *RetireRootRequest, opts ...grpc.CallOption) (*Authority, error)
+	// The CA journal as stored (certificates, lifetimes and key references,
+	// never keys), for `ca drill` to rehearse on.
+	ExportCAJournal(ctx context.Context, in *ExportCAJournalRequest, opts ...grpc.CallOption) (*ExportCAJournalResponse, error)
 }
 
 type adminAPIClient struct {
@@ -388,6 +392,16 @@ func (c *adminAPIClient) RetireRoot(ctx context.Context, in *RetireRootRequest, 
 	return out, nil
 }
 
+func (c *adminAPIClient) ExportCAJournal(ctx context.Context, in *ExportCAJournalRequest, opts ...grpc.CallOption) (*ExportCAJournalResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExportCAJournalResponse)
+	err := c.cc.Invoke(ctx, AdminAPI_ExportCAJournal_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminAPIServer is the server API for AdminAPI service.
 // All implementations must embed UnimplementedAdminAPIServer
 // for forward compatibility.
@@ -423,6 +437,9 @@ type AdminAPIServer interface {
 	PrepareRoot(context.Context, *PrepareRootRequest) (*Authority, error)
 	ActivateRoot(context.Context, *ActivateRootRequest) (*ActivateRootResponse, error)
 	RetireRoot(context.Context, *RetireRootRequest) (*Authority, error)
+	// The CA journal as stored (certificates, lifetimes and key references,
+	// never keys), for `ca drill` to rehearse on.
+	ExportCAJournal(context.Context, *ExportCAJournalRequest) (*ExportCAJournalResponse, error)
 	mustEmbedUnimplementedAdminAPIServer()
 }
 
@@ -519,6 +536,9 @@ func (UnimplementedAdminAPIServer) ActivateRoot(context.Context, *ActivateRootRe
 }
 func (UnimplementedAdminAPIServer) RetireRoot(context.Context, *RetireRootRequest) (*Authority, error) {
 	return nil, status.Error(codes.Unimplemented, "method RetireRoot not implemented")
+}
+func (UnimplementedAdminAPIServer) ExportCAJournal(context.Context, *ExportCAJournalRequest) (*ExportCAJournalResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExportCAJournal not implemented")
 }
 func (UnimplementedAdminAPIServer) mustEmbedUnimplementedAdminAPIServer() {}
 func (UnimplementedAdminAPIServer) testEmbeddedByValue()                  {}
@@ -1063,6 +1083,24 @@ func _AdminAPI_RetireRoot_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminAPI_ExportCAJournal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExportCAJournalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).ExportCAJournal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_ExportCAJournal_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).ExportCAJournal(ctx, req.(*ExportCAJournalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminAPI_ServiceDesc is the grpc.ServiceDesc for AdminAPI service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1185,6 +1223,10 @@ var AdminAPI_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RetireRoot",
 			Handler:    _AdminAPI_RetireRoot_Handler,
+		},
+		{
+			MethodName: "ExportCAJournal",
+			Handler:    _AdminAPI_ExportCAJournal_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
