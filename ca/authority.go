@@ -85,17 +85,29 @@ type authorityRecord struct {
 	BundleSequence uint64    `json:"bundle_sequence,omitempty"`
 }
 
-// journalRecord is what the CA persists: every authority and the bundle sequence.
+// journalRecord is what the CA persists: every authority, the bundle
+// sequence and the revoked intermediates that have not expired yet.
 type journalRecord struct {
-	Version        int               `json:"version"`
-	BundleSequence uint64            `json:"bundle_sequence"`
-	Authorities    []authorityRecord `json:"authorities"`
+	Version        int                  `json:"version"`
+	BundleSequence uint64               `json:"bundle_sequence"`
+	Authorities    []authorityRecord    `json:"authorities"`
+	Revoked        []RevokedCertificate `json:"revoked,omitempty"`
+}
+
+// RevokedCertificate is an intermediate removed by Revoke, listed in its
+// root's CRL until it expires.
+type RevokedCertificate struct {
+	AuthorityID string    `json:"authority_id"`
+	IssuerID    string    `json:"issuer_id"`
+	Serial      string    `json:"serial"` // hex
+	RevokedAt   time.Time `json:"revoked_at"`
+	NotAfter    time.Time `json:"not_after"`
 }
 
 const journalVersion = 1
 
-func encodeJournal(seq uint64, auths []*Authority) ([]byte, error) {
-	rec := journalRecord{Version: journalVersion, BundleSequence: seq}
+func encodeJournal(seq uint64, auths []*Authority, revoked []RevokedCertificate) ([]byte, error) {
+	rec := journalRecord{Version: journalVersion, BundleSequence: seq, Revoked: revoked}
 	for _, a := range auths {
 		r := authorityRecord{
 			ID: a.ID, Kind: a.Kind, State: a.State, NotBefore: a.NotBefore, NotAfter: a.NotAfter,

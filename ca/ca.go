@@ -106,6 +106,10 @@ type CA struct {
 	mu          sync.RWMutex
 	authorities []*Authority
 	bundleSeq   uint64
+	revoked     []RevokedCertificate
+	// journalVersion counts installs; the CRL cache is keyed on it.
+	journalVersion uint64
+	crls           crlCache
 
 	// active and activeJWT are read on every signature without taking mu.
 	active    atomic.Pointer[activeSigner]
@@ -236,14 +240,15 @@ func (c *CA) restore(ctx context.Context, raw []byte) error {
 		}
 		auths = append(auths, a)
 	}
-	c.install(auths, rec.BundleSequence)
+	c.install(auths, rec.BundleSequence, rec.Revoked)
 	return nil
 }
 
 // install replaces the authorities and points the signers at the active ones.
-func (c *CA) install(auths []*Authority, seq uint64) {
+func (c *CA) install(auths []*Authority, seq uint64, revoked []RevokedCertificate) {
 	c.mu.Lock()
-	c.authorities, c.bundleSeq = auths, seq
+	c.authorities, c.bundleSeq, c.revoked = auths, seq, revoked
+	c.journalVersion++ // the CRLs are re-signed
 	c.mu.Unlock()
 	var inter, jwt *Authority
 	for _, a := range auths {

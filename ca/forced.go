@@ -82,6 +82,10 @@ func (c *CA) Revoke(ctx context.Context, id string, inUse func(keyID string) []s
 	if users := inUse(a.KeyID()); len(users) > 0 {
 		return Authority{}, &RefusedError{Op: "revoke", Reason: fmt.Sprintf("%s still signs certificates in use (SVIDs agents hold, the server's TLS certificate)", id), Blockers: users}
 	}
+	if a.Cert != nil {
+		ch.revoked = append(ch.revoked, RevokedCertificate{AuthorityID: a.ID, IssuerID: a.ParentID,
+			Serial: a.Cert.SerialNumber.Text(16), RevokedAt: ch.now, NotAfter: a.NotAfter})
+	}
 	ch.remove(a, "revoked")
 	return *a, ch.commit(ctx)
 }

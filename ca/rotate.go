@@ -13,8 +13,9 @@ type change struct {
 	c      *CA
 	now    time.Time
 	auths  []*Authority
-	seq    uint64
-	events []Transition
+	seq     uint64
+	revoked []RevokedCertificate
+	events  []Transition
 	// gone are the keys of authorities removed by this change; they are
 	// destroyed only after the journal no longer names them.
 	gone []string
@@ -32,7 +33,7 @@ type Transition struct {
 func (c *CA) begin() *change {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	ch := &change{c: c, now: c.cfg.Clock.Now(), seq: c.bundleSeq}
+	ch := &change{c: c, now: c.cfg.Clock.Now(), seq: c.bundleSeq, revoked: append([]RevokedCertificate(nil), c.revoked...)}
 	for _, a := range c.authorities {
 		ch.auths = append(ch.auths, a.clone())
 	}
@@ -89,14 +90,14 @@ func (ch *change) commit(ctx context.Context) error {
 	if len(ch.events) == 0 {
 		return nil
 	}
-	raw, err := encodeJournal(ch.seq, ch.auths)
+	raw, err := encodeJournal(ch.seq, ch.auths, ch.revoked)
 	if err != nil {
 		return fmt.Errorf("ca: encode journal: %w", err)
 	}
 	if err := ch.c.cfg.Journal.SaveCAJournal(ctx, raw); err != nil {
 		return fmt.Errorf("ca: save journal: %w", err)
 	}
-	ch.c.install(ch.auths, ch.seq)
+	ch.c.install(ch.auths, ch.seq, ch.revoked)
 	if d, ok := ch.c.cfg.Keys.(KeyDeleter); ok {
 		for _, ref := range ch.gone {
 			if err := d.DeleteKey(ctx, ref); err != nil {
@@ -182,6 +183,7 @@ func (c *CA) Rotate(ctx context.Context) error {
 		}
 	}
 	ch.retireRoot()
+	ch.pruneRevoked()
 	return ch.commit(ctx)
 }
 

@@ -646,3 +646,74 @@ func params(t *testing.T, ttl time.Duration) ca.X509SVIDParams {
 	}
 	return ca.X509SVIDParams{PublicKey: key.Public(), SPIFFEID: webID, TTL: ttl}
 }
+
+// A revoked intermediate is listed in its root's CRL until it expires; every
+// intermediate publishes an empty CRL (leaves are revoked by expiry); each
+// CRL verifies under its issuer and is valid for an intermediate lifetime.
+func TestCRLsListRevokedIntermediates(t *testing.T) {
+	c, clk, _ := lifecycle(t)
+	first, _ := c.ActiveIntermediate()
+	var firstID string
+	for _, a := range c.Authorities() {
+		if a.Cert != nil && a.Cert.Equal(first) {
+			firstID = a.ID
+		}
+	}
+	if _, err := c.Prepare(ctx, ca.KindIntermediate); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Activate(ctx, ca.KindIntermediate); err != nil {
+		t.Fatal(err)
+	}
+	before, err := c.CRLs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Taint(ctx, firstID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Revoke(ctx, firstID, func(string) []string { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	crls, err := c.CRLs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byIssuer := map[string]*x509.RevocationList{}
+	for _, crl := range crls {
+		byIssuer[string(crl.AuthorityKeyId)] = crl
+	}
+	bundle, _ := c.Bundle()
+	root := bundle.X509Authorities()[0]
+	rootCRL := byIssuer[string(root.SubjectKeyId)]
+	if rootCRL == nil || len(rootCRL.RevokedCertificateEntries) != 1 || rootCRL.RevokedCertificateEntries[0].SerialNumber.Cmp(first.SerialNumber) != 0 {
+		t.Fatalf("the root's CRL does not list exactly the revoked intermediate: %+v", rootCRL)
+	}
+	if err := rootCRL.CheckSignatureFrom(root); err != nil {
+		t.Fatalf("root CRL signature: %v", err)
+	}
+	if got := rootCRL.NextUpdate.Sub(clk.Now()); got != time.Hour {
+		t.Fatalf("nextUpdate %s after now, want the intermediate lifetime", got)
+	}
+	if rootCRL.Number.Cmp(before[0].Number) <= 0 {
+		t.Fatalf("CRL number did not grow: %v -> %v", before[0].Number, rootCRL.Number)
+	}
+	active, _ := c.ActiveIntermediate()
+	if crl := byIssuer[string(active.SubjectKeyId)]; crl == nil || len(crl.RevokedCertificateEntries) != 0 || crl.CheckSignatureFrom(active) != nil {
+		t.Fatalf("the active intermediate's CRL: %+v", crl)
+	}
+	// Listed until the revoked intermediate would have expired; then dropped.
+	clk.Add(first.NotAfter.Sub(clk.Now()) + time.Minute)
+	if err := c.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	crls, err = c.CRLs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, crl := range crls {
+		if len(crl.RevokedCertificateEntries) != 0 {
+			t.Fatal("an expired revoked intermediate is still listed")
+		}
+	}
+}

@@ -44,7 +44,7 @@ func StandInJournal(ctx context.Context, raw []byte, td spiffeid.TrustDomain, ke
 			out = append(out, a)
 		}
 	}
-	return encodeJournal(rec.BundleSequence, out)
+	return encodeJournal(rec.BundleSequence, out, rec.Revoked)
 }
 
 func (c *CA) standIn(ctx context.Context, orig *Authority, made map[string]*Authority) (*Authority, error) {
