@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"os"
@@ -174,6 +175,20 @@ func TestJWTAndBundleFormats(t *testing.T) {
 	out, err = shortleaf(t, "bundle", "show", "--admin-socket", sock, "--format", "jwks")
 	if err != nil || !strings.Contains(out, `"kid"`) || strings.Contains(out, "x5c") {
 		t.Fatalf("jwks:\n%s", out)
+	}
+	// One CRL from the root and one from the active intermediate.
+	out, err = shortleaf(t, "bundle", "show", "--admin-socket", sock, "--format", "crl")
+	if err != nil || strings.Count(out, "BEGIN X509 CRL") != 2 {
+		t.Fatalf("crl:\n%s", out)
+	}
+	for rest := []byte(out); ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		if _, err := x509.ParseRevocationList(block.Bytes); err != nil {
+			t.Fatalf("bundle show --format crl: %v", err)
+		}
 	}
 }
 

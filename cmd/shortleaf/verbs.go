@@ -120,17 +120,25 @@ func newBundleCommand() *cobra.Command {
 		Short: "Print the trust domain's bundle as PEM or as a SPIFFE bundle (JWK Set)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if format != "pem" && format != "spiffe" && format != "jwks" {
-				return fmt.Errorf("--format: %q is not pem, spiffe or jwks", format)
+			if format != "pem" && format != "spiffe" && format != "jwks" && format != "crl" {
+				return fmt.Errorf("--format: %q is not pem, spiffe, jwks or crl", format)
 			}
 			return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
 				b, err := c.GetBundle(ctx, &adminv1.GetBundleRequest{})
 				if err != nil {
 					return err
 				}
-				if format == "pem" {
+				switch format {
+				case "pem":
 					for _, der := range b.GetX509Authorities() {
 						if err := pem.Encode(cmd.OutOrStdout(), &pem.Block{Type: "CERTIFICATE", Bytes: der}); err != nil {
+							return err
+						}
+					}
+					return nil
+				case "crl":
+					for _, der := range b.GetCrls() {
+						if err := pem.Encode(cmd.OutOrStdout(), &pem.Block{Type: "X509 CRL", Bytes: der}); err != nil {
 							return err
 						}
 					}
@@ -140,7 +148,7 @@ func newBundleCommand() *cobra.Command {
 			})
 		},
 	}
-	show.Flags().StringVar(&format, "format", "pem", "pem (X.509 roots), spiffe (SPIFFE bundle: X.509 and JWT keys) or jwks (JWT keys only)")
+	show.Flags().StringVar(&format, "format", "pem", "pem (X.509 roots), spiffe (SPIFFE bundle: X.509 and JWT keys), jwks (JWT keys only) or crl (the CRLs of the roots and intermediates)")
 	cmd.AddCommand(show)
 	cmd.AddCommand(newBundleAdminCommands(&af)...)
 	return cmd

@@ -237,8 +237,18 @@ func (s *AdminService) EvictAgent(ctx context.Context, req *adminv1.EvictAgentRe
 }
 
 // GetBundle returns the trust bundle.
-func (s *AdminService) GetBundle(context.Context, *adminv1.GetBundleRequest) (*adminv1.Bundle, error) {
-	return readBundle(s.cfg.CA).adminProto(), nil
+func (s *AdminService) GetBundle(ctx context.Context, _ *adminv1.GetBundleRequest) (*adminv1.Bundle, error) {
+	out := readBundle(s.cfg.CA).adminProto()
+	if s.cfg.Lifecycle != nil {
+		crls, err := s.cfg.Lifecycle.CRLs()
+		if err != nil {
+			return nil, toStatus(ctx, s.cfg.Logger, "get bundle", err)
+		}
+		for _, crl := range crls {
+			out.Crls = append(out.Crls, crl.Raw)
+		}
+	}
+	return out, nil
 }
 
 // MintX509SVID signs an X.509-SVID for tooling: from a CSR, or for a fresh

@@ -11,11 +11,15 @@ package bundleendpoint
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -38,6 +42,9 @@ type Config struct {
 	// Certificate returns the TLS certificate: the server's SVID for
 	// https_spiffe, the Web PKI certificate for https_web.
 	Certificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// CRLs, if set, returns the CA's CRLs, served at /crl (all, PEM) and
+	// /crl/<issuer key ID>.crl (one, DER).
+	CRLs func() ([]*x509.RevocationList, error)
 	// Logger receives connection errors (failed handshakes) at debug level.
 	Logger *slog.Logger
 }
@@ -69,9 +76,15 @@ func (s source) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffebundle.
 
 // New listens on cfg.Addr; Run serves.
 func New(cfg Config) (*Server, error) {
-	handler, err := federation.NewHandler(cfg.TrustDomain, source(cfg.Bundle))
+	bundleHandler, err := federation.NewHandler(cfg.TrustDomain, source(cfg.Bundle))
 	if err != nil {
 		return nil, fmt.Errorf("bundleendpoint: %w", err)
+	}
+	handler := http.NewServeMux()
+	handler.Handle("/", bundleHandler)
+	if cfg.CRLs != nil {
+		handler.Handle("GET /crl", crlHandler(cfg.CRLs, ""))
+		handler.Handle("GET /crl/{file}", crlHandler(cfg.CRLs, "file"))
 	}
 	lis, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -117,4 +130,32 @@ func LoadWebCertificate(certFile, keyFile string) (func(*tls.ClientHelloInfo) (*
 		return nil, fmt.Errorf("bundleendpoint: web certificate: %w", err)
 	}
 	return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, nil
+}
+
+// crlHandler serves every CRL as PEM, or with fileParam the one whose
+// issuer key ID (hex) names the file "<key id>.crl", as DER.
+func crlHandler(crls func() ([]*x509.RevocationList, error), fileParam string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		list, err := crls()
+		if err != nil {
+			http.Error(w, "CRLs are unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		if fileParam == "" {
+			w.Header().Set("Content-Type", "application/x-pem-file")
+			for _, crl := range list {
+				_ = pem.Encode(w, &pem.Block{Type: "X509 CRL", Bytes: crl.Raw})
+			}
+			return
+		}
+		keyID, ok := strings.CutSuffix(r.PathValue(fileParam), ".crl")
+		for _, crl := range list {
+			if ok && hex.EncodeToString(crl.AuthorityKeyId) == strings.ToLower(keyID) {
+				w.Header().Set("Content-Type", "application/pkix-crl")
+				_, _ = w.Write(crl.Raw)
+				return
+			}
+		}
+		http.NotFound(w, r)
+	})
 }

@@ -1,10 +1,21 @@
 package harness_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +23,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -267,5 +280,101 @@ func TestBlockedRootRotationRaisesAlarms(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), stuck.ID.String()) {
 		t.Fatal("the alarm does not name the blocking agent")
+	}
+}
+
+// Revocation a relying party can honour: after taint and revoke, the bundle
+// endpoint's CRLs (and bundle show --format crl's source) list the revoked
+// intermediate; OpenSSL checking every CRL of the chain accepts a current
+// SVID and rejects one the revoked intermediate signed, and finds that
+// intermediate revoked in its root's CRL.
+func TestRevokedIntermediateIsInTheCRL(t *testing.T) {
+	openssl, err := exec.LookPath("openssl")
+	if err != nil {
+		t.Skip("openssl is not installed")
+	}
+	srv := harness.StartServer(t, withBundleEndpoint(harness.TrustDomain), func(c *server.Config) { c.RotationInterval = 50 * time.Millisecond })
+	ctx := context.Background()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := func() []*x509.Certificate {
+		chain, err := srv.CA().SignX509SVID(ca.X509SVIDParams{PublicKey: key.Public(), SPIFFEID: spiffeid.RequireFromPath(harness.TrustDomain, "/web"), TTL: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return chain
+	}
+	old := sign()
+	var oldID string
+	for _, a := range srv.CA().Authorities() {
+		if a.Cert != nil && a.Cert.Equal(old[1]) {
+			oldID = a.ID
+		}
+	}
+	if _, err := srv.Admin.PrepareAuthority(ctx, &adminv1.PrepareAuthorityRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Admin.ActivateAuthority(ctx, &adminv1.ActivateAuthorityRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	current := sign()
+	if _, err := srv.Admin.TaintAuthority(ctx, &adminv1.TaintAuthorityRequest{Id: oldID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Admin.RevokeAuthority(ctx, &adminv1.RevokeAuthorityRequest{Id: oldID}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Fetch the CRLs from the bundle endpoint, authenticating it as a SPIFFE peer.
+	bundle, _ := srv.CA().Bundle()
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(ca.ServerID(harness.TrustDomain)))}}
+	resp, err := client.Get("https://" + srv.BundleEndpointAddr() + "/crl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	crlPEM, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(crlPEM, []byte("BEGIN X509 CRL")) {
+		t.Fatalf("GET /crl: %s\n%s", resp.Status, crlPEM)
+	}
+	got, err := srv.Admin.GetBundle(ctx, &adminv1.GetBundleRequest{})
+	if err != nil || len(got.GetCrls()) < 2 {
+		t.Fatalf("GetBundle carries %d CRLs: %v", len(got.GetCrls()), err)
+	}
+
+	dir := t.TempDir()
+	write := func(name string, certs ...*x509.Certificate) string {
+		var b bytes.Buffer
+		for _, c := range certs {
+			_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+		}
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, b.Bytes(), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	roots := write("roots.pem", bundle.X509Authorities()...)
+	crlFile := filepath.Join(dir, "crls.pem")
+	if err := os.WriteFile(crlFile, crlPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	verify := func(chain []*x509.Certificate) (string, error) {
+		out, err := exec.Command(openssl, "verify", "-crl_check_all", "-CRLfile", crlFile, "-CAfile", roots, //nolint:gosec // test paths
+			"-untrusted", write("inter.pem", chain[1]), write("leaf.pem", chain[0])).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := verify(current); err != nil {
+		t.Fatalf("openssl -crl_check_all rejects a current SVID: %v\n%s", err, out)
+	}
+	if out, err := verify(old); err == nil {
+		t.Fatalf("openssl -crl_check_all accepts an SVID of the revoked intermediate:\n%s", out)
+	}
+	// The reason: the root's CRL lists the intermediate as revoked.
+	out, err := exec.Command(openssl, "verify", "-crl_check", "-CRLfile", crlFile, "-CAfile", roots, write("revoked.pem", old[1])).CombinedOutput() //nolint:gosec // test paths
+	if err == nil || !strings.Contains(string(out), "certificate revoked") {
+		t.Fatalf("openssl does not find the intermediate revoked in the root's CRL: %v\n%s", err, out)
 	}
 }

@@ -178,7 +178,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		TrustDomain: cfg.TrustDomain, KeyType: cfg.KeyType, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
 		MaxSVIDTTL: cfg.MaxSVIDTTL, RootPrepareBefore: cfg.RootPrepareBefore, RootGate: gate.Blockers, RootGateLead: gate.Lead(),
 		Upstream: cfg.Upstream, Keys: keys, Journal: s.store, Clock: cfg.Clock, Logger: cfg.Logger,
-		OnTransition: func(t ca.Transition) { s.caMetrics.Transitions.WithLabelValues(string(t.Kind), t.What).Inc() },
+		OnTransition: func(t ca.Transition) {
+			s.caMetrics.Transitions.WithLabelValues(string(t.Kind), t.What).Inc()
+			if t.Kind == ca.KindIntermediate && s.tlsCert != nil && t.What == "activated" {
+				s.tlsCert.refresh() // follow the new signer now, not at the next handshake
+			}
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -342,7 +347,7 @@ func (s *Server) newBundleEndpoint(be *BundleEndpointConfig) (*bundleendpoint.Se
 		return nil, fmt.Errorf("server: bundle_endpoint.profile %q is not https_spiffe or https_web", be.Profile)
 	}
 	ep, err := bundleendpoint.New(bundleendpoint.Config{
-		Addr: be.Addr, TrustDomain: s.cfg.TrustDomain, Certificate: cert, Logger: s.cfg.Logger,
+		Addr: be.Addr, TrustDomain: s.cfg.TrustDomain, Certificate: cert, Logger: s.cfg.Logger, CRLs: s.ca.CRLs,
 		Bundle: func() *spiffebundle.Bundle { return s.ca.SPIFFEBundle(hint) },
 	})
 	if err != nil {

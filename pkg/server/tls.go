@@ -103,8 +103,10 @@ func (sc *serverCertificate) refresh() {
 	}
 }
 
-// presented returns the chain presented now: the leaf, then its signer.
+// presented returns the chain presented from now on (re-signed first if
+// stale): the leaf, then its signer.
 func (sc *serverCertificate) presented() []*x509.Certificate {
+	sc.refresh()
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
 	return append([]*x509.Certificate(nil), sc.chain...)

@@ -947,8 +947,11 @@ type Bundle struct {
 	X509Authorities [][]byte               `protobuf:"bytes,2,rep,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
 	Sequence        uint64                 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	JwtAuthorities  []*JWTAuthority        `protobuf:"bytes,4,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// DER CRLs of this CA's roots and intermediates (GetBundle only; see
+	// bundle show --format crl).
+	Crls          [][]byte `protobuf:"bytes,5,rep,name=crls,proto3" json:"crls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Bundle) Reset() {
@@ -1005,6 +1008,13 @@ func (x *Bundle) GetSequence() uint64 {
 func (x *Bundle) GetJwtAuthorities() []*JWTAuthority {
 	if x != nil {
 		return x.JwtAuthorities
+	}
+	return nil
+}
+
+func (x *Bundle) GetCrls() [][]byte {
+	if x != nil {
+		return x.Crls
 	}
 	return nil
 }
@@ -3054,12 +3064,13 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x11EvictAgentRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x14\n" +
 	"\x12EvictAgentResponse\"\x12\n" +
-	"\x10GetBundleRequest\"\xbd\x01\n" +
+	"\x10GetBundleRequest\"\xd1\x01\n" +
 	"\x06Bundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12)\n" +
 	"\x10x509_authorities\x18\x02 \x03(\fR\x0fx509Authorities\x12\x1a\n" +
 	"\bsequence\x18\x03 \x01(\x04R\bsequence\x12I\n" +
-	"\x0fjwt_authorities\x18\x04 \x03(\v2 .shortleaf.admin.v1.JWTAuthorityR\x0ejwtAuthorities\"D\n" +
+	"\x0fjwt_authorities\x18\x04 \x03(\v2 .shortleaf.admin.v1.JWTAuthorityR\x0ejwtAuthorities\x12\x12\n" +
+	"\x04crls\x18\x05 \x03(\fR\x04crls\"D\n" +
 	"\fJWTAuthority\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
 	"\n" +
