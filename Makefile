@@ -12,12 +12,12 @@ build:
 	$(GO) build $(PKGS)
 
 ## test: linters, generated code current, vet, every test with the race detector, then the
-## 30-day rotation simulation (single-goroutine logic: run once without -race, after the
-## timing-sensitive tests rather than beside them)
+## 30-day rotation and 5-day root-lifetime simulations (single-goroutine logic: run once
+## without -race, after the timing-sensitive tests rather than beside them)
 test: deps lint generate-check
 	$(GO) vet $(PKGS)
 	$(GO) test -race -short -count=1 -timeout 20m $(PKGS)
-	$(GO) test -count=1 -timeout 10m -run 'TestThirtyDaysOfRotation' ./ca/
+	$(GO) test -count=1 -timeout 10m -run 'TestThirtyDaysOfRotation|TestRootLifetimeRotation' ./ca/
 
 ## deps: what the tests need beyond Go (softhsm2, from Debian's packages)
 deps:

@@ -10,9 +10,9 @@ import (
 // change is a set of authority transitions built on a copy and installed only
 // once the journal holding it is saved: a failed save changes nothing.
 type change struct {
-	c      *CA
-	now    time.Time
-	auths  []*Authority
+	c       *CA
+	now     time.Time
+	auths   []*Authority
 	seq     uint64
 	revoked []RevokedCertificate
 	events  []Transition

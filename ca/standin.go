@@ -2,7 +2,6 @@ package ca
 
 import (
 	"context"
-	"crypto"
 	"crypto/x509"
 	"fmt"
 
@@ -66,7 +65,7 @@ func (c *CA) standIn(ctx context.Context, orig *Authority, made map[string]*Auth
 		if err != nil {
 			return nil, err
 		}
-		tmpl, issuer := rootTemplate, crypto.Signer(signer)
+		tmpl, issuer := rootTemplate, signer
 		var parentCert *x509.Certificate // self-signed
 		if orig.Kind == KindIntermediate {
 			parent := made[orig.ParentID]
