@@ -2,7 +2,6 @@ package catest
 
 import (
 	"context"
-	"sync"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -15,25 +14,7 @@ import (
 var TrustDomain = spiffeid.RequireTrustDomainFromString("example.org")
 
 // MemoryJournal keeps the CA journal in memory.
-type MemoryJournal struct {
-	mu  sync.Mutex
-	rec []byte
-}
-
-// LoadCAJournal implements ca.Journal.
-func (j *MemoryJournal) LoadCAJournal(context.Context) ([]byte, error) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.rec, nil
-}
-
-// SaveCAJournal implements ca.Journal.
-func (j *MemoryJournal) SaveCAJournal(_ context.Context, rec []byte) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.rec = append([]byte(nil), rec...)
-	return nil
-}
+type MemoryJournal = ca.MemoryJournal
 
 // Config returns a CA config with softkms keys under a temporary directory
 // and an in-memory journal; change it and pass it to NewFromConfig.

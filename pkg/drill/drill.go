@@ -232,13 +232,15 @@ func newDrill(ctx context.Context, cfg Config) (*Drill, error) {
 		}
 		caCfg.Upstream = up
 	}
-	journal := &memoryJournal{}
+	journal := &ca.MemoryJournal{}
 	if cfg.Journal != nil {
 		raw, err := ca.StandInJournal(ctx, cfg.Journal, cfg.CA.TrustDomain, keys, "ec-p256", caCfg.Upstream)
 		if err != nil {
 			return nil, fmt.Errorf("drill: %w", err)
 		}
-		journal.rec = raw
+		if err := journal.SaveCAJournal(ctx, raw); err != nil {
+			return nil, err
+		}
 	}
 	caCfg.Journal = journal
 	c, err := ca.New(ctx, caCfg)
@@ -576,22 +578,4 @@ func (m *memoryKeys) LoadKey(_ context.Context, ref string) (crypto.Signer, erro
 		return k, nil
 	}
 	return nil, errors.New("drill: no such stand-in key " + ref)
-}
-
-type memoryJournal struct {
-	mu  sync.Mutex
-	rec []byte
-}
-
-func (j *memoryJournal) LoadCAJournal(context.Context) ([]byte, error) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.rec, nil
-}
-
-func (j *memoryJournal) SaveCAJournal(_ context.Context, rec []byte) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.rec = append([]byte(nil), rec...)
-	return nil
 }
