@@ -200,6 +200,11 @@ func (p *pollingPeer) stop() {
 // current bundle, which has the new root.
 func (p *pollingPeer) requireHealthy(t *testing.T, rootID string) {
 	t.Helper()
+	harness.Eventually(t, 10*time.Second, func() bool { // its next poll sees the retirement
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.bundle.X509Authorities()) == 1
+	})
 	p.stop()
 	p.mu.Lock()
 	defer p.mu.Unlock()
