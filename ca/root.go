@@ -243,9 +243,13 @@ func (c *CA) RetireRoot(ctx context.Context, inUse func(root Authority) []string
 	return *old, ch.commit(ctx)
 }
 
+// FirstBlockers is at most n of the blockers, and how many more there are:
+// what a log line shows.
+func (st RootRotationStatus) FirstBlockers(n int) []string { return firstN(st.Blockers, n) }
+
 func firstN(s []string, n int) []string {
 	if len(s) > n {
-		return append(s[:n:n], fmt.Sprintf("… and %d more", len(s)-n))
+		return append(s[:n:n], fmt.Sprintf("and %d more", len(s)-n))
 	}
 	return s
 }

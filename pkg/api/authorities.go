@@ -184,7 +184,7 @@ func (s *AdminService) ActivateRoot(ctx context.Context, req *adminv1.ActivateRo
 	if len(forcedPast) > 0 {
 		resp.LaggingAgents = forcedPast
 		s.cfg.Logger.WarnContext(ctx, "root activated with --force although the propagation gate did not pass: the consumers listed lack the new root",
-			slog.Int("blockers", len(forcedPast)), slog.Any("blocking", forcedPast))
+			slog.Int("blockers", len(forcedPast)), slog.Any("blocking", ca.RootRotationStatus{Blockers: forcedPast}.FirstBlockers(20)))
 	}
 	return resp, nil
 }

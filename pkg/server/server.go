@@ -509,15 +509,7 @@ func (s *Server) observeRootRotation(ctx context.Context) {
 	s.cfg.Logger.Log(ctx, level, "root rotation is blocked on the propagation gate: the agents and consumers listed do not hold the next root",
 		slog.String("prepared_root_id", st.PreparedRootID), slog.Duration("waiting", waited.Round(time.Second)),
 		slog.Time("deadline", st.Deadline), slog.Time("forced_at", st.ForceAt), slog.Time("root_not_after", st.RootNotAfter),
-		slog.Int("blockers", len(st.Blockers)), slog.Any("blocking", firstBlockers(st.Blockers)))
-}
-
-func firstBlockers(b []string) []string {
-	const shown = 20
-	if len(b) > shown {
-		return append(b[:shown:shown], fmt.Sprintf("and %d more", len(b)-shown))
-	}
-	return b
+		slog.Int("blockers", len(st.Blockers)), slog.Any("blocking", st.FirstBlockers(20)))
 }
 
 func serveGRPC(srv *grpc.Server, lis net.Listener) error {
