@@ -41,7 +41,12 @@ func (c *CA) begin() *change {
 }
 
 func (ch *change) find(kind Kind, state State) *Authority {
-	for _, a := range ch.auths {
+	return findAuthority(ch.auths, kind, state)
+}
+
+// findAuthority is the first authority of kind in state, or nil.
+func findAuthority(auths []*Authority, kind Kind, state State) *Authority {
+	for _, a := range auths {
 		if a.Kind == kind && a.State == state {
 			return a
 		}
@@ -299,12 +304,7 @@ func (c *CA) NextTransition(a Authority) (string, time.Time) {
 func (c *CA) activeOf(kind Kind) *Authority {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	for _, a := range c.authorities {
-		if a.Kind == kind && a.State == StateActive {
-			return a
-		}
-	}
-	return nil
+	return findAuthority(c.authorities, kind, StateActive)
 }
 
 // nextRootTransition says what happens next to root a and when.
@@ -345,14 +345,7 @@ func (c *CA) NextEvent() time.Time {
 			next = t
 		}
 	}
-	find := func(kind Kind, state State) *Authority {
-		for _, a := range c.authorities {
-			if a.Kind == kind && a.State == state {
-				return a
-			}
-		}
-		return nil
-	}
+	find := func(kind Kind, state State) *Authority { return findAuthority(c.authorities, kind, state) }
 	for _, kind := range []Kind{KindIntermediate, KindJWT} {
 		active, prepared := find(kind, StateActive), find(kind, StatePrepared)
 		switch {

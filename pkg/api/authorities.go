@@ -10,10 +10,10 @@ import (
 	"slices"
 	"time"
 
-	"github.com/shortleaf/shortleaf/ca"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/shortleaf/shortleaf/ca"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 )
 
@@ -88,14 +88,13 @@ func (s *AdminService) gate() *PropagationGate {
 
 // agentsUsing lists live agents that reported SVIDs signed by keyID.
 func (s *AdminService) agentsUsing(ctx context.Context, keyID string) ([]string, error) {
-	agents, err := s.cfg.Store.ListAgents(ctx)
+	agents, err := s.gate().LiveAgents(ctx)
 	if err != nil {
 		return nil, err
 	}
-	since := s.cfg.Clock.Now().Add(-s.cfg.AgentLiveness)
 	var out []string
 	for _, a := range agents {
-		if !a.LastSeen.Before(since) && slices.Contains(a.SignerKeyIDs, keyID) {
+		if slices.Contains(a.SignerKeyIDs, keyID) {
 			out = append(out, a.SPIFFEID)
 		}
 	}

@@ -67,19 +67,28 @@ func (g *PropagationGate) Blockers(ctx context.Context, prepared ca.Authority) [
 // Live counts agents seen within the liveness window and lists those whose
 // bundle is older than seq.
 func (g *PropagationGate) Live(ctx context.Context, seq uint64) (live int, lagging []string, err error) {
-	agents, err := g.Agents.ListAgents(ctx)
-	if err != nil {
-		return 0, nil, err
-	}
-	since := g.Clock.Now().Add(-g.liveness())
+	agents, err := g.LiveAgents(ctx)
 	for _, a := range agents {
-		if a.LastSeen.Before(since) {
-			continue
-		}
-		live++
 		if a.BundleSequence < seq {
 			lagging = append(lagging, a.SPIFFEID)
 		}
 	}
-	return live, lagging, nil
+	return len(agents), lagging, err
+}
+
+// LiveAgents are the agents seen within the liveness window: those the gate
+// and revoke wait for.
+func (g *PropagationGate) LiveAgents(ctx context.Context) ([]*datastore.Agent, error) {
+	agents, err := g.Agents.ListAgents(ctx)
+	if err != nil {
+		return nil, err
+	}
+	since := g.Clock.Now().Add(-g.liveness())
+	live := agents[:0]
+	for _, a := range agents {
+		if !a.LastSeen.Before(since) {
+			live = append(live, a)
+		}
+	}
+	return live, nil
 }

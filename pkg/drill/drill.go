@@ -547,9 +547,6 @@ func (d *Drill) InUse(keyID string) []string {
 // Violate records a violation found by a BeforeStep hook.
 func (d *Drill) Violate(format string, args ...any) { d.violate(format, args...) }
 
-// Day is how many days into the drill t is.
-func (d *Drill) Day(t time.Time) float64 { return d.day(t) }
-
 // memoryKeys is a KeyManager of stand-in keys held only in memory.
 type memoryKeys struct {
 	mu   sync.Mutex
