@@ -72,9 +72,16 @@ func TestSDSStreamsSecretsLikeSPIRE(t *testing.T) {
 	if leaf.URIs[0].String() != "spiffe://example.org/envoy" {
 		t.Fatalf("default secret is for %s", leaf.URIs[0])
 	}
-	block, _ := pem.Decode(secrets["ROOTCA"].GetValidationContext().GetTrustedCa().GetInlineBytes())
+	// ROOTCA is Envoy's SPIFFE validator holding exactly the trust domain's bundle.
+	var validator tlsv3.SPIFFECertValidatorConfig
+	custom := secrets["ROOTCA"].GetValidationContext().GetCustomValidatorConfig()
+	if err := custom.GetTypedConfig().UnmarshalTo(&validator); err != nil || custom.GetName() != "envoy.tls.cert_validator.spiffe" {
+		t.Fatalf("ROOTCA is not a SPIFFE validator: %v %v", custom, err)
+	}
+	tds := validator.GetTrustDomains()
+	block, _ := pem.Decode(tds[0].GetTrustBundle().GetInlineBytes())
 	bundle, _ := srv.CA().Bundle()
-	if block == nil || string(block.Bytes) != string(bundle.X509Authorities()[0].Raw) {
+	if len(tds) != 1 || tds[0].GetName() != "example.org" || block == nil || string(block.Bytes) != string(bundle.X509Authorities()[0].Raw) {
 		t.Fatal("ROOTCA is not the trust domain's bundle")
 	}
 	// ACK; the next response must be a rotation, not a repeat.

@@ -34,16 +34,44 @@ const (
 	// SDSRootCA is the own trust domain's bundle as a validation context.
 	SDSRootCA = "ROOTCA"
 	// SDSAll is every bundle the caller trusts, own and federated, as one
-	// validation context.
+	// validation context that keeps each trust domain's bundle apart.
 	SDSAll = "ALL"
 
+	// DisableSPIFFECertValidationKey is the Envoy node-metadata switch
+	// (a bool, as SPIRE reads it) that asks for plain trusted CAs instead of
+	// Envoy's SPIFFE certificate validator. It applies to the own trust
+	// domain's bundle only (ROOTCA and its name): ALL and federated trust
+	// domains keep the validator, because a plain trusted CA list would let
+	// a federated CA vouch for any SPIFFE ID, ours included.
+	DisableSPIFFECertValidationKey = "disable_spiffe_cert_validation"
+
 	secretTypeURL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+	// spiffeValidatorName names Envoy's SPIFFE certificate validator
+	// extension (envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig).
+	spiffeValidatorName = "envoy.tls.cert_validator.spiffe"
 )
+
+// secretOptions are what the caller's Envoy asked for in its node metadata.
+type secretOptions struct {
+	// plainTrustedCA sends the own trust domain's bundle as a trusted CA
+	// list instead of the SPIFFE validator.
+	plainTrustedCA bool
+}
+
+func optionsFor(node *corev3.Node) secretOptions {
+	v := node.GetMetadata().GetFields()[DisableSPIFFECertValidationKey]
+	return secretOptions{plainTrustedCA: v.GetBoolValue()}
+}
 
 // sdsServer serves Envoy's Secret Discovery Service v3 from the same source
 // and attestation as the Workload API. Resource names: "default", a SPIFFE
 // ID (that SVID), "ROOTCA", "ALL", and a trust domain ("spiffe://td" or
 // "td") for its bundle. An empty request asks for every SVID and bundle.
+//
+// Bundles go out as Envoy's SPIFFE certificate validator, one bundle per
+// trust domain, as SPIRE sends them: a peer's chain is checked only against
+// the bundle of the trust domain in its own SPIFFE ID, so a federated CA can
+// never vouch for a local ID (or another federated one).
 type sdsServer struct {
 	secretv3.UnimplementedSecretDiscoveryServiceServer
 	s *Server
@@ -80,7 +108,7 @@ func (d *sdsServer) FetchSecrets(ctx context.Context, req *discoveryv3.Discovery
 	if err != nil {
 		return nil, err
 	}
-	return buildSecrets(state, ids, req.GetResourceNames())
+	return buildSecrets(state, ids, req.GetResourceNames(), optionsFor(req.GetNode()))
 }
 
 // StreamSecrets follows the xDS protocol: answer each new request, stay
@@ -111,6 +139,7 @@ func (d *sdsServer) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Di
 	}()
 
 	var names []string
+	var opts secretOptions
 	var lastVersion, lastNonce string
 	subscribed := false
 	_, changed := d.s.cfg.Source.Current()
@@ -120,7 +149,7 @@ func (d *sdsServer) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Di
 			return err
 		}
 		changed = ch
-		resp, err := buildSecrets(state, ids, names)
+		resp, err := buildSecrets(state, ids, names, opts)
 		if err != nil {
 			return err
 		}
@@ -157,6 +186,9 @@ func (d *sdsServer) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Di
 			if subscribed && req.GetResponseNonce() != "" && slices.Equal(req.GetResourceNames(), names) {
 				continue // an ACK
 			}
+			if req.GetNode() != nil { // Envoy may send its node on the first request only
+				opts = optionsFor(req.GetNode())
+			}
 			subscribed, names, lastVersion = true, slices.Clone(req.GetResourceNames()), ""
 			if err := send(); err != nil {
 				return err
@@ -189,7 +221,7 @@ func newNonce() string {
 // buildSecrets answers names from the state, for a caller with ids. Names it
 // cannot serve (yet) are left out, as Envoy expects; the version is a hash of
 // what is sent, so an unchanged answer is never pushed twice.
-func buildSecrets(state *State, ids []*Identity, names []string) (*discoveryv3.DiscoveryResponse, error) {
+func buildSecrets(state *State, ids []*Identity, names []string, opts secretOptions) (*discoveryv3.DiscoveryResponse, error) {
 	var issued []*Identity
 	for _, id := range ids {
 		if len(id.ChainDER) > 0 {
@@ -209,7 +241,7 @@ func buildSecrets(state *State, ids []*Identity, names []string) (*discoveryv3.D
 	resp := &discoveryv3.DiscoveryResponse{TypeUrl: secretTypeURL}
 	h := sha256.New()
 	for _, name := range names {
-		secret, err := secretFor(name, issued, bundles, state.TrustDomain)
+		secret, err := secretFor(name, issued, bundles, state.TrustDomain, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -228,7 +260,9 @@ func buildSecrets(state *State, ids []*Identity, names []string) (*discoveryv3.D
 	return resp, nil
 }
 
-func secretFor(name string, issued []*Identity, bundles map[string][]byte, own spiffeid.TrustDomain) (*tlsv3.Secret, error) {
+// secretFor builds the secret called name, or nil when the caller has
+// nothing by that name (yet). bundles is keyed by trust domain ID.
+func secretFor(name string, issued []*Identity, bundles map[string][]byte, own spiffeid.TrustDomain, opts secretOptions) (*tlsv3.Secret, error) {
 	switch name {
 	case SDSDefaultSVID:
 		if len(issued) == 0 {
@@ -236,27 +270,33 @@ func secretFor(name string, issued []*Identity, bundles map[string][]byte, own s
 		}
 		return tlsSecret(name, issued[0])
 	case SDSRootCA:
-		return validationSecret(name, bundles[own.IDString()])
+		return trustDomainSecret(name, own.IDString(), bundles, opts.plainTrustedCA)
 	case SDSAll:
-		var all []byte
-		for _, td := range slices.Sorted(maps.Keys(bundles)) {
-			all = append(all, bundles[td]...)
-		}
-		return validationSecret(name, all)
+		return spiffeValidatorSecret(name, slices.Sorted(maps.Keys(bundles)), bundles)
 	}
 	for _, id := range issued {
 		if id.SPIFFEID.String() == name {
 			return tlsSecret(name, id)
 		}
 	}
-	key := name
-	if td, err := spiffeid.TrustDomainFromString(name); err == nil {
-		key = td.IDString()
+	td, err := spiffeid.TrustDomainFromString(name)
+	if err != nil {
+		return nil, nil
 	}
-	if der, ok := bundles[key]; ok {
-		return validationSecret(name, der)
+	return trustDomainSecret(name, td.IDString(), bundles, opts.plainTrustedCA && td == own)
+}
+
+// trustDomainSecret validates peers of one trust domain (key, a trust
+// domain ID) with its bundle alone.
+func trustDomainSecret(name, key string, bundles map[string][]byte, plainTrustedCA bool) (*tlsv3.Secret, error) {
+	der, ok := bundles[key]
+	if !ok || len(der) == 0 {
+		return nil, nil
 	}
-	return nil, nil
+	if plainTrustedCA {
+		return trustedCASecret(name, der)
+	}
+	return spiffeValidatorSecret(name, []string{key}, bundles)
 }
 
 func tlsSecret(name string, id *Identity) (*tlsv3.Secret, error) {
@@ -264,30 +304,67 @@ func tlsSecret(name string, id *Identity) (*tlsv3.Secret, error) {
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "SVID of %s: %v", id.SPIFFEID, err)
 	}
-	var chain []byte
-	for _, c := range certs {
-		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
 	key := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: id.KeyDER})
 	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-		CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: chain}},
-		PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: key}},
+		CertificateChain: inlineBytes(certificatesPEM(certs)),
+		PrivateKey:       inlineBytes(key),
 	}}}, nil
 }
 
-func validationSecret(name string, bundleDER []byte) (*tlsv3.Secret, error) {
-	if len(bundleDER) == 0 {
-		return nil, nil
-	}
+// trustedCASecret is a plain list of trusted CAs: Envoy accepts any chain
+// to any of them, whatever SPIFFE ID it carries. Used only for the own
+// trust domain's bundle, on the caller's request.
+func trustedCASecret(name string, bundleDER []byte) (*tlsv3.Secret, error) {
 	certs, err := x509.ParseCertificates(bundleDER)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "bundle %s: %v", name, err)
 	}
-	var roots []byte
-	for _, c := range certs {
-		roots = append(roots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+		TrustedCa: inlineBytes(certificatesPEM(certs)),
+	}}}, nil
+}
+
+// spiffeValidatorSecret is Envoy's SPIFFE certificate validator holding
+// one bundle per trust domain (keys are trust domain IDs, in order).
+func spiffeValidatorSecret(name string, keys []string, bundles map[string][]byte) (*tlsv3.Secret, error) {
+	cfg := &tlsv3.SPIFFECertValidatorConfig{}
+	for _, key := range keys {
+		td, err := spiffeid.TrustDomainFromString(key)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "bundle %s: %v", key, err)
+		}
+		certs, err := x509.ParseCertificates(bundles[key])
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "bundle %s: %v", key, err)
+		}
+		if len(certs) == 0 {
+			continue
+		}
+		cfg.TrustDomains = append(cfg.TrustDomains, &tlsv3.SPIFFECertValidatorConfig_TrustDomain{
+			Name:        td.Name(),
+			TrustBundle: inlineBytes(certificatesPEM(certs)),
+		})
+	}
+	if len(cfg.TrustDomains) == 0 {
+		return nil, nil
+	}
+	typed, err := anypb.New(cfg)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "secret %s: %v", name, err)
 	}
 	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-		TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: roots}},
+		CustomValidatorConfig: &corev3.TypedExtensionConfig{Name: spiffeValidatorName, TypedConfig: typed},
 	}}}, nil
+}
+
+func certificatesPEM(certs []*x509.Certificate) []byte {
+	var out []byte
+	for _, c := range certs {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out
+}
+
+func inlineBytes(b []byte) *corev3.DataSource {
+	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
 }

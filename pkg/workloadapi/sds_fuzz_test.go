@@ -33,7 +33,7 @@ func FuzzSDSRequest(f *testing.F) {
 		if req.GetTypeUrl() != "" && req.GetTypeUrl() != secretTypeURL {
 			t.Fatalf("accepted type URL %q", req.GetTypeUrl())
 		}
-		resp, err := buildSecrets(state, nil, req.GetResourceNames())
+		resp, err := buildSecrets(state, nil, req.GetResourceNames(), optionsFor(req.GetNode()))
 		if err != nil {
 			return
 		}
