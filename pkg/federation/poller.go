@@ -33,16 +33,22 @@ type Store interface {
 	RecordFederationRefresh(ctx context.Context, read *datastore.Federation, bundle []byte, at time.Time, fetchErr string) error
 }
 
-// Poller refreshes every foreign bundle at its refresh hint.
+// Poller refreshes every foreign bundle at its refresh hint. Each
+// relationship is fetched on its own goroutine, so an endpoint that hangs
+// until the fetch timeout delays only itself; a relationship is never
+// fetched twice at once.
 type Poller struct {
-	store  Store
-	clock  clock.Clock
-	log    *slog.Logger
-	mu     sync.Mutex
-	next   map[string]time.Time
-	kick   chan struct{}
-	tick   time.Duration
-	fetchF func(context.Context, Relationship, *spiffebundle.Bundle) (*spiffebundle.Bundle, error)
+	store    Store
+	clock    clock.Clock
+	log      *slog.Logger
+	mu       sync.Mutex
+	next     map[string]time.Time
+	inFlight map[string]bool
+	again    map[string]bool // scheduled while in flight
+	fetches  sync.WaitGroup
+	kick     chan struct{}
+	tick     time.Duration
+	fetchF   func(context.Context, Relationship, *spiffebundle.Bundle) (*spiffebundle.Bundle, error)
 }
 
 // NewPoller returns a poller over store.
@@ -53,11 +59,14 @@ func NewPoller(store Store, clk clock.Clock, log *slog.Logger) *Poller {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Poller{store: store, clock: clk, log: log, next: map[string]time.Time{}, kick: make(chan struct{}, 1), tick: time.Second, fetchF: Fetch}
+	return &Poller{store: store, clock: clk, log: log, next: map[string]time.Time{}, inFlight: map[string]bool{}, again: map[string]bool{},
+		kick: make(chan struct{}, 1), tick: time.Second, fetchF: Fetch}
 }
 
-// Run polls until ctx is done.
+// Run polls until ctx is done, then waits for the fetches in flight (they
+// end with ctx).
 func (p *Poller) Run(ctx context.Context) error {
+	defer p.fetches.Wait()
 	for {
 		p.pollDue(ctx)
 		select {
@@ -69,10 +78,14 @@ func (p *Poller) Run(ctx context.Context) error {
 	}
 }
 
-// Schedule asks for td to be fetched at once (after a create or update).
+// Schedule asks for td to be fetched at once (after a create or update);
+// if a fetch of td is in flight, once more as soon as it ends.
 func (p *Poller) Schedule(td string) {
 	p.mu.Lock()
 	delete(p.next, td)
+	if p.inFlight[td] {
+		p.again[td] = true
+	}
 	p.mu.Unlock()
 	select {
 	case p.kick <- struct{}{}:
@@ -89,11 +102,26 @@ func (p *Poller) pollDue(ctx context.Context) {
 	now := p.clock.Now()
 	for _, f := range feds {
 		p.mu.Lock()
-		due := !now.Before(p.next[f.TrustDomain])
-		p.mu.Unlock()
+		due := !p.inFlight[f.TrustDomain] && !now.Before(p.next[f.TrustDomain])
 		if due {
-			_ = p.refresh(ctx, f)
+			p.inFlight[f.TrustDomain] = true
 		}
+		p.mu.Unlock()
+		if !due {
+			continue
+		}
+		p.fetches.Add(1)
+		go func() {
+			defer p.fetches.Done()
+			_ = p.refresh(ctx, f)
+			p.mu.Lock()
+			delete(p.inFlight, f.TrustDomain)
+			if p.again[f.TrustDomain] {
+				delete(p.again, f.TrustDomain)
+				delete(p.next, f.TrustDomain)
+			}
+			p.mu.Unlock()
+		}()
 	}
 }
 
