@@ -17,6 +17,38 @@ const (
 	ResultBad    = "invalid"
 )
 
+// Results lists every result label value, for counters that start at 0.
+var Results = []string{ResultOK, ResultDenied, ResultBad, ResultError}
+
+// Label values the counters are initialised with, so that an alert on any of
+// them reads 0 from the start instead of "no data".
+var (
+	// RefusalReasons are the server's resource-limit refusals.
+	RefusalReasons = []string{"attestation_rate", "signing_rate", "batch_limit", "message_size", "connection_limit"}
+	// NodeAttestors are the node attestation plugins.
+	NodeAttestors = []string{"join_token"}
+	// WorkloadAPIMethods are the agent socket's RPCs (Workload API and SDS).
+	WorkloadAPIMethods = []string{"FetchX509SVID", "FetchX509Bundles", "FetchJWTSVID", "FetchJWTBundles", "ValidateJWTSVID", "FetchSecrets", "StreamSecrets"}
+	// RenewalCauses are why the agent obtained a workload SVID.
+	RenewalCauses = []string{"new", "scheduled", "entry_changed"}
+)
+
+// initLabels creates the series of v for every combination of values, one
+// slice per label, so each reads 0 until it is first counted.
+func initLabels(v *prometheus.CounterVec, values ...[]string) {
+	var walk func(prefix []string, rest [][]string)
+	walk = func(prefix []string, rest [][]string) {
+		if len(rest) == 0 {
+			v.WithLabelValues(prefix...)
+			return
+		}
+		for _, x := range rest[0] {
+			walk(append(prefix[:len(prefix):len(prefix)], x), rest[1:])
+		}
+	}
+	walk(nil, values)
+}
+
 // Server holds the server's metrics.
 type Server struct {
 	SVIDsIssued       *prometheus.CounterVec
@@ -53,6 +85,10 @@ func NewServer(reg prometheus.Registerer) *Server {
 		Name: "shortleaf_server_requests_refused_total",
 		Help: "Requests refused by a resource limit, by reason (attestation_rate, signing_rate, batch_limit, message_size, connection_limit).",
 	}, []string{"reason"})
+	initLabels(m.SVIDsIssued, Results)
+	initLabels(m.AgentAttestations, NodeAttestors, Results)
+	initLabels(m.AgentRenewals, Results)
+	initLabels(m.Refusals, RefusalReasons)
 	reg.MustRegister(m.SVIDsIssued, m.SignDuration, m.AgentAttestations, m.AgentRenewals, m.Refusals)
 	return m
 }
@@ -119,6 +155,8 @@ type Agent struct {
 	FirstResponse *prometheus.HistogramVec
 	// WorkloadRefusals counts Workload API connections refused by a cap.
 	WorkloadRefusals *prometheus.CounterVec
+	// OpenStreams is the number of Workload API and SDS streams open now.
+	OpenStreams *prometheus.GaugeVec
 }
 
 // NewAgent registers the agent's metrics on reg.
@@ -126,7 +164,7 @@ func NewAgent(reg prometheus.Registerer) *Agent {
 	m := &Agent{
 		WorkloadRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shortleaf_agent_workload_api_requests_total",
-			Help: "Workload API calls by method and result.",
+			Help: "Workload API and SDS calls by method and result; a stream counts once, at its first response (or when it fails before one).",
 		}, []string{"method", "result"}),
 		SVIDRenewals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shortleaf_agent_x509_svid_renewals_total",
@@ -154,7 +192,14 @@ func NewAgent(reg prometheus.Registerer) *Agent {
 		Name: "shortleaf_agent_workload_api_refused_total",
 		Help: "Workload API connections refused by a limit, by reason (connection_limit).",
 	}, []string{"reason"})
-	reg.MustRegister(m.WorkloadRequests, m.SVIDRenewals, m.SyncFailures, m.CachedSVIDs, m.ExpiredSVIDs, m.FirstResponse, m.WorkloadRefusals)
+	m.OpenStreams = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "shortleaf_agent_workload_api_streams",
+		Help: "Workload API and SDS streams open now, by method.",
+	}, []string{"method"})
+	initLabels(m.WorkloadRequests, WorkloadAPIMethods, []string{ResultOK, ResultDenied, ResultError})
+	initLabels(m.SVIDRenewals, RenewalCauses)
+	initLabels(m.WorkloadRefusals, []string{"connection_limit"})
+	reg.MustRegister(m.WorkloadRequests, m.SVIDRenewals, m.SyncFailures, m.CachedSVIDs, m.ExpiredSVIDs, m.FirstResponse, m.WorkloadRefusals, m.OpenStreams)
 	return m
 }
 

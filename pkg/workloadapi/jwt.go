@@ -83,8 +83,9 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 // FetchJWTBundles streams the JWT signing keys (a JWK Set per trust domain,
 // own and federated), again on every change.
 func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream workload.SpiffeWorkloadAPI_FetchJWTBundlesServer) (err error) {
-	defer func() { s.count("FetchJWTBundles", err) }()
-	return s.streamBundles(stream.Context(), func(state *State, ids []*Identity) map[string][]byte {
+	call := s.openStream("FetchJWTBundles")
+	defer func() { call.end(err) }()
+	return s.streamBundles(stream.Context(), call, func(state *State, ids []*Identity) map[string][]byte {
 		bundles := state.federatedFor(ids, true)
 		if state.JWTBundleJSON != nil {
 			bundles[state.TrustDomain.IDString()] = state.JWTBundleJSON

@@ -115,7 +115,8 @@ func (d *sdsServer) FetchSecrets(ctx context.Context, req *discoveryv3.Discovery
 // quiet on an ACK (a request whose nonce is the last response's), and push
 // a new response whenever the requested secrets change.
 func (d *sdsServer) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) (err error) {
-	defer func() { d.s.count("StreamSecrets", err) }()
+	call := d.s.openStream("StreamSecrets")
+	defer func() { call.end(err) }()
 	ctx := stream.Context()
 	sels, err := d.attest(ctx)
 	if err != nil {
@@ -160,6 +161,7 @@ func (d *sdsServer) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Di
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
+		call.responded()
 		lastVersion, lastNonce = resp.GetVersionInfo(), resp.GetNonce()
 		return nil
 	}

@@ -104,6 +104,44 @@ func (s *Server) firstResponse(method string) func() {
 	}
 }
 
+// streamCall accounts for one streaming call: it is in the open-streams
+// gauge while it runs and counts once in requests_total, at its first
+// response (ok) or, if it never sends one, at its end (by its error). A
+// stream that lives for hours is thus seen when it starts serving.
+type streamCall struct {
+	s       *Server
+	method  string
+	counted bool
+	observe func()
+}
+
+func (s *Server) openStream(method string) *streamCall {
+	if s.cfg.Metrics != nil {
+		s.cfg.Metrics.OpenStreams.WithLabelValues(method).Inc()
+	}
+	return &streamCall{s: s, method: method, observe: s.firstResponse(method)}
+}
+
+// responded records that a response went out.
+func (c *streamCall) responded() {
+	c.observe()
+	if !c.counted {
+		c.counted = true
+		c.s.count(c.method, nil)
+	}
+}
+
+// end closes the call with its error.
+func (c *streamCall) end(err error) {
+	if !c.counted {
+		c.counted = true
+		c.s.count(c.method, err)
+	}
+	if c.s.cfg.Metrics != nil {
+		c.s.cfg.Metrics.OpenStreams.WithLabelValues(c.method).Dec()
+	}
+}
+
 func (s *Server) count(method string, err error) {
 	if s.cfg.Metrics == nil {
 		return
@@ -122,8 +160,8 @@ func (s *Server) count(method string, err error) {
 // FetchX509SVID streams the caller's X.509-SVIDs, again on every renewal,
 // entry change or bundle change.
 func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.SpiffeWorkloadAPI_FetchX509SVIDServer) (err error) {
-	defer func() { s.count("FetchX509SVID", err) }()
-	observe := s.firstResponse("FetchX509SVID")
+	call := s.openStream("FetchX509SVID")
+	defer func() { call.end(err) }()
 	ctx := stream.Context()
 	sels, err := s.attestCaller(ctx)
 	if err != nil {
@@ -164,7 +202,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 			if err := stream.Send(resp); err != nil {
 				return err
 			}
-			observe()
+			call.responded()
 			lastSent = sent
 		}
 		select {
@@ -178,8 +216,9 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 // FetchX509Bundles streams the trust bundles the caller should trust: its
 // own trust domain's and those its identities federate with.
 func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workload.SpiffeWorkloadAPI_FetchX509BundlesServer) (err error) {
-	defer func() { s.count("FetchX509Bundles", err) }()
-	return s.streamBundles(stream.Context(), func(state *State, ids []*Identity) map[string][]byte {
+	call := s.openStream("FetchX509Bundles")
+	defer func() { call.end(err) }()
+	return s.streamBundles(stream.Context(), call, func(state *State, ids []*Identity) map[string][]byte {
 		bundles := state.federatedFor(ids, false)
 		bundles[state.TrustDomain.IDString()] = state.BundleDER
 		return bundles
@@ -190,7 +229,7 @@ func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workloa
 
 // streamBundles attests the caller, then sends the bundles build returns at
 // once and again whenever they change, until the caller leaves.
-func (s *Server) streamBundles(ctx context.Context, build func(*State, []*Identity) map[string][]byte, send func(map[string][]byte) error) error {
+func (s *Server) streamBundles(ctx context.Context, call *streamCall, build func(*State, []*Identity) map[string][]byte, send func(map[string][]byte) error) error {
 	sels, err := s.attestCaller(ctx)
 	if err != nil {
 		return err
@@ -206,6 +245,7 @@ func (s *Server) streamBundles(ctx context.Context, build func(*State, []*Identi
 			if err := send(bundles); err != nil {
 				return err
 			}
+			call.responded()
 			lastSent = bundles
 		}
 		select {

@@ -73,12 +73,17 @@ func identity(t *testing.T, c *ca.CA, id, hint string, sels ...attest.Selector) 
 
 func serve(t *testing.T, src wl.Source, sels ...attest.Selector) string {
 	t.Helper()
+	return serveWith(t, wl.Config{Source: src, JWT: fixedJWT{"test-token"}, Attestor: fixedAttestor(sels)})
+}
+
+func serveWith(t *testing.T, cfg wl.Config) string {
+	t.Helper()
 	sock := filepath.Join(harness.ShortDir(t), "wl.sock")
 	lis, err := uds.Listen(sock, 0o777)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := wl.NewGRPCServer(wl.New(wl.Config{Source: src, JWT: fixedJWT{"test-token"}, Attestor: fixedAttestor(sels)}), wl.Limits{})
+	g := wl.NewGRPCServer(wl.New(cfg), wl.Limits{})
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
 	return "unix://" + sock
