@@ -78,6 +78,15 @@ type Agent struct {
 	conn   *grpc.ClientConn
 	client agentv1.AgentAPIClient
 	jwts   jwtCache
+	// check records why the main connection's last handshake refused the
+	// server.
+	check serverCheck
+
+	// Used by the manage loop only: whether the join token was presented in
+	// this process (a refused identity is re-attested once, with a token not
+	// yet tried), and whether the first sync has completed.
+	tokenTried bool
+	synced     bool
 
 	// Used by the manage loop only: the entries revision of the last
 	// complete sync, and the foreign trust domains its entries federate with.
@@ -132,7 +141,11 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 		a.cfg.WorkloadAttestor = unixAttestor{a: ua, cache: a.cache}
 	}
 	if err := a.restore(); err != nil {
-		return nil, err
+		if cfg.JoinToken == "" {
+			return nil, fmt.Errorf("%w; to attest again, restart the agent with a new --join-token", err)
+		}
+		cfg.Logger.Warn("the stored identity is unusable; attesting again with the join token", slog.Any("error", err))
+		a.svidChain, a.tlsCert = nil, nil
 	}
 	if a.tlsCert == nil {
 		if cfg.JoinToken == "" {
@@ -262,7 +275,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer a.stopWorkloadAPI()
 		return a.manage(gctx)
 	})
-	a.cfg.Logger.Info("agent running", slog.String("socket", a.cfg.SocketPath), slog.String("server", a.cfg.ServerAddr))
+	waitingFor := "the first sync with the server"
+	if a.currentCert() == nil {
+		waitingFor = "attestation with the join token, then the first sync"
+	}
+	a.cfg.Logger.Info("agent starting; the Workload API answers Unavailable until it is running",
+		slog.String("waiting_for", waitingFor), slog.String("socket", a.cfg.SocketPath), slog.String("server", a.cfg.ServerAddr))
 	return g.Wait()
 }
 

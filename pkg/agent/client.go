@@ -19,25 +19,35 @@ import (
 // against bundle(), and presents clientCert() when it has one. Go's hostname
 // verification is replaced by SPIFFE verification, not skipped: an unverifiable
 // server fails the handshake.
-func tlsConfig(td spiffeid.TrustDomain, bundle func() []*x509.Certificate, clientCert func() *tls.Certificate) *tls.Config {
+func tlsConfig(td spiffeid.TrustDomain, bundle func() []*x509.Certificate, clientCert func() *tls.Certificate, check *serverCheck) *tls.Config {
 	want := ca.ServerID(td)
+	verify := func(cs tls.ConnectionState) error {
+		roots := bundle()
+		if len(roots) == 0 {
+			return errors.New("agent: no trust bundle to verify the server with")
+		}
+		if len(cs.PeerCertificates) > 0 {
+			if id, err := x509svid.IDFromCert(cs.PeerCertificates[0]); err == nil && id.TrustDomain() != td {
+				return fmt.Errorf("agent: %w: the server is %s, this agent is configured for trust domain %s", errTrustDomainMismatch, id, td.Name())
+			}
+		}
+		id, _, err := x509svid.Verify(cs.PeerCertificates, x509bundle.FromX509Authorities(td, roots))
+		if err != nil {
+			return fmt.Errorf("agent: the trust bundle does not verify the server's certificate: %w", err)
+		}
+		if id != want {
+			return fmt.Errorf("agent: server presented %s, want %s", id, want)
+		}
+		return nil
+	}
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
-		InsecureSkipVerify: true, //nolint:gosec // replaced by VerifyPeerCertificate below
+		InsecureSkipVerify: true, //nolint:gosec // replaced by VerifyConnection below
 		// VerifyConnection runs on resumed sessions too, unlike VerifyPeerCertificate.
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			roots := bundle()
-			if len(roots) == 0 {
-				return errors.New("agent: no trust bundle to verify the server with")
-			}
-			id, _, err := x509svid.Verify(cs.PeerCertificates, x509bundle.FromX509Authorities(td, roots))
-			if err != nil {
-				return fmt.Errorf("agent: server certificate: %w", err)
-			}
-			if id != want {
-				return fmt.Errorf("agent: server presented %s, want %s", id, want)
-			}
-			return nil
+			err := verify(cs)
+			check.set(err)
+			return err
 		},
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			if c := clientCert(); c != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -40,6 +41,9 @@ func (a *Agent) manage(ctx context.Context) error {
 		now := a.cfg.Clock.Now()
 		if a.currentCert() == nil {
 			if err := a.attest(ctx); err != nil {
+				if perm := (*PermanentError)(nil); errors.As(err, &perm) {
+					return perm
+				}
 				wait := attestB.next()
 				a.cfg.Logger.Error("attestation failed", slog.Any("error", err), slog.Duration("retry_in", wait))
 				if !a.sleep(ctx, wait) {
@@ -59,6 +63,11 @@ func (a *Agent) manage(ctx context.Context) error {
 		a.mu.Unlock()
 		if !now.Before(agentRenew) {
 			if err := a.renewAgent(ctx); err != nil {
+				if again, perr := a.refused(err); perr != nil {
+					return perr
+				} else if again {
+					continue
+				}
 				wait := renewB.next()
 				a.cfg.Logger.Error("agent SVID renewal failed", slog.Any("error", err), slog.Duration("retry_in", wait))
 				a.mu.Lock()
@@ -71,12 +80,23 @@ func (a *Agent) manage(ctx context.Context) error {
 		if !now.Before(nextSync) {
 			if err := a.sync(ctx); err != nil {
 				a.metrics.SyncFailures.Inc()
+				if again, perr := a.refused(err); perr != nil {
+					return perr
+				} else if again {
+					nextSync = time.Time{}
+					continue
+				}
 				wait := syncB.next()
 				a.logServerError("entry sync failed", err, wait)
 				nextSync = now.Add(wait)
 			} else {
 				syncB.reset()
 				nextSync = now.Add(a.cfg.SyncInterval)
+				if !a.synced {
+					a.synced = true
+					a.cfg.Logger.Info("agent running", slog.String("agent_id", a.ID()), slog.String("socket", a.cfg.SocketPath),
+						slog.String("server", a.cfg.ServerAddr), slog.Int("entries", len(a.cache.entriesSnapshot())))
+				}
 			}
 		}
 		due, nextRenew := a.cache.due(now)
@@ -110,10 +130,54 @@ func (a *Agent) logServerError(msg string, err error, retry time.Duration) {
 	if status.Code(err) == codes.Canceled {
 		return // shutting down
 	}
-	if status.Code(err) == codes.PermissionDenied {
-		msg += "; if this agent was evicted, restart it with an empty data dir and a new join token"
-	}
 	a.cfg.Logger.Error(msg, slog.Any("error", err), slog.Duration("retry_in", retry))
+}
+
+// refused handles a renewal or sync the server refused because it no longer
+// accepts this agent (evicted, or not its latest SVID: PermissionDenied), or
+// that failed because the stored bundle no longer verifies the server. With
+// a join token not yet tried, the stored identity is dropped and the agent
+// attests again (again is true); otherwise the agent cannot go on and perr
+// says why. Any other error is transient: both are zero.
+func (a *Agent) refused(err error) (again bool, perr error) {
+	rejected := a.check.take()
+	switch {
+	case rejected != nil && errors.Is(rejected, errTrustDomainMismatch):
+		return false, &PermanentError{Msg: "agent: cannot reach the server", Err: rejected}
+	case rejected != nil:
+	case status.Code(err) == codes.PermissionDenied:
+	default:
+		return false, nil
+	}
+	id := a.ID()
+	if a.cfg.JoinToken == "" || a.tokenTried {
+		if rejected != nil {
+			return false, &PermanentError{Msg: "agent: the stored trust bundle no longer verifies the server (offline across a root rotation?); restart the agent with a new --join-token and a current trust_bundle_path", Err: rejected}
+		}
+		return false, &PermanentError{Msg: fmt.Sprintf("agent: the server no longer accepts %s (evicted?); restart the agent with a new --join-token", id),
+			Err: errors.New(status.Convert(err).Message())}
+	}
+	if rejected != nil {
+		a.cfg.Logger.Warn("the stored trust bundle no longer verifies the server; attesting again with the join token", slog.String("agent_id", id), slog.Any("error", rejected))
+		switch {
+		case len(a.cfg.TrustBundle) > 0:
+			a.cache.setBundle(a.cfg.TrustBundle, 0)
+		case a.cfg.InsecureBootstrap:
+			a.cache.setBundle(nil, 0)
+		}
+	} else {
+		a.cfg.Logger.Warn("the server no longer accepts this agent (evicted?); attesting again with the join token", slog.String("agent_id", id), slog.String("reason", status.Convert(err).Message()))
+	}
+	a.mu.Lock()
+	a.svidChain, a.tlsCert, a.agentRenewAt = nil, nil, time.Time{}
+	old := a.conn
+	a.conn, a.client = nil, nil
+	a.mu.Unlock()
+	if old != nil {
+		_ = old.Close()
+	}
+	a.entriesRevision, a.federatedTDs = 0, nil
+	return true, nil
 }
 
 func earliest(ts ...time.Time) time.Time {
@@ -142,7 +206,7 @@ func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
 // connect opens the connection to the server with the current agent SVID.
 // A connection it replaces is closed once calls in flight on it are done.
 func (a *Agent) connect() error {
-	conn, err := dial(a.cfg.ServerAddr, tlsConfig(a.cfg.TrustDomain, a.bundleCerts, a.currentCert))
+	conn, err := dial(a.cfg.ServerAddr, tlsConfig(a.cfg.TrustDomain, a.bundleCerts, a.currentCert, &a.check))
 	if err != nil {
 		return err
 	}
@@ -176,9 +240,10 @@ func newKeyAndCSR(id spiffeid.ID) (*ecdsa.PrivateKey, []byte, error) {
 // attest presents the join token on a one-off connection (no client
 // certificate) and stores the resulting identity and bundle.
 func (a *Agent) attest(ctx context.Context) error {
+	check := &serverCheck{}
 	tlsCfg := insecureBootstrapTLS()
 	if len(a.bundleCerts()) > 0 {
-		tlsCfg = tlsConfig(a.cfg.TrustDomain, a.bundleCerts, func() *tls.Certificate { return nil })
+		tlsCfg = tlsConfig(a.cfg.TrustDomain, a.bundleCerts, func() *tls.Certificate { return nil }, check)
 	}
 	conn, err := dial(a.cfg.ServerAddr, tlsCfg)
 	if err != nil {
@@ -191,16 +256,22 @@ func (a *Agent) attest(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
+	a.cfg.Logger.Info("attesting with the join token", slog.String("server", a.cfg.ServerAddr))
 	resp, err := agentv1.NewAgentAPIClient(conn).AttestAgent(ctx, &agentv1.AttestAgentRequest{
 		Attestation: &agentv1.AttestAgentRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: a.cfg.JoinToken}},
 		Csr:         csr,
 	})
 	if err != nil {
-		return fmt.Errorf("agent: attest: %w", err)
+		return attestFailure(err, check.take())
 	}
+	a.tokenTried = true
 	chain, err := parseNonEmpty(resp.GetSvid().GetCertChain())
 	if err != nil {
 		return fmt.Errorf("agent: attest: server returned an unreadable SVID: %w", err)
+	}
+	if id, err := x509svid.IDFromCert(chain[0]); err != nil || id.TrustDomain() != a.cfg.TrustDomain {
+		return &PermanentError{Msg: fmt.Sprintf("agent: %v: the server issued %s, this agent is configured for trust domain %s",
+			errTrustDomainMismatch, resp.GetSvid().GetSpiffeId(), a.cfg.TrustDomain.Name())}
 	}
 	bundle, err := parseNonEmpty(resp.GetBundle().GetX509Authorities())
 	if err != nil {
@@ -213,6 +284,23 @@ func (a *Agent) attest(ctx context.Context) error {
 	a.setSVID(key, chain)
 	a.cfg.Logger.Info("attested", slog.String("agent_id", resp.GetSvid().GetSpiffeId()), slog.Time("svid_not_after", chain[0].NotAfter))
 	return nil
+}
+
+// attestFailure tells a refusal no retry can cure (the join token, the trust
+// bundle, the trust domain) from a transient failure.
+func attestFailure(err, rejected error) error {
+	switch {
+	case rejected != nil && errors.Is(rejected, errTrustDomainMismatch):
+		return &PermanentError{Msg: "agent: cannot attest", Err: rejected}
+	case rejected != nil:
+		return &PermanentError{Msg: "agent: cannot attest; check trust_bundle_path (it must hold the server's trust domain bundle)", Err: rejected}
+	}
+	switch status.Code(err) {
+	case codes.PermissionDenied, codes.InvalidArgument, codes.NotFound:
+		return &PermanentError{Msg: "agent: the server refused the join token; create a new one (shortleaf token create) and restart the agent with --join-token",
+			Err: errors.New(status.Convert(err).Message())}
+	}
+	return fmt.Errorf("agent: attest: %w", err)
 }
 
 // renewAgent replaces the agent SVID with a fresh one under a new key.

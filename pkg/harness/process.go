@@ -94,11 +94,20 @@ type AgentProcessConfig struct {
 	SocketPath string
 }
 
-// StartAgentProcess runs `shortleaf agent` and waits until it runs (not
-// until it is attested: a caller that needs that fetches an SVID).
+// StartAgentProcess runs `shortleaf agent` and waits until it runs
+// (attested and synced once).
 func StartAgentProcess(t testing.TB, ac AgentProcessConfig) *Process {
 	t.Helper()
 	p := &Process{DataDir: ac.DataDir, logs: &LogBuffer{}, exited: make(chan struct{})}
+	p.Cmd = exec.Command(Binary(t), "agent", "--config", WriteAgentYAML(t, ac)) //nolint:gosec // the binary the harness built
+	p.start(t, "agent running", "socket")
+	return p
+}
+
+// WriteAgentYAML writes the agent.yaml (and trust bundle) of ac beside its
+// data dir and returns the config's path.
+func WriteAgentYAML(t testing.TB, ac AgentProcessConfig) string {
+	t.Helper()
 	bundlePath := filepath.Join(ac.DataDir, "..", filepath.Base(ac.DataDir)+"-bundle.pem")
 	var pemBundle []byte
 	for _, c := range ac.Bundle {
@@ -116,9 +125,7 @@ func StartAgentProcess(t testing.TB, ac AgentProcessConfig) *Process {
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p.Cmd = exec.Command(Binary(t), "agent", "--config", cfgPath) //nolint:gosec // the binary the harness built
-	p.start(t, "agent running", "socket")
-	return p
+	return cfgPath
 }
 
 // start runs p.Cmd and waits for the log line msg, returning its attribute
