@@ -95,6 +95,7 @@ type Agent struct {
 
 	lis       net.Listener
 	wl        *grpc.Server
+	unlock    func() // releases the data dir's lock
 	closeOnce sync.Once
 }
 
@@ -131,7 +132,17 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 	if err := safefile.CheckPrivateDir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("agent: data_dir: %w", err)
 	}
-	a := &Agent{cfg: cfg, store: storage{dir: cfg.DataDir}, cache: newCache(cfg.TrustDomain), metrics: telemetry.NewAgent(cfg.Registry)}
+	unlock, err := safefile.LockDir(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unlock()
+		}
+	}()
+	a := &Agent{cfg: cfg, store: storage{dir: cfg.DataDir}, cache: newCache(cfg.TrustDomain), metrics: telemetry.NewAgent(cfg.Registry), unlock: unlock}
 	if a.cfg.WorkloadAttestor == nil {
 		ua := unix.New()
 		ua.Logger = cfg.Logger
@@ -170,6 +181,7 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 	a.wl = workloadapi.NewGRPCServer(workloadapi.New(workloadapi.Config{
 		Source: a.cache, JWT: a, Attestor: a.cfg.WorkloadAttestor, Logger: cfg.Logger, Metrics: a.metrics,
 	}), cfg.WorkloadAPI)
+	ok = true
 	return a, nil
 }
 
@@ -302,6 +314,7 @@ func (a *Agent) Close() error {
 		if a.conn != nil {
 			_ = a.conn.Close()
 		}
+		a.unlock()
 	})
 	return nil
 }

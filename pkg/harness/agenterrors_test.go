@@ -3,6 +3,7 @@ package harness_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -227,5 +228,32 @@ func TestAgentCommandExitsOnPermanentError(t *testing.T) {
 	last := lines[len(lines)-1]
 	if !strings.HasPrefix(last, "shortleaf: agent: the server refused the join token") {
 		t.Fatalf("last line %q, want the refusal", last)
+	}
+}
+
+// A second server on a running server's data dir is refused naming the
+// first one's PID (not a bbolt timeout); a second agent on a live socket is
+// refused naming the socket, and the first keeps serving.
+func TestSecondInstanceIsRefused(t *testing.T) {
+	first := harness.StartServerProcess(t, harness.ProcessConfig{})
+	second := exec.Command(harness.Binary(t), "server", "--config", filepath.Join(first.DataDir, "server.yaml")) //nolint:gosec // the binary the harness built
+	second.Env = append(os.Environ(), "SHORTLEAF_KEY_PASSPHRASE="+harness.Passphrase)
+	out, err := second.CombinedOutput()
+	var exit *exec.ExitError
+	want := fmt.Sprintf("data dir %s is in use by another shortleaf (pid %d)", first.DataDir, first.Cmd.Process.Pid)
+	if !errors.As(err, &exit) || !strings.Contains(string(out), want) {
+		t.Fatalf("second server: %v\n%s\nwant %q", err, out, want)
+	}
+
+	srv := harness.StartServer(t)
+	running := harness.StartAgent(t, srv)
+	cfg := agentConfig(t, srv, &harness.LogBuffer{})
+	cfg.SocketPath = running.SocketPath()
+	if _, err := agent.New(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), running.SocketPath()+" is in use") {
+		t.Fatalf("second agent on a live socket: %v", err)
+	}
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/first", ParentId: running.ID(), Selectors: []string{uidSelector()}})
+	if _, err := fetchX509(t, running.Addr(), 10*time.Second); err != nil {
+		t.Fatalf("the first agent's socket was disturbed: %v", err)
 	}
 }

@@ -154,7 +154,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			_ = s.Close()
 		}
 	}()
-	var err error
+	unlock, err := safefile.LockDir(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s.closers = append(s.closers, func() error { unlock(); return nil })
 	if s.store, err = datastore.Open(filepath.Join(cfg.DataDir, datastoreFileName)); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}

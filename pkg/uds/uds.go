@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
@@ -148,7 +149,8 @@ func PeerFromContext(ctx context.Context) (PeerCred, bool) {
 }
 
 // Listen creates the socket at path with the given file mode, creating its
-// directory (0755) and replacing a stale socket left by a previous run. It
+// directory (0755) and replacing a stale socket left by a previous run; a
+// socket that something still answers on is refused, never taken over. It
 // refuses to replace anything that is not a socket, and refuses a directory
 // it cannot trust: one owned by another uid, or writable by group or others,
 // could have been made by another user to put a socket of their own in our
@@ -170,6 +172,9 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 		if info.Mode()&os.ModeSocket == 0 {
 			return nil, fmt.Errorf("uds: %s exists and is not a socket", path)
 		}
+		if err := checkDead(path); err != nil {
+			return nil, err
+		}
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("uds: remove stale socket: %w", err)
 		}
@@ -185,4 +190,22 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 		return nil, fmt.Errorf("uds: chmod %s: %w", path, err)
 	}
 	return lis, nil
+}
+
+// ErrSocketInUse means a process still answers on a socket path.
+var ErrSocketInUse = errors.New("is in use: a running process answers on it")
+
+// checkDead reports whether the socket at path is stale: nothing accepts a
+// connection on it. Taking over a live socket would silently cut its
+// owner's workloads off (another agent, a second dev instance).
+func checkDead(path string) error {
+	conn, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		_ = conn.Close()
+		return fmt.Errorf("uds: socket %s %w (another agent or dev instance?); stop it or use another socket path", path, ErrSocketInUse)
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return fmt.Errorf("uds: cannot tell whether socket %s is still in use: %w", path, err)
 }

@@ -1,6 +1,8 @@
 package uds_test
 
 import (
+	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -75,4 +77,37 @@ func TestListenRefusesADirectoryAnotherUserControls(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A socket something answers on is never taken over; one left by a dead
+// process is replaced.
+func TestListenRefusesALiveSocketAndReplacesADeadOne(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	live, err := uds.Listen(path, 0o777)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := uds.Listen(path, 0o777); !errors.Is(err, uds.ErrSocketInUse) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("second listen on a live socket: %v, want ErrSocketInUse naming %s", err, path)
+	}
+	// The first listener still serves: nothing was unlinked.
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("the live socket was taken away: %v", err)
+	}
+	_ = conn.Close()
+	_ = live.Close()
+
+	// A dead socket: the file stays, nobody accepts.
+	dead, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.SetUnlinkOnClose(false)
+	_ = dead.Close()
+	again, err := uds.Listen(path, 0o777)
+	if err != nil {
+		t.Fatalf("listen over a dead socket: %v", err)
+	}
+	_ = again.Close()
 }
