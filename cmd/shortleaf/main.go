@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -19,7 +20,9 @@ func main() {
 	defer stop()
 	root := newRootCommand()
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "shortleaf:", err)
+		if !errors.Is(err, errSilentExit) {
+			fmt.Fprintln(os.Stderr, "shortleaf:", err)
+		}
 		os.Exit(1)
 	}
 }
@@ -44,8 +47,28 @@ func newRootCommand() *cobra.Command {
 		newJWTCommand(),
 		newFederationCommand(),
 		newHealthcheckCommand(),
+		newAPICommand(),
+		newValidateCommand(),
+		newVersionCommand(),
 	)
+	suggestSubcommands(root)
 	return root
+}
+
+// suggestSubcommands makes every command group refuse an unknown or
+// misspelled subcommand with exit status 1 and the closest name, where cobra
+// would print the group's help and exit 0 (or, at the root, a multi-line
+// message).
+func suggestSubcommands(cmd *cobra.Command) {
+	if cmd.HasSubCommands() {
+		cmd.Args = noArgsOrSuggest
+		if cmd.Run == nil && cmd.RunE == nil {
+			cmd.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+		}
+	}
+	for _, c := range cmd.Commands() {
+		suggestSubcommands(c)
+	}
 }
 
 // newLogger writes JSON logs to stderr at level.

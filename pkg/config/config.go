@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -52,7 +53,7 @@ func decodeStrict(name string, r io.Reader, out any) error {
 			return fmt.Errorf("config: %s is empty", name)
 		}
 		msg := strings.ReplaceAll(err.Error(), "yaml: unmarshal errors:\n  ", "")
-		return fmt.Errorf("config: %s: %s", name, nameKeys(raw, msg))
+		return fmt.Errorf("config: %s: %s", name, suggestKeys(reflect.TypeOf(out), nameKeys(raw, msg)))
 	}
 	var extra any
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
@@ -62,6 +63,86 @@ func decodeStrict(name string, r io.Reader, out any) error {
 }
 
 var lineRef = regexp.MustCompile(`line (\d+): `)
+
+var unknownField = regexp.MustCompile(`field (\S+) not found in type (\S+)`)
+
+// suggestKeys adds "did you mean …?" to each unknown key in a decoder
+// message, from the yaml keys of the struct type the message names (found
+// anywhere in the config type t).
+func suggestKeys(t reflect.Type, msg string) string {
+	return unknownField.ReplaceAllStringFunc(msg, func(m string) string {
+		sub := unknownField.FindStringSubmatch(m)
+		known := yamlKeysOf(t, sub[2], map[reflect.Type]bool{})
+		if best := closest(sub[1], known); best != "" {
+			return m + " (did you mean " + best + "?)"
+		}
+		return m
+	})
+}
+
+// yamlKeysOf returns the yaml keys of the struct type named name within t.
+func yamlKeysOf(t reflect.Type, name string, seen map[reflect.Type]bool) []string {
+	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Map {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct || seen[t] {
+		return nil
+	}
+	seen[t] = true
+	var keys []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		key, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if key != "" && key != "-" {
+			keys = append(keys, key)
+		}
+		if found := yamlKeysOf(f.Type, name, seen); found != nil && t.String() != name {
+			return found
+		}
+	}
+	if t.String() == name {
+		return keys
+	}
+	return nil
+}
+
+// closest is the key within edit distance 3 (and less than half the
+// word) of word, or "".
+func closest(word string, keys []string) string {
+	best, bestD := "", 4
+	for _, k := range keys {
+		if d := editDistance(word, k); d < bestD && d <= max(1, len(word)/2) {
+			best, bestD = k, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Damerau–Levenshtein distance (optimal string
+// alignment), so a swapped pair of letters costs 1.
+func editDistance(a, b string) int {
+	d := make([][]int, len(a)+1)
+	for i := range d {
+		d[i] = make([]int, len(b)+1)
+		d[i][0] = i
+	}
+	for j := range len(b) + 1 {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(a)][len(b)]
+}
 
 // nameKeys prefixes each "line N: " in a decoder message with the key written
 // on that line, so an error names the field even where the decoder does not.

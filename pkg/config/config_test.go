@@ -227,3 +227,34 @@ func FuzzLoadUpstream(f *testing.F) {
 		}
 	})
 }
+
+// An unknown key names the closest known key, at the top level and inside a
+// nested section; a key far from every known one gets no guess.
+func TestUnknownKeySuggestsTheClosest(t *testing.T) {
+	base := "trust_domain: example.org\ndata_dir: /d\n"
+	for yaml, want := range map[string]string{
+		base + "trust_domian: x\n":                 "field trust_domian not found in type config.ServerFile (did you mean trust_domain?)",
+		base + "x509_svid_tll: 5m\n":               "(did you mean x509_svid_ttl?)",
+		base + "limits:\n  max_conections: 10\n":   "(did you mean max_connections?)",
+		base + "bundle_endpoint:\n  adress: x\n":   "(did you mean address?)",
+		base + "completely_unrelated_setting: 1\n": "",
+	} {
+		_, _, err := config.ParseServer(strings.NewReader(yaml), func(string) string { return "pass" })
+		if err == nil {
+			t.Fatalf("%q: accepted", yaml)
+		}
+		if want == "" {
+			if strings.Contains(err.Error(), "did you mean") {
+				t.Errorf("%q: guessed: %v", yaml, err)
+			}
+			continue
+		}
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", yaml, err, want)
+		}
+	}
+	_, err := config.ParseAgent(strings.NewReader("server_address: x:1\ntrust_domain: example.org\ndata_dir: /d\nsync_intervall: 5s\n"))
+	if err == nil || !strings.Contains(err.Error(), "did you mean sync_interval?") {
+		t.Errorf("agent config: %v", err)
+	}
+}
