@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/ca/catest"
 	"github.com/shortleaf/shortleaf/pkg/config"
 )
 
@@ -132,8 +133,31 @@ func TestExampleConfigsLoad(t *testing.T) {
 	if _, _, err := config.LoadServer("../../testdata/server.yaml", withPass); err != nil {
 		t.Errorf("testdata/server.yaml: %v", err)
 	}
-	if _, err := config.LoadAgent("../../testdata/agent.yaml"); err != nil {
-		t.Errorf("testdata/agent.yaml: %v", err)
+	// The agent example names the bundle at its production path; load it
+	// with a real bundle there.
+	raw, err := os.ReadFile("../../testdata/agent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), "\ninsecure_bootstrap: true") {
+		t.Error("testdata/agent.yaml turns on insecure_bootstrap: the example must authenticate the server")
+	}
+	dir := t.TempDir()
+	bundle, _ := catest.New(t).Bundle()
+	bundlePath := filepath.Join(dir, "bundle.pem")
+	if err := os.WriteFile(bundlePath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: bundle.X509Authorities()[0].Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	agentPath := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(agentPath, []byte(strings.Replace(string(raw), "/etc/shortleaf/bundle.pem", bundlePath, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.LoadAgent(agentPath)
+	if err != nil {
+		t.Fatalf("testdata/agent.yaml: %v", err)
+	}
+	if len(cfg.Agent.TrustBundle) != 1 || cfg.Agent.InsecureBootstrap {
+		t.Errorf("testdata/agent.yaml: bundle %d certificates, insecure_bootstrap %v", len(cfg.Agent.TrustBundle), cfg.Agent.InsecureBootstrap)
 	}
 }
 
