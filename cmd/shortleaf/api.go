@@ -171,7 +171,9 @@ func newAPIFetchBundle(af *apiFlags) *cobra.Command {
 				return apiError(err)
 			}
 			bundles := set.Bundles()
-			slices.SortFunc(bundles, func(a, b *x509bundle.Bundle) int { return strings.Compare(a.TrustDomain().Name(), b.TrustDomain().Name()) })
+			slices.SortFunc(bundles, func(a, b *x509bundle.Bundle) int {
+				return strings.Compare(a.TrustDomain().Name(), b.TrustDomain().Name())
+			})
 			if writeDir != "" {
 				if err := os.MkdirAll(writeDir, 0o755); err != nil { //nolint:gosec // bundles are public
 					return fmt.Errorf("--write: %w", err)
@@ -302,7 +304,9 @@ func writePublic(path string, data []byte) error {
 
 func sortedBundles(set *x509bundle.Set) []*x509bundle.Bundle {
 	bundles := set.Bundles()
-	slices.SortFunc(bundles, func(a, b *x509bundle.Bundle) int { return strings.Compare(a.TrustDomain().Name(), b.TrustDomain().Name()) })
+	slices.SortFunc(bundles, func(a, b *x509bundle.Bundle) int {
+		return strings.Compare(a.TrustDomain().Name(), b.TrustDomain().Name())
+	})
 	return bundles
 }
 

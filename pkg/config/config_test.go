@@ -149,7 +149,7 @@ func TestExampleConfigsLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	agentPath := filepath.Join(dir, "agent.yaml")
-	if err := os.WriteFile(agentPath, []byte(strings.Replace(string(raw), "/etc/shortleaf/bundle.pem", bundlePath, 1)), 0o600); err != nil {
+	if err := os.WriteFile(agentPath, []byte(strings.ReplaceAll(string(raw), "/etc/shortleaf/bundle.pem", bundlePath)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := config.LoadAgent(agentPath)
