@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -123,5 +124,38 @@ func TestValidateVersionAndSuggestions(t *testing.T) {
 		if _, err := shortleaf(t, strings.Fields(args)...); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("shortleaf %s: %v, want %q", args, err, want)
 		}
+	}
+}
+
+func TestLogFlags(t *testing.T) {
+	var lf logFlags
+	f, err := os.CreateTemp(t.TempDir(), "log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for format, want := range map[string]string{"json": `"msg":"hello"`, "text": `msg=hello`, "auto": `"msg":"hello"`} {
+		if err := f.Truncate(0); err != nil {
+			t.Fatal(err)
+		}
+		_, _ = f.Seek(0, 0)
+		lf.format, lf.level = format, "debug"
+		log, err := lf.loggerTo(f, slog.LevelError)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Debug("hello") // --log-level debug overrides the configured error level
+		b, _ := os.ReadFile(f.Name())
+		if !strings.Contains(string(b), want) {
+			t.Errorf("--log-format %s: %q, want %q (a file is not a terminal: auto is json)", format, b, want)
+		}
+	}
+	lf.format = "xml"
+	if _, err := lf.loggerTo(f, slog.LevelInfo); err == nil || !strings.Contains(err.Error(), "--log-format") {
+		t.Errorf("--log-format xml: %v", err)
+	}
+	lf.format, lf.level = "json", "loud"
+	if _, err := lf.loggerTo(f, slog.LevelInfo); err == nil || !strings.Contains(err.Error(), "--log-level") {
+		t.Errorf("--log-level loud: %v", err)
 	}
 }

@@ -21,6 +21,7 @@ import (
 
 func newServerCommand() *cobra.Command {
 	var configPath string
+	var lf logFlags
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the shortleaf server (the CA)",
@@ -32,7 +33,9 @@ func newServerCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg.Logger = newLogger(level)
+			if cfg.Logger, err = lf.logger(level); err != nil {
+				return err
+			}
 			cfg.Registry = telemetry.NewRegistry()
 			srv, err := server.New(cmd.Context(), cfg)
 			if err != nil {
@@ -43,11 +46,13 @@ func newServerCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "server.yaml", "path to the server config file")
+	lf.register(cmd, "info")
 	return cmd
 }
 
 func newAgentCommand() *cobra.Command {
 	var configPath, joinToken string
+	var lf logFlags
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node agent, or manage agents (list, show, evict)",
@@ -62,7 +67,10 @@ func newAgentCommand() *cobra.Command {
 			if joinToken != "" {
 				cfg.Agent.JoinToken = joinToken
 			}
-			logger := newLogger(cfg.LogLevel)
+			logger, err := lf.logger(cfg.LogLevel)
+			if err != nil {
+				return err
+			}
 			reg := telemetry.NewRegistry()
 			cfg.Agent.Logger, cfg.Agent.Registry = logger, reg
 			ag, err := agent.New(cmd.Context(), cfg.Agent)
@@ -81,7 +89,8 @@ func newAgentCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "agent.yaml", "path to the agent config file")
-	cmd.Flags().StringVar(&joinToken, "join-token", "", "join token for the first attestation (overrides join_token in the config)")
+	cmd.Flags().StringVar(&joinToken, "join-token", "", "join token for the first attestation, or to attest again after an eviction (overrides join_token in the config)")
+	lf.register(cmd, "info")
 	cmd.AddCommand(newAgentAdminCommands()...)
 	return cmd
 }
@@ -104,6 +113,7 @@ func serveMetrics(addr string, reg *prometheus.Registry, logger *slog.Logger) (f
 func newDevCommand() *cobra.Command {
 	var cfg devmode.Config
 	var verbose bool
+	var lf logFlags
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a server and an agent in one process, for trying shortleaf out",
@@ -116,7 +126,10 @@ func newDevCommand() *cobra.Command {
 			if verbose {
 				level = slog.LevelInfo
 			}
-			cfg.Logger = newLogger(level)
+			var err error
+			if cfg.Logger, err = lf.logger(level); err != nil {
+				return err
+			}
 			cfg.Out = cmd.OutOrStdout()
 			return devmode.Run(cmd.Context(), cfg)
 		},
@@ -125,6 +138,7 @@ func newDevCommand() *cobra.Command {
 	cmd.Flags().StringVar(&cfg.SocketPath, "socket", "", "Workload API socket path (default <data-dir>/agent.sock)")
 	cmd.Flags().DurationVar(&cfg.X509SVIDTTL, "x509-svid-ttl", server.DefaultX509SVIDTTL, "X.509-SVID lifetime (1m to 24h)")
 	cmd.Flags().DurationVar(&cfg.IntermediateTTL, "intermediate-ttl", 24*time.Hour, "intermediate CA (and JWT key) lifetime; at least twice the SVID TTL")
-	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "log at info level instead of warn")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "log at info level instead of warn (same as --log-level info)")
+	lf.register(cmd, "warn")
 	return cmd
 }

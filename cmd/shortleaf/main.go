@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -69,9 +68,4 @@ func suggestSubcommands(cmd *cobra.Command) {
 	for _, c := range cmd.Commands() {
 		suggestSubcommands(c)
 	}
-}
-
-// newLogger writes JSON logs to stderr at level.
-func newLogger(level slog.Level) *slog.Logger {
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }

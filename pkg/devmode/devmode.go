@@ -113,6 +113,7 @@ func Run(ctx context.Context, cfg Config) error {
 	fmt.Fprintf(cfg.Out, "shortleaf dev is running (trust domain %s)\n", TrustDomain)
 	fmt.Fprintf(cfg.Out, "  workload identity: %s\n", devID(td))
 	fmt.Fprintf(cfg.Out, "  admin socket:      %s\n", srv.AdminSocket())
+	fmt.Fprintf(cfg.Out, "export SHORTLEAF_ADMIN_SOCKET=%s\n", srv.AdminSocket())
 	fmt.Fprintf(cfg.Out, "export SPIFFE_ENDPOINT_SOCKET=unix://%s\n", cfg.SocketPath)
 	return g.Wait()
 }

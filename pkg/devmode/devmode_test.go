@@ -2,6 +2,8 @@ package devmode_test
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"os/user"
 	"path/filepath"
 	"strings"
@@ -49,7 +51,18 @@ func TestDevModeServesTheInvokingUserAndRestarts(t *testing.T) {
 	want := "spiffe://example.org/dev/" + u.Username
 
 	for run := range 2 { // the second run resumes from the same data dir
-		stop, _ := runDev(t, filepath.Join(dir, "data"), socket)
+		stop, out := runDev(t, filepath.Join(dir, "data"), socket)
+		if want := "export SHORTLEAF_ADMIN_SOCKET=" + filepath.Join(dir, "data", "admin.sock") + "\n"; !strings.Contains(out.String(), want) {
+			t.Fatalf("run %d: no %q in:\n%s", run, want, out.String())
+		}
+		if run == 0 {
+			// A second dev instance on the same data dir is refused, naming us.
+			err := devmode.Run(context.Background(), devmode.Config{DataDir: filepath.Join(dir, "data"), SocketPath: socket, X509SVIDTTL: time.Minute,
+				Out: &harness.LogBuffer{}, Logger: harness.TestLogger(t)})
+			if want := fmt.Sprintf("is in use by another shortleaf (pid %d)", os.Getpid()); err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("second dev instance: %v, want %q", err, want)
+			}
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		var x *workloadapi.X509Context
 		for ctx.Err() == nil {
