@@ -107,9 +107,24 @@ func TestAdminVerbsAgainstARealServer(t *testing.T) {
 	if _, err := shortleaf(t, "agent", "evict", ag.ID(), "--admin-socket", sock); err != nil {
 		t.Fatal(err)
 	}
-	_, err = shortleaf(t, "agent", "show", ag.ID(), "--admin-socket", sock)
-	if err == nil || !strings.Contains(err.Error(), "not found") {
-		t.Fatalf("show evicted agent: %v", err)
+	// Errors name the object.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"agent", "show", ag.ID()}, `not found: agent "` + ag.ID() + `" not found`},
+		{[]string{"agent", "evict", ag.ID()}, `agent "` + ag.ID() + `" not found`},
+		{[]string{"entry", "show", "nosuchentry"}, `entry "nosuchentry" not found`},
+		{[]string{"entry", "delete", "nosuchentry"}, `entry "nosuchentry" not found`},
+		{[]string{"federation", "show", "other.org"}, `federation "other.org" not found`},
+		{[]string{"federation", "delete", "other.org"}, `federation "other.org" not found`},
+		{[]string{"entry", "create", "--spiffe-id", "spiffe://example.org/web", "--parent-id", ag.ID(), "--selector", "unix:uid:1000", "--dns", "web.internal"},
+			`already exists: entry "` + created.ID + `"`},
+	} {
+		_, err := shortleaf(t, append(tc.args, "--admin-socket", sock)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
+		}
 	}
 }
 

@@ -98,7 +98,7 @@ func (s *AdminService) CreateEntry(ctx context.Context, req *adminv1.CreateEntry
 	e.CreatedAt = s.cfg.Clock.Now()
 	out, err := s.cfg.Store.CreateEntry(ctx, e)
 	if err != nil {
-		return nil, toStatus(ctx, s.cfg.Logger, "create entry", err)
+		return nil, objectStatus(ctx, s.cfg.Logger, "create entry", "entry", e.SPIFFEID, err)
 	}
 	s.cfg.Logger.InfoContext(ctx, "entry created", slog.String("entry_id", out.ID), slog.String("spiffe_id", out.SPIFFEID))
 	return entryToProto(out), nil
@@ -111,7 +111,7 @@ func (s *AdminService) GetEntry(ctx context.Context, req *adminv1.GetEntryReques
 	}
 	e, err := s.cfg.Store.GetEntry(ctx, req.GetId())
 	if err != nil {
-		return nil, toStatus(ctx, s.cfg.Logger, "get entry", err)
+		return nil, objectStatus(ctx, s.cfg.Logger, "get entry", "entry", req.GetId(), err)
 	}
 	return entryToProto(e), nil
 }
@@ -127,7 +127,7 @@ func (s *AdminService) UpdateEntry(ctx context.Context, req *adminv1.UpdateEntry
 	}
 	out, err := s.cfg.Store.UpdateEntry(ctx, e)
 	if err != nil {
-		return nil, toStatus(ctx, s.cfg.Logger, "update entry", err)
+		return nil, objectStatus(ctx, s.cfg.Logger, "update entry", "entry", e.ID, err)
 	}
 	s.cfg.Logger.InfoContext(ctx, "entry updated", slog.String("entry_id", out.ID))
 	return entryToProto(out), nil
@@ -139,7 +139,7 @@ func (s *AdminService) DeleteEntry(ctx context.Context, req *adminv1.DeleteEntry
 		return nil, invalid("id", "is required")
 	}
 	if err := s.cfg.Store.DeleteEntry(ctx, req.GetId()); err != nil {
-		return nil, toStatus(ctx, s.cfg.Logger, "delete entry", err)
+		return nil, objectStatus(ctx, s.cfg.Logger, "delete entry", "entry", req.GetId(), err)
 	}
 	s.cfg.Logger.InfoContext(ctx, "entry deleted", slog.String("entry_id", req.GetId()))
 	return &adminv1.DeleteEntryResponse{}, nil
@@ -219,7 +219,7 @@ func (s *AdminService) GetAgent(ctx context.Context, req *adminv1.GetAgentReques
 	}
 	a, err := s.cfg.Store.GetAgent(ctx, req.GetSpiffeId())
 	if err != nil {
-		return nil, toStatus(ctx, s.cfg.Logger, "get agent", err)
+		return nil, objectStatus(ctx, s.cfg.Logger, "get agent", "agent", req.GetSpiffeId(), err)
 	}
 	return agentToProto(a), nil
 }
@@ -230,7 +230,7 @@ func (s *AdminService) EvictAgent(ctx context.Context, req *adminv1.EvictAgentRe
 		return nil, err
 	}
 	if err := s.cfg.Store.DeleteAgent(ctx, req.GetSpiffeId()); err != nil {
-		return nil, toStatus(ctx, s.cfg.Logger, "evict agent", err)
+		return nil, objectStatus(ctx, s.cfg.Logger, "evict agent", "agent", req.GetSpiffeId(), err)
 	}
 	s.cfg.Logger.InfoContext(ctx, "agent evicted", slog.String("agent_id", req.GetSpiffeId()))
 	return &adminv1.EvictAgentResponse{}, nil

@@ -99,7 +99,7 @@ func (s *AdminService) CreateFederation(ctx context.Context, req *adminv1.Create
 		return nil, invalid("federation.bootstrap_bundle", "is required for https_spiffe: it authenticates the endpoint the first time")
 	}
 	if err := s.cfg.Federation.PutFederation(ctx, f, true); err != nil {
-		return nil, toStatus(ctx, s.cfg.Logger, "create federation", err)
+		return nil, objectStatus(ctx, s.cfg.Logger, "create federation", "federation", f.TrustDomain, err)
 	}
 	if bootstrap != nil {
 		if err := s.storeBundle(ctx, bootstrap); err != nil {
@@ -119,7 +119,7 @@ func (s *AdminService) UpdateFederation(ctx context.Context, req *adminv1.Update
 		return nil, err
 	}
 	if err := s.cfg.Federation.PutFederation(ctx, f, false); err != nil {
-		return nil, toStatus(ctx, s.cfg.Logger, "update federation", err)
+		return nil, objectStatus(ctx, s.cfg.Logger, "update federation", "federation", f.TrustDomain, err)
 	}
 	if bootstrap != nil {
 		if err := s.storeBundle(ctx, bootstrap); err != nil {
@@ -134,7 +134,7 @@ func (s *AdminService) UpdateFederation(ctx context.Context, req *adminv1.Update
 func (s *AdminService) GetFederation(ctx context.Context, req *adminv1.GetFederationRequest) (*adminv1.Federation, error) {
 	f, err := s.cfg.Federation.GetFederation(ctx, req.GetTrustDomain())
 	if err != nil {
-		return nil, toStatus(ctx, s.cfg.Logger, "get federation", err)
+		return nil, objectStatus(ctx, s.cfg.Logger, "get federation", "federation", req.GetTrustDomain(), err)
 	}
 	return s.federationProto(ctx, f), nil
 }
@@ -155,7 +155,7 @@ func (s *AdminService) ListFederations(ctx context.Context, _ *adminv1.ListFeder
 // DeleteFederation removes a relationship and its bundle.
 func (s *AdminService) DeleteFederation(ctx context.Context, req *adminv1.DeleteFederationRequest) (*adminv1.DeleteFederationResponse, error) {
 	if err := s.cfg.Federation.DeleteFederation(ctx, req.GetTrustDomain()); err != nil {
-		return nil, toStatus(ctx, s.cfg.Logger, "delete federation", err)
+		return nil, objectStatus(ctx, s.cfg.Logger, "delete federation", "federation", req.GetTrustDomain(), err)
 	}
 	s.cfg.Logger.InfoContext(ctx, "federation deleted", slog.String("trust_domain", req.GetTrustDomain()))
 	return &adminv1.DeleteFederationResponse{}, nil
@@ -164,7 +164,7 @@ func (s *AdminService) DeleteFederation(ctx context.Context, req *adminv1.Delete
 // RefreshFederation fetches the foreign bundle now.
 func (s *AdminService) RefreshFederation(ctx context.Context, req *adminv1.RefreshFederationRequest) (*adminv1.Federation, error) {
 	if _, err := s.cfg.Federation.GetFederation(ctx, req.GetTrustDomain()); err != nil {
-		return nil, toStatus(ctx, s.cfg.Logger, "refresh federation", err)
+		return nil, objectStatus(ctx, s.cfg.Logger, "refresh federation", "federation", req.GetTrustDomain(), err)
 	}
 	if err := s.cfg.Refresher.Refresh(ctx, req.GetTrustDomain()); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "refresh of %s failed, last good bundle kept: %v", req.GetTrustDomain(), err)
@@ -213,7 +213,7 @@ func (s *AdminService) SetFederatedBundle(ctx context.Context, req *adminv1.SetF
 // DeleteFederatedBundle removes a foreign bundle.
 func (s *AdminService) DeleteFederatedBundle(ctx context.Context, req *adminv1.DeleteFederatedBundleRequest) (*adminv1.DeleteFederatedBundleResponse, error) {
 	if err := s.cfg.Federation.DeleteFederatedBundle(ctx, req.GetTrustDomain()); err != nil {
-		return nil, toStatus(ctx, s.cfg.Logger, "delete federated bundle", err)
+		return nil, objectStatus(ctx, s.cfg.Logger, "delete federated bundle", "federated bundle", req.GetTrustDomain(), err)
 	}
 	return &adminv1.DeleteFederatedBundleResponse{}, nil
 }

@@ -54,3 +54,19 @@ func toStatus(ctx context.Context, log *slog.Logger, op string, err error) error
 		return status.Error(codes.Internal, "internal error")
 	}
 }
+
+// objectStatus is toStatus for a call about one named object (kind is
+// "entry", "agent", "federation", …): "not found" and "already exists" name
+// the object, and the existing one where the store knows it.
+func objectStatus(ctx context.Context, log *slog.Logger, op, kind, name string, err error) error {
+	var exists *datastore.ExistsError
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return status.Errorf(codes.NotFound, "%s %q not found", kind, name)
+	case errors.As(err, &exists):
+		return status.Errorf(codes.AlreadyExists, "an equal %s already exists: %s %q (same SPIFFE ID, parent and selectors)", kind, kind, exists.ID)
+	case errors.Is(err, datastore.ErrAlreadyExists):
+		return status.Errorf(codes.AlreadyExists, "%s %q already exists", kind, name)
+	}
+	return toStatus(ctx, log, op, err)
+}

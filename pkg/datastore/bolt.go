@@ -83,8 +83,8 @@ func (s *Store) CreateEntry(_ context.Context, e *Entry) (*Entry, error) {
 	out.Revision = 1
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		ident := tx.Bucket(bucketByIdentity)
-		if ident.Get([]byte(out.identityKey())) != nil {
-			return ErrAlreadyExists
+		if existing := ident.Get([]byte(out.identityKey())); existing != nil {
+			return &ExistsError{ID: string(existing)}
 		}
 		if err := putJSON(tx.Bucket(bucketEntries), []byte(out.ID), &out); err != nil {
 			return err
@@ -143,7 +143,7 @@ func (s *Store) UpdateEntry(_ context.Context, e *Entry) (*Entry, error) {
 		out.Revision = old.Revision + 1
 		ident := tx.Bucket(bucketByIdentity)
 		if other := ident.Get([]byte(out.identityKey())); other != nil && string(other) != out.ID {
-			return ErrAlreadyExists
+			return &ExistsError{ID: string(other)}
 		}
 		if err := ident.Delete([]byte(old.identityKey())); err != nil {
 			return err

@@ -16,3 +16,14 @@ var (
 	// on the old copy was not made.
 	ErrChanged = errors.New("datastore: record changed since it was read")
 )
+
+// ExistsError is ErrAlreadyExists naming the record that is already stored,
+// so that an operator can find it.
+type ExistsError struct {
+	ID string
+}
+
+func (e *ExistsError) Error() string { return "datastore: already exists as " + e.ID }
+
+// Is makes errors.Is(err, ErrAlreadyExists) hold.
+func (e *ExistsError) Is(target error) bool { return target == ErrAlreadyExists }
