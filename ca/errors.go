@@ -43,11 +43,13 @@ type RefusedError struct {
 	Op       string
 	Reason   string
 	Blockers []string
+	// reasonNamesBlockers: Reason already names the blockers, by kind.
+	reasonNamesBlockers bool
 }
 
 func (e *RefusedError) Error() string {
 	msg := fmt.Sprintf("ca: %s refused: %s", e.Op, e.Reason)
-	if len(e.Blockers) > 0 {
+	if len(e.Blockers) > 0 && !e.reasonNamesBlockers {
 		msg += fmt.Sprintf(" (%d: %v)", len(e.Blockers), e.Blockers)
 	}
 	return msg

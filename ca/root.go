@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 )
 
@@ -203,9 +204,8 @@ func (c *CA) ActivateRoot(ctx context.Context, force bool) (Authority, []string,
 	behind := c.checkGate(ctx, next, ch.now)
 	if len(behind) > 0 {
 		if !force {
-			return Authority{}, nil, &RefusedError{Op: "root activate",
-				Reason:   fmt.Sprintf("not everything holds bundle %d with the new root yet (wait for it, or --force)", next.BundleSequence),
-				Blockers: behind}
+			return Authority{}, nil, &RefusedError{Op: "root activate", Reason: gateReason(next.BundleSequence, behind),
+				Blockers: behind, reasonNamesBlockers: true}
 		}
 		ch.note(next, "activated_forced")
 	}
@@ -252,4 +252,27 @@ func firstN(s []string, n int) []string {
 		return append(s[:n:n], fmt.Sprintf("and %d more", len(s)-n))
 	}
 	return s
+}
+
+// gateReason says what holds the next root back, by kind: live agents that
+// lack its bundle (named, by SPIFFE ID), and anything else the gate listed
+// (the wait for the bundle endpoint's consumers, which names its time).
+func gateReason(seq uint64, blockers []string) string {
+	var agents, others []string
+	for _, b := range blockers {
+		if strings.HasPrefix(b, "spiffe://") {
+			agents = append(agents, b)
+		} else {
+			others = append(others, b)
+		}
+	}
+	var parts []string
+	if len(agents) > 0 {
+		parts = append(parts, fmt.Sprintf("%d live agent(s) do not hold bundle %d with the new root yet: %s",
+			len(agents), seq, strings.Join(firstN(agents, 5), ", ")))
+	}
+	for _, o := range others {
+		parts = append(parts, "waiting for "+o)
+	}
+	return strings.Join(parts, "; ") + " (wait, or --force)"
 }

@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -438,6 +439,9 @@ func TestRootRotationGate(t *testing.T) {
 	var r *ca.RefusedError
 	if !errors.As(err, &r) || len(r.Blockers) != 1 || r.Blockers[0] != slow {
 		t.Fatalf("activation with a lagging agent: %v", err)
+	}
+	if want := "1 live agent(s) do not hold bundle " + strconv.FormatUint(root.BundleSequence, 10) + " with the new root yet: " + slow; !strings.Contains(err.Error(), want) {
+		t.Fatalf("refusal %q does not name the blocker: want %q", err, want)
 	}
 	if st := c.RootRotation(); st.PreparedRootID != root.ID || len(st.Blockers) != 1 || st.Blockers[0] != slow {
 		t.Fatalf("root rotation status while blocked: %+v", st)

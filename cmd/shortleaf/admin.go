@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -71,38 +72,113 @@ func codeWords(code string) string {
 
 func (f *adminFlags) json() bool { return f.output == "json" }
 
-// printJSON writes one proto message as indented JSON. protojson's own
-// indentation varies on purpose, so the output is re-indented to stay stable
-// for scripts.
+// done reports a change that has no object to show: text as a line, or
+// with -o json an object {"result": result, key: value}.
+func (f *adminFlags) done(cmd *cobra.Command, text, result, key, value string) error {
+	if f.json() {
+		return writeJSON(cmd.OutOrStdout(), map[string]string{"result": result, key: value})
+	}
+	_, err := fmt.Fprintln(cmd.OutOrStdout(), text)
+	return err
+}
+
+// printJSON writes one proto message as indented JSON for scripts, in the
+// forms people read: times as RFC 3339, lifetimes as durations ("5m0s"),
+// counters as numbers (see readableJSON).
 func printJSON(w io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
+	v, err := readableJSON(m)
 	if err != nil {
 		return err
 	}
-	var out bytes.Buffer
-	if err := json.Indent(&out, b, "", "  "); err != nil {
-		return err
-	}
-	_, err = fmt.Fprintln(w, out.String())
-	return err
+	return writeJSON(w, v)
 }
 
 // printJSONList writes proto messages as a JSON array, even of one or none.
 func printJSONList[M proto.Message](w io.Writer, msgs []M) error {
-	raws := make([]json.RawMessage, 0, len(msgs))
+	out := make([]any, 0, len(msgs))
 	for _, m := range msgs {
-		b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
+		v, err := readableJSON(m)
 		if err != nil {
 			return err
 		}
-		raws = append(raws, b)
+		out = append(out, v)
 	}
-	out, err := json.MarshalIndent(raws, "", "  ")
+	return writeJSON(w, out)
+}
+
+// Fields of the admin protos that hold Unix seconds, and those that hold
+// 64-bit counters (which protojson would print as strings).
+var (
+	unixTimeFields = map[string]bool{"created_at": true, "deadline": true, "expires_at": true, "force_at": true,
+		"last_refresh": true, "last_seen": true, "next_transition_at": true, "not_after": true, "not_before": true,
+		"prepare_at": true, "prepared_at": true, "retire_at": true, "root_not_after": true}
+	counterFields = map[string]bool{"revision": true, "bundle_sequence": true, "sequence": true}
+)
+
+// readableJSON turns m into a JSON value: Unix-second times become RFC 3339
+// strings (null when unset), "*ttl_seconds" fields become "*ttl" durations
+// (null when unset: the server's default), and 64-bit counters numbers.
+func readableJSON(m proto.Message) (any, error) {
+	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	_, err = fmt.Fprintln(w, string(out))
-	return err
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	return readable(v), nil
+}
+
+func readable(v any) any {
+	switch x := v.(type) {
+	case []any:
+		for i := range x {
+			x[i] = readable(x[i])
+		}
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, val := range x {
+			n, isInt := integer(val)
+			switch {
+			case unixTimeFields[k] && isInt:
+				out[k] = nil
+				if n != 0 {
+					out[k] = time.Unix(n, 0).UTC().Format(time.RFC3339)
+				}
+			case strings.HasSuffix(k, "ttl_seconds") && isInt:
+				k = strings.TrimSuffix(k, "_seconds")
+				out[k] = nil
+				if n != 0 {
+					out[k] = (time.Duration(n) * time.Second).String()
+				}
+			case counterFields[k] && isInt:
+				out[k] = n
+			default:
+				out[k] = readable(val)
+			}
+		}
+		return out
+	}
+	return v
+}
+
+// integer reads a JSON integer that protojson wrote as a number or, for 64
+// bits, as a string.
+func integer(v any) (int64, bool) {
+	var s string
+	switch x := v.(type) {
+	case json.Number:
+		s = x.String()
+	case string:
+		s = x
+	default:
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
 }
 
 // table writes aligned columns.

@@ -39,20 +39,7 @@ func newCACommand() *cobra.Command {
 				if af.json() {
 					return printJSON(cmd.OutOrStdout(), resp)
 				}
-				if err := printAuthorities(cmd, resp.GetAuthorities()...); err != nil {
-					return err
-				}
-				p := resp.GetPropagation()
-				fmt.Fprintf(cmd.OutOrStdout(), "\nbundle sequence %d: %d of %d live agents hold it\n", p.GetBundleSequence(), p.GetCurrentAgents(), p.GetLiveAgents())
-				for _, a := range p.GetLaggingAgents() {
-					fmt.Fprintf(cmd.OutOrStdout(), "  lagging: %s\n", a)
-				}
-				printRootRotation(cmd.OutOrStdout(), resp.GetRootRotation())
-				if sc := resp.GetServerCertificate(); sc != nil {
-					fmt.Fprintf(cmd.OutOrStdout(), "\nserver TLS certificate %s: signed by %s, until %s\n",
-						sc.GetSerialNumber(), orUnknown(sc.GetSignerId(), sc.GetSignerKeyId()), unixTime(sc.GetNotAfter()))
-				}
-				return nil
+				return printCAState(cmd, resp)
 			})
 		},
 	}
@@ -75,7 +62,10 @@ func newCACommand() *cobra.Command {
 		c.Flags().StringVar(&kind, "kind", "intermediate", "intermediate or jwt")
 		return c
 	}
-	idVerb := func(use, short string, call func(context.Context, *adminclient.Client, string) (*adminv1.Authority, error)) *cobra.Command {
+	// idVerb runs a step on one authority; with showState (the step's past
+	// tense) it then prints the CA's state as `ca show` does: after a
+	// removal, what remains.
+	idVerb := func(use, short, showState string, call func(context.Context, *adminclient.Client, string) (*adminv1.Authority, error)) *cobra.Command {
 		return &cobra.Command{
 			Use:   use,
 			Short: short,
@@ -85,6 +75,9 @@ func newCACommand() *cobra.Command {
 					a, err := call(ctx, c, args[0])
 					if err != nil {
 						return err
+					}
+					if showState != "" {
+						return printChangeAndState(ctx, cmd, &af, c, a, showState)
 					}
 					return printAuthority(cmd, &af, a)
 				})
@@ -99,11 +92,11 @@ func newCACommand() *cobra.Command {
 		func(ctx context.Context, c *adminclient.Client, kind string) (*adminv1.Authority, error) {
 			return c.ActivateAuthority(ctx, &adminv1.ActivateAuthorityRequest{Kind: kind})
 		})
-	taint := idVerb("taint ID", "Stop trusting an old key: agents replace everything it signed within a sync interval",
+	taint := idVerb("taint ID", "Stop trusting an old key: agents replace everything it signed within a sync interval", "",
 		func(ctx context.Context, c *adminclient.Client, id string) (*adminv1.Authority, error) {
 			return c.TaintAuthority(ctx, &adminv1.TaintAuthorityRequest{Id: id})
 		})
-	revoke := idVerb("revoke ID", "Remove a tainted key once no agent holds anything it signed",
+	revoke := idVerb("revoke ID", "Remove a tainted key once no agent holds anything it signed; prints what remains", "revoked",
 		func(ctx context.Context, c *adminclient.Client, id string) (*adminv1.Authority, error) {
 			return c.RevokeAuthority(ctx, &adminv1.RevokeAuthorityRequest{Id: id})
 		})
@@ -148,7 +141,7 @@ func newRootCommands(af *adminFlags) *cobra.Command {
 	activate.Flags().BoolVar(&force, "force", false, "activate even though some live agents or federated consumers lack the new root (they will fail to verify new SVIDs); logged")
 	retire := &cobra.Command{
 		Use:   "retire",
-		Short: "Remove the old root from the bundle now; refused while an intermediate or the server's certificate chains to it",
+		Short: "Remove the old root from the bundle now (prints what remains); refused while an intermediate or the server's certificate chains to it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
@@ -156,12 +149,53 @@ func newRootCommands(af *adminFlags) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return printAuthority(cmd, af, a)
+				return printChangeAndState(ctx, cmd, af, c, a, "retired")
 			})
 		},
 	}
 	root.AddCommand(prepare, activate, retire)
 	return root
+}
+
+// printChangeAndState prints the authority a step changed, then the CA's
+// state after it; with -o json {"changed": …, "state": <ca show>}.
+func printChangeAndState(ctx context.Context, cmd *cobra.Command, af *adminFlags, c *adminclient.Client, a *adminv1.Authority, what string) error {
+	state, err := c.ListAuthorities(ctx, &adminv1.ListAuthoritiesRequest{})
+	if err != nil {
+		return err
+	}
+	if af.json() {
+		changed, err := readableJSON(a)
+		if err != nil {
+			return err
+		}
+		after, err := readableJSON(state)
+		if err != nil {
+			return err
+		}
+		return writeJSON(cmd.OutOrStdout(), map[string]any{"result": what, "changed": changed, "state": after})
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "%s %s %s\n\nnow:\n", a.GetKind(), a.GetId(), what)
+	return printCAState(cmd, state)
+}
+
+// printCAState is `ca show`'s table: authorities, propagation, root
+// rotation and the server's certificate.
+func printCAState(cmd *cobra.Command, resp *adminv1.ListAuthoritiesResponse) error {
+	if err := printAuthorities(cmd, resp.GetAuthorities()...); err != nil {
+		return err
+	}
+	p := resp.GetPropagation()
+	fmt.Fprintf(cmd.OutOrStdout(), "\nbundle sequence %d: %d of %d live agents hold it\n", p.GetBundleSequence(), p.GetCurrentAgents(), p.GetLiveAgents())
+	for _, a := range p.GetLaggingAgents() {
+		fmt.Fprintf(cmd.OutOrStdout(), "  lagging: %s\n", a)
+	}
+	printRootRotation(cmd.OutOrStdout(), resp.GetRootRotation())
+	if sc := resp.GetServerCertificate(); sc != nil {
+		fmt.Fprintf(cmd.OutOrStdout(), "\nserver TLS certificate %s: signed by %s, until %s\n",
+			sc.GetSerialNumber(), orUnknown(sc.GetSignerId(), sc.GetSignerKeyId()), unixTime(sc.GetNotAfter()))
+	}
+	return nil
 }
 
 func printAuthority(cmd *cobra.Command, af *adminFlags, a *adminv1.Authority) error {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -165,8 +164,7 @@ func newEntryCommand() *cobra.Command {
 				if _, err := c.DeleteEntry(ctx, &adminv1.DeleteEntryRequest{Id: args[0]}); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "deleted entry %s\n", args[0])
-				return nil
+				return af.done(cmd, "deleted entry "+args[0], "deleted", "id", args[0])
 			})
 		},
 	}

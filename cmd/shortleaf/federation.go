@@ -124,8 +124,7 @@ func newFederationCommand() *cobra.Command {
 						return err
 					}
 					if out == nil {
-						fmt.Fprintf(cmd.OutOrStdout(), "deleted federation with %s\n", args[0])
-						return nil
+						return af.done(cmd, "deleted federation with "+args[0], "deleted", "trust_domain", args[0])
 					}
 					return print(cmd, false, out)
 				})
@@ -180,6 +179,9 @@ func newBundleAdminCommands(af *adminFlags) []*cobra.Command {
 				if err != nil {
 					return err
 				}
+				if af.json() {
+					return printJSON(cmd.OutOrStdout(), b)
+				}
 				fmt.Fprintf(cmd.OutOrStdout(), "set the bundle of %s: %d X.509 and %d JWT authorities\n", b.GetTrustDomain(), b.GetX509Authorities(), b.GetJwtAuthorities())
 				return nil
 			})
@@ -193,8 +195,7 @@ func newBundleAdminCommands(af *adminFlags) []*cobra.Command {
 				if _, err := c.DeleteFederatedBundle(ctx, &adminv1.DeleteFederatedBundleRequest{TrustDomain: args[0]}); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "deleted the bundle of %s\n", args[0])
-				return nil
+				return af.done(cmd, "deleted the bundle of "+args[0], "deleted", "trust_domain", args[0])
 			})
 		},
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -174,6 +175,35 @@ func TestCAVerbs(t *testing.T) {
 	if _, err := shortleaf(t, "ca", "prepare", "--kind", "root", "--admin-socket", sock); err == nil || !strings.Contains(err.Error(), "kind") {
 		t.Fatalf("prepare --kind root: %v", err)
 	}
+
+	// Taint then revoke the old intermediate: revoke prints what remains.
+	out, err = shortleaf(t, "ca", "show", "--admin-socket", sock, "-o", "json")
+	var state struct {
+		Authorities []struct {
+			Kind, ID, State string
+			NotAfter        string `json:"not_after"`
+		} `json:"authorities"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &state) != nil {
+		t.Fatalf("ca show -o json: %q %v", out, err)
+	}
+	var old string
+	for _, a := range state.Authorities {
+		if _, perr := time.Parse(time.RFC3339, a.NotAfter); perr != nil {
+			t.Fatalf("not_after %q is not RFC 3339", a.NotAfter)
+		}
+		if a.Kind == "intermediate" && a.State == "old" {
+			old = a.ID
+		}
+	}
+	if _, err := shortleaf(t, "ca", "taint", old, "--admin-socket", sock); err != nil {
+		t.Fatal(err)
+	}
+	out, err = shortleaf(t, "ca", "revoke", old, "--admin-socket", sock)
+	if err != nil || !strings.Contains(out, "intermediate "+old+" revoked") || !strings.Contains(out, "now:") ||
+		!strings.Contains(out, "bundle sequence") || strings.Count(out, old) != 1 {
+		t.Fatalf("ca revoke does not print the new state:\n%s\n%v", out, err)
+	}
 }
 
 func TestJWTAndBundleFormats(t *testing.T) {
@@ -186,6 +216,26 @@ func TestJWTAndBundleFormats(t *testing.T) {
 	out, err = shortleaf(t, "bundle", "show", "--admin-socket", sock, "--format", "spiffe")
 	if err != nil || !strings.Contains(out, `"use":"jwt-svid"`) || !strings.Contains(out, `"use":"x509-svid"`) {
 		t.Fatalf("spiffe bundle lacks a key kind:\n%s", out)
+	}
+	if strings.Contains(out, "spiffe_refresh_hint") {
+		t.Fatalf("a server without a bundle endpoint printed a refresh hint:\n%s", out)
+	}
+	if _, err := shortleaf(t, "bundle", "show", "--admin-socket", sock, "--format", "pem", "-o", "json"); err == nil || !strings.Contains(err.Error(), "--format spiffe") {
+		t.Fatalf("bundle show --format pem -o json: %v", err)
+	}
+	out, err = shortleaf(t, "healthcheck", "--admin-socket", sock, "-o", "json")
+	if err != nil || !strings.Contains(out, `"result": "healthy"`) {
+		t.Fatalf("healthcheck -o json: %q %v", out, err)
+	}
+	out, err = shortleaf(t, "token", "create", "--admin-socket", sock, "-o", "json")
+	var token struct {
+		ExpiresAt string `json:"expires_at"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &token) != nil {
+		t.Fatalf("token create -o json: %q %v", out, err)
+	}
+	if _, err := time.Parse(time.RFC3339, token.ExpiresAt); err != nil {
+		t.Fatalf("expires_at %q is not RFC 3339", token.ExpiresAt)
 	}
 	out, err = shortleaf(t, "bundle", "show", "--admin-socket", sock, "--format", "jwks")
 	if err != nil || !strings.Contains(out, `"kid"`) || strings.Contains(out, "x5c") {

@@ -99,8 +99,7 @@ func newAgentAdminCommands() []*cobra.Command {
 				if _, err := c.EvictAgent(ctx, &adminv1.EvictAgentRequest{SpiffeId: args[0]}); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "evicted %s\n", args[0])
-				return nil
+				return af.done(cmd, "evicted "+args[0], "evicted", "spiffe_id", args[0])
 			})
 		},
 	}
@@ -122,6 +121,9 @@ func newBundleCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if format != "pem" && format != "spiffe" && format != "jwks" && format != "crl" {
 				return fmt.Errorf("--format: %q is not pem, spiffe, jwks or crl", format)
+			}
+			if af.json() && (format == "pem" || format == "crl") {
+				return fmt.Errorf("--output json: --format %s prints PEM; use --format spiffe (a SPIFFE bundle, JSON) or jwks", format)
 			}
 			return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
 				b, err := c.GetBundle(ctx, &adminv1.GetBundleRequest{})
@@ -187,7 +189,9 @@ func printSPIFFEBundle(cmd *cobra.Command, b *adminv1.Bundle, jwtOnly bool) erro
 		sb.AddX509Authority(certs)
 	}
 	sb.SetSequenceNumber(b.GetSequence())
-	sb.SetRefreshHint(5 * time.Minute)
+	if hint := time.Duration(b.GetRefreshHintSeconds()) * time.Second; hint > 0 {
+		sb.SetRefreshHint(hint) // what the bundle endpoint publishes
+	}
 	out, err := sb.Marshal()
 	if err != nil {
 		return err
@@ -316,8 +320,7 @@ func newHealthcheckCommand() *cobra.Command {
 				if resp.GetStatus() != grpc_health_v1.HealthCheckResponse_SERVING {
 					return fmt.Errorf("server is %s", resp.GetStatus())
 				}
-				fmt.Fprintln(cmd.OutOrStdout(), "server is healthy")
-				return nil
+				return af.done(cmd, "server is healthy", "healthy", "status", resp.GetStatus().String())
 			})
 		},
 	}

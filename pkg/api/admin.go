@@ -239,6 +239,7 @@ func (s *AdminService) EvictAgent(ctx context.Context, req *adminv1.EvictAgentRe
 // GetBundle returns the trust bundle.
 func (s *AdminService) GetBundle(ctx context.Context, _ *adminv1.GetBundleRequest) (*adminv1.Bundle, error) {
 	out := readBundle(s.cfg.CA).adminProto()
+	out.RefreshHintSeconds = int64(s.cfg.BundleRefreshHint / time.Second)
 	if s.cfg.Lifecycle != nil {
 		crls, err := s.cfg.Lifecycle.CRLs()
 		if err != nil {

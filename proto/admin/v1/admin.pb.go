@@ -949,9 +949,12 @@ type Bundle struct {
 	JwtAuthorities  []*JWTAuthority        `protobuf:"bytes,4,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
 	// DER CRLs of this CA's roots and intermediates (GetBundle only; see
 	// bundle show --format crl).
-	Crls          [][]byte `protobuf:"bytes,5,rep,name=crls,proto3" json:"crls,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Crls [][]byte `protobuf:"bytes,5,rep,name=crls,proto3" json:"crls,omitempty"`
+	// The refresh hint the bundle endpoint publishes, in seconds; 0 when no
+	// bundle endpoint is configured (GetBundle only).
+	RefreshHintSeconds int64 `protobuf:"varint,6,opt,name=refresh_hint_seconds,json=refreshHintSeconds,proto3" json:"refresh_hint_seconds,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Bundle) Reset() {
@@ -1017,6 +1020,13 @@ func (x *Bundle) GetCrls() [][]byte {
 		return x.Crls
 	}
 	return nil
+}
+
+func (x *Bundle) GetRefreshHintSeconds() int64 {
+	if x != nil {
+		return x.RefreshHintSeconds
+	}
+	return 0
 }
 
 type JWTAuthority struct {
@@ -3064,13 +3074,14 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x11EvictAgentRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x14\n" +
 	"\x12EvictAgentResponse\"\x12\n" +
-	"\x10GetBundleRequest\"\xd1\x01\n" +
+	"\x10GetBundleRequest\"\x83\x02\n" +
 	"\x06Bundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12)\n" +
 	"\x10x509_authorities\x18\x02 \x03(\fR\x0fx509Authorities\x12\x1a\n" +
 	"\bsequence\x18\x03 \x01(\x04R\bsequence\x12I\n" +
 	"\x0fjwt_authorities\x18\x04 \x03(\v2 .shortleaf.admin.v1.JWTAuthorityR\x0ejwtAuthorities\x12\x12\n" +
-	"\x04crls\x18\x05 \x03(\fR\x04crls\"D\n" +
+	"\x04crls\x18\x05 \x03(\fR\x04crls\x120\n" +
+	"\x14refresh_hint_seconds\x18\x06 \x01(\x03R\x12refreshHintSeconds\"D\n" +
 	"\fJWTAuthority\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
 	"\n" +
