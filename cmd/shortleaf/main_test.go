@@ -348,3 +348,15 @@ func TestCADrill(t *testing.T) {
 		t.Fatalf("drill of a config that cannot hold: %v\n%s", err, out)
 	}
 }
+
+// bundle show --format spiffe prints the refresh hint the bundle endpoint
+// publishes, not a made-up one.
+func TestBundleShowPrintsTheEndpointsRefreshHint(t *testing.T) {
+	srv := harness.StartServer(t, func(c *server.Config) {
+		c.BundleEndpoint = &server.BundleEndpointConfig{Addr: "127.0.0.1:0", Profile: "https_spiffe", RefreshHint: 90 * time.Second}
+	})
+	out, err := shortleaf(t, "bundle", "show", "--admin-socket", srv.AdminSocket(), "--format", "spiffe")
+	if err != nil || !strings.Contains(out, `"spiffe_refresh_hint":90`) {
+		t.Fatalf("bundle show --format spiffe: %v\n%s", err, out)
+	}
+}
