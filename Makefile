@@ -4,12 +4,16 @@ BUF     := tools/bin/buf
 LINTER  := tools/bin/golangci-lint
 PKGS    := ./...
 
-.PHONY: all build deps test lint generate generate-check demo bench fuzz soak clean
+.PHONY: all build install deps test lint generate generate-check demo bench fuzz soak clean
 
 all: build
 
 build:
 	$(GO) build $(PKGS)
+
+## install: the shortleaf binary into $(go env GOPATH)/bin, with its commit (shortleaf version)
+install:
+	$(GO) install -buildvcs=auto ./cmd/shortleaf
 
 ## test: linters, generated code current, vet, every test with the race detector, then the
 ## 30-day rotation and 5-day root-lifetime simulations (single-goroutine logic: run once
