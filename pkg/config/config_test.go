@@ -260,7 +260,7 @@ func TestUnknownKeySuggestsTheClosest(t *testing.T) {
 		base + "trust_domian: x\n":                 "field trust_domian not found in type config.ServerFile (did you mean trust_domain?)",
 		base + "x509_svid_tll: 5m\n":               "(did you mean x509_svid_ttl?)",
 		base + "limits:\n  max_conections: 10\n":   "(did you mean max_connections?)",
-		base + "bundle_endpoint:\n  adress: x\n":   "(did you mean address?)",
+		base + "bundle_endpoint:\n  adddress: x\n": "(did you mean address?)",
 		base + "completely_unrelated_setting: 1\n": "",
 	} {
 		_, _, err := config.ParseServer(strings.NewReader(yaml), func(string) string { return "pass" })

@@ -75,7 +75,10 @@ func TestSlowEndpointDoesNotBlockOthers(t *testing.T) {
 	// Stopping the poller ends the hanging fetch too.
 	stop()
 	select {
-	case <-done:
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return after its context ended")
 	}
