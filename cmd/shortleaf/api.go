@@ -170,10 +170,7 @@ func newAPIFetchBundle(af *apiFlags) *cobra.Command {
 			if err != nil {
 				return apiError(err)
 			}
-			bundles := set.Bundles()
-			slices.SortFunc(bundles, func(a, b *x509bundle.Bundle) int {
-				return strings.Compare(a.TrustDomain().Name(), b.TrustDomain().Name())
-			})
+			bundles := sortedBundles(set)
 			if writeDir != "" {
 				if err := os.MkdirAll(writeDir, 0o755); err != nil { //nolint:gosec // bundles are public
 					return fmt.Errorf("--write: %w", err)
