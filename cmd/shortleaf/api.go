@@ -22,6 +22,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/shortleaf/shortleaf/pkg/agent"
 	"github.com/shortleaf/shortleaf/pkg/safefile"
@@ -242,13 +244,12 @@ func apiError(err error) error {
 	if err == nil {
 		return nil
 	}
-	msg := err.Error()
 	switch {
-	case strings.Contains(msg, "PermissionDenied"):
+	case status.Code(err) == codes.PermissionDenied:
 		return fmt.Errorf("the agent has no identity for this process (no entry matches its selectors): %w", err)
-	case strings.Contains(msg, "Unavailable"):
+	case status.Code(err) == codes.Unavailable:
 		return fmt.Errorf("the agent is not serving (not running, or not synced yet): %w", err)
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.DeadlineExceeded), status.Code(err) == codes.DeadlineExceeded:
 		return fmt.Errorf("no answer from the agent within --timeout: %w", err)
 	}
 	return err

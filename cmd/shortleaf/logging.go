@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 
@@ -55,7 +54,7 @@ func newLogger(w *os.File, level slog.Level, format string) (*slog.Logger, error
 		if isTerminal(w) {
 			return slog.New(slog.NewTextHandler(w, opts)), nil
 		}
-		return slog.New(slog.NewJSONHandler(io.Writer(w), opts)), nil
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format: %q is not text, json or auto", format)
 }
