@@ -9,5 +9,10 @@
 //
 // While the server is unreachable the agent keeps serving what it has and
 // retries with exponential backoff and jitter. Its key, SVID and bundle are
-// kept in DataDir (0600), so a restart needs no new join token.
+// kept in DataDir (0600), so a restart needs no new join token. What no
+// retry can cure (a refused token, a bundle that does not verify the server,
+// another trust domain, an eviction with no unused token) ends Run with a
+// *PermanentError; given a join token not yet used, an evicted or unusable
+// stored identity is replaced by attesting again. DataDir is locked while
+// the agent runs, and a socket another process answers on is refused.
 package agent
