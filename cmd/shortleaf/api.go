@@ -41,11 +41,7 @@ type apiFlags struct {
 }
 
 func (f *apiFlags) register(cmd *cobra.Command) {
-	def := os.Getenv(workloadSocketEnv)
-	if def == "" {
-		def = agent.DefaultSocketPath
-	}
-	cmd.PersistentFlags().StringVar(&f.socket, "socket", def, "Workload API socket path or unix:// address (default $"+workloadSocketEnv+" or "+agent.DefaultSocketPath+")")
+	cmd.PersistentFlags().StringVar(&f.socket, "socket", "", "Workload API socket path or unix:// address (default $"+workloadSocketEnv+", else "+agent.DefaultSocketPath+")")
 	cmd.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
 	cmd.PersistentFlags().DurationVar(&f.timeout, "timeout", 5*time.Second, "how long to wait for the agent's answer")
 }
@@ -58,10 +54,17 @@ func (f *apiFlags) check() error {
 }
 
 func (f *apiFlags) addr() string {
-	if strings.HasPrefix(f.socket, "unix:") || strings.HasPrefix(f.socket, "tcp:") {
-		return f.socket
+	socket := f.socket
+	if socket == "" {
+		socket = os.Getenv(workloadSocketEnv)
 	}
-	return "unix://" + f.socket
+	if socket == "" {
+		socket = agent.DefaultSocketPath
+	}
+	if strings.HasPrefix(socket, "unix:") || strings.HasPrefix(socket, "tcp:") {
+		return socket
+	}
+	return "unix://" + socket
 }
 
 func newAPICommand() *cobra.Command {

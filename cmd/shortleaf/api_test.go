@@ -56,6 +56,11 @@ func TestAPIVerbsAgainstARealAgent(t *testing.T) {
 		t.Fatal("-o json printed the private key")
 	}
 
+	// Without --socket: $SPIFFE_ENDPOINT_SOCKET, as every SPIFFE tool reads it.
+	t.Setenv("SPIFFE_ENDPOINT_SOCKET", "unix://"+sock)
+	if out, err := shortleaf(t, "api", "fetch", "x509"); err != nil || !strings.Contains(out, "spiffe://example.org/cli") {
+		t.Fatalf("api fetch x509 from $SPIFFE_ENDPOINT_SOCKET: %q %v", out, err)
+	}
 	out, err = shortleaf(t, "api", "fetch", "jwt", "--socket", sock, "--audience", "billing")
 	if err != nil || !strings.Contains(out, "token(spiffe://example.org/cli)") || !strings.Contains(out, "bundle(spiffe://example.org)") {
 		t.Fatalf("api fetch jwt: %q %v", out, err)
