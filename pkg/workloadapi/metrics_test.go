@@ -54,8 +54,13 @@ func TestStreamCountedAtItsFirstResponse(t *testing.T) {
 	}
 	ok := metrics.WorkloadRequests.WithLabelValues("FetchX509SVID", telemetry.ResultOK)
 	open := metrics.OpenStreams.WithLabelValues("FetchX509SVID")
-	if got := value(t, ok); got != 1 {
-		t.Fatalf("requests_total{FetchX509SVID,ok} = %v while the stream serves, want 1", got)
+	// The server counts once its Send returns, which may be just after the
+	// client has the response: wait for it, while the stream stays open.
+	for value(t, ok) != 1 {
+		if ctx.Err() != nil {
+			t.Fatalf("requests_total{FetchX509SVID,ok} = %v while the stream serves, want 1", value(t, ok))
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	if got := value(t, open); got != 1 {
 		t.Fatalf("open streams = %v, want 1", got)
