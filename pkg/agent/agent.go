@@ -276,6 +276,14 @@ func (a *Agent) bundleCerts() []*x509.Certificate {
 
 // Run serves the Workload API and keeps identities fresh until ctx is done.
 func (a *Agent) Run(ctx context.Context) error {
+	// Logged before the manage loop starts, so it precedes whatever that
+	// loop logs (an attestation failure, "agent running").
+	waitingFor := "the first sync with the server"
+	if a.currentCert() == nil {
+		waitingFor = "attestation with the join token, then the first sync"
+	}
+	a.cfg.Logger.Info("agent starting; the Workload API answers Unavailable until it is running",
+		slog.String("waiting_for", waitingFor), slog.String("socket", a.cfg.SocketPath), slog.String("server", a.cfg.ServerAddr))
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := a.wl.Serve(a.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -287,12 +295,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer a.stopWorkloadAPI()
 		return a.manage(gctx)
 	})
-	waitingFor := "the first sync with the server"
-	if a.currentCert() == nil {
-		waitingFor = "attestation with the join token, then the first sync"
-	}
-	a.cfg.Logger.Info("agent starting; the Workload API answers Unavailable until it is running",
-		slog.String("waiting_for", waitingFor), slog.String("socket", a.cfg.SocketPath), slog.String("server", a.cfg.ServerAddr))
 	return g.Wait()
 }
 
