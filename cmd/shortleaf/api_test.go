@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/shortleaf/shortleaf/pkg/harness"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
@@ -21,7 +22,7 @@ func TestAPIVerbsAgainstARealAgent(t *testing.T) {
 	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/cli", ParentId: ag.ID(),
 		Selectors: []string{fmt.Sprintf("unix:uid:%d", os.Getuid())}})
 	sock := ag.SocketPath()
-	harness.Eventually(t, 10e9, func() bool {
+	harness.Eventually(t, 10*time.Second, func() bool {
 		_, err := shortleaf(t, "api", "fetch", "x509", "--socket", sock)
 		return err == nil
 	})
