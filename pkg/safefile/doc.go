@@ -10,5 +10,6 @@
 //
 // Temporary files are named TempPrefix*; RemoveTemps deletes those a crash
 // left behind. CheckPrivateDir and CheckPrivateFile refuse a directory or a
-// secret file that another user could control or read.
+// secret file that another user could control or read. LockDir holds a data
+// dir for one process at a time and names the holder's PID to a second one.
 package safefile
