@@ -286,7 +286,7 @@ func TestFailedJournalSaveChangesNothingAndLeavesNoBrokenState(t *testing.T) {
 		t.Fatalf("rotation with a failing journal: %v", err)
 	}
 	_ = bc
-	keyDir := filepath.Join(filepath.Dir(cfg.Journal.(*datastore.Store).Path()), "keys")
+	keyDir := filepath.Join(filepath.Dir(cfg.Journal.(*datastore.Bolt).Path()), "keys")
 	orphans := keyFiles(t, keyDir)
 	if len(orphans) <= 3 {
 		t.Fatalf("expected an orphan key file to test with, found %d keys", len(orphans))
@@ -551,7 +551,7 @@ func TestUpstreamAuthority(t *testing.T) {
 func TestRemovedAuthoritiesLoseTheirKeys(t *testing.T) {
 	cfg, clk := journalOf(t)
 	c := catest.NewFromConfig(t, cfg)
-	keysDir := filepath.Join(filepath.Dir(cfg.Journal.(*datastore.Store).Path()), "keys")
+	keysDir := filepath.Join(filepath.Dir(cfg.Journal.(*datastore.Bolt).Path()), "keys")
 	first, _ := os.ReadDir(keysDir)
 	for range 3 { // three full intermediate lifetimes
 		clk.Add(30 * time.Minute)

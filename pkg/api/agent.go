@@ -46,7 +46,7 @@ type Authority interface {
 type AgentStore interface {
 	AttestJoinToken(ctx context.Context, tokenID string, secretHash []byte, now time.Time, agent *datastore.Agent) error
 	GetAgent(ctx context.Context, spiffeID string) (*datastore.Agent, error)
-	UpdateAgent(ctx context.Context, a *datastore.Agent) error
+	UpdateAgent(ctx context.Context, spiffeID string, change func(*datastore.Agent) error) (*datastore.Agent, error)
 	DeleteAgent(ctx context.Context, spiffeID string) error
 	GetEntry(ctx context.Context, id string) (*datastore.Entry, error)
 	ListEntriesByParent(ctx context.Context, parentID, pageToken string, pageSize int) ([]*datastore.Entry, string, error)
@@ -217,14 +217,17 @@ func (s *AgentService) signAgentSVID(ctx context.Context, agent *datastore.Agent
 		return nil, toStatus(ctx, s.cfg.Logger, "sign agent SVID", err)
 	}
 	serial := chain[0].SerialNumber.Text(16)
-	if renewal {
-		agent.NewSerialNumber = serial
-	} else {
-		agent.SerialNumber, agent.NewSerialNumber = serial, ""
-	}
-	agent.NotAfter = chain[0].NotAfter
-	agent.LastSeen = s.cfg.Clock.Now()
-	if err := s.cfg.Store.UpdateAgent(ctx, agent); err != nil {
+	now := s.cfg.Clock.Now()
+	_, err = s.cfg.Store.UpdateAgent(ctx, agent.SPIFFEID, func(a *datastore.Agent) error {
+		if renewal {
+			a.NewSerialNumber = serial
+		} else {
+			a.SerialNumber, a.NewSerialNumber = serial, ""
+		}
+		a.NotAfter, a.LastSeen = chain[0].NotAfter, now
+		return nil
+	})
+	if err != nil {
 		if errors.Is(err, datastore.ErrNotFound) {
 			return nil, status.Error(codes.PermissionDenied, "agent was evicted; attest again")
 		}
@@ -273,9 +276,23 @@ func (s *AgentService) callerAgent(ctx context.Context) (spiffeid.ID, *datastore
 	switch serial := leaf.SerialNumber.Text(16); serial {
 	case agent.SerialNumber:
 	case agent.NewSerialNumber:
-		agent.SerialNumber, agent.NewSerialNumber = serial, ""
-		if err := s.cfg.Store.UpdateAgent(ctx, agent); err != nil {
+		agent, err = s.cfg.Store.UpdateAgent(ctx, id.String(), func(a *datastore.Agent) error {
+			// Promote only the serial that was read: a renewal made since
+			// has recorded a newer one, which must stay acceptable.
+			if a.NewSerialNumber == serial {
+				a.SerialNumber, a.NewSerialNumber = serial, ""
+			}
+			return nil
+		})
+		if errors.Is(err, datastore.ErrNotFound) {
+			return spiffeid.ID{}, nil, status.Errorf(codes.PermissionDenied, "agent %s is not attested (evicted?); attest again", id)
+		}
+		if err != nil {
 			return spiffeid.ID{}, nil, toStatus(ctx, s.cfg.Logger, "authenticate agent", err)
+		}
+		if agent.SerialNumber != serial {
+			return spiffeid.ID{}, nil, status.Errorf(codes.PermissionDenied,
+				"agent SVID %s is not the latest issued to %s; a superseded or copied SVID cannot be used", serial, id)
 		}
 	default:
 		s.refusals.Warn(ctx, now, "stale_serial|"+id.String(), "agent presented an SVID that is not its latest (a copied key, or a superseded SVID)",
@@ -307,8 +324,11 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 	// seconds do not each cost a datastore commit.
 	now := s.cfg.Clock.Now()
 	if agent.BundleSequence != req.GetBundleSequence() || !slices.Equal(agent.SignerKeyIDs, signers) || now.Sub(agent.LastSeen) >= lastSeenResolution {
-		agent.LastSeen, agent.BundleSequence, agent.SignerKeyIDs = now, req.GetBundleSequence(), signers
-		if err := s.cfg.Store.UpdateAgent(ctx, agent); err != nil {
+		_, err := s.cfg.Store.UpdateAgent(ctx, agentID.String(), func(a *datastore.Agent) error {
+			a.LastSeen, a.BundleSequence, a.SignerKeyIDs = now, req.GetBundleSequence(), signers
+			return nil
+		})
+		if err != nil {
 			return toStatus(ctx, s.cfg.Logger, "sync", err)
 		}
 	}

@@ -69,6 +69,17 @@ func TestServerConfigErrorsNameTheField(t *testing.T) {
 		{"default prepare lead of a short root", base + "root_ttl: 72h\n", "root_prepare_before: 24h0m0s"},
 		{"root shorter than twice its prepare lead", base + "root_prepare_before: 4800h\n", "root_ttl: 8760h0m0s is shorter than twice root_prepare_before"},
 		{"negative prepare lead", base + "root_prepare_before: -1h\n", "root_prepare_before"},
+		{"unknown datastore type", base + "datastore:\n  type: postgres\n", "datastore.type"},
+		{"etcd without endpoints", base + "datastore:\n  type: etcd\n", "datastore.endpoints"},
+		{"etcd endpoint without port", base + "datastore:\n  type: etcd\n  endpoints: [etcd-1]\n", "datastore.endpoints[0]"},
+		{"etcd endpoint not http", base + "datastore:\n  type: etcd\n  endpoints: [a:2379, 'ftp://b:2379']\n", "datastore.endpoints[1]"},
+		{"plain http with TLS", base + "datastore:\n  type: etcd\n  endpoints: ['http://a:2379']\n  tls:\n    ca_file: /dev/null\n", "use https"},
+		{"etcd prefix not absolute", base + "datastore:\n  type: etcd\n  endpoints: [a:2379]\n  prefix: shortleaf\n", "datastore.prefix"},
+		{"etcd dial timeout", base + "datastore:\n  type: etcd\n  endpoints: [a:2379]\n  dial_timeout: 1h\n", "datastore.dial_timeout"},
+		{"etcd cert without key", base + "datastore:\n  type: etcd\n  endpoints: [a:2379]\n  tls:\n    cert_file: /dev/null\n", "datastore.tls"},
+		{"etcd CA file missing", base + "datastore:\n  type: etcd\n  endpoints: [a:2379]\n  tls:\n    ca_file: /nonexistent/ca.pem\n", "datastore.tls.ca_file"},
+		{"etcd settings on bbolt", base + "datastore:\n  endpoints: [a:2379]\n", "settings of type etcd"},
+		{"misspelt datastore key", base + "datastore:\n  type: etcd\n  endpoint: [a:2379]\n", "endpoint"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -77,6 +88,38 @@ func TestServerConfigErrorsNameTheField(t *testing.T) {
 				t.Fatalf("error %v does not name %q", err, tc.field)
 			}
 		})
+	}
+}
+
+func TestServerDatastoreEtcd(t *testing.T) {
+	base := "trust_domain: example.org\ndata_dir: /d\n"
+	cfg, _, err := config.ParseServer(strings.NewReader(base), withPass)
+	if err != nil || cfg.Etcd != nil {
+		t.Fatalf("default datastore: %+v, %v; want bbolt", cfg.Etcd, err)
+	}
+	dir := t.TempDir()
+	key := filepath.Join(dir, "client.key")
+	for _, f := range []string{"ca.pem", "client.pem", "client.key"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	yaml := base + "datastore:\n  type: etcd\n  endpoints: [etcd-1:2379, 'https://etcd-2:2379/']\n  prefix: /sl/example.org/\n  dial_timeout: 3s\n" +
+		"  tls:\n    ca_file: " + filepath.Join(dir, "ca.pem") + "\n    cert_file: " + filepath.Join(dir, "client.pem") + "\n    key_file: " + key + "\n"
+	cfg, _, err = config.ParseServer(strings.NewReader(yaml), withPass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := cfg.Etcd
+	if e == nil || strings.Join(e.Endpoints, ",") != "https://etcd-1:2379,https://etcd-2:2379" || e.Prefix != "/sl/example.org/" ||
+		e.DialTimeout != 3*time.Second || e.KeyFile != key {
+		t.Fatalf("etcd settings: %+v", e)
+	}
+	if err := os.Chmod(key, 0o644); err != nil { //nolint:gosec // the mistake under test
+		t.Fatal(err)
+	}
+	if _, _, err := config.ParseServer(strings.NewReader(yaml), withPass); err == nil || !strings.Contains(err.Error(), "datastore.tls.key_file") {
+		t.Fatalf("readable client key: %v", err)
 	}
 }
 

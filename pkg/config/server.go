@@ -45,6 +45,8 @@ type ServerFile struct {
 	BundleEndpoint *BundleEndpointFile `yaml:"bundle_endpoint"`
 	// Limits bound what clients may make the server do; on by default.
 	Limits *LimitsFile `yaml:"limits"`
+	// Datastore chooses bbolt in data_dir (default) or an etcd cluster.
+	Datastore *DatastoreFile `yaml:"datastore"`
 }
 
 // LimitsFile configures the server's rate and connection limits. A rate of
@@ -205,6 +207,9 @@ func (f *ServerFile) resolveSettings() (server.Config, slog.Level, error) {
 		AgentLiveness:     time.Duration(f.AgentLiveness),
 	}
 	if cfg.Limits, err = f.Limits.resolve(); err != nil {
+		return cfg, 0, err
+	}
+	if cfg.Etcd, err = f.Datastore.resolve(); err != nil {
 		return cfg, 0, err
 	}
 	if f.MetricsAddress == "off" {

@@ -12,7 +12,7 @@ import (
 )
 
 // CreateJoinToken stores a join token (its hash only).
-func (s *Store) CreateJoinToken(_ context.Context, t *JoinToken) error {
+func (s *Bolt) CreateJoinToken(_ context.Context, t *JoinToken) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketTokens)
 		if b.Get([]byte(t.ID)) != nil {
@@ -29,7 +29,7 @@ func (s *Store) CreateJoinToken(_ context.Context, t *JoinToken) error {
 // PurgeExpiredJoinTokens deletes the join tokens that expired before now and
 // returns how many. Expired tokens attest nothing; purging keeps a token
 // store that operators fill faster than agents use from growing forever.
-func (s *Store) PurgeExpiredJoinTokens(_ context.Context, now time.Time) (int, error) {
+func (s *Bolt) PurgeExpiredJoinTokens(_ context.Context, now time.Time) (int, error) {
 	var expired [][]byte
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketTokens).ForEach(func(k, v []byte) error {
@@ -72,7 +72,7 @@ func wrapErr(op string, err error) error {
 // has not expired at now, and records agent, in one transaction: a token
 // attests at most one agent. An expired token is deleted and ErrTokenExpired
 // returned; an unknown, used or mismatching one is ErrTokenInvalid.
-func (s *Store) AttestJoinToken(_ context.Context, tokenID string, secretHash []byte, now time.Time, agent *Agent) error {
+func (s *Bolt) AttestJoinToken(_ context.Context, tokenID string, secretHash []byte, now time.Time, agent *Agent) error {
 	// A flood of unknown or forged tokens is answered from a read
 	// transaction: it never queues on bbolt's single writer, so legitimate
 	// writes do not wait behind it.
@@ -128,7 +128,7 @@ func matchJoinToken(tx *bolt.Tx, tokenID string, secretHash []byte) (*JoinToken,
 }
 
 // GetAgent returns the agent with the given SPIFFE ID.
-func (s *Store) GetAgent(_ context.Context, spiffeID string) (*Agent, error) {
+func (s *Bolt) GetAgent(_ context.Context, spiffeID string) (*Agent, error) {
 	var a Agent
 	err := s.db.View(func(tx *bolt.Tx) error {
 		raw := tx.Bucket(bucketAgents).Get([]byte(spiffeID))
@@ -143,24 +143,36 @@ func (s *Store) GetAgent(_ context.Context, spiffeID string) (*Agent, error) {
 	return &a, nil
 }
 
-// UpdateAgent rewrites an existing agent; a missing one is ErrNotFound, so an
+// UpdateAgent applies change to the stored agent and writes the result, in
+// one transaction: concurrent calls for one agent (a renewal and a sync)
+// never undo each other's fields. A missing agent is ErrNotFound, so an
 // evicted agent is never recreated by a late renewal.
-func (s *Store) UpdateAgent(_ context.Context, a *Agent) error {
+func (s *Bolt) UpdateAgent(_ context.Context, spiffeID string, change func(*Agent) error) (*Agent, error) {
+	var a Agent
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAgents)
-		if b.Get([]byte(a.SPIFFEID)) == nil {
+		raw := b.Get([]byte(spiffeID))
+		if raw == nil {
 			return ErrNotFound
 		}
-		return putJSON(b, []byte(a.SPIFFEID), a)
+		a = Agent{}
+		if err := json.Unmarshal(raw, &a); err != nil {
+			return fmt.Errorf("decode agent %s: %w", spiffeID, err)
+		}
+		if err := change(&a); err != nil {
+			return err
+		}
+		a.SPIFFEID = spiffeID
+		return putJSON(b, []byte(spiffeID), &a)
 	})
 	if err != nil {
-		return fmt.Errorf("datastore: update agent: %w", err)
+		return nil, fmt.Errorf("datastore: update agent: %w", err)
 	}
-	return nil
+	return &a, nil
 }
 
 // ListAgents returns every agent in SPIFFE ID order.
-func (s *Store) ListAgents(_ context.Context) ([]*Agent, error) {
+func (s *Bolt) ListAgents(_ context.Context) ([]*Agent, error) {
 	var out []*Agent
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketAgents).ForEach(func(_, v []byte) error {
@@ -179,7 +191,7 @@ func (s *Store) ListAgents(_ context.Context) ([]*Agent, error) {
 }
 
 // DeleteAgent removes (evicts) an agent.
-func (s *Store) DeleteAgent(_ context.Context, spiffeID string) error {
+func (s *Bolt) DeleteAgent(_ context.Context, spiffeID string) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAgents)
 		if b.Get([]byte(spiffeID)) == nil {
@@ -194,7 +206,7 @@ func (s *Store) DeleteAgent(_ context.Context, spiffeID string) error {
 }
 
 // LoadCAJournal returns the stored CA journal, or nil if there is none yet.
-func (s *Store) LoadCAJournal(_ context.Context) ([]byte, error) {
+func (s *Bolt) LoadCAJournal(_ context.Context) ([]byte, error) {
 	var out []byte
 	err := s.db.View(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketMeta).Get(keyCAJournal); v != nil {
@@ -209,7 +221,7 @@ func (s *Store) LoadCAJournal(_ context.Context) ([]byte, error) {
 }
 
 // SaveCAJournal replaces the stored CA journal.
-func (s *Store) SaveCAJournal(_ context.Context, record []byte) error {
+func (s *Bolt) SaveCAJournal(_ context.Context, record []byte) error {
 	if len(record) == 0 {
 		return errors.New("datastore: save CA journal: empty record")
 	}

@@ -25,13 +25,13 @@ var (
 	keyCAJournal = []byte("ca_journal")
 )
 
-// Store is the bbolt datastore.
-type Store struct {
+// Bolt is the bbolt datastore, the embedded default: one file, one server.
+type Bolt struct {
 	db *bolt.DB
 }
 
 // Open opens (creating if needed) the bbolt file at path, mode 0600.
-func Open(path string) (*Store, error) {
+func Open(path string) (*Bolt, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("datastore: open %s: %w", path, err)
@@ -48,14 +48,14 @@ func Open(path string) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("datastore: create buckets: %w", err)
 	}
-	return &Store{db: db}, nil
+	return &Bolt{db: db}, nil
 }
 
 // Close closes the file. It is safe to call more than once.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Bolt) Close() error { return s.db.Close() }
 
 // Path is the bbolt file.
-func (s *Store) Path() string { return s.db.Path() }
+func (s *Bolt) Path() string { return s.db.Path() }
 
 func newID() string {
 	b := make([]byte, 16)
@@ -77,7 +77,7 @@ func putJSON(b *bolt.Bucket, key []byte, v any) error {
 
 // CreateEntry stores a new entry and returns it with its ID set. An entry with
 // the same SPIFFE ID, parent and selectors is ErrAlreadyExists.
-func (s *Store) CreateEntry(_ context.Context, e *Entry) (*Entry, error) {
+func (s *Bolt) CreateEntry(_ context.Context, e *Entry) (*Entry, error) {
 	out := *e
 	out.ID = newID()
 	out.Revision = 1
@@ -116,7 +116,7 @@ func getEntry(tx *bolt.Tx, id string) (*Entry, error) {
 }
 
 // GetEntry returns the entry with the given ID.
-func (s *Store) GetEntry(_ context.Context, id string) (*Entry, error) {
+func (s *Bolt) GetEntry(_ context.Context, id string) (*Entry, error) {
 	var e *Entry
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
@@ -131,7 +131,7 @@ func (s *Store) GetEntry(_ context.Context, id string) (*Entry, error) {
 
 // UpdateEntry replaces the entry with e.ID, keeping its creation time and
 // bumping its revision.
-func (s *Store) UpdateEntry(_ context.Context, e *Entry) (*Entry, error) {
+func (s *Bolt) UpdateEntry(_ context.Context, e *Entry) (*Entry, error) {
 	var out Entry
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		old, err := getEntry(tx, e.ID)
@@ -170,7 +170,7 @@ func (s *Store) UpdateEntry(_ context.Context, e *Entry) (*Entry, error) {
 }
 
 // DeleteEntry removes an entry.
-func (s *Store) DeleteEntry(_ context.Context, id string) error {
+func (s *Bolt) DeleteEntry(_ context.Context, id string) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		old, err := getEntry(tx, id)
 		if err != nil {
@@ -195,7 +195,7 @@ func (s *Store) DeleteEntry(_ context.Context, id string) error {
 
 // ListEntries returns up to pageSize entries in ID order after pageToken (the
 // last ID of the previous page), and the token of the next page ("" at the end).
-func (s *Store) ListEntries(_ context.Context, pageToken string, pageSize int) ([]*Entry, string, error) {
+func (s *Bolt) ListEntries(_ context.Context, pageToken string, pageSize int) ([]*Entry, string, error) {
 	if pageSize <= 0 {
 		pageSize = 1000
 	}
@@ -231,7 +231,7 @@ func (s *Store) ListEntries(_ context.Context, pageToken string, pageSize int) (
 
 // ListEntriesByParent returns up to pageSize of the entries parented to
 // parentID, after the entry ID pageToken, and the next page's token.
-func (s *Store) ListEntriesByParent(_ context.Context, parentID, pageToken string, pageSize int) ([]*Entry, string, error) {
+func (s *Bolt) ListEntriesByParent(_ context.Context, parentID, pageToken string, pageSize int) ([]*Entry, string, error) {
 	if pageSize <= 0 {
 		pageSize = 1000
 	}

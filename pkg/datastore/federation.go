@@ -37,7 +37,7 @@ type FederatedBundle struct {
 
 // PutFederation creates or replaces a relationship; with create set an
 // existing one is ErrAlreadyExists.
-func (s *Store) PutFederation(_ context.Context, f *Federation, create bool) error {
+func (s *Bolt) PutFederation(_ context.Context, f *Federation, create bool) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketFederations)
 		exists := b.Get([]byte(f.TrustDomain)) != nil
@@ -56,7 +56,7 @@ func (s *Store) PutFederation(_ context.Context, f *Federation, create bool) err
 }
 
 // GetFederation returns the relationship with td.
-func (s *Store) GetFederation(_ context.Context, td string) (*Federation, error) {
+func (s *Bolt) GetFederation(_ context.Context, td string) (*Federation, error) {
 	var f Federation
 	err := s.db.View(func(tx *bolt.Tx) error {
 		raw := tx.Bucket(bucketFederations).Get([]byte(td))
@@ -72,7 +72,7 @@ func (s *Store) GetFederation(_ context.Context, td string) (*Federation, error)
 }
 
 // ListFederations returns every relationship.
-func (s *Store) ListFederations(_ context.Context) ([]*Federation, error) {
+func (s *Bolt) ListFederations(_ context.Context) ([]*Federation, error) {
 	var out []*Federation
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketFederations).ForEach(func(_, v []byte) error {
@@ -91,7 +91,7 @@ func (s *Store) ListFederations(_ context.Context) ([]*Federation, error) {
 }
 
 // DeleteFederation removes a relationship and its bundle.
-func (s *Store) DeleteFederation(_ context.Context, td string) error {
+func (s *Bolt) DeleteFederation(_ context.Context, td string) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketFederations)
 		if b.Get([]byte(td)) == nil {
@@ -114,7 +114,7 @@ func (s *Store) DeleteFederation(_ context.Context, td string) error {
 // taken (an update raced with the fetch), nothing is written and ErrChanged
 // returned: a poll in flight never undoes an update, nor stores a bundle
 // fetched under the old settings.
-func (s *Store) RecordFederationRefresh(_ context.Context, read *Federation, bundle []byte, at time.Time, fetchErr string) error {
+func (s *Bolt) RecordFederationRefresh(_ context.Context, read *Federation, bundle []byte, at time.Time, fetchErr string) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketFederations)
 		raw := b.Get([]byte(read.TrustDomain))
@@ -125,7 +125,7 @@ func (s *Store) RecordFederationRefresh(_ context.Context, read *Federation, bun
 		if err := json.Unmarshal(raw, &cur); err != nil {
 			return fmt.Errorf("decode federation: %w", err)
 		}
-		if cur.URL != read.URL || cur.Profile != read.Profile || cur.EndpointSPIFFEID != read.EndpointSPIFFEID || !bytes.Equal(cur.WebRootsPEM, read.WebRootsPEM) {
+		if !sameFederationSettings(&cur, read) {
 			return ErrChanged
 		}
 		if bundle != nil {
@@ -145,8 +145,14 @@ func (s *Store) RecordFederationRefresh(_ context.Context, read *Federation, bun
 	return nil
 }
 
+// sameFederationSettings tells whether a fetch made with read's settings
+// may record its outcome on cur.
+func sameFederationSettings(cur, read *Federation) bool {
+	return cur.URL == read.URL && cur.Profile == read.Profile && cur.EndpointSPIFFEID == read.EndpointSPIFFEID && bytes.Equal(cur.WebRootsPEM, read.WebRootsPEM)
+}
+
 // SetFederatedBundle stores the latest good bundle of td.
-func (s *Store) SetFederatedBundle(_ context.Context, td string, raw []byte) error {
+func (s *Bolt) SetFederatedBundle(_ context.Context, td string, raw []byte) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketFederatedBundles).Put([]byte(td), raw)
 	})
@@ -157,7 +163,7 @@ func (s *Store) SetFederatedBundle(_ context.Context, td string, raw []byte) err
 }
 
 // GetFederatedBundle returns the stored bundle of td, ErrNotFound if none.
-func (s *Store) GetFederatedBundle(_ context.Context, td string) ([]byte, error) {
+func (s *Bolt) GetFederatedBundle(_ context.Context, td string) ([]byte, error) {
 	var out []byte
 	err := s.db.View(func(tx *bolt.Tx) error {
 		raw := tx.Bucket(bucketFederatedBundles).Get([]byte(td))
@@ -174,7 +180,7 @@ func (s *Store) GetFederatedBundle(_ context.Context, td string) ([]byte, error)
 }
 
 // ListFederatedBundles returns every stored foreign bundle.
-func (s *Store) ListFederatedBundles(_ context.Context) ([]FederatedBundle, error) {
+func (s *Bolt) ListFederatedBundles(_ context.Context) ([]FederatedBundle, error) {
 	var out []FederatedBundle
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketFederatedBundles).ForEach(func(k, v []byte) error {
@@ -189,7 +195,7 @@ func (s *Store) ListFederatedBundles(_ context.Context) ([]FederatedBundle, erro
 }
 
 // DeleteFederatedBundle removes a stored foreign bundle.
-func (s *Store) DeleteFederatedBundle(_ context.Context, td string) error {
+func (s *Bolt) DeleteFederatedBundle(_ context.Context, td string) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketFederatedBundles)
 		if b.Get([]byte(td)) == nil {

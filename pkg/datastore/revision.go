@@ -49,7 +49,7 @@ func touchParents(tx *bolt.Tx, parents ...string) error {
 
 // EntriesRevision returns the store-wide entries revision and the revision
 // of the last change to parentID's entries, read in one transaction.
-func (s *Store) EntriesRevision(_ context.Context, parentID string) (current, parent uint64, err error) {
+func (s *Bolt) EntriesRevision(_ context.Context, parentID string) (current, parent uint64, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		current = u64(tx.Bucket(bucketMeta).Get(keyEntriesRevision))
 		parent = u64(tx.Bucket(bucketParentRevision).Get([]byte(parentID)))

@@ -62,6 +62,9 @@ type Config struct {
 	// AgentLiveness is how recently an agent must have synced to count as live
 	// for root activation and revocation; default 10m.
 	AgentLiveness time.Duration
+	// Etcd, when set, keeps the datastore on that etcd cluster instead of
+	// the bbolt file DataDir/datastore.db.
+	Etcd *datastore.EtcdConfig
 	// Upstream, when set, signs the intermediates instead of a self-signed root.
 	Upstream *ca.Upstream
 	// BundleEndpoint, when set, serves the SPIFFE bundle to other trust domains.
@@ -107,10 +110,59 @@ const (
 	serverSVIDPathSegment   = "shortleaf"
 )
 
+// store is what the server's parts need of the datastore; both backends,
+// datastore.Bolt and datastore.Etcd, have it.
+type store interface {
+	api.AgentStore
+	api.AdminStore
+	api.FederationStore
+	federation.Store
+	ca.Journal
+	PurgeExpiredJoinTokens(ctx context.Context, now time.Time) (int, error)
+	Close() error
+}
+
+// openStore opens the configured datastore. On etcd it first claims the
+// server lock (one server per prefix: each replica's own CA journal is not
+// built yet), whose loss closes lockLost.
+func openStore(ctx context.Context, cfg Config) (st store, lockLost <-chan struct{}, err error) {
+	if cfg.Etcd == nil {
+		st, err := datastore.Open(filepath.Join(cfg.DataDir, datastoreFileName))
+		return st, nil, err
+	}
+	ds, err := datastore.OpenEtcd(ctx, *cfg.Etcd)
+	if err != nil {
+		return nil, nil, err
+	}
+	wait := cfg.Etcd.LockWait
+	if wait <= 0 {
+		wait = datastore.ServerLockTTL + 5*time.Second
+	}
+	release, lost, err := ds.ClaimServer(ctx, wait)
+	if err != nil {
+		_ = ds.Close()
+		return nil, nil, err
+	}
+	return lockedEtcd{Etcd: ds, release: release}, lost, nil
+}
+
+// lockedEtcd releases the server lock before closing the client.
+type lockedEtcd struct {
+	*datastore.Etcd
+	release func()
+}
+
+func (l lockedEtcd) Close() error {
+	l.release()
+	return l.Etcd.Close()
+}
+
 // Server is a running shortleaf server.
 type Server struct {
-	cfg       Config
-	store     *datastore.Store
+	cfg   Config
+	store store
+	// lockLost is closed if the etcd server lock is lost (nil on bbolt).
+	lockLost  <-chan struct{}
 	ca        *ca.CA
 	agentLis  net.Listener
 	adminLis  net.Listener
@@ -159,7 +211,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.closers = append(s.closers, func() error { unlock(); return nil })
-	if s.store, err = datastore.Open(filepath.Join(cfg.DataDir, datastoreFileName)); err != nil {
+	if s.store, s.lockLost, err = openStore(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	var keys ca.KeyManager
@@ -405,6 +457,18 @@ func (s *Server) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { s.rotate(gctx); return nil })
 	g.Go(func() error { s.housekeep(gctx); return nil })
+	if s.lockLost != nil {
+		g.Go(func() error {
+			select {
+			case <-s.lockLost:
+				// Another server may hold the lock now; two CAs must not
+				// rotate one journal, so this one stops.
+				return fmt.Errorf("server: %w (etcd out of reach for over %s); stopping", datastore.ErrServerLockLost, datastore.ServerLockTTL)
+			case <-gctx.Done():
+				return nil
+			}
+		})
+	}
 	g.Go(func() error { return s.poller.Run(gctx) })
 	if s.bundleEP != nil {
 		g.Go(func() error { return s.bundleEP.Run(gctx) })

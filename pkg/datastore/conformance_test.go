@@ -1,0 +1,636 @@
+package datastore_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/pkg/datastore"
+	"github.com/shortleaf/shortleaf/pkg/etcdtest"
+)
+
+// The conformance suite: every test runs, with the same assertions, against
+// both backends: a bbolt file and an embedded etcd cluster.
+
+// store is every method of the datastore, as both backends have them.
+type store interface {
+	CreateEntry(ctx context.Context, e *datastore.Entry) (*datastore.Entry, error)
+	GetEntry(ctx context.Context, id string) (*datastore.Entry, error)
+	UpdateEntry(ctx context.Context, e *datastore.Entry) (*datastore.Entry, error)
+	DeleteEntry(ctx context.Context, id string) error
+	ListEntries(ctx context.Context, pageToken string, pageSize int) ([]*datastore.Entry, string, error)
+	ListEntriesByParent(ctx context.Context, parentID, pageToken string, pageSize int) ([]*datastore.Entry, string, error)
+	EntriesRevision(ctx context.Context, parentID string) (current, parent uint64, err error)
+	CreateJoinToken(ctx context.Context, t *datastore.JoinToken) error
+	PurgeExpiredJoinTokens(ctx context.Context, now time.Time) (int, error)
+	AttestJoinToken(ctx context.Context, tokenID string, secretHash []byte, now time.Time, agent *datastore.Agent) error
+	GetAgent(ctx context.Context, spiffeID string) (*datastore.Agent, error)
+	UpdateAgent(ctx context.Context, spiffeID string, change func(*datastore.Agent) error) (*datastore.Agent, error)
+	ListAgents(ctx context.Context) ([]*datastore.Agent, error)
+	DeleteAgent(ctx context.Context, spiffeID string) error
+	LoadCAJournal(ctx context.Context) ([]byte, error)
+	SaveCAJournal(ctx context.Context, record []byte) error
+	PutFederation(ctx context.Context, f *datastore.Federation, create bool) error
+	GetFederation(ctx context.Context, td string) (*datastore.Federation, error)
+	ListFederations(ctx context.Context) ([]*datastore.Federation, error)
+	DeleteFederation(ctx context.Context, td string) error
+	RecordFederationRefresh(ctx context.Context, read *datastore.Federation, bundle []byte, at time.Time, fetchErr string) error
+	SetFederatedBundle(ctx context.Context, td string, raw []byte) error
+	GetFederatedBundle(ctx context.Context, td string) ([]byte, error)
+	ListFederatedBundles(ctx context.Context) ([]datastore.FederatedBundle, error)
+	DeleteFederatedBundle(ctx context.Context, td string) error
+	Close() error
+}
+
+var (
+	_ store = (*datastore.Bolt)(nil)
+	_ store = (*datastore.Etcd)(nil)
+)
+
+// sharedEtcd serves every etcd test of the package, each under a prefix of
+// its own.
+var sharedEtcd *etcdtest.Cluster
+
+func TestMain(m *testing.M) {
+	c, err := etcdtest.StartShared(1)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	sharedEtcd = c
+	code := m.Run()
+	c.Stop()
+	os.Exit(code)
+}
+
+// backend opens handles on one fresh, empty datastore. Every handle sees
+// the same records, as replicas sharing a datastore do (for bbolt, which
+// one process opens once, all handles are the one store).
+type backend struct {
+	// handle returns a store on the datastore; it is closed at the test's end.
+	handle func(t *testing.T) store
+	// reopen closes s and opens the datastore again.
+	reopen func(t *testing.T, s store) store
+}
+
+func eachBackend(t *testing.T, test func(t *testing.T, b backend)) {
+	t.Run("bbolt", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "ds.db")
+		var once sync.Once
+		var shared store
+		open := func(t *testing.T) store {
+			s, err := datastore.Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		}
+		test(t, backend{
+			handle: func(t *testing.T) store {
+				once.Do(func() { shared = open(t) })
+				return shared
+			},
+			reopen: func(t *testing.T, s store) store {
+				s.Close()
+				shared = open(t)
+				return shared
+			},
+		})
+	})
+	t.Run("etcd", func(t *testing.T) {
+		cfg := datastore.EtcdConfig{Endpoints: sharedEtcd.Endpoints(), Prefix: "/test/" + randomHex() + "/"}
+		open := func(t *testing.T) store {
+			s, err := datastore.OpenEtcd(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		}
+		test(t, backend{
+			handle: open,
+			reopen: func(t *testing.T, s store) store { s.Close(); return open(t) },
+		})
+	})
+}
+
+func randomHex() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func entry(id, parent string) *datastore.Entry {
+	return &datastore.Entry{SPIFFEID: id, ParentID: parent, Selectors: []attest.Selector{{Type: "unix", Value: "uid:1"}}}
+}
+
+func TestEntriesCRUDAndUniqueness(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		s := b.handle(t)
+		ctx := context.Background()
+		e, err := s.CreateEntry(ctx, entry("spiffe://td/a", "spiffe://td/agent/x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.CreateEntry(ctx, entry("spiffe://td/a", "spiffe://td/agent/x")); !errors.Is(err, datastore.ErrAlreadyExists) {
+			t.Fatalf("duplicate: %v, want ErrAlreadyExists", err)
+		}
+		e.ParentID = "spiffe://td/agent/y"
+		up, err := s.UpdateEntry(ctx, e)
+		if err != nil || up.Revision != 2 {
+			t.Fatalf("update: rev %d, %v", up.Revision, err)
+		}
+		// The parent index moved with the update.
+		if got, _, _ := s.ListEntriesByParent(ctx, "spiffe://td/agent/x", "", 10); len(got) != 0 {
+			t.Errorf("old parent still lists %d entries", len(got))
+		}
+		if got, _, _ := s.ListEntriesByParent(ctx, "spiffe://td/agent/y", "", 10); len(got) != 1 {
+			t.Errorf("new parent lists %d entries", len(got))
+		}
+		// The freed identity can be registered again.
+		if _, err := s.CreateEntry(ctx, entry("spiffe://td/a", "spiffe://td/agent/x")); err != nil {
+			t.Fatalf("re-create after move: %v", err)
+		}
+		if err := s.DeleteEntry(ctx, e.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.GetEntry(ctx, e.ID); !errors.Is(err, datastore.ErrNotFound) {
+			t.Fatalf("get deleted: %v", err)
+		}
+		if err := s.DeleteEntry(ctx, e.ID); !errors.Is(err, datastore.ErrNotFound) {
+			t.Fatalf("delete twice: %v", err)
+		}
+	})
+}
+
+func TestListEntriesByParentPagesExactly(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		s := b.handle(t)
+		ctx := context.Background()
+		const n = 1050
+		for i := range n {
+			if _, err := s.CreateEntry(ctx, entry(fmt.Sprintf("spiffe://td/w%d", i), "spiffe://td/agent/a")); err != nil {
+				t.Fatal(err)
+			}
+			// Interleave another agent's entries: they must never leak in.
+			if i%3 == 0 {
+				if _, err := s.CreateEntry(ctx, entry(fmt.Sprintf("spiffe://td/b%d", i), "spiffe://td/agent/a2")); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		seen := map[string]bool{}
+		token := ""
+		pages := 0
+		for {
+			page, next, err := s.ListEntriesByParent(ctx, "spiffe://td/agent/a", token, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pages++
+			for _, e := range page {
+				if e.ParentID != "spiffe://td/agent/a" || seen[e.ID] {
+					t.Fatalf("page %d: entry %s of %s (seen %v)", pages, e.ID, e.ParentID, seen[e.ID])
+				}
+				seen[e.ID] = true
+			}
+			if next == "" {
+				break
+			}
+			token = next
+		}
+		if len(seen) != n || pages != 11 {
+			t.Fatalf("got %d entries in %d pages, want %d in 11", len(seen), pages, n)
+		}
+	})
+}
+
+func TestJoinTokenAttestationIsAtomicAndSingleUse(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		s := b.handle(t)
+		ctx := context.Background()
+		now := time.Now()
+		hash := []byte("0123456789abcdef0123456789abcdef")
+		if err := s.CreateJoinToken(ctx, &datastore.JoinToken{ID: "t1", SecretHash: hash, ExpiresAt: now.Add(time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		agent := &datastore.Agent{SPIFFEID: "spiffe://td/agent/join_token/t1"}
+		if err := s.AttestJoinToken(ctx, "t1", []byte("wrong-hash-wrong-hash-wrong-hash"), now, agent); !errors.Is(err, datastore.ErrTokenInvalid) {
+			t.Fatalf("wrong secret: %v", err)
+		}
+		if _, err := s.GetAgent(ctx, agent.SPIFFEID); !errors.Is(err, datastore.ErrNotFound) {
+			t.Fatal("a failed attestation created an agent")
+		}
+		if err := s.AttestJoinToken(ctx, "t1", hash, now, agent); err != nil {
+			t.Fatalf("first use: %v", err)
+		}
+		if err := s.AttestJoinToken(ctx, "t1", hash, now, agent); !errors.Is(err, datastore.ErrTokenInvalid) {
+			t.Fatalf("second use: %v", err)
+		}
+
+		// Expired: refused, and deleted all the same (it survives no reopen).
+		if err := s.CreateJoinToken(ctx, &datastore.JoinToken{ID: "t2", SecretHash: hash, ExpiresAt: now.Add(-time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+		a2 := &datastore.Agent{SPIFFEID: "spiffe://td/agent/join_token/t2"}
+		if err := s.AttestJoinToken(ctx, "t2", hash, now, a2); !errors.Is(err, datastore.ErrTokenExpired) {
+			t.Fatalf("expired: %v", err)
+		}
+		s2 := b.reopen(t, s)
+		if err := s2.AttestJoinToken(ctx, "t2", hash, now.Add(-time.Hour), a2); !errors.Is(err, datastore.ErrTokenInvalid) {
+			t.Fatalf("expired token after reopen: %v, want it gone", err)
+		}
+		if _, err := s2.GetAgent(ctx, agent.SPIFFEID); err != nil {
+			t.Fatalf("attested agent after reopen: %v", err)
+		}
+	})
+}
+
+func TestEvictedAgentIsNotRecreatedByUpdate(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		s := b.handle(t)
+		ctx := context.Background()
+		hash := []byte("h")
+		_ = s.CreateJoinToken(ctx, &datastore.JoinToken{ID: "t", SecretHash: hash, ExpiresAt: time.Now().Add(time.Minute)})
+		a := &datastore.Agent{SPIFFEID: "spiffe://td/agent/join_token/t"}
+		if err := s.AttestJoinToken(ctx, "t", hash, time.Now(), a); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.DeleteAgent(ctx, a.SPIFFEID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.UpdateAgent(ctx, a.SPIFFEID, func(*datastore.Agent) error { return nil }); !errors.Is(err, datastore.ErrNotFound) {
+			t.Fatalf("update after eviction: %v, want ErrNotFound", err)
+		}
+	})
+}
+
+func TestCAJournalRoundTrip(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		s := b.handle(t)
+		ctx := context.Background()
+		if got, err := s.LoadCAJournal(ctx); err != nil || got != nil {
+			t.Fatalf("empty store: %q, %v", got, err)
+		}
+		if err := s.SaveCAJournal(ctx, []byte(`{"v":1}`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SaveCAJournal(ctx, nil); err == nil {
+			t.Fatal("saved an empty journal")
+		}
+		got, err := s.LoadCAJournal(ctx)
+		if err != nil || string(got) != `{"v":1}` {
+			t.Fatalf("journal = %q, %v", got, err)
+		}
+	})
+}
+
+func TestPurgeExpiredJoinTokens(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		s := b.handle(t)
+		ctx := context.Background()
+		now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		hash := []byte("h")
+		for id, exp := range map[string]time.Time{"old": now.Add(-time.Hour), "edge": now, "live": now.Add(time.Minute)} {
+			if err := s.CreateJoinToken(ctx, &datastore.JoinToken{ID: id, SecretHash: hash, ExpiresAt: exp}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		n, err := s.PurgeExpiredJoinTokens(ctx, now)
+		if err != nil || n != 2 {
+			t.Fatalf("purged %d, %v; want 2 (expired and expiring now)", n, err)
+		}
+		err = s.AttestJoinToken(ctx, "live", hash, now, &datastore.Agent{SPIFFEID: "spiffe://example.org/agent/join_token/live"})
+		if err != nil {
+			t.Fatalf("the live token was lost: %v", err)
+		}
+		if n, err := s.PurgeExpiredJoinTokens(ctx, now); err != nil || n != 0 {
+			t.Fatalf("second purge: %d, %v", n, err)
+		}
+	})
+}
+
+// A poll in flight never undoes an update: the refresh outcome of a fetch
+// made with the settings read before the update is refused whole (status
+// and bundle), and the update stands.
+func TestFederationRefreshDoesNotUndoAnUpdate(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		s := b.handle(t)
+		ctx := context.Background()
+		f := &datastore.Federation{TrustDomain: "other.org", URL: "https://a", Profile: "https_web", WebRootsPEM: []byte("old roots")}
+		if err := s.PutFederation(ctx, f, true); err != nil {
+			t.Fatal(err)
+		}
+		read, err := s.GetFederation(ctx, "other.org") // the poller reads, then fetches...
+		if err != nil {
+			t.Fatal(err)
+		}
+		updated := *read
+		updated.WebRootsPEM = nil // ...while an admin removes the Web roots
+		if err := s.PutFederation(ctx, &updated, false); err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now()
+		if err := s.RecordFederationRefresh(ctx, read, []byte(`{"keys":[]}`), now, ""); !errors.Is(err, datastore.ErrChanged) {
+			t.Fatalf("recording a fetch made with the old settings: %v, want ErrChanged", err)
+		}
+		got, _ := s.GetFederation(ctx, "other.org")
+		if got.WebRootsPEM != nil || !got.LastRefresh.IsZero() {
+			t.Fatalf("the update was undone or the stale outcome recorded: %+v", got)
+		}
+		if _, err := s.GetFederatedBundle(ctx, "other.org"); !errors.Is(err, datastore.ErrNotFound) {
+			t.Fatalf("a bundle fetched under the old settings was stored: %v", err)
+		}
+		// With the current settings the outcome is recorded.
+		if err := s.RecordFederationRefresh(ctx, got, []byte(`{"keys":[]}`), now, ""); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.GetFederation(ctx, "other.org"); !got.LastRefresh.Equal(now) {
+			t.Fatalf("LastRefresh = %v, want %v", got.LastRefresh, now)
+		}
+	})
+}
+
+// Replicas racing with one join token: exactly one attests, every other is
+// told the token is used, and one agent record exists.
+func TestJoinTokenRaceHasOneWinner(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		hash := []byte("h")
+		if err := b.handle(t).CreateJoinToken(ctx, &datastore.JoinToken{ID: "race", SecretHash: hash, ExpiresAt: time.Now().Add(time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		const replicas = 8
+		handles := make([]store, replicas)
+		for i := range handles {
+			handles[i] = b.handle(t)
+		}
+		errs := make([]error, replicas)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i, h := range handles {
+			wg.Go(func() {
+				<-start
+				errs[i] = h.AttestJoinToken(ctx, "race", hash, time.Now(), &datastore.Agent{SPIFFEID: "spiffe://td/agent/join_token/race", SerialNumber: fmt.Sprint(i)})
+			})
+		}
+		close(start)
+		wg.Wait()
+		winners := 0
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				winners++
+			case !errors.Is(err, datastore.ErrTokenInvalid):
+				t.Errorf("replica %d: %v, want ErrTokenInvalid", i, err)
+			}
+		}
+		if winners != 1 {
+			t.Fatalf("%d replicas attested with one token, want exactly 1", winners)
+		}
+		if agents, _ := handles[0].ListAgents(ctx); len(agents) != 1 {
+			t.Fatalf("%d agent records, want 1", len(agents))
+		}
+	})
+}
+
+// Concurrent updates of one agent from several replicas each apply their
+// change to the latest record: none is lost.
+func TestConcurrentAgentUpdatesLoseNothing(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		s := b.handle(t)
+		hash := []byte("h")
+		_ = s.CreateJoinToken(ctx, &datastore.JoinToken{ID: "t", SecretHash: hash, ExpiresAt: time.Now().Add(time.Minute)})
+		id := "spiffe://td/agent/join_token/t"
+		if err := s.AttestJoinToken(ctx, "t", hash, time.Now(), &datastore.Agent{SPIFFEID: id}); err != nil {
+			t.Fatal(err)
+		}
+		const replicas, updates = 4, 25
+		var wg sync.WaitGroup
+		for r := range replicas {
+			h := b.handle(t)
+			wg.Go(func() {
+				for i := range updates {
+					_, err := h.UpdateAgent(ctx, id, func(a *datastore.Agent) error {
+						a.BundleSequence++
+						a.SignerKeyIDs = append(a.SignerKeyIDs, fmt.Sprintf("%d-%d", r, i))
+						return nil
+					})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		got, err := s.GetAgent(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.BundleSequence != replicas*updates || len(got.SignerKeyIDs) != replicas*updates {
+			t.Fatalf("after %d updates: sequence %d, %d signer IDs; updates were lost", replicas*updates, got.BundleSequence, len(got.SignerKeyIDs))
+		}
+		// A change that fails writes nothing.
+		refused := errors.New("refused")
+		if _, err := s.UpdateAgent(ctx, id, func(a *datastore.Agent) error { a.BundleSequence = 0; return refused }); !errors.Is(err, refused) {
+			t.Fatalf("failing change: %v", err)
+		}
+		if got, _ := s.GetAgent(ctx, id); got.BundleSequence != replicas*updates {
+			t.Fatal("a failing change was written")
+		}
+	})
+}
+
+// Two replicas moving one entry to different identities at once: one
+// identity wins, and the indexes agree with it (the loser's identity is
+// free, the winner's taken, the entry listed under its parent only).
+func TestConcurrentEntryUpdatesKeepIndexesConsistent(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		s := b.handle(t)
+		e, err := s.CreateEntry(ctx, entry("spiffe://td/w", "spiffe://td/agent/p0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		const replicas = 6
+		var wg sync.WaitGroup
+		for r := range replicas {
+			h := b.handle(t)
+			wg.Go(func() {
+				up := *e
+				up.ParentID = fmt.Sprintf("spiffe://td/agent/p%d", r+1)
+				if _, err := h.UpdateEntry(ctx, &up); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		final, err := s.GetEntry(ctx, e.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if final.Revision != replicas+1 {
+			t.Errorf("revision %d after %d updates, want %d", final.Revision, replicas, replicas+1)
+		}
+		for p := range replicas + 1 {
+			parent := fmt.Sprintf("spiffe://td/agent/p%d", p)
+			listed, _, err := s.ListEntriesByParent(ctx, parent, "", 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 0
+			if parent == final.ParentID {
+				want = 1
+			}
+			if len(listed) != want {
+				t.Errorf("%s lists %d entries, want %d", parent, len(listed), want)
+			}
+			_, err = s.CreateEntry(ctx, entry("spiffe://td/w", parent))
+			if taken := parent == final.ParentID; taken != errors.Is(err, datastore.ErrAlreadyExists) {
+				t.Errorf("create under %s: %v (identity taken: %v)", parent, err, taken)
+			}
+		}
+	})
+}
+
+// The entries revision: a change to a parent's entries raises its revision
+// past every revision read before; other parents keep theirs.
+func TestEntriesRevisionTracksEachParent(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		s := b.handle(t)
+		a, other := "spiffe://td/agent/a", "spiffe://td/agent/b"
+		if _, err := s.CreateEntry(ctx, entry("spiffe://td/x", other)); err != nil {
+			t.Fatal(err)
+		}
+		cur0, parent0, err := s.EntriesRevision(ctx, a)
+		if err != nil || parent0 != 0 || cur0 == 0 {
+			t.Fatalf("before any entry of a: current %d, a %d, %v", cur0, parent0, err)
+		}
+		e, err := s.CreateEntry(ctx, entry("spiffe://td/y", a))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur1, parent1, _ := s.EntriesRevision(ctx, a)
+		_, otherRev1, _ := s.EntriesRevision(ctx, other)
+		if parent1 <= cur0 || cur1 < parent1 {
+			t.Fatalf("after create: a %d, current %d (was %d)", parent1, cur1, cur0)
+		}
+		e.Hint = "changed"
+		if _, err := s.UpdateEntry(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		_, parent2, _ := s.EntriesRevision(ctx, a)
+		if parent2 <= cur1 {
+			t.Fatalf("after update: a %d, want above %d", parent2, cur1)
+		}
+		if err := s.DeleteEntry(ctx, e.ID); err != nil {
+			t.Fatal(err)
+		}
+		cur3, parent3, _ := s.EntriesRevision(ctx, a)
+		_, otherRev3, _ := s.EntriesRevision(ctx, other)
+		if parent3 <= parent2 || cur3 < parent3 {
+			t.Fatalf("after delete: a %d (was %d), current %d", parent3, parent2, cur3)
+		}
+		if otherRev3 != otherRev1 {
+			t.Fatalf("another parent's revision moved: %d -> %d", otherRev1, otherRev3)
+		}
+	})
+}
+
+func TestListEntriesPagesEveryEntryOnce(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		s := b.handle(t)
+		const n = 25
+		for i := range n {
+			if _, err := s.CreateEntry(ctx, entry(fmt.Sprintf("spiffe://td/w%d", i), fmt.Sprintf("spiffe://td/agent/%d", i%3))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		seen := map[string]bool{}
+		token := ""
+		for {
+			page, next, err := s.ListEntries(ctx, token, 7)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range page {
+				if seen[e.ID] {
+					t.Fatalf("%s listed twice", e.ID)
+				}
+				seen[e.ID] = true
+			}
+			if next == "" {
+				break
+			}
+			token = next
+		}
+		if len(seen) != n {
+			t.Fatalf("listed %d entries, want %d", len(seen), n)
+		}
+	})
+}
+
+func TestFederationRecords(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		s := b.handle(t)
+		f := &datastore.Federation{TrustDomain: "other.org", URL: "https://a", Profile: "https_web"}
+		if err := s.PutFederation(ctx, f, false); !errors.Is(err, datastore.ErrNotFound) {
+			t.Fatalf("update of a missing relationship: %v", err)
+		}
+		if err := s.PutFederation(ctx, f, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutFederation(ctx, f, true); !errors.Is(err, datastore.ErrAlreadyExists) {
+			t.Fatalf("second create: %v", err)
+		}
+		if err := s.SetFederatedBundle(ctx, "other.org", []byte("b1")); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.ListFederatedBundles(ctx); err != nil || len(got) != 1 || got[0].TrustDomain != "other.org" || string(got[0].Raw) != "b1" {
+			t.Fatalf("bundles: %+v, %v", got, err)
+		}
+		// Refreshes recorded by several replicas at once all land.
+		var wg sync.WaitGroup
+		for range 4 {
+			h := b.handle(t)
+			wg.Go(func() {
+				if err := h.RecordFederationRefresh(ctx, f, []byte("b2"), time.Now(), ""); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		if got, _ := s.GetFederatedBundle(ctx, "other.org"); string(got) != "b2" {
+			t.Fatalf("bundle %q after refresh", got)
+		}
+		if list, err := s.ListFederations(ctx); err != nil || len(list) != 1 || list[0].LastRefresh.IsZero() {
+			t.Fatalf("relationships: %+v, %v", list, err)
+		}
+		if err := s.DeleteFederation(ctx, "other.org"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.GetFederatedBundle(ctx, "other.org"); !errors.Is(err, datastore.ErrNotFound) {
+			t.Fatalf("bundle outlived its relationship: %v", err)
+		}
+		if err := s.DeleteFederation(ctx, "other.org"); !errors.Is(err, datastore.ErrNotFound) {
+			t.Fatalf("delete twice: %v", err)
+		}
+		if err := s.DeleteFederatedBundle(ctx, "other.org"); !errors.Is(err, datastore.ErrNotFound) {
+			t.Fatalf("delete missing bundle: %v", err)
+		}
+	})
+}

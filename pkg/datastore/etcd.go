@@ -1,0 +1,767 @@
+package datastore
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// EtcdConfig says how to reach the etcd cluster and where in its key space
+// shortleaf keeps its records.
+type EtcdConfig struct {
+	Endpoints []string
+	// Prefix is put before every key, so that several trust domains (or
+	// other programs) can share one cluster. It always ends with "/".
+	Prefix string
+	// CAFile, CertFile and KeyFile are PEM files for TLS to etcd; CAFile
+	// alone verifies the server, the pair adds a client certificate.
+	CAFile, CertFile, KeyFile string
+	DialTimeout               time.Duration
+	// LockWait is how long a starting server waits for another's server
+	// lock before refusing to start; default ServerLockTTL + 5s, time for
+	// a crashed server's lease to expire.
+	LockWait time.Duration
+	// RequestTimeout bounds each call made without a deadline of its own,
+	// so an unreachable cluster fails calls instead of hanging them.
+	RequestTimeout time.Duration
+}
+
+// DefaultEtcdPrefix is the key prefix when none is configured.
+const DefaultEtcdPrefix = "/shortleaf/"
+
+// Etcd is the datastore on an etcd cluster, for several server replicas
+// sharing one trust domain. Every write that must be atomic is one etcd
+// transaction whose comparisons make a concurrent writer (another replica)
+// either fail cleanly or retry on the new state; none is lost.
+type Etcd struct {
+	client  *clientv3.Client
+	ownsCli bool
+	prefix  string
+	timeout time.Duration
+	// fence holds the comparisons that prove this process still holds the
+	// server lock (see ClaimServer); CA journal writes carry them.
+	fence atomic.Pointer[clientv3.Cmp]
+}
+
+// maxConflictRetries bounds how often a read-compare-write is retried when
+// another writer changed the record in between; each retry re-reads, so
+// only a record rewritten continuously exhausts it.
+const maxConflictRetries = 64
+
+// OpenEtcd connects to the cluster and checks it answers within the dial
+// timeout.
+func OpenEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("datastore: etcd: no endpoints")
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	var tlsConfig *tls.Config
+	if cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "" {
+		info := transport.TLSInfo{TrustedCAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile}
+		var err error
+		if tlsConfig, err = info.ClientConfig(); err != nil {
+			return nil, fmt.Errorf("datastore: etcd TLS: %w", err)
+		}
+	}
+	client, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		DialTimeout: cfg.DialTimeout,
+		TLS:         tlsConfig,
+		Logger:      zap.NewNop(),
+		Context:     context.WithoutCancel(ctx),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datastore: etcd: %w", err)
+	}
+	s := newEtcd(client, cfg)
+	s.ownsCli = true
+	// clientv3.New does not wait for a connection; one read proves the
+	// cluster answers (and that TLS and auth work) before the server starts.
+	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	if _, err := client.Get(pctx, s.prefix+"meta/ca_journal", clientv3.WithCountOnly()); err != nil {
+		_ = client.Close()
+		return nil, fmt.Errorf("datastore: etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	return s, nil
+}
+
+// NewEtcd uses an existing client (the caller closes it).
+func NewEtcd(client *clientv3.Client, cfg EtcdConfig) *Etcd { return newEtcd(client, cfg) }
+
+func newEtcd(client *clientv3.Client, cfg EtcdConfig) *Etcd {
+	prefix := cfg.Prefix
+	if prefix == "" {
+		prefix = DefaultEtcdPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	timeout := cfg.RequestTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	return &Etcd{client: client, prefix: prefix, timeout: timeout}
+}
+
+// Close closes the client if OpenEtcd made it.
+func (s *Etcd) Close() error {
+	if s.ownsCli {
+		return s.client.Close()
+	}
+	return nil
+}
+
+// Client is the etcd client, for the replica's leader election and watches.
+func (s *Etcd) Client() *clientv3.Client { return s.client }
+
+// Prefix is the key prefix, ending with "/".
+func (s *Etcd) Prefix() string { return s.prefix }
+
+func (s *Etcd) op(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, s.timeout)
+}
+
+// Keys. Entries are also stored whole under their parent, so that an agent's
+// sync is one range read of its own entries.
+func (s *Etcd) entryKey(id string) string { return s.prefix + "entries/" + id }
+func (s *Etcd) byParentPrefix(parent string) string {
+	return s.prefix + "entries_by_parent/" + parent + "\x00"
+}
+func (s *Etcd) byParentKey(parent, id string) string { return s.byParentPrefix(parent) + id }
+func (s *Etcd) identityKey(e *Entry) string {
+	sum := sha256.Sum256([]byte(e.identityKey()))
+	return s.prefix + "entries_by_identity/" + hex.EncodeToString(sum[:])
+}
+
+// parentRevisionKey is rewritten by every change to parent's entries; its
+// modification revision is the parent's entries revision.
+func (s *Etcd) parentRevisionKey(parent string) string { return s.prefix + "parent_revision/" + parent }
+func (s *Etcd) agentKey(id string) string              { return s.prefix + "agents/" + id }
+func (s *Etcd) tokenKey(id string) string              { return s.prefix + "join_tokens/" + id }
+func (s *Etcd) journalKey() string                     { return s.prefix + "meta/ca_journal" }
+func (s *Etcd) federationKey(td string) string         { return s.prefix + "federations/" + td }
+func (s *Etcd) federatedBundleKey(td string) string    { return s.prefix + "federated_bundles/" + td }
+
+func mustJSON(v any) string {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		// Only the package's own record types are marshalled; they always encode.
+		panic(fmt.Sprintf("datastore: encode %T: %v", v, err))
+	}
+	return string(raw)
+}
+
+// get reads one key: its value and modification revision (0 if absent).
+func (s *Etcd) get(ctx context.Context, key string) ([]byte, int64, error) {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	resp, err := s.client.Get(ctx, key)
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, 0, nil
+	}
+	return resp.Kvs[0].Value, resp.Kvs[0].ModRevision, nil
+}
+
+func (s *Etcd) txn(ctx context.Context, cmps []clientv3.Cmp, then []clientv3.Op, els ...clientv3.Op) (*clientv3.TxnResponse, error) {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	return s.client.Txn(ctx).If(cmps...).Then(then...).Else(els...).Commit()
+}
+
+func unchanged(key string, rev int64) clientv3.Cmp {
+	return clientv3.Compare(clientv3.ModRevision(key), "=", rev)
+}
+
+func absent(key string) clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+}
+
+func present(key string) clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(key), ">", 0)
+}
+
+// CreateEntry stores a new entry and returns it with its ID set. An entry with
+// the same SPIFFE ID, parent and selectors is ErrAlreadyExists.
+func (s *Etcd) CreateEntry(ctx context.Context, e *Entry) (*Entry, error) {
+	out := *e
+	out.ID = newID()
+	out.Revision = 1
+	raw := mustJSON(&out)
+	ident := s.identityKey(&out)
+	resp, err := s.txn(ctx,
+		[]clientv3.Cmp{absent(ident)},
+		[]clientv3.Op{
+			clientv3.OpPut(s.entryKey(out.ID), raw),
+			clientv3.OpPut(s.byParentKey(out.ParentID, out.ID), raw),
+			clientv3.OpPut(ident, out.ID),
+			clientv3.OpPut(s.parentRevisionKey(out.ParentID), ""),
+		},
+		clientv3.OpGet(ident))
+	if err != nil {
+		return nil, fmt.Errorf("datastore: create entry: %w", err)
+	}
+	if !resp.Succeeded {
+		return nil, fmt.Errorf("datastore: create entry: %w", &ExistsError{ID: firstValue(resp)})
+	}
+	return &out, nil
+}
+
+func firstValue(resp *clientv3.TxnResponse) string {
+	for _, r := range resp.Responses {
+		if rr := r.GetResponseRange(); rr != nil && len(rr.Kvs) > 0 {
+			return string(rr.Kvs[0].Value)
+		}
+	}
+	return ""
+}
+
+func (s *Etcd) getEntry(ctx context.Context, id string) (*Entry, int64, error) {
+	raw, rev, err := s.get(ctx, s.entryKey(id))
+	if err != nil {
+		return nil, 0, err
+	}
+	if raw == nil {
+		return nil, 0, ErrNotFound
+	}
+	var e Entry
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return nil, 0, fmt.Errorf("decode entry %s: %w", id, err)
+	}
+	return &e, rev, nil
+}
+
+// GetEntry returns the entry with the given ID.
+func (s *Etcd) GetEntry(ctx context.Context, id string) (*Entry, error) {
+	e, _, err := s.getEntry(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("datastore: get entry: %w", err)
+	}
+	return e, nil
+}
+
+// UpdateEntry replaces the entry with e.ID, keeping its creation time and
+// bumping its revision. The write compares the entry's and the new
+// identity's revisions with what was read: a concurrent change makes it
+// re-read and apply again, never leave an index pointing at a stale copy.
+func (s *Etcd) UpdateEntry(ctx context.Context, e *Entry) (*Entry, error) {
+	for range maxConflictRetries {
+		old, rev, err := s.getEntry(ctx, e.ID)
+		if err != nil {
+			return nil, fmt.Errorf("datastore: update entry: %w", err)
+		}
+		out := *e
+		out.CreatedAt = old.CreatedAt
+		out.Revision = old.Revision + 1
+		newIdent, oldIdent := s.identityKey(&out), s.identityKey(old)
+		holder, identRev, err := s.get(ctx, newIdent)
+		if err != nil {
+			return nil, fmt.Errorf("datastore: update entry: %w", err)
+		}
+		if holder != nil && string(holder) != out.ID {
+			return nil, fmt.Errorf("datastore: update entry: %w", &ExistsError{ID: string(holder)})
+		}
+		raw := mustJSON(&out)
+		ops := []clientv3.Op{clientv3.OpPut(s.entryKey(out.ID), raw), clientv3.OpPut(newIdent, out.ID)}
+		if oldIdent != newIdent {
+			ops = append(ops, clientv3.OpDelete(oldIdent))
+		}
+		if old.ParentID != out.ParentID {
+			ops = append(ops, clientv3.OpDelete(s.byParentKey(old.ParentID, old.ID)), clientv3.OpPut(s.parentRevisionKey(old.ParentID), ""))
+		}
+		ops = append(ops, clientv3.OpPut(s.byParentKey(out.ParentID, out.ID), raw), clientv3.OpPut(s.parentRevisionKey(out.ParentID), ""))
+		resp, err := s.txn(ctx, []clientv3.Cmp{unchanged(s.entryKey(e.ID), rev), unchanged(newIdent, identRev)}, ops)
+		if err != nil {
+			return nil, fmt.Errorf("datastore: update entry: %w", err)
+		}
+		if resp.Succeeded {
+			return &out, nil
+		}
+	}
+	return nil, fmt.Errorf("datastore: update entry: %w", ErrChanged)
+}
+
+// DeleteEntry removes an entry.
+func (s *Etcd) DeleteEntry(ctx context.Context, id string) error {
+	for range maxConflictRetries {
+		old, rev, err := s.getEntry(ctx, id)
+		if err != nil {
+			return fmt.Errorf("datastore: delete entry: %w", err)
+		}
+		resp, err := s.txn(ctx, []clientv3.Cmp{unchanged(s.entryKey(id), rev)}, []clientv3.Op{
+			clientv3.OpDelete(s.entryKey(id)),
+			clientv3.OpDelete(s.identityKey(old)),
+			clientv3.OpDelete(s.byParentKey(old.ParentID, id)),
+			clientv3.OpPut(s.parentRevisionKey(old.ParentID), ""),
+		})
+		if err != nil {
+			return fmt.Errorf("datastore: delete entry: %w", err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+	}
+	return fmt.Errorf("datastore: delete entry: %w", ErrChanged)
+}
+
+// listPage reads up to pageSize values of the keys after start and below
+// end, in key order, and whether more follow.
+func (s *Etcd) listPage(ctx context.Context, start, end string, pageSize int) ([][]byte, bool, error) {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	resp, err := s.client.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(int64(pageSize)))
+	if err != nil {
+		return nil, false, err
+	}
+	out := make([][]byte, len(resp.Kvs))
+	for i, kv := range resp.Kvs {
+		out[i] = kv.Value
+	}
+	return out, resp.More, nil
+}
+
+func decodeEntries(raws [][]byte) ([]*Entry, error) {
+	out := make([]*Entry, 0, len(raws))
+	for _, raw := range raws {
+		var e Entry
+		if err := json.Unmarshal(raw, &e); err != nil {
+			return nil, fmt.Errorf("decode entry: %w", err)
+		}
+		out = append(out, &e)
+	}
+	return out, nil
+}
+
+// ListEntries returns up to pageSize entries in ID order after pageToken (the
+// last ID of the previous page), and the token of the next page ("" at the end).
+func (s *Etcd) ListEntries(ctx context.Context, pageToken string, pageSize int) ([]*Entry, string, error) {
+	if pageSize <= 0 {
+		pageSize = 1000
+	}
+	start := s.entryKey("")
+	if pageToken != "" {
+		start = s.entryKey(pageToken + "\x00")
+	}
+	return s.listEntries(ctx, "list entries", start, clientv3.GetPrefixRangeEnd(s.entryKey("")), pageSize)
+}
+
+func (s *Etcd) listEntries(ctx context.Context, op, start, end string, pageSize int) ([]*Entry, string, error) {
+	raws, more, err := s.listPage(ctx, start, end, pageSize)
+	if err == nil {
+		var out []*Entry
+		if out, err = decodeEntries(raws); err == nil {
+			next := ""
+			if more && len(out) > 0 {
+				next = out[len(out)-1].ID
+			}
+			return out, next, nil
+		}
+	}
+	return nil, "", fmt.Errorf("datastore: %s: %w", op, err)
+}
+
+// ListEntriesByParent returns up to pageSize of the entries parented to
+// parentID, after the entry ID pageToken, and the next page's token.
+func (s *Etcd) ListEntriesByParent(ctx context.Context, parentID, pageToken string, pageSize int) ([]*Entry, string, error) {
+	if pageSize <= 0 {
+		pageSize = 1000
+	}
+	prefix := s.byParentPrefix(parentID)
+	start := prefix
+	if pageToken != "" {
+		start = s.byParentKey(parentID, pageToken+"\x00")
+	}
+	return s.listEntries(ctx, "list entries by parent", start, clientv3.GetPrefixRangeEnd(prefix), pageSize)
+}
+
+// EntriesRevision returns the store-wide revision and the revision of the
+// last change to parentID's entries, read at one revision of the cluster.
+func (s *Etcd) EntriesRevision(ctx context.Context, parentID string) (current, parent uint64, err error) {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	resp, err := s.client.Get(ctx, s.parentRevisionKey(parentID))
+	if err != nil {
+		return 0, 0, fmt.Errorf("datastore: entries revision: %w", err)
+	}
+	current = uint64(resp.Header.Revision)
+	if len(resp.Kvs) > 0 {
+		parent = uint64(resp.Kvs[0].ModRevision)
+	}
+	return current, parent, nil
+}
+
+// CreateJoinToken stores a join token (its hash only).
+func (s *Etcd) CreateJoinToken(ctx context.Context, t *JoinToken) error {
+	key := s.tokenKey(t.ID)
+	resp, err := s.txn(ctx, []clientv3.Cmp{absent(key)}, []clientv3.Op{clientv3.OpPut(key, mustJSON(t))})
+	if err == nil && !resp.Succeeded {
+		err = ErrAlreadyExists
+	}
+	return wrapErr("create join token", err)
+}
+
+// PurgeExpiredJoinTokens deletes the join tokens that expired before now and
+// returns how many. Each deletion compares the token's revision, so a token
+// consumed meanwhile is not counted twice.
+func (s *Etcd) PurgeExpiredJoinTokens(ctx context.Context, now time.Time) (int, error) {
+	n := 0
+	start, end := s.tokenKey(""), clientv3.GetPrefixRangeEnd(s.tokenKey(""))
+	for {
+		rctx, cancel := s.op(ctx)
+		resp, err := s.client.Get(rctx, start, clientv3.WithRange(end), clientv3.WithLimit(500))
+		cancel()
+		if err != nil {
+			return n, wrapErr("purge join tokens", err)
+		}
+		var cmps []clientv3.Cmp
+		var dels []clientv3.Op
+		for _, kv := range resp.Kvs {
+			var t JoinToken
+			if err := json.Unmarshal(kv.Value, &t); err != nil {
+				return n, wrapErr("purge join tokens", fmt.Errorf("decode join token %s: %w", kv.Key, err))
+			}
+			if !now.Before(t.ExpiresAt) {
+				cmps = append(cmps, unchanged(string(kv.Key), kv.ModRevision))
+				dels = append(dels, clientv3.OpDelete(string(kv.Key)))
+			}
+		}
+		// Delete one at a time within a batch's read: a batch transaction
+		// would fail whole if any one token was consumed meanwhile.
+		for i := range dels {
+			tr, err := s.txn(ctx, cmps[i:i+1], dels[i:i+1])
+			if err != nil {
+				return n, wrapErr("purge join tokens", err)
+			}
+			if tr.Succeeded {
+				n++
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return n, nil
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// AttestJoinToken consumes the join token tokenID if secretHash matches and it
+// has not expired at now, and records agent, in one transaction that compares
+// the token's revision: of replicas racing with one token exactly one wins.
+func (s *Etcd) AttestJoinToken(ctx context.Context, tokenID string, secretHash []byte, now time.Time, agent *Agent) error {
+	key := s.tokenKey(tokenID)
+	raw, rev, err := s.get(ctx, key)
+	if err != nil {
+		return wrapErr("attest join token", err)
+	}
+	if raw == nil {
+		return wrapErr("attest join token", ErrTokenInvalid)
+	}
+	var t JoinToken
+	if err := json.Unmarshal(raw, &t); err != nil {
+		return wrapErr("attest join token", fmt.Errorf("decode join token: %w", err))
+	}
+	if subtle.ConstantTimeCompare(t.SecretHash, secretHash) != 1 {
+		return wrapErr("attest join token", ErrTokenInvalid)
+	}
+	if !now.Before(t.ExpiresAt) {
+		// Expired: deleted all the same, by whichever caller gets there.
+		if _, err := s.txn(ctx, []clientv3.Cmp{unchanged(key, rev)}, []clientv3.Op{clientv3.OpDelete(key)}); err != nil {
+			return wrapErr("attest join token", err)
+		}
+		return wrapErr("attest join token", ErrTokenExpired)
+	}
+	akey := s.agentKey(agent.SPIFFEID)
+	resp, err := s.txn(ctx,
+		[]clientv3.Cmp{unchanged(key, rev), absent(akey)},
+		[]clientv3.Op{clientv3.OpDelete(key), clientv3.OpPut(akey, mustJSON(agent))},
+		clientv3.OpGet(key, clientv3.WithCountOnly()))
+	if err != nil {
+		return wrapErr("attest join token", err)
+	}
+	if !resp.Succeeded {
+		if resp.Responses[0].GetResponseRange().GetCount() == 0 {
+			return wrapErr("attest join token", ErrTokenInvalid) // another replica used it
+		}
+		return wrapErr("attest join token", ErrAlreadyExists)
+	}
+	return nil
+}
+
+func (s *Etcd) getAgent(ctx context.Context, id string) (*Agent, int64, error) {
+	raw, rev, err := s.get(ctx, s.agentKey(id))
+	if err != nil {
+		return nil, 0, err
+	}
+	if raw == nil {
+		return nil, 0, ErrNotFound
+	}
+	var a Agent
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return nil, 0, fmt.Errorf("decode agent %s: %w", id, err)
+	}
+	return &a, rev, nil
+}
+
+// GetAgent returns the agent with the given SPIFFE ID.
+func (s *Etcd) GetAgent(ctx context.Context, spiffeID string) (*Agent, error) {
+	a, _, err := s.getAgent(ctx, spiffeID)
+	if err != nil {
+		return nil, fmt.Errorf("datastore: get agent: %w", err)
+	}
+	return a, nil
+}
+
+// UpdateAgent applies change to the stored agent and writes the result if
+// the record did not change meanwhile, else reads it again and re-applies:
+// two replicas serving one agent (a renewal on one, a sync on the other)
+// never undo each other's fields. A missing agent is ErrNotFound, so an
+// evicted agent is never recreated by a late renewal.
+func (s *Etcd) UpdateAgent(ctx context.Context, spiffeID string, change func(*Agent) error) (*Agent, error) {
+	key := s.agentKey(spiffeID)
+	for range maxConflictRetries {
+		a, rev, err := s.getAgent(ctx, spiffeID)
+		if err != nil {
+			return nil, fmt.Errorf("datastore: update agent: %w", err)
+		}
+		if err := change(a); err != nil {
+			return nil, fmt.Errorf("datastore: update agent: %w", err)
+		}
+		a.SPIFFEID = spiffeID
+		resp, err := s.txn(ctx, []clientv3.Cmp{unchanged(key, rev)}, []clientv3.Op{clientv3.OpPut(key, mustJSON(a))})
+		if err != nil {
+			return nil, fmt.Errorf("datastore: update agent: %w", err)
+		}
+		if resp.Succeeded {
+			return a, nil
+		}
+	}
+	return nil, fmt.Errorf("datastore: update agent: %w", ErrChanged)
+}
+
+// ListAgents returns every agent in SPIFFE ID order.
+func (s *Etcd) ListAgents(ctx context.Context) ([]*Agent, error) {
+	var out []*Agent
+	err := s.forEach(ctx, s.agentKey(""), func(_, v []byte) error {
+		var a Agent
+		if err := json.Unmarshal(v, &a); err != nil {
+			return err
+		}
+		out = append(out, &a)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datastore: list agents: %w", err)
+	}
+	return out, nil
+}
+
+// forEach calls fn for every key under prefix, in key order, reading pages
+// so a large set never becomes one huge response.
+func (s *Etcd) forEach(ctx context.Context, prefix string, fn func(k, v []byte) error) error {
+	start, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
+	for {
+		rctx, cancel := s.op(ctx)
+		resp, err := s.client.Get(rctx, start, clientv3.WithRange(end), clientv3.WithLimit(1000))
+		cancel()
+		if err != nil {
+			return err
+		}
+		for _, kv := range resp.Kvs {
+			if err := fn(kv.Key, kv.Value); err != nil {
+				return err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return nil
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// deleteExisting deletes keys in one transaction if the first exists.
+func (s *Etcd) deleteExisting(ctx context.Context, op string, keys ...string) error {
+	ops := make([]clientv3.Op, len(keys))
+	for i, k := range keys {
+		ops[i] = clientv3.OpDelete(k)
+	}
+	resp, err := s.txn(ctx, []clientv3.Cmp{present(keys[0])}, ops)
+	if err == nil && !resp.Succeeded {
+		err = ErrNotFound
+	}
+	return wrapErr(op, err)
+}
+
+// DeleteAgent removes (evicts) an agent.
+func (s *Etcd) DeleteAgent(ctx context.Context, spiffeID string) error {
+	return s.deleteExisting(ctx, "delete agent", s.agentKey(spiffeID))
+}
+
+// LoadCAJournal returns the stored CA journal, or nil if there is none yet.
+func (s *Etcd) LoadCAJournal(ctx context.Context) ([]byte, error) {
+	raw, _, err := s.get(ctx, s.journalKey())
+	if err != nil {
+		return nil, fmt.Errorf("datastore: load CA journal: %w", err)
+	}
+	return raw, nil
+}
+
+// SaveCAJournal replaces the stored CA journal.
+func (s *Etcd) SaveCAJournal(ctx context.Context, record []byte) error {
+	if len(record) == 0 {
+		return errors.New("datastore: save CA journal: empty record")
+	}
+	return s.fenced(ctx, "save CA journal", clientv3.OpPut(s.journalKey(), string(record)))
+}
+
+// PutFederation creates or replaces a relationship; with create set an
+// existing one is ErrAlreadyExists.
+func (s *Etcd) PutFederation(ctx context.Context, f *Federation, create bool) error {
+	key := s.federationKey(f.TrustDomain)
+	cmp, refusal := present(key), ErrNotFound
+	if create {
+		cmp, refusal = absent(key), ErrAlreadyExists
+	}
+	resp, err := s.txn(ctx, []clientv3.Cmp{cmp}, []clientv3.Op{clientv3.OpPut(key, mustJSON(f))})
+	if err == nil && !resp.Succeeded {
+		err = refusal
+	}
+	return wrapErr("put federation", err)
+}
+
+func (s *Etcd) getFederation(ctx context.Context, td string) (*Federation, int64, error) {
+	raw, rev, err := s.get(ctx, s.federationKey(td))
+	if err != nil {
+		return nil, 0, err
+	}
+	if raw == nil {
+		return nil, 0, ErrNotFound
+	}
+	var f Federation
+	if err := json.Unmarshal(raw, &f); err != nil {
+		return nil, 0, fmt.Errorf("decode federation: %w", err)
+	}
+	return &f, rev, nil
+}
+
+// GetFederation returns the relationship with td.
+func (s *Etcd) GetFederation(ctx context.Context, td string) (*Federation, error) {
+	f, _, err := s.getFederation(ctx, td)
+	if err != nil {
+		return nil, fmt.Errorf("datastore: get federation: %w", err)
+	}
+	return f, nil
+}
+
+// ListFederations returns every relationship.
+func (s *Etcd) ListFederations(ctx context.Context) ([]*Federation, error) {
+	var out []*Federation
+	err := s.forEach(ctx, s.federationKey(""), func(_, v []byte) error {
+		var f Federation
+		if err := json.Unmarshal(v, &f); err != nil {
+			return err
+		}
+		out = append(out, &f)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datastore: list federations: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteFederation removes a relationship and its bundle.
+func (s *Etcd) DeleteFederation(ctx context.Context, td string) error {
+	return s.deleteExisting(ctx, "delete federation", s.federationKey(td), s.federatedBundleKey(td))
+}
+
+// RecordFederationRefresh records the outcome of a fetch made with the
+// relationship read, in one transaction that compares the record's revision:
+// if its settings changed since read was taken, nothing is written and
+// ErrChanged returned; if only another refresh's status was written
+// meanwhile, the outcome is applied to the new record.
+func (s *Etcd) RecordFederationRefresh(ctx context.Context, read *Federation, bundle []byte, at time.Time, fetchErr string) error {
+	key := s.federationKey(read.TrustDomain)
+	for range maxConflictRetries {
+		cur, rev, err := s.getFederation(ctx, read.TrustDomain)
+		if err != nil {
+			return wrapErr("record federation refresh", err)
+		}
+		if !sameFederationSettings(cur, read) {
+			return wrapErr("record federation refresh", ErrChanged)
+		}
+		if fetchErr == "" {
+			cur.LastRefresh = at
+		}
+		cur.LastError = fetchErr
+		ops := []clientv3.Op{clientv3.OpPut(key, mustJSON(cur))}
+		if bundle != nil {
+			ops = append(ops, clientv3.OpPut(s.federatedBundleKey(read.TrustDomain), string(bundle)))
+		}
+		resp, err := s.txn(ctx, []clientv3.Cmp{unchanged(key, rev)}, ops)
+		if err != nil {
+			return wrapErr("record federation refresh", err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+	}
+	return wrapErr("record federation refresh", ErrChanged)
+}
+
+// SetFederatedBundle stores the latest good bundle of td.
+func (s *Etcd) SetFederatedBundle(ctx context.Context, td string, raw []byte) error {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	_, err := s.client.Put(ctx, s.federatedBundleKey(td), string(raw))
+	return wrapErr("set federated bundle", err)
+}
+
+// GetFederatedBundle returns the stored bundle of td, ErrNotFound if none.
+func (s *Etcd) GetFederatedBundle(ctx context.Context, td string) ([]byte, error) {
+	raw, _, err := s.get(ctx, s.federatedBundleKey(td))
+	if err == nil && raw == nil {
+		err = ErrNotFound
+	}
+	if err != nil {
+		return nil, wrapErr("get federated bundle", err)
+	}
+	return raw, nil
+}
+
+// ListFederatedBundles returns every stored foreign bundle.
+func (s *Etcd) ListFederatedBundles(ctx context.Context) ([]FederatedBundle, error) {
+	var out []FederatedBundle
+	prefix := s.federatedBundleKey("")
+	err := s.forEach(ctx, prefix, func(k, v []byte) error {
+		out = append(out, FederatedBundle{TrustDomain: string(k[len(prefix):]), Raw: v})
+		return nil
+	})
+	if err != nil {
+		return nil, wrapErr("list federated bundles", err)
+	}
+	return out, nil
+}
+
+// DeleteFederatedBundle removes a stored foreign bundle.
+func (s *Etcd) DeleteFederatedBundle(ctx context.Context, td string) error {
+	return s.deleteExisting(ctx, "delete federated bundle", s.federatedBundleKey(td))
+}

@@ -1,0 +1,83 @@
+package harness_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/shortleaf/shortleaf/pkg/datastore"
+	"github.com/shortleaf/shortleaf/pkg/etcdtest"
+	"github.com/shortleaf/shortleaf/pkg/harness"
+	"github.com/shortleaf/shortleaf/pkg/server"
+	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
+)
+
+func etcdPrefix() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return "/shortleaf-test/" + hex.EncodeToString(b) + "/"
+}
+
+// A server on etcd does the whole job: an agent attests, a workload gets an
+// SVID that verifies, and a restarted server finds its CA, agents and
+// entries in etcd. A second server on the same prefix is refused while the
+// first holds it.
+func TestServerOnEtcd(t *testing.T) {
+	cluster := etcdtest.Start(t, 3)
+	etcd := &datastore.EtcdConfig{Endpoints: cluster.Endpoints(), Prefix: etcdPrefix(), LockWait: time.Second}
+	srv := harness.StartServer(t, func(c *server.Config) { c.Etcd = etcd })
+	ag := harness.StartAgent(t, srv)
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	x, err := fetchX509(t, ag.Addr(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := x509svid.Verify(x.DefaultSVID().Certificates, x.Bundles); err != nil {
+		t.Fatalf("SVID from a server on etcd does not verify: %v", err)
+	}
+	rootsBefore := x.Bundles.Bundles()[0].X509Authorities()
+
+	// Nothing in the data dir holds the records: a second server there
+	// would be refused by the data-dir lock, so use another one.
+	other := srv.Config
+	other.DataDir = t.TempDir()
+	other.AdminSocket = filepath.Join(harness.ShortDir(t), "admin.sock")
+	other.AgentAPIAddr = "127.0.0.1:0"
+	other.Registry = prometheus.NewRegistry()
+	if s2, err := server.New(context.Background(), other); err == nil {
+		s2.Close()
+		t.Fatal("a second server started on the prefix another server holds")
+	} else if !strings.Contains(err.Error(), "another shortleaf server uses the etcd datastore under "+etcd.Prefix) {
+		t.Fatalf("second server: %v, want a refusal naming the prefix", err)
+	}
+
+	srv = srv.Restart(t)
+	entries, err := srv.Admin.ListEntries(context.Background(), &adminv1.ListEntriesRequest{})
+	if err != nil || len(entries.GetEntries()) != 1 {
+		t.Fatalf("entries after restart: %v, %v", entries, err)
+	}
+	agents, err := srv.Admin.ListAgents(context.Background(), &adminv1.ListAgentsRequest{})
+	if err != nil || len(agents.GetAgents()) != 1 {
+		t.Fatalf("agents after restart: %v, %v", agents, err)
+	}
+	bundle, err := srv.Admin.GetBundle(context.Background(), &adminv1.GetBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := bundle.GetX509Authorities()
+	if len(roots) != len(rootsBefore) || !bytes.Equal(roots[0], rootsBefore[0].Raw) {
+		t.Fatal("the restarted server has another root: it made a new CA instead of loading its journal from etcd")
+	}
+	// The agent goes on under the restarted server.
+	if _, err := fetchX509(t, ag.Addr(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
