@@ -62,7 +62,7 @@ func newDrillCommand(af *adminFlags) *cobra.Command {
 			var journal []byte
 			source := "a first start (--fresh)"
 			if !fresh {
-				if journal, source, err = currentJournal(cmd.Context(), af, cfg.AdminSocket, cfg.DataDir); err != nil {
+				if journal, source, err = currentJournal(cmd.Context(), af, cfg.AdminSocket, cfg.DataDir, cfg.Etcd); err != nil {
 					return err
 				}
 			}
@@ -107,7 +107,7 @@ func newDrillCommand(af *adminFlags) *cobra.Command {
 
 // currentJournal asks the running server for its CA journal, or reads it
 // from the datastore when no server answers.
-func currentJournal(ctx context.Context, af *adminFlags, socket, dataDir string) ([]byte, string, error) {
+func currentJournal(ctx context.Context, af *adminFlags, socket, dataDir string, etcd *datastore.EtcdConfig) ([]byte, string, error) {
 	if af.socket != "" {
 		socket = af.socket
 	}
@@ -122,6 +122,19 @@ func currentJournal(ctx context.Context, af *adminFlags, socket, dataDir string)
 		if err == nil {
 			return resp.GetJournal(), "the running server's CA journal (" + socket + ")", nil
 		}
+	}
+	if etcd != nil {
+		store, err := datastore.OpenEtcd(ctx, *etcd)
+		if err != nil {
+			return nil, "", err
+		}
+		defer store.Close()
+		raw, err := store.LoadCAJournal(ctx)
+		where := fmt.Sprintf("etcd %v under %s", etcd.Endpoints, store.Prefix())
+		if err != nil || raw == nil {
+			return nil, "a first start (no CA journal in " + where + ")", err
+		}
+		return raw, "the CA journal in " + where, nil
 	}
 	path := filepath.Join(dataDir, "datastore.db")
 	raw, err := datastore.ReadCAJournal(path)

@@ -15,8 +15,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/shortleaf/shortleaf/pkg/datastore"
+	"github.com/shortleaf/shortleaf/pkg/etcdtest"
 	"github.com/shortleaf/shortleaf/pkg/harness"
 	"github.com/shortleaf/shortleaf/pkg/server"
+	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 )
 
 // shortleaf runs the CLI in process and returns stdout and the error.
@@ -362,5 +365,76 @@ func TestBundleShowPrintsTheEndpointsRefreshHint(t *testing.T) {
 	out, err := shortleaf(t, "bundle", "show", "--admin-socket", srv.AdminSocket(), "--format", "spiffe")
 	if err != nil || !strings.Contains(out, `"spiffe_refresh_hint":90`) {
 		t.Fatalf("bundle show --format spiffe: %v\n%s", err, out)
+	}
+}
+
+// datastore migrate copies a server's records from bbolt to etcd, where a
+// server on the same data dir (its keys) carries on with the same CA and
+// entries, and back; a filled target and a running server are refused.
+func TestDatastoreMigrate(t *testing.T) {
+	srv := harness.StartServer(t)
+	dataDir := srv.Config.DataDir
+	ag := harness.StartAgent(t, srv)
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{"unix:uid:1000"}})
+	srv.NewJoinToken(t)
+	before, err := srv.Admin.GetBundle(context.Background(), &adminv1.GetBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag.Stop()
+
+	cluster := etcdtest.Start(t, 1)
+	prefix := "/migrate-test/" + strings.ReplaceAll(t.Name(), "/", "_") + "/"
+	cfgPath := filepath.Join(t.TempDir(), "server.yaml")
+	body := "trust_domain: example.org\ndata_dir: " + dataDir + "\ndatastore:\n  type: etcd\n  endpoints: [" +
+		strings.Join(cluster.Endpoints(), ", ") + "]\n  prefix: " + prefix + "\n"
+	if err := os.WriteFile(cfgPath, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := shortleaf(t, "datastore", "migrate", "--from", "bbolt", "--to", "etcd", "--config", cfgPath); err == nil ||
+		!strings.Contains(err.Error(), "stop the server first") {
+		t.Fatalf("migrate beside a running server: %v\n%s", err, out)
+	}
+	srv.Stop()
+	out, err := shortleaf(t, "datastore", "migrate", "--from", "bbolt", "--to", "etcd", "--config", cfgPath)
+	if err != nil || !strings.Contains(out, "copied 1 entries, 1 agents, 1 join tokens") || !strings.Contains(out, "the CA journal") {
+		t.Fatalf("migrate bbolt -> etcd: %v\n%s", err, out)
+	}
+	if out, err := shortleaf(t, "datastore", "migrate", "--from", "bbolt", "--to", "etcd", "--config", cfgPath); err == nil ||
+		!strings.Contains(err.Error(), "not empty") {
+		t.Fatalf("a second migration into the filled prefix: %v\n%s", err, out)
+	}
+
+	onEtcd := harness.StartServer(t, func(c *server.Config) {
+		c.DataDir = dataDir
+		c.Etcd = &datastore.EtcdConfig{Endpoints: cluster.Endpoints(), Prefix: prefix}
+	})
+	after, err := onEtcd.Admin.GetBundle(context.Background(), &adminv1.GetBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(after.GetX509Authorities()[0], before.GetX509Authorities()[0]) {
+		t.Fatal("the server on etcd has another root: the CA journal was not carried over")
+	}
+	entries, err := onEtcd.Admin.ListEntries(context.Background(), &adminv1.ListEntriesRequest{})
+	if err != nil || len(entries.GetEntries()) != 1 || entries.GetEntries()[0].GetParentId() != ag.ID() {
+		t.Fatalf("entries on etcd: %v, %v", entries, err)
+	}
+	onEtcd.Stop()
+
+	// Back to bbolt: the old file is still there and is refused as a target.
+	if out, err := shortleaf(t, "datastore", "migrate", "--from", "etcd", "--to", "bbolt", "--config", cfgPath); err == nil ||
+		!strings.Contains(err.Error(), "not empty") {
+		t.Fatalf("migrate into the filled bbolt file: %v\n%s", err, out)
+	}
+	if err := os.Rename(filepath.Join(dataDir, "datastore.db"), filepath.Join(dataDir, "datastore.db.old")); err != nil {
+		t.Fatal(err)
+	}
+	out, err = shortleaf(t, "datastore", "migrate", "--from", "etcd", "--to", "bbolt", "--config", cfgPath)
+	if err != nil || !strings.Contains(out, "copied 1 entries, 1 agents, 1 join tokens") || !strings.Contains(out, "remove the datastore section") {
+		t.Fatalf("migrate etcd -> bbolt: %v\n%s", err, out)
+	}
+	if out, err := shortleaf(t, "datastore", "migrate", "--from", "etcd", "--to", "etcd", "--config", cfgPath); err == nil || !strings.Contains(err.Error(), "both etcd") {
+		t.Fatalf("same source and target: %v\n%s", err, out)
 	}
 }

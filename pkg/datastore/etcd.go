@@ -576,11 +576,11 @@ func (s *Etcd) ListAgents(ctx context.Context) ([]*Agent, error) {
 
 // forEach calls fn for every key under prefix, in key order, reading pages
 // so a large set never becomes one huge response.
-func (s *Etcd) forEach(ctx context.Context, prefix string, fn func(k, v []byte) error) error {
+func (s *Etcd) forEach(ctx context.Context, prefix string, fn func(k, v []byte) error, opts ...clientv3.OpOption) error {
 	start, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
 	for {
 		rctx, cancel := s.op(ctx)
-		resp, err := s.client.Get(rctx, start, clientv3.WithRange(end), clientv3.WithLimit(1000))
+		resp, err := s.client.Get(rctx, start, append([]clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(1000)}, opts...)...)
 		cancel()
 		if err != nil {
 			return err
