@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	bolt "go.etcd.io/bbolt"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Snapshot is every record of a datastore, read at one point in time, for
