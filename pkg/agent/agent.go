@@ -29,7 +29,9 @@ import (
 
 // Config configures an agent. Zero values take the documented defaults.
 type Config struct {
-	ServerAddr  string
+	// ServerAddrs are the host:port addresses of the server's agent API:
+	// one, or one per replica, or a DNS name resolving to every replica.
+	ServerAddrs []string
 	TrustDomain spiffeid.TrustDomain
 	// TrustBundle authenticates the server at first attestation. Required
 	// unless InsecureBootstrap is set or the data dir already holds a bundle.
@@ -65,6 +67,7 @@ const (
 // Agent is a running node agent.
 type Agent struct {
 	cfg     Config
+	servers *serverAddrs
 	store   storage
 	cache   *cache
 	metrics *telemetry.Agent
@@ -105,8 +108,13 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 	if cfg.TrustDomain.IsZero() {
 		return nil, errors.New("agent: trust_domain is required")
 	}
-	if cfg.ServerAddr == "" {
+	if len(cfg.ServerAddrs) == 0 {
 		return nil, errors.New("agent: server_address is required")
+	}
+	for _, addr := range cfg.ServerAddrs {
+		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+			return nil, fmt.Errorf("agent: server_address: %q is not host:port", addr)
+		}
 	}
 	if cfg.DataDir == "" {
 		return nil, errors.New("agent: data_dir is required")
@@ -142,7 +150,7 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 			unlock()
 		}
 	}()
-	a := &Agent{cfg: cfg, store: storage{dir: cfg.DataDir}, cache: newCache(cfg.TrustDomain), metrics: telemetry.NewAgent(cfg.Registry), unlock: unlock}
+	a := &Agent{cfg: cfg, servers: newServerAddrs(cfg.ServerAddrs), store: storage{dir: cfg.DataDir}, cache: newCache(cfg.TrustDomain), metrics: telemetry.NewAgent(cfg.Registry), unlock: unlock}
 	if a.cfg.WorkloadAttestor == nil {
 		ua := unix.New()
 		ua.Logger = cfg.Logger
@@ -283,7 +291,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		waitingFor = "attestation with the join token, then the first sync"
 	}
 	a.cfg.Logger.Info("agent starting; the Workload API answers Unavailable until it is running",
-		slog.String("waiting_for", waitingFor), slog.String("socket", a.cfg.SocketPath), slog.String("server", a.cfg.ServerAddr))
+		slog.String("waiting_for", waitingFor), slog.String("socket", a.cfg.SocketPath), slog.String("server", a.servers.String()))
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := a.wl.Serve(a.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

@@ -64,10 +64,14 @@ func insecureBootstrapTLS() *tls.Config {
 	return &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true} //nolint:gosec // dev-only bootstrap, warned about
 }
 
-func dial(addr string, cfg *tls.Config) (*grpc.ClientConn, error) {
-	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+// dial makes a client of the servers (see servers.go); it connects lazily.
+func dial(servers *serverAddrs, cfg *tls.Config) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(serversScheme+":///servers",
+		grpc.WithResolvers(servers),
+		grpc.WithDefaultServiceConfig(pickFirstShuffled),
+		grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {
-		return nil, fmt.Errorf("agent: dial %s: %w", addr, err)
+		return nil, fmt.Errorf("agent: dial %s: %w", servers, err)
 	}
 	return conn, nil
 }

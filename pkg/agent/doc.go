@@ -3,7 +3,7 @@
 // obtains an X.509-SVID for each (keys generated here, never sent), renews
 // them at half-life with jitter, and serves them on the SPIFFE Workload API.
 //
-//	a, err := agent.New(ctx, agent.Config{ServerAddr: addr, TrustDomain: td, DataDir: dir, JoinToken: tok})
+//	a, err := agent.New(ctx, agent.Config{ServerAddrs: []string{addr}, TrustDomain: td, DataDir: dir, JoinToken: tok})
 //	defer a.Close()
 //	err = a.Run(ctx)
 //

@@ -95,7 +95,7 @@ func (a *Agent) manage(ctx context.Context) error {
 				if !a.synced {
 					a.synced = true
 					a.cfg.Logger.Info("agent running", slog.String("agent_id", a.ID()), slog.String("socket", a.cfg.SocketPath),
-						slog.String("server", a.cfg.ServerAddr), slog.Int("entries", len(a.cache.entriesSnapshot())))
+						slog.String("server", a.servers.String()), slog.Int("entries", len(a.cache.entriesSnapshot())))
 				}
 			}
 		}
@@ -206,7 +206,7 @@ func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
 // connect opens the connection to the server with the current agent SVID.
 // A connection it replaces is closed once calls in flight on it are done.
 func (a *Agent) connect() error {
-	conn, err := dial(a.cfg.ServerAddr, tlsConfig(a.cfg.TrustDomain, a.bundleCerts, a.currentCert, &a.check))
+	conn, err := dial(a.servers, tlsConfig(a.cfg.TrustDomain, a.bundleCerts, a.currentCert, &a.check))
 	if err != nil {
 		return err
 	}
@@ -245,7 +245,7 @@ func (a *Agent) attest(ctx context.Context) error {
 	if len(a.bundleCerts()) > 0 {
 		tlsCfg = tlsConfig(a.cfg.TrustDomain, a.bundleCerts, func() *tls.Certificate { return nil }, check)
 	}
-	conn, err := dial(a.cfg.ServerAddr, tlsCfg)
+	conn, err := dial(a.servers, tlsCfg)
 	if err != nil {
 		return err
 	}
@@ -256,7 +256,7 @@ func (a *Agent) attest(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
-	a.cfg.Logger.Info("attesting with the join token", slog.String("server", a.cfg.ServerAddr))
+	a.cfg.Logger.Info("attesting with the join token", slog.String("server", a.servers.String()))
 	resp, err := agentv1.NewAgentAPIClient(conn).AttestAgent(ctx, &agentv1.AttestAgentRequest{
 		Attestation: &agentv1.AttestAgentRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: a.cfg.JoinToken}},
 		Csr:         csr,

@@ -3,12 +3,15 @@ package config
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"gopkg.in/yaml.v3"
 
 	"github.com/shortleaf/shortleaf/pkg/agent"
 	"github.com/shortleaf/shortleaf/pkg/workloadapi"
@@ -16,18 +19,39 @@ import (
 
 // AgentFile is agent.yaml as written by an operator.
 type AgentFile struct {
-	ServerAddress     string   `yaml:"server_address"`
-	TrustDomain       string   `yaml:"trust_domain"`
-	TrustBundlePath   string   `yaml:"trust_bundle_path"`
-	InsecureBootstrap bool     `yaml:"insecure_bootstrap"`
-	JoinToken         string   `yaml:"join_token"`
-	DataDir           string   `yaml:"data_dir"`
-	SocketPath        string   `yaml:"socket_path"`
-	SyncInterval      Duration `yaml:"sync_interval"`
-	MetricsAddress    string   `yaml:"metrics_address"`
-	LogLevel          string   `yaml:"log_level"`
+	ServerAddress     AddressList `yaml:"server_address"`
+	TrustDomain       string      `yaml:"trust_domain"`
+	TrustBundlePath   string      `yaml:"trust_bundle_path"`
+	InsecureBootstrap bool        `yaml:"insecure_bootstrap"`
+	JoinToken         string      `yaml:"join_token"`
+	DataDir           string      `yaml:"data_dir"`
+	SocketPath        string      `yaml:"socket_path"`
+	SyncInterval      Duration    `yaml:"sync_interval"`
+	MetricsAddress    string      `yaml:"metrics_address"`
+	LogLevel          string      `yaml:"log_level"`
 	// WorkloadAPI bounds what local processes can make the agent hold.
 	WorkloadAPI *WorkloadAPIFile `yaml:"workload_api"`
+}
+
+// AddressList is one host:port or a list of them.
+type AddressList []string
+
+// UnmarshalYAML takes a single address or a sequence of addresses.
+func (l *AddressList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		var one string
+		if err := n.Decode(&one); err != nil {
+			return err
+		}
+		*l = AddressList{one}
+		return nil
+	}
+	var many []string
+	if err := n.Decode(&many); err != nil {
+		return fmt.Errorf("line %d: want host:port or a list of them", n.Line)
+	}
+	*l = many
+	return nil
 }
 
 // WorkloadAPIFile configures the Workload API's limits.
@@ -65,8 +89,17 @@ func ParseAgent(r io.Reader) (Agent, error) {
 
 // Resolve validates the file and applies defaults.
 func (f *AgentFile) Resolve() (Agent, error) {
-	if f.ServerAddress == "" {
+	if len(f.ServerAddress) == 0 {
 		return Agent{}, fieldErr("server_address", "is required")
+	}
+	for i, addr := range f.ServerAddress {
+		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+			key := "server_address"
+			if len(f.ServerAddress) > 1 {
+				key = fmt.Sprintf("server_address[%d]", i)
+			}
+			return Agent{}, fieldErr(key, "%q is not host:port (e.g. shortleaf-server:8081)", addr)
+		}
 	}
 	if f.TrustDomain == "" {
 		return Agent{}, fieldErr("trust_domain", "is required")
@@ -90,7 +123,7 @@ func (f *AgentFile) Resolve() (Agent, error) {
 	}
 	out := Agent{
 		Agent: agent.Config{
-			ServerAddr: f.ServerAddress, TrustDomain: td, InsecureBootstrap: f.InsecureBootstrap,
+			ServerAddrs: f.ServerAddress, TrustDomain: td, InsecureBootstrap: f.InsecureBootstrap,
 			JoinToken: f.JoinToken, DataDir: f.DataDir, SocketPath: f.SocketPath, SyncInterval: time.Duration(f.SyncInterval),
 		},
 		MetricsAddr: f.MetricsAddress,

@@ -156,14 +156,21 @@ func TestAgentConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Agent.ServerAddr != "127.0.0.1:8081" || !cfg.Agent.InsecureBootstrap {
+	if strings.Join(cfg.Agent.ServerAddrs, ",") != "127.0.0.1:8081" || !cfg.Agent.InsecureBootstrap {
 		t.Fatalf("agent config: %+v", cfg.Agent)
+	}
+	cfg, err = config.ParseAgent(strings.NewReader("server_address: [server-1:8081, 'servers.internal:8081']\ntrust_domain: example.org\ndata_dir: /d\ninsecure_bootstrap: true\n"))
+	if err != nil || strings.Join(cfg.Agent.ServerAddrs, ",") != "server-1:8081,servers.internal:8081" {
+		t.Fatalf("several server addresses: %v, %v", cfg.Agent.ServerAddrs, err)
 	}
 	for _, tc := range []struct{ yaml, field string }{
 		{"trust_domain: example.org\ndata_dir: /d\n", "server_address"},
 		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nsocket: /x\n", "socket"},
 		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nsync_interval: 1ms\n", "sync_interval"},
 		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\ntrust_bundle_path: /nonexistent\n", "trust_bundle_path"},
+		{"server_address: server-1\ntrust_domain: example.org\ndata_dir: /d\n", "server_address: \"server-1\" is not host:port"},
+		{"server_address: [a:1, b]\ntrust_domain: example.org\ndata_dir: /d\n", "server_address[1]"},
+		{"server_address: {a: 1}\ntrust_domain: example.org\ndata_dir: /d\n", "host:port or a list"},
 	} {
 		if _, err := config.ParseAgent(strings.NewReader(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.field) {
 			t.Errorf("error %v does not name %q", err, tc.field)
@@ -262,7 +269,7 @@ func FuzzParseAgentConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if cfg.Agent.ServerAddr == "" || cfg.Agent.DataDir == "" || cfg.Agent.TrustDomain.IsZero() {
+		if len(cfg.Agent.ServerAddrs) == 0 || cfg.Agent.DataDir == "" || cfg.Agent.TrustDomain.IsZero() {
 			t.Fatalf("accepted an incomplete config: %+v", cfg.Agent)
 		}
 	})

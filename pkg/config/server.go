@@ -52,11 +52,12 @@ type ServerFile struct {
 // LimitsFile configures the server's rate and connection limits. A rate of
 // -1 turns that limit off.
 type LimitsFile struct {
-	AttestationsPerSecond float64 `yaml:"attestations_per_second"`
-	AttestationBurst      int     `yaml:"attestation_burst"`
-	SVIDsPerSecond        float64 `yaml:"svids_per_second"`
-	SVIDBurst             int     `yaml:"svid_burst"`
-	MaxConnections        int     `yaml:"max_connections"`
+	AttestationsPerSecond float64  `yaml:"attestations_per_second"`
+	AttestationBurst      int      `yaml:"attestation_burst"`
+	SVIDsPerSecond        float64  `yaml:"svids_per_second"`
+	SVIDBurst             int      `yaml:"svid_burst"`
+	MaxConnections        int      `yaml:"max_connections"`
+	MaxConnectionAge      Duration `yaml:"max_connection_age"`
 }
 
 func (l *LimitsFile) resolve() (server.Limits, error) {
@@ -79,9 +80,13 @@ func (l *LimitsFile) resolve() (server.Limits, error) {
 			return server.Limits{}, fieldErr(f.key, "%d is negative", f.v)
 		}
 	}
+	if d := time.Duration(l.MaxConnectionAge); d != 0 && (d < 10*time.Second || d > 24*time.Hour) {
+		return server.Limits{}, fieldErr("limits.max_connection_age", "%s is out of range (10s to 24h)", d)
+	}
 	return server.Limits{
 		AttestationsPerSecond: l.AttestationsPerSecond, AttestationBurst: l.AttestationBurst,
 		SigningPerSecond: l.SVIDsPerSecond, SigningBurst: l.SVIDBurst, MaxConnections: l.MaxConnections,
+		MaxConnectionAge: time.Duration(l.MaxConnectionAge),
 	}, nil
 }
 

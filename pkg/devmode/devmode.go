@@ -98,7 +98,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	bundle, _ := srv.CA().Bundle()
 	acfg := agent.Config{
-		ServerAddr: srv.AgentAddr(), TrustDomain: td, TrustBundle: bundle.X509Authorities(),
+		ServerAddrs: []string{srv.AgentAddr()}, TrustDomain: td, TrustBundle: bundle.X509Authorities(),
 		DataDir: filepath.Join(dataDir, "agent"), SocketPath: cfg.SocketPath, SyncInterval: cfg.SyncInterval,
 		Logger: cfg.Logger.With(slog.String("component", "agent")),
 	}

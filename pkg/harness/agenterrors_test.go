@@ -26,7 +26,7 @@ func agentConfig(t *testing.T, srv *harness.Server, logs *harness.LogBuffer) age
 	token, _ := srv.NewJoinToken(t)
 	bundle, _ := srv.CA().Bundle()
 	return agent.Config{
-		ServerAddr: srv.AgentAddr(), TrustDomain: srv.Config.TrustDomain, TrustBundle: bundle.X509Authorities(),
+		ServerAddrs: []string{srv.AgentAddr()}, TrustDomain: srv.Config.TrustDomain, TrustBundle: bundle.X509Authorities(),
 		JoinToken: token, DataDir: t.TempDir(), SocketPath: filepath.Join(harness.ShortDir(t), "agent.sock"),
 		SyncInterval: 200 * time.Millisecond,
 		Logger:       slog.New(slog.NewJSONHandler(logs, nil)),
@@ -123,8 +123,8 @@ func TestAgentRunningOnlyAfterFirstSync(t *testing.T) {
 	srv := harness.StartServer(t)
 	logs := &harness.LogBuffer{}
 	cfg := agentConfig(t, srv, logs)
-	real := cfg.ServerAddr
-	cfg.ServerAddr = "127.0.0.1:1" // nothing listens: a transient error
+	real := cfg.ServerAddrs
+	cfg.ServerAddrs = []string{"127.0.0.1:1"} // nothing listens: a transient error
 	ag, err := agent.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -148,7 +148,7 @@ func TestAgentRunningOnlyAfterFirstSync(t *testing.T) {
 
 	// Against the real server: attested, synced, then running.
 	logs = &harness.LogBuffer{}
-	cfg.ServerAddr, cfg.Logger = real, slog.New(slog.NewJSONHandler(logs, nil))
+	cfg.ServerAddrs, cfg.Logger = real, slog.New(slog.NewJSONHandler(logs, nil))
 	a := harness.RunAgent(t, cfg)
 	harness.Eventually(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), `"msg":"agent running"`) })
 	out = logs.String()

@@ -255,7 +255,7 @@ func TestDataDirOthersControlIsRefused(t *testing.T) {
 		t.Fatalf("the server wrote %d files into a refused data dir", len(entries))
 	}
 	srv := harness.StartServer(t)
-	_, err = agent.New(context.Background(), agent.Config{ServerAddr: srv.AgentAddr(), TrustDomain: harness.TrustDomain, DataDir: open,
+	_, err = agent.New(context.Background(), agent.Config{ServerAddrs: []string{srv.AgentAddr()}, TrustDomain: harness.TrustDomain, DataDir: open,
 		JoinToken: "x", InsecureBootstrap: true, SocketPath: filepath.Join(harness.ShortDir(t), "agent.sock")})
 	if err == nil || !strings.Contains(err.Error(), "data_dir") {
 		t.Fatalf("agent with a world-writable data dir: %v", err)

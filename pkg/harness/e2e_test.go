@@ -213,7 +213,7 @@ func TestServerRestartKeepsEntriesAgentsAndCA(t *testing.T) {
 
 	// The old agent, pointed at the new port, carries on with its stored SVID.
 	cfg := ag.Config
-	cfg.JoinToken, cfg.ServerAddr = "", srv.AgentAddr()
+	cfg.JoinToken, cfg.ServerAddrs = "", []string{srv.AgentAddr()}
 	again := harness.RunAgent(t, cfg)
 	x, err := fetchX509(t, again.Addr(), 10*time.Second)
 	if err != nil {

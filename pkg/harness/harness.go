@@ -148,7 +148,7 @@ func StartAgent(t testing.TB, srv *Server, opts ...func(*agent.Config)) *Agent {
 	token, _ := srv.NewJoinToken(t)
 	bundle, _ := srv.CA().Bundle()
 	cfg := agent.Config{
-		ServerAddr:   srv.AgentAddr(),
+		ServerAddrs:  []string{srv.AgentAddr()},
 		TrustDomain:  srv.Config.TrustDomain,
 		TrustBundle:  bundle.X509Authorities(),
 		JoinToken:    token,

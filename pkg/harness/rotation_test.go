@@ -276,7 +276,7 @@ func TestServerWithKeysInSoftHSM(t *testing.T) {
 	ag.Stop()
 	srv = srv.Restart(t)
 	cfg := ag.Config
-	cfg.JoinToken, cfg.ServerAddr = "", srv.AgentAddr()
+	cfg.JoinToken, cfg.ServerAddrs = "", []string{srv.AgentAddr()}
 	again := harness.RunAgent(t, cfg)
 	x, err := fetchX509(t, again.Addr(), 10*time.Second)
 	if err != nil {

@@ -23,6 +23,11 @@ type Limits struct {
 	SigningBurst     int
 	// MaxConnections bounds the agent API's open connections (default 10000).
 	MaxConnections int
+	// MaxConnectionAge closes every agent connection after this long (plus
+	// a minute for calls in flight), so agents reconnect, spread over the
+	// replicas that are up and pick up the server's current certificate
+	// (default 30m).
+	MaxConnectionAge time.Duration
 }
 
 // Default limits.
@@ -32,6 +37,7 @@ const (
 	DefaultSigningPerSecond      = 500
 	DefaultSigningBurst          = 2 * api.MaxBatchSize
 	DefaultMaxConnections        = 10_000
+	DefaultMaxConnectionAge      = 30 * time.Minute
 )
 
 // Limits of the agent API's transport. Requests are small: a CSR is a few
@@ -55,6 +61,9 @@ func (l *Limits) applyDefaults() {
 		l.SigningBurst = DefaultSigningBurst
 	}
 	l.SigningBurst = max(l.SigningBurst, api.MaxBatchSize) // a full batch must be able to pass
+	if l.MaxConnectionAge == 0 {
+		l.MaxConnectionAge = DefaultMaxConnectionAge
+	}
 	if l.MaxConnections == 0 {
 		l.MaxConnections = DefaultMaxConnections
 	}
@@ -69,7 +78,7 @@ func (l Limits) signLimiter() *ratelimit.Limiter {
 }
 
 // agentAPILimits: a stalled stream pins at most agentAPIMaxMessage, so 200
-// of them pin ~25 MiB; connections are recycled every half hour so agents
+// of them pin ~25 MiB; connections are recycled every MaxConnectionAge so agents
 // rebalance across servers and pick up the server's current certificate.
 func (l Limits) agentAPILimits() rpclimit.Limits {
 	return rpclimit.Limits{
@@ -83,7 +92,7 @@ func (l Limits) agentAPILimits() rpclimit.Limits {
 		MaxConcurrentStreams:  64,
 		MaxConnections:        l.MaxConnections,
 		MaxConnectionIdle:     2 * time.Minute,
-		MaxConnectionAge:      30 * time.Minute,
+		MaxConnectionAge:      l.MaxConnectionAge,
 		MaxConnectionAgeGrace: time.Minute,
 		HandshakeTimeout:      10 * time.Second,
 		KeepaliveMinTime:      10 * time.Second,
