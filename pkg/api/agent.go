@@ -52,6 +52,7 @@ type AgentStore interface {
 	ListEntriesByParent(ctx context.Context, parentID, pageToken string, pageSize int) ([]*datastore.Entry, string, error)
 	GetFederatedBundle(ctx context.Context, td string) ([]byte, error)
 	EntriesRevision(ctx context.Context, parentID string) (current, parent uint64, err error)
+	RecordLastSeen(ctx context.Context, seen map[string]time.Time) (int, error)
 }
 
 // Limits of the agent API.
@@ -68,9 +69,6 @@ const (
 	// SyncPageSize is how many entries one SyncEntries message carries; a few
 	// hundred bytes each keeps every message far below gRPC's 4 MB limit.
 	SyncPageSize = 500
-	// lastSeenResolution is how stale an agent's recorded last sync may get;
-	// it must stay well below the agent liveness window.
-	lastSeenResolution = 15 * time.Second
 )
 
 // AgentConfig configures the agent API.
@@ -96,6 +94,7 @@ type AgentService struct {
 	agentv1.UnimplementedAgentAPIServer
 	cfg      AgentConfig
 	refusals *ratelimit.Sampler
+	seen     lastSeen
 }
 
 // refusalLogInterval is how often one source may add a line to the log about
@@ -319,11 +318,12 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 		signers = append(signers, hex.EncodeToString(id))
 	}
 	slices.Sort(signers)
-	// Record what the agent reports; when only the time moved, write at most
-	// every lastSeenResolution, so thousands of agents syncing every few
-	// seconds do not each cost a datastore commit.
+	// Record what the agent reports. What the propagation gate and revoke
+	// decide on (the bundle it holds, the keys that signed its SVIDs) is
+	// written now; a sync that moves only the time is kept in memory and
+	// written in the next batch (RunLastSeenFlusher).
 	now := s.cfg.Clock.Now()
-	if agent.BundleSequence != req.GetBundleSequence() || !slices.Equal(agent.SignerKeyIDs, signers) || now.Sub(agent.LastSeen) >= lastSeenResolution {
+	if agent.BundleSequence != req.GetBundleSequence() || !slices.Equal(agent.SignerKeyIDs, signers) {
 		_, err := s.cfg.Store.UpdateAgent(ctx, agentID.String(), func(a *datastore.Agent) error {
 			a.LastSeen, a.BundleSequence, a.SignerKeyIDs = now, req.GetBundleSequence(), signers
 			return nil
@@ -331,6 +331,8 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 		if err != nil {
 			return toStatus(ctx, s.cfg.Logger, "sync", err)
 		}
+	} else {
+		s.seen.record(agentID.String(), now)
 	}
 	// Read the revision before listing: a change made while listing raises
 	// the parent's revision above it, so the next sync is complete again.

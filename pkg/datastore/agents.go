@@ -233,3 +233,38 @@ func (s *Bolt) SaveCAJournal(_ context.Context, record []byte) error {
 	}
 	return nil
 }
+
+// RecordLastSeen raises the LastSeen of each listed agent to the time given
+// (never lowers it), in one transaction; agents no longer stored (evicted)
+// are skipped. It returns how many records it wrote. The agent API keeps
+// sync times in memory and records them with this in batches, so thousands
+// of agents syncing every few seconds cost one commit per batch, not one each.
+func (s *Bolt) RecordLastSeen(_ context.Context, seen map[string]time.Time) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAgents)
+		for id, at := range seen {
+			raw := b.Get([]byte(id))
+			if raw == nil {
+				continue
+			}
+			var a Agent
+			if err := json.Unmarshal(raw, &a); err != nil {
+				return fmt.Errorf("decode agent %s: %w", id, err)
+			}
+			if !at.After(a.LastSeen) {
+				continue
+			}
+			a.LastSeen = at
+			if err := putJSON(b, []byte(id), &a); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, wrapErr("record last seen", err)
+	}
+	return n, nil
+}

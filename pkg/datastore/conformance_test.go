@@ -38,6 +38,7 @@ type store interface {
 	GetAgent(ctx context.Context, spiffeID string) (*datastore.Agent, error)
 	UpdateAgent(ctx context.Context, spiffeID string, change func(*datastore.Agent) error) (*datastore.Agent, error)
 	ListAgents(ctx context.Context) ([]*datastore.Agent, error)
+	RecordLastSeen(ctx context.Context, seen map[string]time.Time) (int, error)
 	DeleteAgent(ctx context.Context, spiffeID string) error
 	LoadCAJournal(ctx context.Context) ([]byte, error)
 	SaveCAJournal(ctx context.Context, record []byte) error
@@ -722,4 +723,72 @@ func sameSnapshot(t *testing.T, what string, want, got *datastore.Snapshot) {
 	if w, g := norm(want), norm(got); w != g {
 		t.Fatalf("%s: the copy differs\nwant %.400s\ngot  %.400s", what, w, g)
 	}
+}
+
+// Sync times recorded in a batch: raised, never lowered, evicted agents
+// skipped, and a concurrent update of the same agents (a renewal on another
+// replica) is not undone.
+func TestRecordLastSeenInBatches(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		s := b.handle(t)
+		hash := []byte("h")
+		base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		const n = 150 // more than one etcd transaction's worth
+		var ids []string
+		for i := range n {
+			tok := fmt.Sprintf("t%03d", i)
+			id := "spiffe://td/agent/join_token/" + tok
+			if err := s.CreateJoinToken(ctx, &datastore.JoinToken{ID: tok, SecretHash: hash, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.AttestJoinToken(ctx, tok, hash, time.Now(), &datastore.Agent{SPIFFEID: id, LastSeen: base}); err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, id)
+		}
+		if err := s.DeleteAgent(ctx, ids[0]); err != nil { // evicted meanwhile
+			t.Fatal(err)
+		}
+		seen := map[string]time.Time{}
+		for i, id := range ids {
+			seen[id] = base.Add(time.Minute)
+			if i == 1 {
+				seen[id] = base.Add(-time.Minute) // older than stored: ignored
+			}
+		}
+		// A replica renews agents while another records sync times.
+		var wg sync.WaitGroup
+		h := b.handle(t)
+		wg.Go(func() {
+			for _, id := range ids[2:40] {
+				if _, err := h.UpdateAgent(ctx, id, func(a *datastore.Agent) error { a.NewSerialNumber = "renewed"; return nil }); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+		written, err := s.RecordLastSeen(ctx, seen)
+		wg.Wait()
+		if err != nil || written != n-2 {
+			t.Fatalf("wrote %d, %v; want %d (one evicted, one older)", written, err, n-2)
+		}
+		agents, _ := s.ListAgents(ctx)
+		if len(agents) != n-1 {
+			t.Fatalf("%d agents: an evicted one was recreated", len(agents))
+		}
+		for _, a := range agents {
+			want := base.Add(time.Minute)
+			if a.SPIFFEID == ids[1] {
+				want = base
+			}
+			if !a.LastSeen.Equal(want) {
+				t.Fatalf("%s last seen %v, want %v", a.SPIFFEID, a.LastSeen, want)
+			}
+		}
+		for _, id := range ids[2:40] {
+			if a, _ := s.GetAgent(ctx, id); a.NewSerialNumber != "renewed" {
+				t.Fatalf("%s: the concurrent renewal was undone", id)
+			}
+		}
+	})
 }

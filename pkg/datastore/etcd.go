@@ -237,18 +237,36 @@ func firstValue(resp *clientv3.TxnResponse) string {
 }
 
 func (s *Etcd) getEntry(ctx context.Context, id string) (*Entry, int64, error) {
-	raw, rev, err := s.get(ctx, s.entryKey(id))
+	return getRecord[Entry](ctx, s, s.entryKey(id), "entry "+id)
+}
+
+// getRecord reads and decodes the record at key and its revision;
+// ErrNotFound if there is none.
+func getRecord[T any](ctx context.Context, s *Etcd, key, what string) (*T, int64, error) {
+	raw, rev, err := s.get(ctx, key)
 	if err != nil {
 		return nil, 0, err
 	}
 	if raw == nil {
 		return nil, 0, ErrNotFound
 	}
-	var e Entry
-	if err := json.Unmarshal(raw, &e); err != nil {
-		return nil, 0, fmt.Errorf("decode entry %s: %w", id, err)
+	var v T
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return nil, 0, fmt.Errorf("decode %s: %w", what, err)
 	}
-	return &e, rev, nil
+	return &v, rev, nil
+}
+
+// listRecords decodes every record under prefix, in key order.
+func listRecords[T any](ctx context.Context, s *Etcd, prefix string) ([]*T, error) {
+	var out []*T
+	err := s.forEach(ctx, prefix, func(k, v []byte) error {
+		if err := decodeInto(v, &out); err != nil {
+			return fmt.Errorf("decode %s: %w", k, err)
+		}
+		return nil
+	})
+	return out, err
 }
 
 // GetEntry returns the entry with the given ID.
@@ -507,18 +525,7 @@ func (s *Etcd) AttestJoinToken(ctx context.Context, tokenID string, secretHash [
 }
 
 func (s *Etcd) getAgent(ctx context.Context, id string) (*Agent, int64, error) {
-	raw, rev, err := s.get(ctx, s.agentKey(id))
-	if err != nil {
-		return nil, 0, err
-	}
-	if raw == nil {
-		return nil, 0, ErrNotFound
-	}
-	var a Agent
-	if err := json.Unmarshal(raw, &a); err != nil {
-		return nil, 0, fmt.Errorf("decode agent %s: %w", id, err)
-	}
-	return &a, rev, nil
+	return getRecord[Agent](ctx, s, s.agentKey(id), "agent "+id)
 }
 
 // GetAgent returns the agent with the given SPIFFE ID.
@@ -559,19 +566,8 @@ func (s *Etcd) UpdateAgent(ctx context.Context, spiffeID string, change func(*Ag
 
 // ListAgents returns every agent in SPIFFE ID order.
 func (s *Etcd) ListAgents(ctx context.Context) ([]*Agent, error) {
-	var out []*Agent
-	err := s.forEach(ctx, s.agentKey(""), func(_, v []byte) error {
-		var a Agent
-		if err := json.Unmarshal(v, &a); err != nil {
-			return err
-		}
-		out = append(out, &a)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("datastore: list agents: %w", err)
-	}
-	return out, nil
+	out, err := listRecords[Agent](ctx, s, s.agentKey(""))
+	return out, wrapErr("list agents", err)
 }
 
 // forEach calls fn for every key under prefix, in key order, reading pages
@@ -648,18 +644,7 @@ func (s *Etcd) PutFederation(ctx context.Context, f *Federation, create bool) er
 }
 
 func (s *Etcd) getFederation(ctx context.Context, td string) (*Federation, int64, error) {
-	raw, rev, err := s.get(ctx, s.federationKey(td))
-	if err != nil {
-		return nil, 0, err
-	}
-	if raw == nil {
-		return nil, 0, ErrNotFound
-	}
-	var f Federation
-	if err := json.Unmarshal(raw, &f); err != nil {
-		return nil, 0, fmt.Errorf("decode federation: %w", err)
-	}
-	return &f, rev, nil
+	return getRecord[Federation](ctx, s, s.federationKey(td), "federation "+td)
 }
 
 // GetFederation returns the relationship with td.
@@ -673,19 +658,8 @@ func (s *Etcd) GetFederation(ctx context.Context, td string) (*Federation, error
 
 // ListFederations returns every relationship.
 func (s *Etcd) ListFederations(ctx context.Context) ([]*Federation, error) {
-	var out []*Federation
-	err := s.forEach(ctx, s.federationKey(""), func(_, v []byte) error {
-		var f Federation
-		if err := json.Unmarshal(v, &f); err != nil {
-			return err
-		}
-		out = append(out, &f)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("datastore: list federations: %w", err)
-	}
-	return out, nil
+	out, err := listRecords[Federation](ctx, s, s.federationKey(""))
+	return out, wrapErr("list federations", err)
 }
 
 // DeleteFederation removes a relationship and its bundle.
@@ -764,4 +738,74 @@ func (s *Etcd) ListFederatedBundles(ctx context.Context) ([]FederatedBundle, err
 // DeleteFederatedBundle removes a stored foreign bundle.
 func (s *Etcd) DeleteFederatedBundle(ctx context.Context, td string) error {
 	return s.deleteExisting(ctx, "delete federated bundle", s.federatedBundleKey(td))
+}
+
+// lastSeenBatch is how many agents one RecordLastSeen transaction covers:
+// a read and a compare plus a write for each stays under etcd's default
+// limit of 128 operations per transaction.
+const lastSeenBatch = 60
+
+// RecordLastSeen raises the LastSeen of each listed agent to the time given
+// (never lowers it); agents no longer stored (evicted) are skipped. Agents
+// are written in transactions of lastSeenBatch, each comparing the
+// revisions it read, so a concurrent change (a renewal on another replica)
+// is never undone: the batch is read and applied again.
+func (s *Etcd) RecordLastSeen(ctx context.Context, seen map[string]time.Time) (int, error) {
+	ids := make([]string, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	written := 0
+	for len(ids) > 0 {
+		batch := ids[:min(lastSeenBatch, len(ids))]
+		ids = ids[len(batch):]
+		n, err := s.recordLastSeenBatch(ctx, batch, seen)
+		if err != nil {
+			return written, wrapErr("record last seen", err)
+		}
+		written += n
+	}
+	return written, nil
+}
+
+func (s *Etcd) recordLastSeenBatch(ctx context.Context, ids []string, seen map[string]time.Time) (int, error) {
+	reads := make([]clientv3.Op, len(ids))
+	for i, id := range ids {
+		reads[i] = clientv3.OpGet(s.agentKey(id))
+	}
+	for range maxConflictRetries {
+		resp, err := s.txn(ctx, nil, reads)
+		if err != nil {
+			return 0, err
+		}
+		var cmps []clientv3.Cmp
+		var puts []clientv3.Op
+		for i, r := range resp.Responses {
+			kvs := r.GetResponseRange().GetKvs()
+			if len(kvs) == 0 {
+				continue // evicted
+			}
+			var a Agent
+			if err := json.Unmarshal(kvs[0].Value, &a); err != nil {
+				return 0, fmt.Errorf("decode agent %s: %w", ids[i], err)
+			}
+			if at := seen[ids[i]]; at.After(a.LastSeen) {
+				a.LastSeen = at
+				key := s.agentKey(ids[i])
+				cmps = append(cmps, unchanged(key, kvs[0].ModRevision))
+				puts = append(puts, clientv3.OpPut(key, mustJSON(&a)))
+			}
+		}
+		if len(puts) == 0 {
+			return 0, nil
+		}
+		w, err := s.txn(ctx, cmps, puts)
+		if err != nil {
+			return 0, err
+		}
+		if w.Succeeded {
+			return len(puts), nil
+		}
+	}
+	return 0, ErrChanged
 }

@@ -11,7 +11,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/harness"
+	"github.com/shortleaf/shortleaf/pkg/server"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
@@ -236,5 +238,42 @@ func TestSyncSkipsUnchangedEntries(t *testing.T) {
 	}
 	if n, last = syncOnce(t, a, last.GetEntriesRevision()+1000); n != 1 || last.GetUnchanged() {
 		t.Fatalf("a revision from the future must force a full sync: %d, unchanged=%v", n, last.GetUnchanged())
+	}
+}
+
+// A sync that changes nothing but the time writes nothing: the time is
+// kept in memory and recorded in the next batch (every 5 s), and the last
+// batch is written when the server stops.
+func TestLastSeenIsRecordedInBatches(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	srv := harness.StartServer(t, func(c *server.Config) { c.Clock = clk })
+	a := harness.AttestRaw(t, srv)
+	// Times in whole seconds, as the admin API gives them.
+	lastSeen := func(s *harness.Server) int64 {
+		t.Helper()
+		got, err := s.Admin.GetAgent(context.Background(), &adminv1.GetAgentRequest{SpiffeId: a.ID.String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.GetLastSeen()
+	}
+	attested := lastSeen(srv)
+	clk.Add(2 * time.Second)
+	syncOnce(t, a, 0)
+	if got := lastSeen(srv); got != attested {
+		t.Fatalf("a sync wrote its time at once (%v, attested %v); it should wait for the batch", got, attested)
+	}
+	synced := clk.Now().Unix()
+	clk.Add(5 * time.Second) // the flush interval
+	harness.Eventually(t, 5*time.Second, func() bool { return lastSeen(srv) == synced })
+
+	// The pending time of a sync made just before the server stops is
+	// written as it stops.
+	clk.Add(time.Second)
+	syncOnce(t, a, 0)
+	final := clk.Now().Unix()
+	srv = srv.Restart(t)
+	if got := lastSeen(srv); got != final {
+		t.Fatalf("after a restart the last sync is %v, want %v (lost at shutdown)", got, final)
 	}
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"testing"
+	"time"
 
 	"github.com/shortleaf/shortleaf/pkg/api"
 )
@@ -11,7 +12,7 @@ import (
 func TestLimitDefaults(t *testing.T) {
 	var l Limits
 	l.applyDefaults()
-	want := Limits{AttestationsPerSecond: 1, AttestationBurst: 10, SigningPerSecond: 500, SigningBurst: 1000, MaxConnections: 10_000}
+	want := Limits{AttestationsPerSecond: 1, AttestationBurst: 10, SigningPerSecond: 500, SigningBurst: 1000, MaxConnections: 10_000, MaxConnectionAge: 30 * time.Minute}
 	if l != want {
 		t.Fatalf("defaults = %+v, want %+v", l, want)
 	}

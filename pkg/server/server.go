@@ -173,6 +173,7 @@ type Server struct {
 	tlsCert   *serverCertificate
 	metrics   *telemetry.Server
 	admin     *api.AdminService
+	agentAPI  *api.AgentService
 	caMetrics *telemetry.CA
 	poller    *federation.Poller
 	bundleEP  *bundleendpoint.Server
@@ -250,11 +251,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.metrics = telemetry.NewServer(cfg.Registry)
 	s.agentSrv = grpc.NewServer(append(cfg.Limits.agentAPILimits().ServerOptions(s.countRefusal),
 		grpc.Creds(credentials.NewTLS(s.agentTLSConfig())))...)
-	agentv1.RegisterAgentAPIServer(s.agentSrv, api.NewAgentService(api.AgentConfig{
+	s.agentAPI = api.NewAgentService(api.AgentConfig{
 		CA: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, DefaultJWTTTL: cfg.DefaultJWTTTL, AgentSVIDTTL: cfg.AgentSVIDTTL,
 		Clock: cfg.Clock, Logger: cfg.Logger, Metrics: s.metrics,
 		AttestLimit: cfg.Limits.attestLimiter(), SignLimit: cfg.Limits.signLimiter(),
-	}))
+	})
+	agentv1.RegisterAgentAPIServer(s.agentSrv, s.agentAPI)
 	s.adminSrv = grpc.NewServer(append(adminLimits().ServerOptions(s.countRefusal),
 		grpc.Creds(uds.NewCredentials()), grpc.ChainUnaryInterceptor(adminUnaryCheck), grpc.ChainStreamInterceptor(adminStreamCheck))...)
 	s.poller = federation.NewPoller(s.store, cfg.Clock, cfg.Logger)
@@ -457,6 +459,7 @@ func (s *Server) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { s.rotate(gctx); return nil })
 	g.Go(func() error { s.housekeep(gctx); return nil })
+	g.Go(func() error { s.agentAPI.RunLastSeenFlusher(gctx); return nil })
 	if s.lockLost != nil {
 		g.Go(func() error {
 			select {
