@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	"github.com/shortleaf/shortleaf/pkg/etcdtest"
@@ -791,4 +793,61 @@ func TestRecordLastSeenInBatches(t *testing.T) {
 			}
 		}
 	})
+}
+
+// The etcd server lock: a second claimant waits, a crashed holder's lease
+// expires and the next claimant takes over, and the crashed holder's
+// journal writes are refused from then on (fenced), as are its writes
+// after it lost the lease.
+func TestEtcdServerLockFencesTheJournal(t *testing.T) {
+	ctx := context.Background()
+	cfg := datastore.EtcdConfig{Endpoints: sharedEtcd.Endpoints(), Prefix: "/test/" + randomHex() + "/", LockTTL: 2 * time.Second}
+	first, err := datastore.OpenEtcd(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if _, _, err := first.ClaimServer(ctx, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.SaveCAJournal(ctx, []byte("first")); err != nil {
+		t.Fatalf("the holder's write: %v", err)
+	}
+	second, err := datastore.OpenEtcd(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if _, _, err := second.ClaimServer(ctx, 500*time.Millisecond); err == nil || !strings.Contains(err.Error(), "another shortleaf server uses the etcd datastore") {
+		t.Fatalf("a second claim while the first holds the lock: %v", err)
+	}
+
+	// The first "crashes": its lease is revoked as if it had expired.
+	if _, err := sharedEtcd.Client(t).Revoke(ctx, leaseOf(t, cfg.Prefix)); err != nil {
+		t.Fatal(err)
+	}
+	release, _, err := second.ClaimServer(ctx, 10*time.Second)
+	if err != nil {
+		t.Fatalf("claim after the holder's lease ended: %v", err)
+	}
+	defer release()
+	if err := first.SaveCAJournal(ctx, []byte("stale")); !errors.Is(err, datastore.ErrServerLockLost) {
+		t.Fatalf("the deposed holder's journal write: %v, want ErrServerLockLost", err)
+	}
+	if err := second.SaveCAJournal(ctx, []byte("second")); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := second.LoadCAJournal(ctx); string(got) != "second" {
+		t.Fatalf("journal %q after the takeover", got)
+	}
+}
+
+// leaseOf returns the lease of the one server-lock holder under prefix.
+func leaseOf(t *testing.T, prefix string) clientv3.LeaseID {
+	t.Helper()
+	resp, err := sharedEtcd.Client(t).Get(context.Background(), prefix+"locks/server", clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("lock keys: %v, %v", resp, err)
+	}
+	return clientv3.LeaseID(resp.Kvs[0].Lease)
 }

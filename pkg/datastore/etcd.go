@@ -29,9 +29,12 @@ type EtcdConfig struct {
 	// alone verifies the server, the pair adds a client certificate.
 	CAFile, CertFile, KeyFile string
 	DialTimeout               time.Duration
+	// LockTTL is the lease of the server lock (see ClaimServer); default
+	// ServerLockTTL. Whole seconds.
+	LockTTL time.Duration
 	// LockWait is how long a starting server waits for another's server
-	// lock before refusing to start; default ServerLockTTL + 5s, time for
-	// a crashed server's lease to expire.
+	// lock before refusing to start; default LockTTL + 5s, time for a
+	// crashed server's lease to expire.
 	LockWait time.Duration
 	// RequestTimeout bounds each call made without a deadline of its own,
 	// so an unreachable cluster fails calls instead of hanging them.
@@ -50,6 +53,7 @@ type Etcd struct {
 	ownsCli bool
 	prefix  string
 	timeout time.Duration
+	lockTTL time.Duration
 	// fence holds the comparisons that prove this process still holds the
 	// server lock (see ClaimServer); CA journal writes carry them.
 	fence atomic.Pointer[clientv3.Cmp]
@@ -115,7 +119,11 @@ func newEtcd(client *clientv3.Client, cfg EtcdConfig) *Etcd {
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	return &Etcd{client: client, prefix: prefix, timeout: timeout}
+	lockTTL := cfg.LockTTL.Truncate(time.Second)
+	if lockTTL <= 0 {
+		lockTTL = ServerLockTTL
+	}
+	return &Etcd{client: client, prefix: prefix, timeout: timeout, lockTTL: lockTTL}
 }
 
 // Close closes the client if OpenEtcd made it.

@@ -10,22 +10,22 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
-// ServerLockTTL is the lease of the server lock: how long a crashed
+// ServerLockTTL is the default lease of the server lock: how long a crashed
 // server's claim outlives it, and how long a partitioned server keeps it.
 const ServerLockTTL = 15 * time.Second
 
 // ErrServerLockLost means the server lock's lease expired (etcd was out of
-// reach for longer than ServerLockTTL); writes fenced by it are refused.
+// reach for longer than its TTL); writes fenced by it are refused.
 var ErrServerLockLost = errors.New("datastore: the etcd server lock was lost")
 
 // ClaimServer takes the lock that makes this process the one server using
 // the datastore's prefix, waiting up to wait for a previous holder (a
-// crashed server's lease expires after ServerLockTTL). Until it is released,
+// crashed server's lease expires after LockTTL). Until it is released,
 // every CA journal write is fenced by it: a write made after the lock was
 // lost, or taken over, is refused by etcd itself. lost is closed when the
 // lease is lost.
 func (s *Etcd) ClaimServer(ctx context.Context, wait time.Duration) (release func(), lost <-chan struct{}, err error) {
-	session, err := concurrency.NewSession(s.client, concurrency.WithTTL(int(ServerLockTTL/time.Second)), concurrency.WithContext(context.WithoutCancel(ctx)))
+	session, err := concurrency.NewSession(s.client, concurrency.WithTTL(int(s.lockTTL/time.Second)), concurrency.WithContext(context.WithoutCancel(ctx)))
 	if err != nil {
 		return nil, nil, fmt.Errorf("datastore: etcd session: %w", err)
 	}
@@ -50,6 +50,9 @@ func (s *Etcd) ClaimServer(ctx context.Context, wait time.Duration) (release fun
 	}
 	return release, session.Done(), nil
 }
+
+// LockTTL is the server lock's lease.
+func (s *Etcd) LockTTL() time.Duration { return s.lockTTL }
 
 // fenced runs a write transaction under the server lock, if one is held:
 // a refused comparison means the lock is no longer ours.

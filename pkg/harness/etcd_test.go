@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	"github.com/shortleaf/shortleaf/pkg/etcdtest"
@@ -79,5 +81,41 @@ func TestServerOnEtcd(t *testing.T) {
 	// The agent goes on under the restarted server.
 	if _, err := fetchX509(t, ag.Addr(), 10*time.Second); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A server whose etcd lock is lost (its lease ended while etcd was out of
+// reach, and another server may hold it now) stops with an error naming
+// the cause rather than rotate a journal it no longer owns.
+func TestServerStopsWhenItLosesTheEtcdLock(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	etcd := &datastore.EtcdConfig{Endpoints: cluster.Endpoints(), Prefix: etcdPrefix(), LockTTL: 2 * time.Second}
+	cfg := server.Config{
+		TrustDomain: harness.TrustDomain, DataDir: t.TempDir(), AgentAPIAddr: "127.0.0.1:0", InsecureUnencryptedKeys: true,
+		AdminSocket: filepath.Join(harness.ShortDir(t), "admin.sock"), Etcd: etcd, Logger: harness.TestLogger(t), Registry: prometheus.NewRegistry(),
+	}
+	srv, err := server.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(context.Background()) }()
+
+	cli := cluster.Client(t)
+	locks, err := cli.Get(context.Background(), etcd.Prefix+"locks/server", clientv3.WithPrefix())
+	if err != nil || len(locks.Kvs) != 1 {
+		t.Fatalf("lock keys: %v, %v", locks, err)
+	}
+	if _, err := cli.Revoke(context.Background(), clientv3.LeaseID(locks.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, datastore.ErrServerLockLost) {
+			t.Fatalf("server stopped with %v, want ErrServerLockLost", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server kept running after losing its etcd lock")
 	}
 }

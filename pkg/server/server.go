@@ -136,7 +136,7 @@ func openStore(ctx context.Context, cfg Config) (st store, lockLost <-chan struc
 	}
 	wait := cfg.Etcd.LockWait
 	if wait <= 0 {
-		wait = datastore.ServerLockTTL + 5*time.Second
+		wait = ds.LockTTL() + 5*time.Second
 	}
 	release, lost, err := ds.ClaimServer(ctx, wait)
 	if err != nil {
@@ -466,7 +466,7 @@ func (s *Server) Run(ctx context.Context) error {
 			case <-s.lockLost:
 				// Another server may hold the lock now; two CAs must not
 				// rotate one journal, so this one stops.
-				return fmt.Errorf("server: %w (etcd out of reach for over %s); stopping", datastore.ErrServerLockLost, datastore.ServerLockTTL)
+				return fmt.Errorf("server: %w (etcd out of reach for longer than the lock's lease); stopping", datastore.ErrServerLockLost)
 			case <-gctx.Done():
 				return nil
 			}
