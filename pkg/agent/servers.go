@@ -85,7 +85,7 @@ func (s *serverAddrs) resolve(ctx context.Context) ([]resolver.Address, error) {
 	}
 	// pick_first shuffles too; shuffling here as well keeps the order
 	// random when gRPC keeps the previous list.
-	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] }) //nolint:gosec // spreads load; nothing secret depends on the order
 	return out, nil
 }
 

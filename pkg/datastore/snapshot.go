@@ -227,7 +227,7 @@ func (s *Etcd) Import(ctx context.Context, snap *Snapshot) (err error) {
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 			defer cancel()
 			if _, derr := s.client.Delete(dctx, s.prefix, clientv3.WithPrefix()); derr != nil {
-				err = fmt.Errorf("%w; removing the partial copy also failed, delete the keys under %s before retrying: %v", err, s.prefix, derr)
+				err = fmt.Errorf("%w; removing the partial copy also failed, delete the keys under %s before retrying: %w", err, s.prefix, derr)
 			}
 		}
 	}()
