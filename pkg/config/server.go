@@ -272,7 +272,7 @@ func ValidateServer(cfg *server.Config) error {
 			cfg.MaxSVIDTTL, cfg.DefaultSVIDTTL, cfg.AgentSVIDTTL, MaxX509SVIDTTL)
 	}
 	if cfg.AgentLiveness != 0 && cfg.AgentLiveness < time.Minute {
-		return fieldErr("agent_liveness", "%s is too short (at least 1m: agents report at most every few seconds, recorded every 15s)", cfg.AgentLiveness)
+		return fieldErr("agent_liveness", "%s is too short (at least 1m: agents report every few seconds, recorded every 5s)", cfg.AgentLiveness)
 	}
 	if cfg.DefaultJWTTTL != 0 && (cfg.DefaultJWTTTL < MinX509SVIDTTL || cfg.DefaultJWTTTL > cfg.MaxSVIDTTL) {
 		return fieldErr("jwt_svid_ttl", "%s is out of range (%s to max_x509_svid_ttl, %s)", cfg.DefaultJWTTTL, MinX509SVIDTTL, cfg.MaxSVIDTTL)
