@@ -104,9 +104,6 @@ func OpenEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 	return s, nil
 }
 
-// NewEtcd uses an existing client (the caller closes it).
-func NewEtcd(client *clientv3.Client, cfg EtcdConfig) *Etcd { return newEtcd(client, cfg) }
-
 func newEtcd(client *clientv3.Client, cfg EtcdConfig) *Etcd {
 	prefix := cfg.Prefix
 	if prefix == "" {
@@ -133,9 +130,6 @@ func (s *Etcd) Close() error {
 	}
 	return nil
 }
-
-// Client is the etcd client, for the replica's leader election and watches.
-func (s *Etcd) Client() *clientv3.Client { return s.client }
 
 // Prefix is the key prefix, ending with "/".
 func (s *Etcd) Prefix() string { return s.prefix }

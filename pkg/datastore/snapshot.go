@@ -3,6 +3,7 @@ package datastore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
@@ -20,17 +21,8 @@ type Snapshot struct {
 	FederatedBundles []FederatedBundle
 }
 
-// Records counts the snapshot's records.
-func (s *Snapshot) Records() int {
-	n := len(s.Entries) + len(s.Agents) + len(s.JoinTokens) + len(s.Federations) + len(s.FederatedBundles)
-	if s.CAJournal != nil {
-		n++
-	}
-	return n
-}
-
 // ErrNotEmpty means an import found records already in the target.
-var ErrNotEmpty = fmt.Errorf("datastore: the target datastore is not empty")
+var ErrNotEmpty = errors.New("datastore: the target datastore is not empty")
 
 func decodeInto[T any](raw []byte, out *[]*T) error {
 	var v T

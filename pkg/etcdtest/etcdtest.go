@@ -9,7 +9,6 @@
 package etcdtest
 
 import (
-	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -95,7 +94,7 @@ func start(dir string, n int) (*Cluster, error) {
 	var wg sync.WaitGroup
 	errs := make([]error, n)
 	for i, m := range c.members {
-		wg.Go(func() { errs[i] = c.startMember(m, "new") })
+		wg.Go(func() { errs[i] = c.startMember(m) })
 	}
 	wg.Wait()
 	return c, errors.Join(errs...)
@@ -122,8 +121,8 @@ func (c *Cluster) Client(t testing.TB) *clientv3.Client {
 	return cli
 }
 
-// StopMember stops member i (its data stays, for RestartMember).
-func (c *Cluster) StopMember(i int) {
+// stopMember stops member i.
+func (c *Cluster) stopMember(i int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := c.members[i]
@@ -133,18 +132,7 @@ func (c *Cluster) StopMember(i int) {
 	}
 }
 
-// RestartMember starts a stopped member again on its data.
-func (c *Cluster) RestartMember(t testing.TB, i int) {
-	t.Helper()
-	c.mu.Lock()
-	m := c.members[i]
-	c.mu.Unlock()
-	if err := c.startMember(m, "existing"); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (c *Cluster) startMember(m *member, state string) error {
+func (c *Cluster) startMember(m *member) error {
 	cfg := embed.NewConfig()
 	cfg.Name = m.name
 	cfg.Dir = filepath.Join(c.dir, m.name)
@@ -163,7 +151,6 @@ func (c *Cluster) startMember(m *member, state string) error {
 	}
 	cfg.InitialCluster = strings.Join(initial, ",")
 	cfg.InitialClusterToken = c.token
-	cfg.ClusterState = state
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return fmt.Errorf("etcdtest: start %s: %w", m.name, err)
@@ -187,30 +174,11 @@ func (c *Cluster) startMember(m *member, state string) error {
 func (c *Cluster) Stop() {
 	for i := range c.members {
 		if c.members[i].etcd != nil {
-			c.StopMember(i)
+			c.stopMember(i)
 		}
 	}
 	if c.removeDir {
 		_ = os.RemoveAll(c.dir)
-	}
-}
-
-// WaitLeader waits until a running member sees a leader.
-func (c *Cluster) WaitLeader(ctx context.Context) error {
-	for {
-		c.mu.Lock()
-		for _, m := range c.members {
-			if !m.stopped && m.etcd != nil && m.etcd.Server.Leader() != 0 {
-				c.mu.Unlock()
-				return nil
-			}
-		}
-		c.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
 	}
 }
 
