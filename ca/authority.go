@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"time"
 )
@@ -53,7 +52,14 @@ type Authority struct {
 	// BundleSequence is, for roots and JWT keys, the bundle sequence number
 	// that first published it.
 	BundleSequence uint64
-	Signer         crypto.Signer
+	// Replica is the replica that owns an intermediate or JWT key (only it
+	// signs with it); empty for roots, which the cluster shares.
+	Replica string
+	Signer  crypto.Signer
+	// ownTaint is the taint recorded in the owner's record (before
+	// replicas); Tainted also counts the cluster record's taints.
+	ownTaint  bool
+	sealedKey []byte
 }
 
 // KeyID identifies the key: for certificates its subject key ID (which
@@ -83,15 +89,10 @@ type authorityRecord struct {
 	ParentID       string    `json:"parent_id,omitempty"`
 	Tainted        bool      `json:"tainted,omitempty"`
 	BundleSequence uint64    `json:"bundle_sequence,omitempty"`
-}
-
-// journalRecord is what the CA persists: every authority, the bundle
-// sequence and the revoked intermediates that have not expired yet.
-type journalRecord struct {
-	Version        int                  `json:"version"`
-	BundleSequence uint64               `json:"bundle_sequence"`
-	Authorities    []authorityRecord    `json:"authorities"`
-	Revoked        []RevokedCertificate `json:"revoked,omitempty"`
+	// SealedKey is a root's key encrypted under the key passphrase (PKCS#8
+	// PEM), when the key manager keeps keys on one machine: every replica
+	// can then sign intermediates. KeyRef is then sealedKeyRef.
+	SealedKey []byte `json:"sealed_key,omitempty"`
 }
 
 // RevokedCertificate is an intermediate removed by Revoke, listed in its
@@ -104,38 +105,22 @@ type RevokedCertificate struct {
 	NotAfter    time.Time `json:"not_after"`
 }
 
-const journalVersion = 1
-
-func encodeJournal(seq uint64, auths []*Authority, revoked []RevokedCertificate) ([]byte, error) {
-	rec := journalRecord{Version: journalVersion, BundleSequence: seq, Revoked: revoked}
-	for _, a := range auths {
-		r := authorityRecord{
-			ID: a.ID, Kind: a.Kind, State: a.State, NotBefore: a.NotBefore, NotAfter: a.NotAfter,
-			KeyRef: a.KeyRef, ParentID: a.ParentID, Tainted: a.Tainted, BundleSequence: a.BundleSequence,
-		}
-		if a.Cert != nil {
-			r.CertDER = a.Cert.Raw
-		} else {
-			der, err := x509.MarshalPKIXPublicKey(a.PublicKey)
-			if err != nil {
-				return nil, fmt.Errorf("authority %s: %w", a.ID, err)
-			}
-			r.PublicKeyDER = der
-		}
-		rec.Authorities = append(rec.Authorities, r)
+// toRecord is the persisted form of a.
+func toRecord(a *Authority) (authorityRecord, error) {
+	r := authorityRecord{
+		ID: a.ID, Kind: a.Kind, State: a.State, NotBefore: a.NotBefore, NotAfter: a.NotAfter,
+		KeyRef: a.KeyRef, ParentID: a.ParentID, Tainted: a.ownTaint, BundleSequence: a.BundleSequence, SealedKey: a.sealedKey,
 	}
-	return json.Marshal(rec)
-}
-
-func decodeJournal(b []byte) (*journalRecord, error) {
-	var rec journalRecord
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return nil, fmt.Errorf("ca: journal: %w", err)
+	if a.Cert != nil {
+		r.CertDER = a.Cert.Raw
+		return r, nil
 	}
-	if rec.Version != journalVersion {
-		return nil, fmt.Errorf("ca: journal: unsupported version %d", rec.Version)
+	der, err := x509.MarshalPKIXPublicKey(a.PublicKey)
+	if err != nil {
+		return r, fmt.Errorf("authority %s: %w", a.ID, err)
 	}
-	return &rec, nil
+	r.PublicKeyDER = der
+	return r, nil
 }
 
 // fromRecord rebuilds an authority (without its signer) from the journal. A
@@ -157,7 +142,8 @@ func fromRecord(r authorityRecord) (*Authority, error) {
 	}
 	a := &Authority{
 		ID: r.ID, Kind: r.Kind, State: r.State, NotBefore: r.NotBefore, NotAfter: r.NotAfter,
-		KeyRef: r.KeyRef, ParentID: r.ParentID, Tainted: r.Tainted, BundleSequence: r.BundleSequence,
+		KeyRef: r.KeyRef, ParentID: r.ParentID, Tainted: r.Tainted, ownTaint: r.Tainted, BundleSequence: r.BundleSequence,
+		sealedKey: r.SealedKey,
 	}
 	switch {
 	case len(r.CertDER) > 0:

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,11 +39,13 @@ type KeyLister interface {
 	ListKeys(ctx context.Context) ([]string, error)
 }
 
-// Journal persists the CA's authorities and bundle sequence as an opaque record.
-// LoadCAJournal returns (nil, nil) when nothing was stored yet.
-type Journal interface {
-	LoadCAJournal(ctx context.Context) ([]byte, error)
-	SaveCAJournal(ctx context.Context, record []byte) error
+// KeySealer is an optional ability of a KeyManager whose keys live on one
+// machine (softkms files): a root's key is sealed (encrypted under the key
+// passphrase) into the cluster record, so that every replica holding the
+// passphrase can sign its own intermediates with it.
+type KeySealer interface {
+	SealKey(ctx context.Context, key crypto.Signer) ([]byte, error)
+	UnsealKey(ctx context.Context, sealed []byte) (crypto.Signer, error)
 }
 
 // Config configures a CA.
@@ -68,8 +72,15 @@ type Config struct {
 	Upstream *Upstream
 	Keys     KeyManager
 	Journal  Journal
-	Clock    clock.Clock // default clock.Real
-	Logger   *slog.Logger
+	// ReplicaID names this replica: it owns, and alone signs with, the
+	// intermediates and JWT keys recorded under it. Default DefaultReplicaID.
+	ReplicaID string
+	// Leader reports whether this replica leads the cluster now: only the
+	// leader runs the scheduled cluster duties (root rotation, the gate,
+	// pruning). nil: a single server, which always leads.
+	Leader func() bool
+	Clock  clock.Clock // default clock.Real
+	Logger *slog.Logger
 	// OnTransition, if set, is told of every state change, for metrics.
 	OnTransition func(Transition)
 }
@@ -104,9 +115,19 @@ type CA struct {
 
 	writeMu     sync.Mutex // one change of authorities at a time
 	mu          sync.RWMutex
-	authorities []*Authority
+	authorities []*Authority // the roots and every replica's authorities
 	bundleSeq   uint64
 	revoked     []RevokedCertificate
+	tainted     []string // the cluster record's taints
+	// base is the journal as last read or written: the revisions a write
+	// compares and the records it is diffed against.
+	base JournalState
+	// upgrade is set when the loaded records must be rewritten (a single
+	// server's journal to split, a root key to seal, an authority revoked by
+	// another replica to drop); pendingGone are keys to destroy once the
+	// rewrite no longer names them.
+	upgrade     bool
+	pendingGone []string
 	// journalVersion counts installs; the CRL cache is keyed on it.
 	journalVersion uint64
 	crls           crlCache
@@ -134,6 +155,12 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	}
 	if cfg.Keys == nil || cfg.Journal == nil {
 		return nil, errors.New("ca: a key manager and a journal are required")
+	}
+	if cfg.ReplicaID == "" {
+		cfg.ReplicaID = DefaultReplicaID
+	}
+	if err := CheckReplicaID(cfg.ReplicaID); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
 	}
 	if cfg.KeyType == "" {
 		cfg.KeyType = DefaultKeyType
@@ -171,14 +198,12 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		}
 	}
 
-	raw, err := cfg.Journal.LoadCAJournal(ctx)
+	state, err := cfg.Journal.LoadCAJournal(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("ca: load journal: %w", err)
 	}
-	if raw != nil {
-		if err := c.restore(ctx, raw); err != nil {
-			return nil, err
-		}
+	if err := c.restore(ctx, state); err != nil {
+		return nil, err
 	}
 	if err := c.Rotate(ctx); err != nil {
 		return nil, err
@@ -217,42 +242,207 @@ func (c *CA) destroyOrphanKeys(ctx context.Context) {
 	}
 }
 
-func (c *CA) restore(ctx context.Context, raw []byte) error {
-	rec, err := decodeJournal(raw)
-	if err != nil {
-		return err
+// restore installs the authorities of state. Signers already loaded are
+// kept; the others are loaded from the key manager (this replica's own keys
+// and the roots) or left nil (other replicas' keys, which only they use).
+func (c *CA) restore(ctx context.Context, state JournalState) error {
+	cluster := &clusterRecord{Version: journalVersion}
+	if state.Cluster.Data != nil {
+		var err error
+		if cluster, err = decodeCluster(state.Cluster.Data); err != nil {
+			return err
+		}
 	}
-	auths := make([]*Authority, 0, len(rec.Authorities))
-	for _, r := range rec.Authorities {
-		a, err := fromRecord(r)
+	me := c.cfg.ReplicaID
+	upgrade := false
+	type owned struct {
+		replica string
+		rec     authorityRecord
+	}
+	var records []owned
+	for _, r := range cluster.Authorities {
+		switch {
+		case r.Kind == KindRoot:
+			records = append(records, owned{"", r})
+		case cluster.Version != singleServerVersion:
+			return fmt.Errorf("ca: journal: the cluster record holds %s %s; only roots belong there", r.Kind, r.ID)
+		case state.Replicas[me].Data == nil:
+			// A single server's journal: its intermediates and JWT keys
+			// become this replica's, and the journal is rewritten split.
+			records = append(records, owned{me, r})
+			upgrade = true
+		}
+	}
+	if cluster.Version == singleServerVersion {
+		upgrade = true
+	}
+	for id, r := range state.Replicas {
+		rec, err := decodeReplica(id, r.Data)
 		if err != nil {
 			return err
 		}
-		if a.Kind == KindRoot && c.cfg.Upstream != nil {
-			a.Signer = c.cfg.Upstream.Signer
-		} else {
-			if a.Signer, err = c.cfg.Keys.LoadKey(ctx, a.KeyRef); err != nil {
-				return fmt.Errorf("ca: load key of authority %s: %w", a.ID, err)
-			}
+		for _, a := range rec.Authorities {
+			records = append(records, owned{id, a})
 		}
-		if !publicKeysEqual(a.Signer.Public(), a.PublicKey) {
-			return fmt.Errorf("ca: key of authority %s does not match its record", a.ID)
+	}
+	revoked := map[string]bool{}
+	for _, r := range cluster.Revoked {
+		revoked[r.AuthorityID] = true
+	}
+	tainted := map[string]bool{}
+	for _, id := range cluster.Tainted {
+		tainted[id] = true
+	}
+	loaded := map[string]*Authority{}
+	c.mu.RLock()
+	for _, a := range c.authorities {
+		loaded[a.ID] = a
+	}
+	c.mu.RUnlock()
+	var pendingGone []string
+	auths := make([]*Authority, 0, len(records))
+	for _, o := range records {
+		a, err := fromRecord(o.rec)
+		if err != nil {
+			return err
+		}
+		a.Replica = o.replica
+		if revoked[a.ID] {
+			// Revoked through another replica: it has left the bundle; the
+			// owner drops it from its record and destroys its key.
+			if a.Replica == me {
+				pendingGone = append(pendingGone, a.KeyRef)
+				upgrade = true
+			}
+			continue
+		}
+		a.Tainted = a.Tainted || tainted[a.ID]
+		if a.Replica == me || a.Kind == KindRoot {
+			if prev := loaded[a.ID]; prev != nil && prev.Signer != nil && publicKeysEqual(prev.Signer.Public(), a.PublicKey) {
+				a.Signer = prev.Signer
+			} else if a.Signer, err = c.loadSigner(ctx, a); err != nil {
+				return err
+			}
+			if !publicKeysEqual(a.Signer.Public(), a.PublicKey) {
+				return fmt.Errorf("ca: key of authority %s does not match its record", a.ID)
+			}
+			sealed, err := c.sealRoot(ctx, a)
+			if err != nil {
+				return err
+			}
+			if sealed != "" {
+				pendingGone = append(pendingGone, sealed)
+				upgrade = true
+			}
 		}
 		auths = append(auths, a)
 	}
-	c.install(auths, rec.BundleSequence, rec.Revoked)
+	c.install(auths, cluster.BundleSequence, cluster.Revoked, cluster.Tainted, state)
+	c.upgrade, c.pendingGone = c.upgrade || upgrade, append(c.pendingGone, pendingGone...)
 	return nil
 }
 
-// install replaces the authorities and points the signers at the active ones.
-func (c *CA) install(auths []*Authority, seq uint64, revoked []RevokedCertificate) {
+// loadSigner opens the key of a: the upstream CA's, a sealed root's, or the
+// key manager's.
+func (c *CA) loadSigner(ctx context.Context, a *Authority) (crypto.Signer, error) {
+	switch {
+	case a.Kind == KindRoot && c.cfg.Upstream != nil:
+		return c.cfg.Upstream.Signer, nil
+	case a.KeyRef == sealedKeyRef:
+		sealer, ok := c.cfg.Keys.(KeySealer)
+		if !ok {
+			return nil, fmt.Errorf("ca: root %s has its key sealed in the journal, and this key manager cannot open it: "+
+				"replicas that share a root must keep keys alike (every replica on softkms with the same passphrase, or on the same KMS)", a.ID)
+		}
+		s, err := sealer.UnsealKey(ctx, a.sealedKey)
+		if err != nil {
+			return nil, fmt.Errorf("ca: open the sealed key of root %s (is the key passphrase the one the other replicas use?): %w", a.ID, err)
+		}
+		return s, nil
+	}
+	s, err := c.cfg.Keys.LoadKey(ctx, a.KeyRef)
+	if err != nil {
+		if a.Kind == KindRoot {
+			return nil, fmt.Errorf("ca: load key of root %s: %w (a root created before replicas is sealed into the journal by the server that holds its key: start that one first)", a.ID, err)
+		}
+		return nil, fmt.Errorf("ca: load key of authority %s: %w", a.ID, err)
+	}
+	return s, nil
+}
+
+// sealRoot seals a root's key into its record when the key manager keeps
+// keys on this machine, so every replica can use it. It returns the key
+// reference the sealed copy replaces ("" if nothing changed); that key is
+// destroyed once the journal no longer names it.
+func (c *CA) sealRoot(ctx context.Context, a *Authority) (string, error) {
+	sealer, ok := c.cfg.Keys.(KeySealer)
+	if !ok || a.Kind != KindRoot || a.KeyRef == upstreamKeyRef || a.KeyRef == sealedKeyRef || c.cfg.Upstream != nil {
+		return "", nil
+	}
+	sealed, err := sealer.SealKey(ctx, a.Signer)
+	if err != nil {
+		return "", fmt.Errorf("ca: seal the key of root %s: %w", a.ID, err)
+	}
+	prev := a.KeyRef
+	a.KeyRef, a.sealedKey = sealedKeyRef, sealed
+	return prev, nil
+}
+
+// sealedKeyRef is the key reference of a root whose key is sealed in the journal.
+const sealedKeyRef = "sealed"
+
+// refresh re-reads the journal and installs it if another replica (or
+// another process) changed it since it was last read or written.
+func (c *CA) refresh(ctx context.Context) error {
+	state, err := c.cfg.Journal.LoadCAJournal(ctx)
+	if err != nil {
+		return fmt.Errorf("ca: load journal: %w", err)
+	}
+	c.mu.RLock()
+	same := sameRevisions(c.base, state)
+	c.mu.RUnlock()
+	if !same {
+		return c.restore(ctx, state)
+	}
 	c.mu.Lock()
-	c.authorities, c.bundleSeq, c.revoked = auths, seq, revoked
+	c.base.Live = state.Live
+	c.mu.Unlock()
+	return nil
+}
+
+func sameRevisions(a, b JournalState) bool {
+	if a.Cluster.Revision != b.Cluster.Revision || len(a.Replicas) != len(b.Replicas) {
+		return false
+	}
+	for id, r := range a.Replicas {
+		if b.Replicas[id].Revision != r.Revision {
+			return false
+		}
+	}
+	return true
+}
+
+// install replaces the authorities and points the signers at this
+// replica's active ones.
+func (c *CA) install(auths []*Authority, seq uint64, revoked []RevokedCertificate, tainted []string, base JournalState) {
+	// One order whatever the records' order: roots, then each replica's
+	// authorities in the order they were made.
+	slices.SortStableFunc(auths, func(a, b *Authority) int {
+		if ra, rb := a.Kind == KindRoot, b.Kind == KindRoot; ra != rb {
+			if ra {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.Replica, b.Replica)
+	})
+	c.mu.Lock()
+	c.authorities, c.bundleSeq, c.revoked, c.tainted, c.base = auths, seq, revoked, tainted, base
 	c.journalVersion++ // the CRLs are re-signed
 	c.mu.Unlock()
 	var inter, jwt *Authority
 	for _, a := range auths {
-		if a.State != StateActive {
+		if a.State != StateActive || a.Replica != c.cfg.ReplicaID {
 			continue
 		}
 		switch a.Kind {
@@ -276,6 +466,62 @@ func (c *CA) install(auths []*Authority, seq uint64, revoked []RevokedCertificat
 	c.activeJWT.Store(jwt)
 }
 
+// mine reports whether a is this replica's to rotate: its own
+// intermediates and JWT keys, and the shared roots.
+func (c *CA) mine(a *Authority) bool {
+	return a.Kind == KindRoot || a.Replica == c.cfg.ReplicaID
+}
+
+// findOwn is the first authority of kind in state that is this replica's
+// (any root), or nil.
+func (c *CA) findOwn(auths []*Authority, kind Kind, state State) *Authority {
+	for _, a := range auths {
+		if a.Kind == kind && a.State == state && c.mine(a) {
+			return a
+		}
+	}
+	return nil
+}
+
+// ReplicaID names this replica.
+func (c *CA) ReplicaID() string { return c.cfg.ReplicaID }
+
+// ReplicaStatus is one replica as the journal knows it.
+type ReplicaStatus struct {
+	ID string
+	// Live: it holds its lease now. Unknown (false) on a single server's store.
+	Live bool
+	// Authorities counts its intermediates and JWT keys.
+	Authorities int
+}
+
+// Replicas lists the replicas that have a record in the journal, this one
+// first.
+func (c *CA) Replicas() []ReplicaStatus {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	counts := map[string]int{c.cfg.ReplicaID: 0}
+	for id := range c.base.Replicas {
+		counts[id] += 0
+	}
+	for _, a := range c.authorities {
+		if a.Replica != "" {
+			counts[a.Replica]++
+		}
+	}
+	out := []ReplicaStatus{{ID: c.cfg.ReplicaID, Live: true, Authorities: counts[c.cfg.ReplicaID]}}
+	for id, n := range counts {
+		if id != c.cfg.ReplicaID {
+			out = append(out, ReplicaStatus{ID: id, Live: c.base.Live[id], Authorities: n})
+		}
+	}
+	slices.SortFunc(out[1:], func(a, b ReplicaStatus) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Leads reports whether this replica runs the cluster duties now.
+func (c *CA) Leads() bool { return c.cfg.Leader == nil || c.cfg.Leader() }
+
 // upstreamIntermediates is the upstream chain without its self-signed root.
 func (c *CA) upstreamIntermediates() []*x509.Certificate {
 	var out []*x509.Certificate
@@ -297,7 +543,7 @@ func (c *CA) Authorities() []Authority {
 	out := make([]Authority, 0, len(c.authorities))
 	for _, a := range c.authorities {
 		cp := *a
-		cp.Signer = nil
+		cp.Signer, cp.sealedKey = nil, nil
 		out = append(out, cp)
 	}
 	return out

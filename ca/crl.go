@@ -28,12 +28,14 @@ type crlCache struct {
 	signedAt time.Time
 }
 
-// pruneRevoked drops revoked intermediates that have expired (a CRL need not
-// list them) or whose root has left the bundle.
+// pruneRevoked drops revocations that have expired (a CRL need not list
+// them, and no replica can bring the key back into use) or whose root has
+// left the bundle. A revoked JWT key has no issuer and stays listed until it
+// expires, so its owner drops it even if it was down when it was revoked.
 func (ch *change) pruneRevoked() {
 	kept := ch.revoked[:0]
 	for _, r := range ch.revoked {
-		if ch.now.Before(r.NotAfter) && ch.byID(r.IssuerID) != nil {
+		if ch.now.Before(r.NotAfter) && (r.IssuerID == "" || ch.byID(r.IssuerID) != nil) {
 			kept = append(kept, r)
 			continue
 		}
@@ -66,7 +68,7 @@ func (c *CA) CRLs() ([]*x509.RevocationList, error) {
 		}
 		var entries []x509.RevocationListEntry
 		for _, r := range c.revoked {
-			if r.IssuerID != a.ID {
+			if r.IssuerID != a.ID || r.Serial == "" {
 				continue
 			}
 			serial, ok := new(big.Int).SetString(r.Serial, 16)

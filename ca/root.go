@@ -140,7 +140,7 @@ func (ch *change) childrenOf(root *Authority) []*Authority {
 
 // prepareRoot creates a new root and publishes it; it signs nothing yet.
 func (ch *change) prepareRoot(ctx context.Context) (*Authority, error) {
-	root, err := ch.c.newRoot(ctx, ch.now)
+	root, err := ch.newRoot(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -170,23 +170,25 @@ func (ch *change) activateRoot(ctx context.Context, next *Authority) error {
 // PrepareRoot creates a new root now, ahead of the schedule, and adds it to
 // the bundle; it signs nothing until the gate passes.
 func (c *CA) PrepareRoot(ctx context.Context) (Authority, error) {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
 	if c.cfg.Upstream != nil {
 		return Authority{}, &RefusedError{Op: "root prepare", Reason: "the root belongs to the upstream CA; rotate it there"}
 	}
-	ch := c.begin()
-	if p := ch.find(KindRoot, StatePrepared); p != nil {
-		return Authority{}, &RefusedError{Op: "root prepare", Reason: fmt.Sprintf("root %s is already prepared", p.ID)}
-	}
-	if old := ch.find(KindRoot, StateOld); old != nil {
-		return Authority{}, &RefusedError{Op: "root prepare", Reason: fmt.Sprintf("root %s is still being retired; run ca root retire first", old.ID)}
-	}
-	root, err := ch.prepareRoot(ctx)
-	if err != nil {
-		return Authority{}, err
-	}
-	return *root, ch.commit(ctx)
+	var out Authority
+	err := c.update(ctx, func(ch *change) error {
+		if p := ch.find(KindRoot, StatePrepared); p != nil {
+			return &RefusedError{Op: "root prepare", Reason: fmt.Sprintf("root %s is already prepared", p.ID)}
+		}
+		if old := ch.find(KindRoot, StateOld); old != nil {
+			return &RefusedError{Op: "root prepare", Reason: fmt.Sprintf("root %s is still being retired; run ca root retire first", old.ID)}
+		}
+		root, err := ch.prepareRoot(ctx)
+		if err != nil {
+			return err
+		}
+		out = *root
+		return nil
+	})
+	return out, err
 }
 
 // ActivateRoot makes the prepared root active now, if the gate passes. With
@@ -194,25 +196,31 @@ func (c *CA) PrepareRoot(ctx context.Context) (Authority, error) {
 // operator's record; without force, anything listed refuses the activation
 // and is named.
 func (c *CA) ActivateRoot(ctx context.Context, force bool) (Authority, []string, error) {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
-	ch := c.begin()
-	next := ch.find(KindRoot, StatePrepared)
-	if next == nil {
-		return Authority{}, nil, &RefusedError{Op: "root activate", Reason: "no root is prepared; run ca root prepare first"}
-	}
-	behind := c.checkGate(ctx, next, ch.now)
-	if len(behind) > 0 {
-		if !force {
-			return Authority{}, nil, &RefusedError{Op: "root activate", Reason: gateReason(next.BundleSequence, behind),
-				Blockers: behind, reasonNamesBlockers: true}
+	var out Authority
+	var behind []string
+	err := c.update(ctx, func(ch *change) error {
+		next := ch.find(KindRoot, StatePrepared)
+		if next == nil {
+			return &RefusedError{Op: "root activate", Reason: "no root is prepared; run ca root prepare first"}
 		}
-		ch.note(next, "activated_forced")
-	}
-	if err := ch.activateRoot(ctx, next); err != nil {
+		behind = c.checkGate(ctx, next, ch.now)
+		if len(behind) > 0 {
+			if !force {
+				return &RefusedError{Op: "root activate", Reason: gateReason(next.BundleSequence, behind),
+					Blockers: behind, reasonNamesBlockers: true}
+			}
+			ch.note(next, "activated_forced")
+		}
+		if err := ch.activateRoot(ctx, next); err != nil {
+			return err
+		}
+		out = *next
+		return nil
+	})
+	if err != nil {
 		return Authority{}, nil, err
 	}
-	return *next, behind, ch.commit(ctx)
+	return out, behind, nil
 }
 
 // RetireRoot removes the old root from the bundle now, if no intermediate
@@ -220,27 +228,29 @@ func (c *CA) ActivateRoot(ctx context.Context, force bool) (Authority, []string,
 // may). inUse lists what still presents a certificate under the old root
 // (the server's own TLS certificate); while it lists anything, RetireRoot refuses.
 func (c *CA) RetireRoot(ctx context.Context, inUse func(root Authority) []string) (Authority, error) {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
-	ch := c.begin()
-	old := ch.find(KindRoot, StateOld)
-	if old == nil {
-		return Authority{}, &RefusedError{Op: "root retire", Reason: "no old root to retire"}
-	}
-	var blockers []string
-	for _, a := range ch.childrenOf(old) {
-		blockers = append(blockers, fmt.Sprintf("%s (%s, expires %s)", a.ID, a.State, a.NotAfter.UTC().Format(time.RFC3339)))
-	}
-	if len(blockers) > 0 {
-		return Authority{}, &RefusedError{Op: "root retire", Reason: "intermediates that chain to the old root are still valid", Blockers: blockers}
-	}
-	if inUse != nil {
-		if users := inUse(*old); len(users) > 0 {
-			return Authority{}, &RefusedError{Op: "root retire", Reason: "certificates under the old root are still presented", Blockers: users}
+	var out Authority
+	err := c.update(ctx, func(ch *change) error {
+		old := ch.find(KindRoot, StateOld)
+		if old == nil {
+			return &RefusedError{Op: "root retire", Reason: "no old root to retire"}
 		}
-	}
-	ch.remove(old, "retired")
-	return *old, ch.commit(ctx)
+		var blockers []string
+		for _, a := range ch.childrenOf(old) {
+			blockers = append(blockers, fmt.Sprintf("%s (replica %s, %s, expires %s)", a.ID, a.Replica, a.State, a.NotAfter.UTC().Format(time.RFC3339)))
+		}
+		if len(blockers) > 0 {
+			return &RefusedError{Op: "root retire", Reason: "intermediates that chain to the old root are still valid", Blockers: blockers}
+		}
+		if inUse != nil {
+			if users := inUse(*old); len(users) > 0 {
+				return &RefusedError{Op: "root retire", Reason: "certificates under the old root are still presented", Blockers: users}
+			}
+		}
+		ch.remove(old, "retired")
+		out = *old
+		return nil
+	})
+	return out, err
 }
 
 // FirstBlockers is at most n of the blockers, and how many more there are:

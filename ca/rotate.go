@@ -1,9 +1,13 @@
 package ca
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 )
 
@@ -15,10 +19,47 @@ type change struct {
 	auths   []*Authority
 	seq     uint64
 	revoked []RevokedCertificate
+	tainted []string
+	base    JournalState
 	events  []Transition
+	// leader: this replica leads, so the cluster duties are its to run;
+	// leaderDuty: one of them changed something, so the write is fenced.
+	leader, leaderDuty bool
+	// force saves the records even without a transition (an upgrade).
+	force bool
 	// gone are the keys of authorities removed by this change; they are
 	// destroyed only after the journal no longer names them.
 	gone []string
+	// created are the keys made by this change, destroyed at once if the
+	// write is refused.
+	created []string
+	// prune are the records of replicas gone for good, at the revision read.
+	prune map[string]int64
+}
+
+// maxJournalConflicts bounds how often a change is rebuilt on a fresh read
+// after another replica's write got in first.
+const maxJournalConflicts = 8
+
+// update applies fn to a fresh copy of the authorities and saves the result;
+// if another replica wrote the journal in the meantime, it re-reads and
+// applies fn again.
+func (c *CA) update(ctx context.Context, fn func(ch *change) error) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	for attempt := 1; ; attempt++ {
+		if err := c.refresh(ctx); err != nil {
+			return err
+		}
+		ch := c.begin()
+		err := fn(ch)
+		if err == nil {
+			err = ch.commit(ctx)
+		}
+		if attempt == maxJournalConflicts || !(errors.Is(err, ErrJournalConflict) || errors.Is(err, ErrNotLeader)) {
+			return err
+		}
+	}
 }
 
 // Transition is one change of an authority's state, as told to OnTransition.
@@ -33,25 +74,17 @@ type Transition struct {
 func (c *CA) begin() *change {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	ch := &change{c: c, now: c.cfg.Clock.Now(), seq: c.bundleSeq, revoked: append([]RevokedCertificate(nil), c.revoked...)}
+	ch := &change{c: c, now: c.cfg.Clock.Now(), seq: c.bundleSeq, revoked: slices.Clone(c.revoked), tainted: slices.Clone(c.tainted),
+		base: c.base, leader: c.Leads(), force: c.upgrade, gone: slices.Clone(c.pendingGone), prune: map[string]int64{}}
 	for _, a := range c.authorities {
 		ch.auths = append(ch.auths, a.clone())
 	}
 	return ch
 }
 
+// find is this replica's authority of kind in state (or the root), or nil.
 func (ch *change) find(kind Kind, state State) *Authority {
-	return findAuthority(ch.auths, kind, state)
-}
-
-// findAuthority is the first authority of kind in state, or nil.
-func findAuthority(auths []*Authority, kind Kind, state State) *Authority {
-	for _, a := range auths {
-		if a.Kind == kind && a.State == state {
-			return a
-		}
-	}
-	return nil
+	return ch.c.findOwn(ch.auths, kind, state)
 }
 
 func (ch *change) byID(id string) *Authority {
@@ -81,7 +114,7 @@ func (ch *change) remove(a *Authority, what string) {
 		}
 	}
 	ch.auths = kept
-	if a.KeyRef != upstreamKeyRef {
+	if ch.c.mine(a) && a.KeyRef != upstreamKeyRef && a.KeyRef != sealedKeyRef {
 		ch.gone = append(ch.gone, a.KeyRef)
 	}
 	if a.Kind != KindIntermediate {
@@ -90,35 +123,93 @@ func (ch *change) remove(a *Authority, what string) {
 	ch.note(a, what)
 }
 
-// commit saves the journal, then installs the new authorities.
+// records encodes the cluster record and this replica's record.
+func (ch *change) records() (cluster, replica []byte, err error) {
+	crec := clusterRecord{Version: journalVersion, BundleSequence: ch.seq, Revoked: ch.revoked, Tainted: ch.tainted}
+	rrec := replicaRecord{Version: journalVersion, Authorities: []authorityRecord{}}
+	me := ch.c.cfg.ReplicaID
+	for _, a := range ch.auths {
+		if a.Kind != KindRoot && a.Replica != me {
+			continue
+		}
+		r, err := toRecord(a)
+		if err != nil {
+			return nil, nil, err
+		}
+		if a.Kind == KindRoot {
+			crec.Authorities = append(crec.Authorities, r)
+		} else {
+			rrec.Authorities = append(rrec.Authorities, r)
+		}
+	}
+	if cluster, err = json.Marshal(crec); err != nil {
+		return nil, nil, err
+	}
+	replica, err = json.Marshal(rrec)
+	return cluster, replica, err
+}
+
+// commit saves the records that changed, then installs the new authorities.
 func (ch *change) commit(ctx context.Context) error {
-	if len(ch.events) == 0 {
+	if len(ch.events) == 0 && !ch.force && len(ch.prune) == 0 {
 		return nil
 	}
-	raw, err := encodeJournal(ch.seq, ch.auths, ch.revoked)
+	c, me := ch.c, ch.c.cfg.ReplicaID
+	cluster, replica, err := ch.records()
 	if err != nil {
 		return fmt.Errorf("ca: encode journal: %w", err)
 	}
-	if err := ch.c.cfg.Journal.SaveCAJournal(ctx, raw); err != nil {
-		return fmt.Errorf("ca: save journal: %w", err)
+	w := JournalWrite{ReplicaID: me, Leader: ch.leaderDuty, Prune: ch.prune}
+	if !bytes.Equal(cluster, ch.base.Cluster.Data) {
+		w.Cluster = &JournalRecord{Data: cluster, Revision: ch.base.Cluster.Revision}
 	}
-	ch.c.install(ch.auths, ch.seq, ch.revoked)
-	if d, ok := ch.c.cfg.Keys.(KeyDeleter); ok {
-		for _, ref := range ch.gone {
-			if err := d.DeleteKey(ctx, ref); err != nil {
-				// Harmless: an unreferenced key is never loaded again.
-				ch.c.cfg.Logger.WarnContext(ctx, "could not delete a removed authority's key", slog.String("key_ref", ref), slog.Any("error", err))
+	if !bytes.Equal(replica, ch.base.Replicas[me].Data) {
+		w.Replica = &JournalRecord{Data: replica, Revision: ch.base.Replicas[me].Revision}
+	}
+	base := cloneState(ch.base)
+	if w.Cluster != nil || w.Replica != nil || len(w.Prune) > 0 {
+		rev, err := c.cfg.Journal.SaveCAJournal(ctx, w)
+		if err != nil {
+			if errors.Is(err, ErrJournalConflict) || errors.Is(err, ErrNotLeader) {
+				ch.destroy(ctx, ch.created, "a key made for a change another replica's write refused")
 			}
+			return fmt.Errorf("ca: save journal: %w", err)
+		}
+		if w.Cluster != nil {
+			base.Cluster = JournalRecord{Data: cluster, Revision: rev}
+		}
+		if w.Replica != nil {
+			base.Replicas[me] = JournalRecord{Data: replica, Revision: rev}
+		}
+		for id := range w.Prune {
+			delete(base.Replicas, id)
 		}
 	}
+	c.install(ch.auths, ch.seq, ch.revoked, ch.tainted, base)
+	c.upgrade, c.pendingGone = false, nil
+	ch.destroy(ctx, ch.gone, "a removed authority's key")
 	for _, e := range ch.events {
-		ch.c.cfg.Logger.InfoContext(ctx, "CA authority "+e.What, slog.String("kind", string(e.Kind)), slog.String("authority_id", e.AuthorityID),
-			slog.Uint64("bundle_sequence", ch.seq))
-		if ch.c.cfg.OnTransition != nil {
-			ch.c.cfg.OnTransition(e)
+		c.cfg.Logger.InfoContext(ctx, "CA authority "+e.What, slog.String("kind", string(e.Kind)), slog.String("authority_id", e.AuthorityID),
+			slog.String("replica_id", me), slog.Uint64("bundle_sequence", ch.seq))
+		if c.cfg.OnTransition != nil {
+			c.cfg.OnTransition(e)
 		}
 	}
 	return nil
+}
+
+// destroy deletes keys no record names.
+func (ch *change) destroy(ctx context.Context, refs []string, what string) {
+	d, ok := ch.c.cfg.Keys.(KeyDeleter)
+	if !ok {
+		return
+	}
+	for _, ref := range refs {
+		if err := d.DeleteKey(ctx, ref); err != nil {
+			// Harmless: an unreferenced key is never loaded again.
+			ch.c.cfg.Logger.WarnContext(ctx, "could not delete "+what, slog.String("key_ref", ref), slog.Any("error", err))
+		}
+	}
 }
 
 // prepare creates the next key of kind (not yet signing) and publishes it.
@@ -150,6 +241,8 @@ func (ch *change) prepare(ctx context.Context, kind Kind) (*Authority, error) {
 	if err != nil {
 		return nil, err
 	}
+	ch.created = append(ch.created, a.KeyRef)
+	a.Replica = ch.c.cfg.ReplicaID
 	ch.auths = append(ch.auths, a)
 	ch.note(a, "prepared")
 	return a, nil
@@ -171,25 +264,43 @@ func (ch *change) activate(next *Authority) {
 // unusable active key is replaced at once (after a long stop). It is cheap
 // when nothing is due; the server calls it every few seconds.
 func (c *CA) Rotate(ctx context.Context) error {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
-	ch := c.begin()
-	if ch.find(KindRoot, StateActive) == nil {
-		if err := ch.bootstrapRoot(ctx); err != nil {
+	return c.update(ctx, func(ch *change) error {
+		if ch.find(KindRoot, StateActive) == nil {
+			// Any replica may make the first root: if two race, one write
+			// wins and the other adopts its root.
+			if err := ch.bootstrapRoot(ctx); err != nil {
+				return err
+			}
+		}
+		if err := ch.leaderDuties(func() error { return ch.rotateRoot(ctx) }); err != nil {
 			return err
 		}
-	}
-	if err := ch.rotateRoot(ctx); err != nil {
-		return err
-	}
-	for _, kind := range []Kind{KindIntermediate, KindJWT} {
-		if err := ch.rotateKind(ctx, kind); err != nil {
-			return err
+		for _, kind := range []Kind{KindIntermediate, KindJWT} {
+			if err := ch.rotateKind(ctx, kind); err != nil {
+				return err
+			}
 		}
+		return ch.leaderDuties(func() error {
+			ch.retireRoot()
+			ch.pruneRevoked()
+			ch.pruneReplicas()
+			return nil
+		})
+	})
+}
+
+// leaderDuties runs cluster duties if this replica leads; a write that
+// holds any of their changes is fenced by the leadership.
+func (ch *change) leaderDuties(duties func() error) error {
+	if !ch.leader {
+		return nil
 	}
-	ch.retireRoot()
-	ch.pruneRevoked()
-	return ch.commit(ctx)
+	before, force := len(ch.events), ch.force
+	err := duties()
+	if len(ch.events) > before || ch.force != force {
+		ch.leaderDuty = true
+	}
+	return err
 }
 
 func (ch *change) bootstrapRoot(ctx context.Context) error {
@@ -198,7 +309,7 @@ func (ch *change) bootstrapRoot(ctx context.Context) error {
 		root = ch.c.upstreamRoot()
 	} else {
 		var err error
-		if root, err = ch.c.newRoot(ctx, ch.now); err != nil {
+		if root, err = ch.newRoot(ctx); err != nil {
 			return err
 		}
 	}
@@ -206,6 +317,24 @@ func (ch *change) bootstrapRoot(ctx context.Context) error {
 	ch.auths = append(ch.auths, root)
 	ch.note(root, "activated")
 	return nil
+}
+
+// newRoot makes a root key, sealed into the journal where the key manager
+// keeps keys on this machine.
+func (ch *change) newRoot(ctx context.Context) (*Authority, error) {
+	root, err := ch.c.newRoot(ctx, ch.now)
+	if err != nil {
+		return nil, err
+	}
+	ch.created = append(ch.created, root.KeyRef)
+	unsealed, err := ch.c.sealRoot(ctx, root)
+	if err != nil {
+		return nil, err
+	}
+	if unsealed != "" {
+		ch.gone = append(ch.gone, unsealed) // only the sealed copy is kept
+	}
+	return root, nil
 }
 
 func (ch *change) rotateKind(ctx context.Context, kind Kind) error {
@@ -227,6 +356,23 @@ func (ch *change) advance(ctx context.Context, kind Kind) error {
 	s := ch.c.schedule
 	active := ch.find(kind, StateActive)
 	prepared := ch.find(kind, StatePrepared)
+	if root := ch.find(KindRoot, StateActive); kind == KindIntermediate && root != nil {
+		// Another replica activated a new root: this replica's intermediates
+		// chain to the old one, so a new one takes over at once.
+		if prepared != nil && prepared.ParentID != root.ID {
+			ch.remove(prepared, "dropped")
+			prepared = nil
+		}
+		if active != nil && active.ParentID != root.ID {
+			next, err := ch.prepare(ctx, kind)
+			if err != nil {
+				return err
+			}
+			ch.activate(next)
+			ch.note(next, "activated_after_root_change")
+			return nil
+		}
+	}
 	if prepared != nil && (!s.CanSignFullTTL(prepared, ch.now) || NotYetValid(prepared, ch.now)) {
 		// Prepared so long ago (a long stop) that it could not serve a full
 		// term, or after now (the clock stepped back): drop it, start over.
@@ -276,6 +422,8 @@ func (ch *change) advance(ctx context.Context, kind Kind) error {
 func (c *CA) NextTransition(a Authority) (string, time.Time) {
 	s := c.schedule
 	switch {
+	case !c.mine(&a):
+		return "", time.Time{} // another replica's schedule
 	case a.Kind == KindRoot:
 		return c.nextRootTransition(a)
 	case a.State == StateOld:
@@ -289,7 +437,7 @@ func (c *CA) NextTransition(a Authority) (string, time.Time) {
 		c.mu.RLock()
 		hasPrepared := false
 		for _, x := range c.authorities {
-			if x.Kind == a.Kind && x.State == StatePrepared {
+			if x.Kind == a.Kind && x.State == StatePrepared && x.Replica == a.Replica {
 				hasPrepared = true
 			}
 		}
@@ -304,7 +452,7 @@ func (c *CA) NextTransition(a Authority) (string, time.Time) {
 func (c *CA) activeOf(kind Kind) *Authority {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return findAuthority(c.authorities, kind, StateActive)
+	return c.findOwn(c.authorities, kind, StateActive)
 }
 
 // nextRootTransition says what happens next to root a and when.
@@ -345,7 +493,7 @@ func (c *CA) NextEvent() time.Time {
 			next = t
 		}
 	}
-	find := func(kind Kind, state State) *Authority { return findAuthority(c.authorities, kind, state) }
+	find := func(kind Kind, state State) *Authority { return c.findOwn(c.authorities, kind, state) }
 	for _, kind := range []Kind{KindIntermediate, KindJWT} {
 		active, prepared := find(kind, StateActive), find(kind, StatePrepared)
 		switch {
@@ -359,7 +507,7 @@ func (c *CA) NextEvent() time.Time {
 		}
 	}
 	for _, a := range c.authorities {
-		if a.State == StateOld && a.Kind != KindRoot {
+		if a.State == StateOld && a.Kind != KindRoot && c.mine(a) {
 			consider(c.schedule.RemoveAt(a))
 		}
 	}

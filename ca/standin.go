@@ -3,32 +3,29 @@ package ca
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // StandInJournal rewrites a journal with stand-in keys made by keys: every
-// authority keeps its ID, kind, state, lifetime, parent, taint and bundle
-// sequence, and gets a fresh key and a certificate of the same shape signed
-// by its parent's stand-in. `ca drill` runs the CA's real logic on it
+// authority keeps its ID, kind, state, lifetime, parent, owner, taint and
+// bundle sequence, and gets a fresh key and a certificate of the same shape
+// signed by its parent's stand-in. `ca drill` runs the CA's real logic on it
 // without ever loading, or being able to use, the real keys. An upstream
 // root is replaced by upstream, a stand-in chain of the same lifetime.
-func StandInJournal(ctx context.Context, raw []byte, td spiffeid.TrustDomain, keys KeyManager, keyType string, upstream *Upstream) ([]byte, error) {
-	rec, err := decodeJournal(raw)
+func StandInJournal(ctx context.Context, state JournalState, td spiffeid.TrustDomain, keys KeyManager, keyType string, upstream *Upstream) (JournalState, error) {
+	cluster, err := decodeCluster(state.Cluster.Data)
 	if err != nil {
-		return nil, err
+		return JournalState{}, err
 	}
 	c := &CA{cfg: Config{TrustDomain: td, Keys: keys, KeyType: keyType, Upstream: upstream}}
 	made := map[string]*Authority{}
-	var out []*Authority
-	// Roots first: each intermediate needs its parent's stand-in.
-	for _, pass := range []func(Kind) bool{
-		func(k Kind) bool { return k == KindRoot },
-		func(k Kind) bool { return k != KindRoot },
-	} {
-		for _, r := range rec.Authorities {
-			if !pass(r.Kind) {
+	standIns := func(recs []authorityRecord, roots bool) ([]authorityRecord, error) {
+		var out []authorityRecord
+		for _, r := range recs {
+			if (r.Kind == KindRoot) != roots {
 				continue
 			}
 			orig, err := fromRecord(r)
@@ -40,10 +37,44 @@ func StandInJournal(ctx context.Context, raw []byte, td spiffeid.TrustDomain, ke
 				return nil, fmt.Errorf("ca: stand-in for authority %s: %w", r.ID, err)
 			}
 			made[a.ID] = a
-			out = append(out, a)
+			rec, err := toRecord(a)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, rec)
 		}
+		return out, nil
 	}
-	return encodeJournal(rec.BundleSequence, out, rec.Revoked)
+	// Roots first: each intermediate needs its parent's stand-in.
+	roots, err := standIns(cluster.Authorities, true)
+	if err != nil {
+		return JournalState{}, err
+	}
+	others, err := standIns(cluster.Authorities, false) // a single server's journal
+	if err != nil {
+		return JournalState{}, err
+	}
+	cluster.Authorities = append(roots, others...)
+	out := JournalState{Replicas: map[string]JournalRecord{}}
+	if out.Cluster.Data, err = json.Marshal(cluster); err != nil {
+		return JournalState{}, err
+	}
+	out.Cluster.Revision = 1
+	for id, r := range state.Replicas {
+		rec, err := decodeReplica(id, r.Data)
+		if err != nil {
+			return JournalState{}, err
+		}
+		if rec.Authorities, err = standIns(rec.Authorities, false); err != nil {
+			return JournalState{}, err
+		}
+		raw, err := json.Marshal(rec)
+		if err != nil {
+			return JournalState{}, err
+		}
+		out.Replicas[id] = JournalRecord{Data: raw, Revision: 1}
+	}
+	return out, nil
 }
 
 func (c *CA) standIn(ctx context.Context, orig *Authority, made map[string]*Authority) (*Authority, error) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -201,35 +200,6 @@ func (s *Bolt) DeleteAgent(_ context.Context, spiffeID string) error {
 	})
 	if err != nil {
 		return fmt.Errorf("datastore: delete agent: %w", err)
-	}
-	return nil
-}
-
-// LoadCAJournal returns the stored CA journal, or nil if there is none yet.
-func (s *Bolt) LoadCAJournal(_ context.Context) ([]byte, error) {
-	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bucketMeta).Get(keyCAJournal); v != nil {
-			out = append([]byte(nil), v...)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("datastore: load CA journal: %w", err)
-	}
-	return out, nil
-}
-
-// SaveCAJournal replaces the stored CA journal.
-func (s *Bolt) SaveCAJournal(_ context.Context, record []byte) error {
-	if len(record) == 0 {
-		return errors.New("datastore: save CA journal: empty record")
-	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMeta).Put(keyCAJournal, record)
-	})
-	if err != nil {
-		return fmt.Errorf("datastore: save CA journal: %w", err)
 	}
 	return nil
 }

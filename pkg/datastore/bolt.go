@@ -12,6 +12,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/shortleaf/shortleaf/ca"
 )
 
 var (
@@ -37,7 +39,7 @@ func Open(path string) (*Bolt, error) {
 		return nil, fmt.Errorf("datastore: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketEntries, bucketByParent, bucketByIdentity, bucketAgents, bucketTokens, bucketMeta, bucketFederations, bucketFederatedBundles, bucketParentRevision} {
+		for _, b := range [][]byte{bucketEntries, bucketByParent, bucketByIdentity, bucketAgents, bucketTokens, bucketMeta, bucketFederations, bucketFederatedBundles, bucketParentRevision, bucketCAReplicas} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -269,28 +271,26 @@ func hasPrefix(b, prefix []byte) bool {
 
 // ReadCAJournal reads the CA journal from the datastore file at path
 // without writing to it, for tools that run beside (not instead of) the
-// server. A missing file means a CA that never started: (nil, nil). A file
-// the running server holds cannot be opened: ask the server instead.
-func ReadCAJournal(path string) ([]byte, error) {
+// server. A missing file means a CA that never started (an empty state). A
+// file the running server holds cannot be opened: ask the server instead.
+func ReadCAJournal(path string) (ca.JournalState, error) {
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return ca.JournalState{}, nil
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
 	if err != nil {
-		return nil, fmt.Errorf("datastore: open %s read-only (is the server running? then it answers on its admin socket): %w", path, err)
+		return ca.JournalState{}, fmt.Errorf("datastore: open %s read-only (is the server running? then it answers on its admin socket): %w", path, err)
 	}
 	defer db.Close()
-	var out []byte
+	var state ca.JournalState
 	err = db.View(func(tx *bolt.Tx) error {
-		if b := tx.Bucket(bucketMeta); b != nil {
-			if v := b.Get(keyCAJournal); v != nil {
-				out = append([]byte(nil), v...)
-			}
+		if tx.Bucket(bucketMeta) != nil {
+			state = loadCAJournal(tx)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("datastore: read CA journal: %w", err)
+		return ca.JournalState{}, fmt.Errorf("datastore: read CA journal: %w", err)
 	}
-	return out, nil
+	return state, nil
 }

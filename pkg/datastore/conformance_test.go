@@ -18,6 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	"github.com/shortleaf/shortleaf/pkg/etcdtest"
 )
@@ -42,8 +43,8 @@ type store interface {
 	ListAgents(ctx context.Context) ([]*datastore.Agent, error)
 	RecordLastSeen(ctx context.Context, seen map[string]time.Time) (int, error)
 	DeleteAgent(ctx context.Context, spiffeID string) error
-	LoadCAJournal(ctx context.Context) ([]byte, error)
-	SaveCAJournal(ctx context.Context, record []byte) error
+	LoadCAJournal(ctx context.Context) (ca.JournalState, error)
+	SaveCAJournal(ctx context.Context, w ca.JournalWrite) (int64, error)
 	PutFederation(ctx context.Context, f *datastore.Federation, create bool) error
 	GetFederation(ctx context.Context, td string) (*datastore.Federation, error)
 	ListFederations(ctx context.Context) ([]*datastore.Federation, error)
@@ -280,22 +281,54 @@ func TestEvictedAgentIsNotRecreatedByUpdate(t *testing.T) {
 	})
 }
 
-func TestCAJournalRoundTrip(t *testing.T) {
+// The CA journal: a cluster record and one record per replica, every write
+// comparing the revisions read, so a stale write changes nothing.
+func TestCAJournalComparesRevisions(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		s := b.handle(t)
 		ctx := context.Background()
-		if got, err := s.LoadCAJournal(ctx); err != nil || got != nil {
-			t.Fatalf("empty store: %q, %v", got, err)
+		empty, err := s.LoadCAJournal(ctx)
+		if err != nil || empty.Cluster.Data != nil || empty.Cluster.Revision != 0 || len(empty.Replicas) != 0 {
+			t.Fatalf("empty store: %+v, %v", empty, err)
 		}
-		if err := s.SaveCAJournal(ctx, []byte(`{"v":1}`)); err != nil {
+		rev, err := s.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "a",
+			Cluster: &ca.JournalRecord{Data: []byte(`{"c":1}`)}, Replica: &ca.JournalRecord{Data: []byte(`{"a":1}`)}})
+		if err != nil || rev == 0 {
+			t.Fatalf("first save: %d, %v", rev, err)
+		}
+		if _, err := s.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "b", Replica: &ca.JournalRecord{Data: []byte(`{"b":1}`)}}); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.SaveCAJournal(ctx, nil); err == nil {
-			t.Fatal("saved an empty journal")
-		}
 		got, err := s.LoadCAJournal(ctx)
-		if err != nil || string(got) != `{"v":1}` {
-			t.Fatalf("journal = %q, %v", got, err)
+		if err != nil || string(got.Cluster.Data) != `{"c":1}` || got.Cluster.Revision != rev ||
+			string(got.Replicas["a"].Data) != `{"a":1}` || string(got.Replicas["b"].Data) != `{"b":1}` || got.Replicas["b"].Revision <= rev {
+			t.Fatalf("journal = %+v, %v", got, err)
+		}
+		// Stale revisions: of the cluster record, of a replica's, of a pruned one.
+		for name, w := range map[string]ca.JournalWrite{
+			"cluster":         {ReplicaID: "a", Cluster: &ca.JournalRecord{Data: []byte(`{"c":2}`), Revision: rev - 1}},
+			"created twice":   {ReplicaID: "b", Replica: &ca.JournalRecord{Data: []byte(`{"b":2}`)}},
+			"replica":         {ReplicaID: "a", Replica: &ca.JournalRecord{Data: []byte(`{"a":2}`), Revision: rev + 100}},
+			"prune":           {ReplicaID: "a", Prune: map[string]int64{"b": rev}},
+			"one of two good": {ReplicaID: "a", Cluster: &ca.JournalRecord{Data: []byte(`{"c":2}`), Revision: rev}, Prune: map[string]int64{"b": 1}},
+		} {
+			if _, err := s.SaveCAJournal(ctx, w); !errors.Is(err, ca.ErrJournalConflict) {
+				t.Errorf("%s: stale write gave %v, want ErrJournalConflict", name, err)
+			}
+		}
+		if _, err := s.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "a", Cluster: &ca.JournalRecord{Revision: rev}}); err == nil {
+			t.Error("saved an empty cluster record")
+		}
+		if again, _ := s.LoadCAJournal(ctx); string(again.Cluster.Data) != `{"c":1}` || len(again.Replicas) != 2 {
+			t.Fatalf("refused writes changed the journal: %+v", again)
+		}
+		// A current write: the cluster record and a prune, together.
+		if _, err := s.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "a", Cluster: &ca.JournalRecord{Data: []byte(`{"c":2}`), Revision: rev},
+			Prune: map[string]int64{"b": got.Replicas["b"].Revision}}); err != nil {
+			t.Fatal(err)
+		}
+		if after, _ := s.LoadCAJournal(ctx); string(after.Cluster.Data) != `{"c":2}` || len(after.Replicas) != 1 {
+			t.Fatalf("after prune: %+v", after)
 		}
 	})
 }
@@ -665,7 +698,8 @@ func TestMigrateBetweenBackends(t *testing.T) {
 	if err := src.AttestJoinToken(ctx, "used", hash, time.Now(), &datastore.Agent{SPIFFEID: parent, SerialNumber: "01"}); err != nil {
 		t.Fatal(err)
 	}
-	_ = src.SaveCAJournal(ctx, []byte(`{"version":1}`))
+	_, _ = src.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "a", Cluster: &ca.JournalRecord{Data: []byte(`{"version":2}`)},
+		Replica: &ca.JournalRecord{Data: []byte(`{"version":2,"authorities":[]}`)}})
 	_ = src.PutFederation(ctx, &datastore.Federation{TrustDomain: "other.org", URL: "https://x", Profile: "https_web"}, true)
 	_ = src.SetFederatedBundle(ctx, "other.org", []byte(`{"keys":[]}`))
 	want, err := src.Export(ctx)
@@ -795,59 +829,94 @@ func TestRecordLastSeenInBatches(t *testing.T) {
 	})
 }
 
-// The etcd server lock: a second claimant waits, a crashed holder's lease
-// expires and the next claimant takes over, and the crashed holder's
-// journal writes are refused from then on (fenced), as are its writes
-// after it lost the lease.
-func TestEtcdServerLockFencesTheJournal(t *testing.T) {
+// Replicas on etcd: a replica ID is held by one process at a time, one
+// replica leads, a crashed leader's lease ends and another takes over, and
+// from then on the crashed one's writes are refused by etcd: its leader
+// duties, and its own record.
+func TestEtcdReplicasFenceTheJournal(t *testing.T) {
 	ctx := context.Background()
 	cfg := datastore.EtcdConfig{Endpoints: sharedEtcd.Endpoints(), Prefix: "/test/" + randomHex() + "/", LockTTL: 2 * time.Second}
-	first, err := datastore.OpenEtcd(ctx, cfg)
+	open := func() *datastore.Etcd {
+		s, err := datastore.OpenEtcd(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	a, b := open(), open()
+	if _, _, err := a.JoinCluster(ctx, "a", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	leaveB, _, err := b.JoinCluster(ctx, "b", time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer first.Close()
-	if _, _, err := first.ClaimServer(ctx, time.Second); err != nil {
-		t.Fatal(err)
+	defer leaveB()
+	if _, _, err := open().JoinCluster(ctx, "a", 500*time.Millisecond); err == nil || !strings.Contains(err.Error(), `another shortleaf server runs as replica "a"`) {
+		t.Fatalf("a second process as replica a: %v", err)
 	}
-	if err := first.SaveCAJournal(ctx, []byte("first")); err != nil {
-		t.Fatalf("the holder's write: %v", err)
+	waitFor(t, func() bool { return a.IsLeader() }) // a campaigned first
+	if b.IsLeader() {
+		t.Fatal("two leaders")
 	}
-	second, err := datastore.OpenEtcd(ctx, cfg)
+	if id, err := b.LeaderID(ctx); err != nil || id != "a" {
+		t.Fatalf("leader seen from b: %q, %v", id, err)
+	}
+	if live, err := b.LiveReplicas(ctx); err != nil || strings.Join(live, ",") != "a,b" {
+		t.Fatalf("live replicas: %v, %v", live, err)
+	}
+	cluster := func(data string, rev int64) *ca.JournalRecord {
+		return &ca.JournalRecord{Data: []byte(data), Revision: rev}
+	}
+	rev, err := a.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "a", Leader: true, Cluster: cluster(`{"by":"a"}`, 0)})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("the leader's write: %v", err)
 	}
-	defer second.Close()
-	if _, _, err := second.ClaimServer(ctx, 500*time.Millisecond); err == nil || !strings.Contains(err.Error(), "another shortleaf server uses the etcd datastore") {
-		t.Fatalf("a second claim while the first holds the lock: %v", err)
+	if _, err := b.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "b", Leader: true, Cluster: cluster(`{"by":"b"}`, rev)}); !errors.Is(err, ca.ErrNotLeader) {
+		t.Fatalf("a leader duty by a replica that does not lead: %v", err)
+	}
+	if _, err := b.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "a", Replica: cluster(`{}`, 0)}); err == nil {
+		t.Fatal("b wrote a's record")
 	}
 
-	// The first "crashes": its lease is revoked as if it had expired.
-	if _, err := sharedEtcd.Client(t).Revoke(ctx, leaseOf(t, cfg.Prefix)); err != nil {
+	// a "crashes": its lease is revoked as if it had expired.
+	if _, err := sharedEtcd.Client(t).Revoke(ctx, leaseOf(t, cfg.Prefix, "a")); err != nil {
 		t.Fatal(err)
 	}
-	release, _, err := second.ClaimServer(ctx, 10*time.Second)
-	if err != nil {
-		t.Fatalf("claim after the holder's lease ended: %v", err)
+	waitFor(t, func() bool { return b.IsLeader() })
+	if _, err := a.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "a", Leader: true, Cluster: cluster(`{"by":"stale a"}`, rev)}); err == nil {
+		t.Fatal("the deposed leader's write was accepted")
 	}
-	defer release()
-	if err := first.SaveCAJournal(ctx, []byte("stale")); !errors.Is(err, datastore.ErrServerLockLost) {
-		t.Fatalf("the deposed holder's journal write: %v, want ErrServerLockLost", err)
+	if _, err := a.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "a", Replica: cluster(`{"by":"stale a"}`, 0)}); !errors.Is(err, datastore.ErrReplicaLeaseLost) {
+		t.Fatalf("a write by the replica whose lease ended: %v, want ErrReplicaLeaseLost", err)
 	}
-	if err := second.SaveCAJournal(ctx, []byte("second")); err != nil {
-		t.Fatal(err)
+	if _, err := b.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "b", Leader: true, Cluster: cluster(`{"by":"b"}`, rev)}); err != nil {
+		t.Fatalf("the new leader's write: %v", err)
 	}
-	if got, _ := second.LoadCAJournal(ctx); string(got) != "second" {
-		t.Fatalf("journal %q after the takeover", got)
+	state, err := b.LoadCAJournal(ctx)
+	if err != nil || string(state.Cluster.Data) != `{"by":"b"}` || len(state.Replicas) != 0 || !state.Live["b"] || state.Live["a"] {
+		t.Fatalf("journal after the takeover: %+v, %v", state, err)
 	}
 }
 
-// leaseOf returns the lease of the one server-lock holder under prefix.
-func leaseOf(t *testing.T, prefix string) clientv3.LeaseID {
+func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	resp, err := sharedEtcd.Client(t).Get(context.Background(), prefix+"locks/server", clientv3.WithPrefix())
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 15s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// leaseOf returns the lease of replica id under prefix.
+func leaseOf(t *testing.T, prefix, id string) clientv3.LeaseID {
+	t.Helper()
+	resp, err := sharedEtcd.Client(t).Get(context.Background(), prefix+"replicas/"+id)
 	if err != nil || len(resp.Kvs) != 1 {
-		t.Fatalf("lock keys: %v, %v", resp, err)
+		t.Fatalf("replica keys: %v, %v", resp, err)
 	}
 	return clientv3.LeaseID(resp.Kvs[0].Lease)
 }

@@ -29,12 +29,12 @@ type EtcdConfig struct {
 	// alone verifies the server, the pair adds a client certificate.
 	CAFile, CertFile, KeyFile string
 	DialTimeout               time.Duration
-	// LockTTL is the lease of the server lock (see ClaimServer); default
-	// ServerLockTTL. Whole seconds.
+	// LockTTL is the lease of a replica (see JoinCluster); default
+	// ReplicaLeaseTTL. Whole seconds.
 	LockTTL time.Duration
-	// LockWait is how long a starting server waits for another's server
-	// lock before refusing to start; default LockTTL + 5s, time for a
-	// crashed server's lease to expire.
+	// LockWait is how long a starting server waits for a previous process
+	// of its replica ID to release it before refusing to start; default
+	// LockTTL + 5s, time for a crashed process's lease to expire.
 	LockWait time.Duration
 	// RequestTimeout bounds each call made without a deadline of its own,
 	// so an unreachable cluster fails calls instead of hanging them.
@@ -54,9 +54,9 @@ type Etcd struct {
 	prefix  string
 	timeout time.Duration
 	lockTTL time.Duration
-	// fence holds the comparisons that prove this process still holds the
-	// server lock (see ClaimServer); CA journal writes carry them.
-	fence atomic.Pointer[clientv3.Cmp]
+	// member is this process's place in the cluster (see JoinCluster); its
+	// lease and leadership fence the CA journal writes.
+	member atomic.Pointer[membership]
 }
 
 // maxConflictRetries bounds how often a read-compare-write is retried when
@@ -118,7 +118,7 @@ func newEtcd(client *clientv3.Client, cfg EtcdConfig) *Etcd {
 	}
 	lockTTL := cfg.LockTTL.Truncate(time.Second)
 	if lockTTL <= 0 {
-		lockTTL = ServerLockTTL
+		lockTTL = ReplicaLeaseTTL
 	}
 	return &Etcd{client: client, prefix: prefix, timeout: timeout, lockTTL: lockTTL}
 }
@@ -611,23 +611,6 @@ func (s *Etcd) deleteExisting(ctx context.Context, op string, keys ...string) er
 // DeleteAgent removes (evicts) an agent.
 func (s *Etcd) DeleteAgent(ctx context.Context, spiffeID string) error {
 	return s.deleteExisting(ctx, "delete agent", s.agentKey(spiffeID))
-}
-
-// LoadCAJournal returns the stored CA journal, or nil if there is none yet.
-func (s *Etcd) LoadCAJournal(ctx context.Context) ([]byte, error) {
-	raw, _, err := s.get(ctx, s.journalKey())
-	if err != nil {
-		return nil, fmt.Errorf("datastore: load CA journal: %w", err)
-	}
-	return raw, nil
-}
-
-// SaveCAJournal replaces the stored CA journal.
-func (s *Etcd) SaveCAJournal(ctx context.Context, record []byte) error {
-	if len(record) == 0 {
-		return errors.New("datastore: save CA journal: empty record")
-	}
-	return s.fenced(ctx, "save CA journal", clientv3.OpPut(s.journalKey(), string(record)))
 }
 
 // PutFederation creates or replaces a relationship; with create set an

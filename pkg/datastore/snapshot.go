@@ -13,10 +13,12 @@ import (
 // Snapshot is every record of a datastore, read at one point in time, for
 // copying one backend into another (`shortleaf datastore migrate`).
 type Snapshot struct {
-	Entries          []*Entry
-	Agents           []*Agent
-	JoinTokens       []*JoinToken
+	Entries    []*Entry
+	Agents     []*Agent
+	JoinTokens []*JoinToken
+	// CAJournal is the CA's cluster record, CAReplicas each replica's record.
 	CAJournal        []byte
+	CAReplicas       map[string][]byte
 	Federations      []*Federation
 	FederatedBundles []FederatedBundle
 }
@@ -61,8 +63,13 @@ func (s *Bolt) Export(_ context.Context) (*Snapshot, error) {
 		}); err != nil {
 			return err
 		}
-		if v := tx.Bucket(bucketMeta).Get(keyCAJournal); v != nil {
-			snap.CAJournal = append([]byte(nil), v...)
+		state := loadCAJournal(tx)
+		snap.CAJournal = state.Cluster.Data
+		for id, r := range state.Replicas {
+			if snap.CAReplicas == nil {
+				snap.CAReplicas = map[string][]byte{}
+			}
+			snap.CAReplicas[id] = r.Data
 		}
 		return nil
 	})
@@ -82,6 +89,9 @@ func (s *Bolt) Import(_ context.Context, snap *Snapshot) error {
 			}
 		}
 		if tx.Bucket(bucketMeta).Get(keyCAJournal) != nil {
+			return ErrNotEmpty
+		}
+		if k, _ := tx.Bucket(bucketCAReplicas).Cursor().First(); k != nil {
 			return ErrNotEmpty
 		}
 		ident := tx.Bucket(bucketByIdentity)
@@ -122,6 +132,12 @@ func (s *Bolt) Import(_ context.Context, snap *Snapshot) error {
 				return err
 			}
 		}
+		// Every record at revision 1: what a copy compares against starts afresh.
+		for id, rec := range snap.CAReplicas {
+			if err := tx.Bucket(bucketCAReplicas).Put([]byte(id), append(revisionBytes(1), rec...)); err != nil {
+				return err
+			}
+		}
 		if snap.CAJournal != nil {
 			return tx.Bucket(bucketMeta).Put(keyCAJournal, snap.CAJournal)
 		}
@@ -143,7 +159,7 @@ func (s *Etcd) Export(ctx context.Context) (*Snapshot, error) {
 	if len(resp.Kvs) > 0 {
 		snap.CAJournal = resp.Kvs[0].Value
 	}
-	bundlePrefix := s.federatedBundleKey("")
+	bundlePrefix, replicaPrefix := s.federatedBundleKey(""), s.caReplicaKey("")
 	for _, p := range []struct {
 		prefix string
 		decode func([]byte, []byte) error
@@ -154,6 +170,13 @@ func (s *Etcd) Export(ctx context.Context) (*Snapshot, error) {
 		{s.federationKey(""), func(_, v []byte) error { return decodeInto(v, &snap.Federations) }},
 		{bundlePrefix, func(k, v []byte) error {
 			snap.FederatedBundles = append(snap.FederatedBundles, FederatedBundle{TrustDomain: string(k[len(bundlePrefix):]), Raw: v})
+			return nil
+		}},
+		{replicaPrefix, func(k, v []byte) error {
+			if snap.CAReplicas == nil {
+				snap.CAReplicas = map[string][]byte{}
+			}
+			snap.CAReplicas[string(k[len(replicaPrefix):])] = v
 			return nil
 		}},
 	} {
@@ -213,6 +236,9 @@ func (s *Etcd) Import(ctx context.Context, snap *Snapshot) (err error) {
 	}
 	if snap.CAJournal != nil {
 		ops = append(ops, clientv3.OpPut(s.journalKey(), string(snap.CAJournal)))
+	}
+	for id, rec := range snap.CAReplicas {
+		ops = append(ops, clientv3.OpPut(s.caReplicaKey(id), string(rec)))
 	}
 	defer func() {
 		if err != nil {

@@ -31,7 +31,8 @@ type Config struct {
 	// CA is the operator's CA config. Keys, Journal, Clock, RootGate,
 	// RootGateLead, Logger and OnTransition are the drill's own.
 	CA ca.Config
-	// Journal is the current CA journal (read, never written); nil drills a first start.
+	// Journal is the current CA journal as ca.ExportJournal writes it (read,
+	// never written); nil drills a first start.
 	Journal []byte
 	// Start is when the drill begins; default the real time now.
 	Start time.Time
@@ -234,13 +235,17 @@ func newDrill(ctx context.Context, cfg Config) (*Drill, error) {
 	}
 	journal := &ca.MemoryJournal{}
 	if cfg.Journal != nil {
-		raw, err := ca.StandInJournal(ctx, cfg.Journal, cfg.CA.TrustDomain, keys, "ec-p256", caCfg.Upstream)
+		// The drill runs as the replica that exported the journal; other
+		// replicas' keys stay as they are until the leader prunes them.
+		state, replicaID, err := ca.ImportJournal(cfg.Journal)
 		if err != nil {
 			return nil, fmt.Errorf("drill: %w", err)
 		}
-		if err := journal.SaveCAJournal(ctx, raw); err != nil {
-			return nil, err
+		if state, err = ca.StandInJournal(ctx, state, cfg.CA.TrustDomain, keys, "ec-p256", caCfg.Upstream); err != nil {
+			return nil, fmt.Errorf("drill: %w", err)
 		}
+		journal = ca.NewMemoryJournal(state)
+		caCfg.ReplicaID = replicaID
 	}
 	caCfg.Journal = journal
 	c, err := ca.New(ctx, caCfg)

@@ -80,7 +80,11 @@ func TestRootExpiringBeforeTheGateCanPassFails(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	raw, _ := journal.LoadCAJournal(ctx)
+	state, _ := journal.LoadCAJournal(ctx)
+	raw, err := ca.ExportJournal(state, c.ReplicaID())
+	if err != nil {
+		t.Fatal(err)
+	}
 	dc := goodConfig()
 	dc.Start, dc.Journal = clk.Now(), raw
 	r := run(t, dc)

@@ -155,3 +155,36 @@ func (s *Soft) DeleteKey(_ context.Context, keyRef string) error {
 	}
 	return nil
 }
+
+// SealKey encrypts key under the passphrase as PKCS#8 PEM, so that it can be
+// kept in the datastore (a root every replica signs with). Without a
+// passphrase (dev mode) the PEM is not encrypted.
+func (s *Soft) SealKey(_ context.Context, key crypto.Signer) ([]byte, error) {
+	opts := []pemutil.Options{pemutil.WithPKCS8(true)}
+	if len(s.cfg.Passphrase) > 0 {
+		opts = append(opts, pemutil.WithPassword(s.cfg.Passphrase))
+	}
+	block, err := pemutil.Serialize(key, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("keymanager: seal key: %w", err)
+	}
+	return pem.EncodeToMemory(block), nil
+}
+
+// UnsealKey opens a key sealed by SealKey with the same passphrase.
+func (s *Soft) UnsealKey(_ context.Context, sealed []byte) (crypto.Signer, error) {
+	opts := []pemutil.Options{}
+	if len(s.cfg.Passphrase) > 0 {
+		opts = append(opts, pemutil.WithPassword(s.cfg.Passphrase))
+	}
+	key, err := pemutil.Parse(sealed, opts...)
+	if err != nil {
+		// pemutil's errors name no key material.
+		return nil, fmt.Errorf("keymanager: unseal key (wrong passphrase?): %w", err)
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("keymanager: sealed key is %T, not a signer", key)
+	}
+	return signer, nil
+}

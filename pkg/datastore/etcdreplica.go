@@ -1,0 +1,231 @@
+package datastore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/shortleaf/shortleaf/ca"
+)
+
+// Replicas on etcd. Each server joins the cluster as a replica: it holds
+// the key replicas/<id> under its own lease (so no two processes run as one
+// replica, and the others see it live) and campaigns in the election at
+// leader/ for the cluster duties. Its journal writes are fenced by the
+// lease, and the leader's by its leadership: a write made after either was
+// lost is refused by etcd itself.
+
+// ReplicaLeaseTTL is the default lease: how long a crashed replica stays
+// live (and leader), and how long a partitioned one keeps its claims.
+const ReplicaLeaseTTL = 15 * time.Second
+
+// ErrReplicaLeaseLost means the replica's lease expired (etcd was out of
+// reach for longer than its TTL); its writes are refused from then on.
+var ErrReplicaLeaseLost = errors.New("datastore: this replica's etcd lease was lost")
+
+// membership is this process's place in the cluster.
+type membership struct {
+	replicaID string
+	session   *concurrency.Session
+	election  *concurrency.Election
+	// live compares the replica's key with the lease: still ours.
+	live clientv3.Cmp
+	// leader, while this replica leads, compares the election key.
+	leader atomic.Pointer[clientv3.Cmp]
+}
+
+func (s *Etcd) liveKey(replicaID string) string      { return s.prefix + "replicas/" + replicaID }
+func (s *Etcd) caReplicaKey(replicaID string) string { return s.prefix + "ca_replicas/" + replicaID }
+func (s *Etcd) electionPrefix() string               { return s.prefix + "leader" }
+
+// JoinCluster makes this process replica replicaID: it claims the replica's
+// key, waiting up to wait for a previous holder (a crashed process's lease
+// expires after LockTTL), and campaigns for leadership in the background.
+// lost is closed when the lease is lost: the process must stop, since
+// another may take its place.
+func (s *Etcd) JoinCluster(ctx context.Context, replicaID string, wait time.Duration) (leave func(), lost <-chan struct{}, err error) {
+	session, err := concurrency.NewSession(s.client, concurrency.WithTTL(int(s.lockTTL/time.Second)), concurrency.WithContext(context.WithoutCancel(ctx)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("datastore: etcd session: %w", err)
+	}
+	key := s.liveKey(replicaID)
+	deadline := time.Now().Add(wait)
+	for {
+		resp, err := s.txn(ctx, []clientv3.Cmp{absent(key)}, []clientv3.Op{clientv3.OpPut(key, replicaID, clientv3.WithLease(session.Lease()))})
+		if err != nil {
+			_ = session.Close()
+			return nil, nil, wrapErr("join the cluster", err)
+		}
+		if resp.Succeeded {
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = session.Close()
+			return nil, nil, fmt.Errorf("datastore: another shortleaf server runs as replica %q under %s (waited %s for its lease); stop it, or give this server its own replica_id",
+				replicaID, s.prefix, wait)
+		}
+		select {
+		case <-ctx.Done():
+			_ = session.Close()
+			return nil, nil, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	m := &membership{replicaID: replicaID, session: session, election: concurrency.NewElection(session, s.electionPrefix()),
+		live: clientv3.Compare(clientv3.LeaseValue(key), "=", session.Lease())}
+	s.member.Store(m)
+	campaignCtx, stopCampaign := context.WithCancel(context.WithoutCancel(ctx))
+	campaignDone := make(chan struct{})
+	go func() {
+		defer close(campaignDone)
+		if err := m.election.Campaign(campaignCtx, replicaID); err != nil {
+			return // stopped, or the session ended
+		}
+		fence := clientv3.Compare(clientv3.CreateRevision(m.election.Key()), "=", m.election.Rev())
+		m.leader.Store(&fence)
+		select {
+		case <-session.Done():
+			m.leader.Store(nil)
+		case <-campaignCtx.Done():
+		}
+	}()
+	leave = func() {
+		stopCampaign()
+		<-campaignDone
+		lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if m.leader.Swap(nil) != nil {
+			_ = m.election.Resign(lctx)
+		}
+		s.member.Store(nil)
+		_ = session.Close() // revokes the lease: the replica key goes with it
+	}
+	return leave, session.Done(), nil
+}
+
+// LockTTL is the replica lease.
+func (s *Etcd) LockTTL() time.Duration { return s.lockTTL }
+
+// IsLeader reports whether this replica leads the cluster now.
+func (s *Etcd) IsLeader() bool {
+	m := s.member.Load()
+	return m != nil && m.leader.Load() != nil
+}
+
+// LeaderID names the replica that leads now, or "" while none does.
+func (s *Etcd) LeaderID(ctx context.Context) (string, error) {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	resp, err := s.client.Get(ctx, s.electionPrefix()+"/", clientv3.WithFirstCreate()...)
+	if err != nil {
+		return "", wrapErr("leader", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return "", nil
+	}
+	return string(resp.Kvs[0].Value), nil
+}
+
+// LiveReplicas lists the replicas holding their lease now.
+func (s *Etcd) LiveReplicas(ctx context.Context) ([]string, error) {
+	var ids []string
+	prefix := s.liveKey("")
+	err := s.forEach(ctx, prefix, func(k, _ []byte) error {
+		ids = append(ids, strings.TrimPrefix(string(k), prefix))
+		return nil
+	})
+	sort.Strings(ids)
+	return ids, wrapErr("live replicas", err)
+}
+
+// LoadCAJournal returns every record of the CA journal and the replicas
+// that are live, read at one revision.
+func (s *Etcd) LoadCAJournal(ctx context.Context) (ca.JournalState, error) {
+	resp, err := s.txn(ctx, nil, []clientv3.Op{
+		clientv3.OpGet(s.journalKey()),
+		clientv3.OpGet(s.caReplicaKey(""), clientv3.WithPrefix()),
+		clientv3.OpGet(s.liveKey(""), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+	})
+	if err != nil {
+		return ca.JournalState{}, wrapErr("load CA journal", err)
+	}
+	state := ca.JournalState{Replicas: map[string]ca.JournalRecord{}, Live: map[string]bool{}}
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		state.Cluster = ca.JournalRecord{Data: kvs[0].Value, Revision: kvs[0].ModRevision}
+	}
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		state.Replicas[strings.TrimPrefix(string(kv.Key), s.caReplicaKey(""))] = ca.JournalRecord{Data: kv.Value, Revision: kv.ModRevision}
+	}
+	for _, kv := range resp.Responses[2].GetResponseRange().Kvs {
+		state.Live[strings.TrimPrefix(string(kv.Key), s.liveKey(""))] = true
+	}
+	return state, nil
+}
+
+// SaveCAJournal applies w in one transaction that compares the revision of
+// every record it names, this replica's lease and, for a leader duty, the
+// leadership.
+func (s *Etcd) SaveCAJournal(ctx context.Context, w ca.JournalWrite) (int64, error) {
+	var cmps []clientv3.Cmp
+	var ops []clientv3.Op
+	m := s.member.Load()
+	if m != nil {
+		if w.ReplicaID != m.replicaID {
+			return 0, fmt.Errorf("datastore: save CA journal: this process is replica %q, not %q", m.replicaID, w.ReplicaID)
+		}
+		cmps = append(cmps, m.live)
+	}
+	if w.Leader && m != nil {
+		fence := m.leader.Load()
+		if fence == nil {
+			return 0, ca.ErrNotLeader
+		}
+		cmps = append(cmps, *fence)
+	}
+	if w.Cluster != nil {
+		if len(w.Cluster.Data) == 0 {
+			return 0, errors.New("datastore: save CA journal: empty cluster record")
+		}
+		cmps = append(cmps, unchanged(s.journalKey(), w.Cluster.Revision))
+		ops = append(ops, clientv3.OpPut(s.journalKey(), string(w.Cluster.Data)))
+	}
+	if w.Replica != nil {
+		key := s.caReplicaKey(w.ReplicaID)
+		cmps = append(cmps, unchanged(key, w.Replica.Revision))
+		ops = append(ops, clientv3.OpPut(key, string(w.Replica.Data)))
+	}
+	for id, rev := range w.Prune {
+		key := s.caReplicaKey(id)
+		cmps = append(cmps, unchanged(key, rev))
+		ops = append(ops, clientv3.OpDelete(key))
+	}
+	resp, err := s.txn(ctx, cmps, ops)
+	if err != nil {
+		return 0, wrapErr("save CA journal", err)
+	}
+	if resp.Succeeded {
+		return resp.Header.Revision, nil
+	}
+	// Which comparison failed: the lease, the leadership, or a record.
+	if m != nil {
+		select {
+		case <-m.session.Done():
+			return 0, fmt.Errorf("datastore: save CA journal: %w", ErrReplicaLeaseLost)
+		default:
+		}
+		if w.Leader && !s.IsLeader() {
+			return 0, fmt.Errorf("datastore: save CA journal: %w", ca.ErrNotLeader)
+		}
+		if v, _, err := s.get(ctx, s.liveKey(m.replicaID)); err == nil && v == nil {
+			return 0, fmt.Errorf("datastore: save CA journal: %w", ErrReplicaLeaseLost)
+		}
+	}
+	return 0, fmt.Errorf("datastore: save CA journal: %w", ca.ErrJournalConflict)
+}
