@@ -7,7 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"time"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -91,11 +91,13 @@ func newMigrateCommand() *cobra.Command {
 				src, dst, srcName, dstName = bolt, etcd, boltPath, etcdName
 			} else {
 				// No server may write the source while it is read.
-				release, _, err := etcd.ClaimServer(ctx, 2*time.Second)
+				live, err := etcd.LiveReplicas(ctx)
 				if err != nil {
 					return err
 				}
-				defer release()
+				if len(live) > 0 {
+					return fmt.Errorf("%s: server replicas %s are running on it; stop them first", etcdName, strings.Join(live, ", "))
+				}
 				bolt, err := datastore.Open(boltPath)
 				if err != nil {
 					return err

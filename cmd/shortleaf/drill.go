@@ -16,6 +16,7 @@ import (
 	"github.com/shortleaf/shortleaf/pkg/config"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	"github.com/shortleaf/shortleaf/pkg/drill"
+	"github.com/shortleaf/shortleaf/pkg/server"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 )
 
@@ -62,7 +63,7 @@ func newDrillCommand(af *adminFlags) *cobra.Command {
 			var journal []byte
 			source := "a first start (--fresh)"
 			if !fresh {
-				if journal, source, err = currentJournal(cmd.Context(), af, cfg.AdminSocket, cfg.DataDir, cfg.Etcd); err != nil {
+				if journal, source, err = currentJournal(cmd.Context(), af, cfg.AdminSocket, cfg.DataDir, server.StoredReplicaID(cfg), cfg.Etcd); err != nil {
 					return err
 				}
 			}
@@ -107,7 +108,7 @@ func newDrillCommand(af *adminFlags) *cobra.Command {
 
 // currentJournal asks the running server for its CA journal, or reads it
 // from the datastore when no server answers.
-func currentJournal(ctx context.Context, af *adminFlags, socket, dataDir string, etcd *datastore.EtcdConfig) ([]byte, string, error) {
+func currentJournal(ctx context.Context, af *adminFlags, socket, dataDir, replicaID string, etcd *datastore.EtcdConfig) ([]byte, string, error) {
 	if af.socket != "" {
 		socket = af.socket
 	}
@@ -129,22 +130,24 @@ func currentJournal(ctx context.Context, af *adminFlags, socket, dataDir string,
 			return nil, "", err
 		}
 		defer store.Close()
-		raw, err := store.LoadCAJournal(ctx)
+		state, err := store.LoadCAJournal(ctx)
 		where := fmt.Sprintf("etcd %v under %s", etcd.Endpoints, store.Prefix())
-		if err != nil || raw == nil {
+		if err != nil || state.Cluster.Data == nil {
 			return nil, "a first start (no CA journal in " + where + ")", err
 		}
-		return raw, "the CA journal in " + where, nil
+		raw, err := ca.ExportJournal(state, replicaID)
+		return raw, "the CA journal in " + where + " as replica " + replicaID, err
 	}
 	path := filepath.Join(dataDir, "datastore.db")
-	raw, err := datastore.ReadCAJournal(path)
+	state, err := datastore.ReadCAJournal(path)
 	if err != nil {
 		return nil, "", err
 	}
-	if raw == nil {
+	if state.Cluster.Data == nil {
 		return nil, "a first start (no CA journal in " + path + ")", nil
 	}
-	return raw, "the CA journal in " + path, nil
+	raw, err := ca.ExportJournal(state, replicaID)
+	return raw, "the CA journal in " + path, err
 }
 
 func printJSONValue(w io.Writer, v any) error {

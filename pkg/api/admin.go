@@ -62,10 +62,13 @@ type AdminConfig struct {
 	ServerChain func() []*x509.Certificate
 	// Journal is where the CA keeps its journal, exported for `ca drill`.
 	Journal interface {
-		LoadCAJournal(ctx context.Context) ([]byte, error)
+		LoadCAJournal(ctx context.Context) (ca.JournalState, error)
 	}
-	Clock  clock.Clock
-	Logger *slog.Logger
+	// LeaderID names the replica that leads the cluster; nil on a single
+	// server, which always leads.
+	LeaderID func(ctx context.Context) (string, error)
+	Clock    clock.Clock
+	Logger   *slog.Logger
 }
 
 // AdminService implements the admin API.

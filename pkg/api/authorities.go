@@ -39,7 +39,27 @@ func (s *AdminService) ListAuthorities(ctx context.Context, _ *adminv1.ListAutho
 	}
 	resp.RootRotation = rootRotationProto(s.cfg.Lifecycle.RootRotation())
 	resp.ServerCertificate = s.serverCertificateProto()
+	if resp.Replicas, err = s.replicasProto(ctx); err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "list authorities", err)
+	}
 	return resp, nil
+}
+
+// replicasProto lists the replicas the journal knows and which one leads.
+func (s *AdminService) replicasProto(ctx context.Context) ([]*adminv1.Replica, error) {
+	c := s.cfg.Lifecycle
+	leader := c.ReplicaID()
+	if s.cfg.LeaderID != nil {
+		var err error
+		if leader, err = s.cfg.LeaderID(ctx); err != nil {
+			return nil, err
+		}
+	}
+	var out []*adminv1.Replica
+	for _, r := range c.Replicas() {
+		out = append(out, &adminv1.Replica{Id: r.ID, Live: r.Live, Leader: r.ID == leader, Authorities: int32(r.Authorities)})
+	}
+	return out, nil
 }
 
 func rootRotationProto(st ca.RootRotationStatus) *adminv1.RootRotation {
@@ -206,7 +226,11 @@ func (s *AdminService) ExportCAJournal(ctx context.Context, _ *adminv1.ExportCAJ
 	if s.cfg.Journal == nil {
 		return nil, status.Error(codes.Unimplemented, "this server cannot export its CA journal")
 	}
-	raw, err := s.cfg.Journal.LoadCAJournal(ctx)
+	state, err := s.cfg.Journal.LoadCAJournal(ctx)
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "export CA journal", err)
+	}
+	raw, err := ca.ExportJournal(state, s.cfg.Lifecycle.ReplicaID())
 	if err != nil {
 		return nil, toStatus(ctx, s.cfg.Logger, "export CA journal", err)
 	}
@@ -230,7 +254,7 @@ func (s *AdminService) authorityProto(a ca.Authority) *adminv1.Authority {
 	out := &adminv1.Authority{
 		Id: a.ID, Kind: string(a.Kind), State: string(a.State), NotBefore: a.NotBefore.Unix(), NotAfter: a.NotAfter.Unix(),
 		KeyRef: a.KeyRef, ParentId: a.ParentID, Tainted: a.Tainted, KeyId: a.KeyID(), BundleSequence: a.BundleSequence,
-		NextTransition: what,
+		NextTransition: what, ReplicaId: a.Replica,
 	}
 	if !at.IsZero() {
 		out.NextTransitionAt = at.Unix()

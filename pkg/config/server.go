@@ -47,6 +47,9 @@ type ServerFile struct {
 	Limits *LimitsFile `yaml:"limits"`
 	// Datastore chooses bbolt in data_dir (default) or an etcd cluster.
 	Datastore *DatastoreFile `yaml:"datastore"`
+	// ReplicaID names this server among replicas sharing an etcd datastore;
+	// default the one kept in data_dir/replica_id.
+	ReplicaID string `yaml:"replica_id"`
 }
 
 // LimitsFile configures the server's rate and connection limits. A rate of
@@ -216,6 +219,12 @@ func (f *ServerFile) resolveSettings() (server.Config, slog.Level, error) {
 	}
 	if cfg.Etcd, err = f.Datastore.resolve(); err != nil {
 		return cfg, 0, err
+	}
+	if f.ReplicaID != "" {
+		if err := ca.CheckReplicaID(f.ReplicaID); err != nil {
+			return cfg, 0, fieldErr("replica_id", "%v", err)
+		}
+		cfg.ReplicaID = f.ReplicaID
 	}
 	if f.MetricsAddress == "off" {
 		cfg.MetricsAddr = ""

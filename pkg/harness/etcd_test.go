@@ -30,12 +30,13 @@ func etcdPrefix() string {
 
 // A server on etcd does the whole job: an agent attests, a workload gets an
 // SVID that verifies, and a restarted server finds its CA, agents and
-// entries in etcd. A second server on the same prefix is refused while the
-// first holds it.
+// entries in etcd. A second process running as the same replica is refused
+// while the first holds it, and so is a config that would leave the root
+// key unsealed in etcd.
 func TestServerOnEtcd(t *testing.T) {
 	cluster := etcdtest.Start(t, 3)
 	etcd := &datastore.EtcdConfig{Endpoints: cluster.Endpoints(), Prefix: etcdPrefix(), LockWait: time.Second}
-	srv := harness.StartServer(t, func(c *server.Config) { c.Etcd = etcd })
+	srv := harness.StartServer(t, harness.WithPassphrase, func(c *server.Config) { c.Etcd = etcd; c.ReplicaID = "one" })
 	ag := harness.StartAgent(t, srv)
 	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
 	x, err := fetchX509(t, ag.Addr(), 10*time.Second)
@@ -56,9 +57,17 @@ func TestServerOnEtcd(t *testing.T) {
 	other.Registry = prometheus.NewRegistry()
 	if s2, err := server.New(context.Background(), other); err == nil {
 		s2.Close()
-		t.Fatal("a second server started on the prefix another server holds")
-	} else if !strings.Contains(err.Error(), "another shortleaf server uses the etcd datastore under "+etcd.Prefix) {
-		t.Fatalf("second server: %v, want a refusal naming the prefix", err)
+		t.Fatal("a second server started as the replica another server runs as")
+	} else if !strings.Contains(err.Error(), `another shortleaf server runs as replica "one" under `+etcd.Prefix) {
+		t.Fatalf("second server: %v, want a refusal naming the replica and the prefix", err)
+	}
+	unsealed := other
+	unsealed.ReplicaID, unsealed.KeyPassphrase, unsealed.InsecureUnencryptedKeys = "two", nil, true
+	if s2, err := server.New(context.Background(), unsealed); err == nil {
+		s2.Close()
+		t.Fatal("a server on etcd started without a key passphrase")
+	} else if !strings.Contains(err.Error(), "set a key passphrase") {
+		t.Fatalf("server on etcd without a passphrase: %v", err)
 	}
 
 	srv = srv.Restart(t)
@@ -84,14 +93,14 @@ func TestServerOnEtcd(t *testing.T) {
 	}
 }
 
-// A server whose etcd lock is lost (its lease ended while etcd was out of
-// reach, and another server may hold it now) stops with an error naming
-// the cause rather than rotate a journal it no longer owns.
-func TestServerStopsWhenItLosesTheEtcdLock(t *testing.T) {
+// A server whose etcd lease is lost (it ended while etcd was out of reach,
+// and another process may run as this replica now) stops with an error
+// naming the cause rather than rotate keys it no longer owns.
+func TestServerStopsWhenItLosesItsEtcdLease(t *testing.T) {
 	cluster := etcdtest.Start(t, 1)
 	etcd := &datastore.EtcdConfig{Endpoints: cluster.Endpoints(), Prefix: etcdPrefix(), LockTTL: 2 * time.Second}
 	cfg := server.Config{
-		TrustDomain: harness.TrustDomain, DataDir: t.TempDir(), AgentAPIAddr: "127.0.0.1:0", InsecureUnencryptedKeys: true,
+		TrustDomain: harness.TrustDomain, DataDir: t.TempDir(), AgentAPIAddr: "127.0.0.1:0", KeyPassphrase: []byte(harness.Passphrase),
 		AdminSocket: filepath.Join(harness.ShortDir(t), "admin.sock"), Etcd: etcd, Logger: harness.TestLogger(t), Registry: prometheus.NewRegistry(),
 	}
 	srv, err := server.New(context.Background(), cfg)
@@ -103,7 +112,7 @@ func TestServerStopsWhenItLosesTheEtcdLock(t *testing.T) {
 	go func() { done <- srv.Run(context.Background()) }()
 
 	cli := cluster.Client(t)
-	locks, err := cli.Get(context.Background(), etcd.Prefix+"locks/server", clientv3.WithPrefix())
+	locks, err := cli.Get(context.Background(), etcd.Prefix+"replicas/", clientv3.WithPrefix())
 	if err != nil || len(locks.Kvs) != 1 {
 		t.Fatalf("lock keys: %v, %v", locks, err)
 	}
@@ -112,10 +121,10 @@ func TestServerStopsWhenItLosesTheEtcdLock(t *testing.T) {
 	}
 	select {
 	case err := <-done:
-		if !errors.Is(err, datastore.ErrServerLockLost) {
-			t.Fatalf("server stopped with %v, want ErrServerLockLost", err)
+		if !errors.Is(err, datastore.ErrReplicaLeaseLost) {
+			t.Fatalf("server stopped with %v, want ErrReplicaLeaseLost", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("the server kept running after losing its etcd lock")
+		t.Fatal("the server kept running after losing its etcd lease")
 	}
 }

@@ -2,14 +2,18 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -63,8 +67,13 @@ type Config struct {
 	// for root activation and revocation; default 10m.
 	AgentLiveness time.Duration
 	// Etcd, when set, keeps the datastore on that etcd cluster instead of
-	// the bbolt file DataDir/datastore.db.
+	// the bbolt file DataDir/datastore.db; several servers may then share
+	// it as replicas of one trust domain.
 	Etcd *datastore.EtcdConfig
+	// ReplicaID names this server among the replicas sharing the datastore;
+	// default the ID kept in DataDir/replica_id, made at first start
+	// ("local" on bbolt, a random one on etcd).
+	ReplicaID string
 	// Upstream, when set, signs the intermediates instead of a self-signed root.
 	Upstream *ca.Upstream
 	// BundleEndpoint, when set, serves the SPIFFE bundle to other trust domains.
@@ -122,9 +131,8 @@ type store interface {
 	Close() error
 }
 
-// openStore opens the configured datastore. On etcd it first claims the
-// server lock (one server per prefix: each replica's own CA journal is not
-// built yet), whose loss closes lockLost.
+// openStore opens the configured datastore. On etcd the server joins the
+// cluster as replica replicaID; the loss of its lease closes lockLost.
 func openStore(ctx context.Context, cfg Config) (st store, lockLost <-chan struct{}, err error) {
 	if cfg.Etcd == nil {
 		st, err := datastore.Open(filepath.Join(cfg.DataDir, datastoreFileName))
@@ -138,23 +146,72 @@ func openStore(ctx context.Context, cfg Config) (st store, lockLost <-chan struc
 	if wait <= 0 {
 		wait = ds.LockTTL() + 5*time.Second
 	}
-	release, lost, err := ds.ClaimServer(ctx, wait)
+	leave, lost, err := ds.JoinCluster(ctx, cfg.ReplicaID, wait)
 	if err != nil {
 		_ = ds.Close()
 		return nil, nil, err
 	}
-	return lockedEtcd{Etcd: ds, release: release}, lost, nil
+	return replicaOnEtcd{Etcd: ds, leave: leave}, lost, nil
 }
 
-// lockedEtcd releases the server lock before closing the client.
-type lockedEtcd struct {
+// replicaOnEtcd leaves the cluster before closing the client.
+type replicaOnEtcd struct {
 	*datastore.Etcd
-	release func()
+	leave func()
 }
 
-func (l lockedEtcd) Close() error {
-	l.release()
-	return l.Etcd.Close()
+func (r replicaOnEtcd) Close() error {
+	r.leave()
+	return r.Etcd.Close()
+}
+
+// replicaIDFile keeps the replica ID made at first start.
+const replicaIDFile = "replica_id"
+
+// StoredReplicaID is the replica ID a server with cfg runs as, without
+// making one: the configured one, the one kept in the data dir, or the
+// single server's default.
+func StoredReplicaID(cfg Config) string {
+	if cfg.ReplicaID != "" {
+		return cfg.ReplicaID
+	}
+	if raw, err := os.ReadFile(filepath.Join(cfg.DataDir, replicaIDFile)); err == nil {
+		if id := strings.TrimSpace(string(raw)); ca.CheckReplicaID(id) == nil {
+			return id
+		}
+	}
+	return ca.DefaultReplicaID
+}
+
+// resolveReplicaID sets cfg.ReplicaID: the configured one, the one kept in
+// the data dir, or a new one kept there ("local" on bbolt, so a server
+// later moved to etcd keeps its keys; random on etcd).
+func resolveReplicaID(cfg *Config) error {
+	if cfg.ReplicaID != "" {
+		if err := ca.CheckReplicaID(cfg.ReplicaID); err != nil {
+			return fmt.Errorf("server: replica_id: %w", err)
+		}
+		return nil
+	}
+	path := filepath.Join(cfg.DataDir, replicaIDFile)
+	raw, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		cfg.ReplicaID = strings.TrimSpace(string(raw))
+		if err := ca.CheckReplicaID(cfg.ReplicaID); err != nil {
+			return fmt.Errorf("server: %s: %w", path, err)
+		}
+		return nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("server: %w", err)
+	}
+	cfg.ReplicaID = ca.DefaultReplicaID
+	if cfg.Etcd != nil {
+		b := make([]byte, 4)
+		_, _ = rand.Read(b)
+		cfg.ReplicaID = "r" + hex.EncodeToString(b)
+	}
+	return safefile.Write(path, []byte(cfg.ReplicaID+"\n"))
 }
 
 // Server is a running shortleaf server.
@@ -197,6 +254,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if len(cfg.KeyPassphrase) == 0 && !cfg.InsecureUnencryptedKeys && cfg.KeyManagerURI == "" {
 		return nil, errors.New("server: a key passphrase is required (SHORTLEAF_KEY_PASSPHRASE or key_passphrase_file); only dev mode may store keys unencrypted")
 	}
+	if cfg.Etcd != nil && len(cfg.KeyPassphrase) == 0 && cfg.KeyManagerURI == "" {
+		return nil, errors.New("server: datastore.type etcd keeps the root key in etcd, sealed under the key passphrase, so that every replica can sign " +
+			"its intermediates: set a key passphrase (SHORTLEAF_KEY_PASSPHRASE or key_passphrase_file) or keep keys in a KMS (key_manager_uri)")
+	}
 	if len(cfg.KeyPassphrase) == 0 && cfg.KeyManagerURI == "" {
 		cfg.Logger.Warn("CA keys are stored UNENCRYPTED; use this for development only", slog.String("dir", filepath.Join(cfg.DataDir, keysDirName)))
 	}
@@ -212,8 +273,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.closers = append(s.closers, func() error { unlock(); return nil })
+	if err := resolveReplicaID(&s.cfg); err != nil {
+		return nil, err
+	}
+	cfg = s.cfg
 	if s.store, s.lockLost, err = openStore(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
+	}
+	var leads func() bool
+	var leaderID func(context.Context) (string, error)
+	if r, ok := s.store.(replicaOnEtcd); ok {
+		leads, leaderID = r.IsLeader, r.LeaderID
 	}
 	var keys ca.KeyManager
 	if cfg.KeyManagerURI != "" {
@@ -234,7 +304,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.ca, err = ca.New(ctx, ca.Config{
 		TrustDomain: cfg.TrustDomain, KeyType: cfg.KeyType, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
 		MaxSVIDTTL: cfg.MaxSVIDTTL, RootPrepareBefore: cfg.RootPrepareBefore, RootGate: gate.Blockers, RootGateLead: gate.Lead(),
-		Upstream: cfg.Upstream, Keys: keys, Journal: s.store, Clock: cfg.Clock, Logger: cfg.Logger,
+		Upstream: cfg.Upstream, Keys: keys, Journal: s.store, ReplicaID: cfg.ReplicaID, Leader: leads, Clock: cfg.Clock, Logger: cfg.Logger,
 		OnTransition: func(t ca.Transition) {
 			s.caMetrics.Transitions.WithLabelValues(string(t.Kind), t.What).Inc()
 			if t.Kind == ca.KindIntermediate && s.tlsCert != nil && t.What == "activated" {
@@ -263,7 +333,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.admin = api.NewAdminService(api.AdminConfig{
 		Federation: s.store, Refresher: s.poller, BundleRefreshHint: bundleRefreshHint(cfg.BundleEndpoint),
 		CA: s.ca, Lifecycle: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, DefaultJWTTTL: cfg.DefaultJWTTTL, MaxSVIDTTL: cfg.MaxSVIDTTL,
-		AgentLiveness: cfg.AgentLiveness, ServerChain: s.tlsCert.presented, Journal: s.store, Clock: cfg.Clock, Logger: cfg.Logger,
+		AgentLiveness: cfg.AgentLiveness, ServerChain: s.tlsCert.presented, Journal: s.store, LeaderID: leaderID, Clock: cfg.Clock, Logger: cfg.Logger,
 	})
 	adminv1.RegisterAdminAPIServer(s.adminSrv, s.admin)
 	healthpb.RegisterHealthServer(s.adminSrv, health.NewServer())
@@ -464,9 +534,9 @@ func (s *Server) Run(ctx context.Context) error {
 		g.Go(func() error {
 			select {
 			case <-s.lockLost:
-				// Another server may hold the lock now; two CAs must not
-				// rotate one journal, so this one stops.
-				return fmt.Errorf("server: %w (etcd out of reach for longer than the lock's lease); stopping", datastore.ErrServerLockLost)
+				// Another process may run as this replica now; two must
+				// not rotate one replica's keys, so this one stops.
+				return fmt.Errorf("server: %w (etcd out of reach for longer than the lease); stopping", datastore.ErrReplicaLeaseLost)
 			case <-gctx.Done():
 				return nil
 			}
@@ -476,7 +546,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.bundleEP != nil {
 		g.Go(func() error { return s.bundleEP.Run(gctx) })
 	}
-	s.cfg.Logger.Info("server running", slog.String("trust_domain", s.cfg.TrustDomain.Name()),
+	s.cfg.Logger.Info("server running", slog.String("trust_domain", s.cfg.TrustDomain.Name()), slog.String("replica_id", s.cfg.ReplicaID),
 		slog.String("agent_api", s.AgentAddr()), slog.String("admin_socket", s.cfg.AdminSocket), slog.String("metrics", s.MetricsAddr()))
 	// Listener errors caused by our own shutdown are not failures.
 	if err := g.Wait(); err != nil && ctx.Err() == nil {
@@ -505,19 +575,26 @@ func (s *Server) rotate(ctx context.Context) {
 // housekeepingInterval is how often expired join tokens are purged.
 const housekeepingInterval = time.Minute
 
-// housekeep purges expired join tokens every housekeepingInterval.
+// housekeep purges expired join tokens every housekeepingInterval, on the
+// leader only.
 func (s *Server) housekeep(ctx context.Context) {
 	for {
-		if n, err := s.store.PurgeExpiredJoinTokens(ctx, s.cfg.Clock.Now()); err != nil {
-			s.cfg.Logger.Error("purging expired join tokens failed; retrying", slog.Any("error", err))
-		} else if n > 0 {
-			s.cfg.Logger.Info("purged expired join tokens", slog.Int("tokens", n))
+		if s.ca.Leads() {
+			s.purgeJoinTokens(ctx)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.cfg.Clock.After(housekeepingInterval):
 		}
+	}
+}
+
+func (s *Server) purgeJoinTokens(ctx context.Context) {
+	if n, err := s.store.PurgeExpiredJoinTokens(ctx, s.cfg.Clock.Now()); err != nil {
+		s.cfg.Logger.Error("purging expired join tokens failed; retrying", slog.Any("error", err))
+	} else if n > 0 {
+		s.cfg.Logger.Info("purged expired join tokens", slog.Int("tokens", n))
 	}
 }
 

@@ -1346,8 +1346,11 @@ type Authority struct {
 	// What the schedule does next to this authority, and when.
 	NextTransition   string `protobuf:"bytes,11,opt,name=next_transition,json=nextTransition,proto3" json:"next_transition,omitempty"`
 	NextTransitionAt int64  `protobuf:"varint,12,opt,name=next_transition_at,json=nextTransitionAt,proto3" json:"next_transition_at,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The replica that owns an intermediate or JWT key (only it signs with
+	// it); empty for roots, which every replica shares.
+	ReplicaId     string `protobuf:"bytes,13,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Authority) Reset() {
@@ -1464,6 +1467,85 @@ func (x *Authority) GetNextTransitionAt() int64 {
 	return 0
 }
 
+func (x *Authority) GetReplicaId() string {
+	if x != nil {
+		return x.ReplicaId
+	}
+	return ""
+}
+
+// A server replica with a record in the CA journal.
+type Replica struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Holds its datastore lease now (always true for the replica answering).
+	Live bool `protobuf:"varint,2,opt,name=live,proto3" json:"live,omitempty"`
+	// Runs the cluster duties (root rotation, the gate, pruning).
+	Leader bool `protobuf:"varint,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	// Its intermediates and JWT keys.
+	Authorities   int32 `protobuf:"varint,4,opt,name=authorities,proto3" json:"authorities,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Replica) Reset() {
+	*x = Replica{}
+	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Replica) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Replica) ProtoMessage() {}
+
+func (x *Replica) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Replica.ProtoReflect.Descriptor instead.
+func (*Replica) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *Replica) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Replica) GetLive() bool {
+	if x != nil {
+		return x.Live
+	}
+	return false
+}
+
+func (x *Replica) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *Replica) GetAuthorities() int32 {
+	if x != nil {
+		return x.Authorities
+	}
+	return 0
+}
+
 type Propagation struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	BundleSequence uint64                 `protobuf:"varint,1,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
@@ -1478,7 +1560,7 @@ type Propagation struct {
 
 func (x *Propagation) Reset() {
 	*x = Propagation{}
-	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1572,7 @@ func (x *Propagation) String() string {
 func (*Propagation) ProtoMessage() {}
 
 func (x *Propagation) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1585,7 @@ func (x *Propagation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Propagation.ProtoReflect.Descriptor instead.
 func (*Propagation) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Propagation) GetBundleSequence() uint64 {
@@ -1542,7 +1624,7 @@ type ListAuthoritiesRequest struct {
 
 func (x *ListAuthoritiesRequest) Reset() {
 	*x = ListAuthoritiesRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1554,7 +1636,7 @@ func (x *ListAuthoritiesRequest) String() string {
 func (*ListAuthoritiesRequest) ProtoMessage() {}
 
 func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1567,7 +1649,7 @@ func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 type ListAuthoritiesResponse struct {
@@ -1577,13 +1659,15 @@ type ListAuthoritiesResponse struct {
 	RootRotation *RootRotation          `protobuf:"bytes,3,opt,name=root_rotation,json=rootRotation,proto3" json:"root_rotation,omitempty"`
 	// The TLS certificate the server presents to agents and on the bundle endpoint.
 	ServerCertificate *ServerCertificate `protobuf:"bytes,4,opt,name=server_certificate,json=serverCertificate,proto3" json:"server_certificate,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Every replica, the one answering first.
+	Replicas      []*Replica `protobuf:"bytes,5,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListAuthoritiesResponse) Reset() {
 	*x = ListAuthoritiesResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +1679,7 @@ func (x *ListAuthoritiesResponse) String() string {
 func (*ListAuthoritiesResponse) ProtoMessage() {}
 
 func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +1692,7 @@ func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
@@ -1635,6 +1719,13 @@ func (x *ListAuthoritiesResponse) GetRootRotation() *RootRotation {
 func (x *ListAuthoritiesResponse) GetServerCertificate() *ServerCertificate {
 	if x != nil {
 		return x.ServerCertificate
+	}
+	return nil
+}
+
+func (x *ListAuthoritiesResponse) GetReplicas() []*Replica {
+	if x != nil {
+		return x.Replicas
 	}
 	return nil
 }
@@ -1667,7 +1758,7 @@ type RootRotation struct {
 
 func (x *RootRotation) Reset() {
 	*x = RootRotation{}
-	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1679,7 +1770,7 @@ func (x *RootRotation) String() string {
 func (*RootRotation) ProtoMessage() {}
 
 func (x *RootRotation) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1692,7 +1783,7 @@ func (x *RootRotation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootRotation.ProtoReflect.Descriptor instead.
 func (*RootRotation) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RootRotation) GetScheduled() bool {
@@ -1785,7 +1876,7 @@ type ServerCertificate struct {
 
 func (x *ServerCertificate) Reset() {
 	*x = ServerCertificate{}
-	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1797,7 +1888,7 @@ func (x *ServerCertificate) String() string {
 func (*ServerCertificate) ProtoMessage() {}
 
 func (x *ServerCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1810,7 +1901,7 @@ func (x *ServerCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerCertificate.ProtoReflect.Descriptor instead.
 func (*ServerCertificate) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ServerCertificate) GetSerialNumber() string {
@@ -1851,7 +1942,7 @@ type PrepareAuthorityRequest struct {
 
 func (x *PrepareAuthorityRequest) Reset() {
 	*x = PrepareAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +1954,7 @@ func (x *PrepareAuthorityRequest) String() string {
 func (*PrepareAuthorityRequest) ProtoMessage() {}
 
 func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +1967,7 @@ func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PrepareAuthorityRequest) GetKind() string {
@@ -1896,7 +1987,7 @@ type ActivateAuthorityRequest struct {
 
 func (x *ActivateAuthorityRequest) Reset() {
 	*x = ActivateAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1908,7 +1999,7 @@ func (x *ActivateAuthorityRequest) String() string {
 func (*ActivateAuthorityRequest) ProtoMessage() {}
 
 func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1921,7 +2012,7 @@ func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*ActivateAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ActivateAuthorityRequest) GetKind() string {
@@ -1940,7 +2031,7 @@ type TaintAuthorityRequest struct {
 
 func (x *TaintAuthorityRequest) Reset() {
 	*x = TaintAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1952,7 +2043,7 @@ func (x *TaintAuthorityRequest) String() string {
 func (*TaintAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1965,7 +2056,7 @@ func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TaintAuthorityRequest) GetId() string {
@@ -1984,7 +2075,7 @@ type RevokeAuthorityRequest struct {
 
 func (x *RevokeAuthorityRequest) Reset() {
 	*x = RevokeAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2087,7 @@ func (x *RevokeAuthorityRequest) String() string {
 func (*RevokeAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2100,7 @@ func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RevokeAuthorityRequest) GetId() string {
@@ -2027,7 +2118,7 @@ type PrepareRootRequest struct {
 
 func (x *PrepareRootRequest) Reset() {
 	*x = PrepareRootRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2039,7 +2130,7 @@ func (x *PrepareRootRequest) String() string {
 func (*PrepareRootRequest) ProtoMessage() {}
 
 func (x *PrepareRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2052,7 +2143,7 @@ func (x *PrepareRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareRootRequest.ProtoReflect.Descriptor instead.
 func (*PrepareRootRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 type ActivateRootRequest struct {
@@ -2065,7 +2156,7 @@ type ActivateRootRequest struct {
 
 func (x *ActivateRootRequest) Reset() {
 	*x = ActivateRootRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_admin_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2077,7 +2168,7 @@ func (x *ActivateRootRequest) String() string {
 func (*ActivateRootRequest) ProtoMessage() {}
 
 func (x *ActivateRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_admin_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2090,7 +2181,7 @@ func (x *ActivateRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateRootRequest.ProtoReflect.Descriptor instead.
 func (*ActivateRootRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ActivateRootRequest) GetForce() bool {
@@ -2111,7 +2202,7 @@ type ActivateRootResponse struct {
 
 func (x *ActivateRootResponse) Reset() {
 	*x = ActivateRootResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_admin_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2123,7 +2214,7 @@ func (x *ActivateRootResponse) String() string {
 func (*ActivateRootResponse) ProtoMessage() {}
 
 func (x *ActivateRootResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_admin_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2136,7 +2227,7 @@ func (x *ActivateRootResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateRootResponse.ProtoReflect.Descriptor instead.
 func (*ActivateRootResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ActivateRootResponse) GetAuthority() *Authority {
@@ -2161,7 +2252,7 @@ type RetireRootRequest struct {
 
 func (x *RetireRootRequest) Reset() {
 	*x = RetireRootRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_admin_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2264,7 @@ func (x *RetireRootRequest) String() string {
 func (*RetireRootRequest) ProtoMessage() {}
 
 func (x *RetireRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_admin_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2277,7 @@ func (x *RetireRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireRootRequest.ProtoReflect.Descriptor instead.
 func (*RetireRootRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 type ExportCAJournalRequest struct {
@@ -2197,7 +2288,7 @@ type ExportCAJournalRequest struct {
 
 func (x *ExportCAJournalRequest) Reset() {
 	*x = ExportCAJournalRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_admin_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2209,7 +2300,7 @@ func (x *ExportCAJournalRequest) String() string {
 func (*ExportCAJournalRequest) ProtoMessage() {}
 
 func (x *ExportCAJournalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_admin_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2222,7 +2313,7 @@ func (x *ExportCAJournalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportCAJournalRequest.ProtoReflect.Descriptor instead.
 func (*ExportCAJournalRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 type ExportCAJournalResponse struct {
@@ -2235,7 +2326,7 @@ type ExportCAJournalResponse struct {
 
 func (x *ExportCAJournalResponse) Reset() {
 	*x = ExportCAJournalResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_admin_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2247,7 +2338,7 @@ func (x *ExportCAJournalResponse) String() string {
 func (*ExportCAJournalResponse) ProtoMessage() {}
 
 func (x *ExportCAJournalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_admin_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2260,7 +2351,7 @@ func (x *ExportCAJournalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportCAJournalResponse.ProtoReflect.Descriptor instead.
 func (*ExportCAJournalResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ExportCAJournalResponse) GetJournal() []byte {
@@ -2292,7 +2383,7 @@ type Federation struct {
 
 func (x *Federation) Reset() {
 	*x = Federation{}
-	mi := &file_admin_v1_admin_proto_msgTypes[39]
+	mi := &file_admin_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2304,7 +2395,7 @@ func (x *Federation) String() string {
 func (*Federation) ProtoMessage() {}
 
 func (x *Federation) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[39]
+	mi := &file_admin_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2317,7 +2408,7 @@ func (x *Federation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Federation.ProtoReflect.Descriptor instead.
 func (*Federation) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Federation) GetTrustDomain() string {
@@ -2392,7 +2483,7 @@ type CreateFederationRequest struct {
 
 func (x *CreateFederationRequest) Reset() {
 	*x = CreateFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[40]
+	mi := &file_admin_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2404,7 +2495,7 @@ func (x *CreateFederationRequest) String() string {
 func (*CreateFederationRequest) ProtoMessage() {}
 
 func (x *CreateFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[40]
+	mi := &file_admin_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2417,7 +2508,7 @@ func (x *CreateFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateFederationRequest.ProtoReflect.Descriptor instead.
 func (*CreateFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CreateFederationRequest) GetFederation() *Federation {
@@ -2435,7 +2526,7 @@ type ListFederationsRequest struct {
 
 func (x *ListFederationsRequest) Reset() {
 	*x = ListFederationsRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[41]
+	mi := &file_admin_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2447,7 +2538,7 @@ func (x *ListFederationsRequest) String() string {
 func (*ListFederationsRequest) ProtoMessage() {}
 
 func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[41]
+	mi := &file_admin_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2460,7 +2551,7 @@ func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 type ListFederationsResponse struct {
@@ -2472,7 +2563,7 @@ type ListFederationsResponse struct {
 
 func (x *ListFederationsResponse) Reset() {
 	*x = ListFederationsResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[42]
+	mi := &file_admin_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2484,7 +2575,7 @@ func (x *ListFederationsResponse) String() string {
 func (*ListFederationsResponse) ProtoMessage() {}
 
 func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[42]
+	mi := &file_admin_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2497,7 +2588,7 @@ func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListFederationsResponse) GetFederations() []*Federation {
@@ -2516,7 +2607,7 @@ type GetFederationRequest struct {
 
 func (x *GetFederationRequest) Reset() {
 	*x = GetFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[43]
+	mi := &file_admin_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2528,7 +2619,7 @@ func (x *GetFederationRequest) String() string {
 func (*GetFederationRequest) ProtoMessage() {}
 
 func (x *GetFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[43]
+	mi := &file_admin_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2541,7 +2632,7 @@ func (x *GetFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFederationRequest.ProtoReflect.Descriptor instead.
 func (*GetFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetFederationRequest) GetTrustDomain() string {
@@ -2560,7 +2651,7 @@ type UpdateFederationRequest struct {
 
 func (x *UpdateFederationRequest) Reset() {
 	*x = UpdateFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[44]
+	mi := &file_admin_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2572,7 +2663,7 @@ func (x *UpdateFederationRequest) String() string {
 func (*UpdateFederationRequest) ProtoMessage() {}
 
 func (x *UpdateFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[44]
+	mi := &file_admin_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2585,7 +2676,7 @@ func (x *UpdateFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateFederationRequest.ProtoReflect.Descriptor instead.
 func (*UpdateFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *UpdateFederationRequest) GetFederation() *Federation {
@@ -2604,7 +2695,7 @@ type DeleteFederationRequest struct {
 
 func (x *DeleteFederationRequest) Reset() {
 	*x = DeleteFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[45]
+	mi := &file_admin_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2616,7 +2707,7 @@ func (x *DeleteFederationRequest) String() string {
 func (*DeleteFederationRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[45]
+	mi := &file_admin_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2629,7 +2720,7 @@ func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DeleteFederationRequest) GetTrustDomain() string {
@@ -2647,7 +2738,7 @@ type DeleteFederationResponse struct {
 
 func (x *DeleteFederationResponse) Reset() {
 	*x = DeleteFederationResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[46]
+	mi := &file_admin_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2659,7 +2750,7 @@ func (x *DeleteFederationResponse) String() string {
 func (*DeleteFederationResponse) ProtoMessage() {}
 
 func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[46]
+	mi := &file_admin_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2672,7 +2763,7 @@ func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 type RefreshFederationRequest struct {
@@ -2684,7 +2775,7 @@ type RefreshFederationRequest struct {
 
 func (x *RefreshFederationRequest) Reset() {
 	*x = RefreshFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[47]
+	mi := &file_admin_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2696,7 +2787,7 @@ func (x *RefreshFederationRequest) String() string {
 func (*RefreshFederationRequest) ProtoMessage() {}
 
 func (x *RefreshFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[47]
+	mi := &file_admin_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2709,7 +2800,7 @@ func (x *RefreshFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshFederationRequest.ProtoReflect.Descriptor instead.
 func (*RefreshFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RefreshFederationRequest) GetTrustDomain() string {
@@ -2733,7 +2824,7 @@ type FederatedBundle struct {
 
 func (x *FederatedBundle) Reset() {
 	*x = FederatedBundle{}
-	mi := &file_admin_v1_admin_proto_msgTypes[48]
+	mi := &file_admin_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2745,7 +2836,7 @@ func (x *FederatedBundle) String() string {
 func (*FederatedBundle) ProtoMessage() {}
 
 func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[48]
+	mi := &file_admin_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2758,7 +2849,7 @@ func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederatedBundle.ProtoReflect.Descriptor instead.
 func (*FederatedBundle) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{48}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *FederatedBundle) GetTrustDomain() string {
@@ -2804,7 +2895,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[49]
+	mi := &file_admin_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2816,7 +2907,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[49]
+	mi := &file_admin_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2829,7 +2920,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{49}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 type ListBundlesResponse struct {
@@ -2842,7 +2933,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[50]
+	mi := &file_admin_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2854,7 +2945,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[50]
+	mi := &file_admin_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2867,7 +2958,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{50}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*FederatedBundle {
@@ -2888,7 +2979,7 @@ type SetFederatedBundleRequest struct {
 
 func (x *SetFederatedBundleRequest) Reset() {
 	*x = SetFederatedBundleRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[51]
+	mi := &file_admin_v1_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2900,7 +2991,7 @@ func (x *SetFederatedBundleRequest) String() string {
 func (*SetFederatedBundleRequest) ProtoMessage() {}
 
 func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[51]
+	mi := &file_admin_v1_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2913,7 +3004,7 @@ func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*SetFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{51}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SetFederatedBundleRequest) GetTrustDomain() string {
@@ -2939,7 +3030,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[52]
+	mi := &file_admin_v1_admin_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2951,7 +3042,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[52]
+	mi := &file_admin_v1_admin_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2964,7 +3055,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{52}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -2982,7 +3073,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[53]
+	mi := &file_admin_v1_admin_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2994,7 +3085,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[53]
+	mi := &file_admin_v1_admin_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3007,7 +3098,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{53}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{54}
 }
 
 var File_admin_v1_admin_proto protoreflect.FileDescriptor
@@ -3106,7 +3197,7 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"cert_chain\x18\x01 \x03(\fR\tcertChain\x12\x1f\n" +
 	"\vprivate_key\x18\x02 \x01(\fR\n" +
 	"privateKey\x12\x16\n" +
-	"\x06bundle\x18\x03 \x03(\fR\x06bundle\"\xe8\x02\n" +
+	"\x06bundle\x18\x03 \x03(\fR\x06bundle\"\x87\x03\n" +
 	"\tAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n" +
@@ -3121,19 +3212,27 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x0fbundle_sequence\x18\n" +
 	" \x01(\x04R\x0ebundleSequence\x12'\n" +
 	"\x0fnext_transition\x18\v \x01(\tR\x0enextTransition\x12,\n" +
-	"\x12next_transition_at\x18\f \x01(\x03R\x10nextTransitionAt\"\xa5\x01\n" +
+	"\x12next_transition_at\x18\f \x01(\x03R\x10nextTransitionAt\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\r \x01(\tR\treplicaId\"g\n" +
+	"\aReplica\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04live\x18\x02 \x01(\bR\x04live\x12\x16\n" +
+	"\x06leader\x18\x03 \x01(\bR\x06leader\x12 \n" +
+	"\vauthorities\x18\x04 \x01(\x05R\vauthorities\"\xa5\x01\n" +
 	"\vPropagation\x12'\n" +
 	"\x0fbundle_sequence\x18\x01 \x01(\x04R\x0ebundleSequence\x12\x1f\n" +
 	"\vlive_agents\x18\x02 \x01(\x05R\n" +
 	"liveAgents\x12%\n" +
 	"\x0ecurrent_agents\x18\x03 \x01(\x05R\rcurrentAgents\x12%\n" +
 	"\x0elagging_agents\x18\x04 \x03(\tR\rlaggingAgents\"\x18\n" +
-	"\x16ListAuthoritiesRequest\"\xba\x02\n" +
+	"\x16ListAuthoritiesRequest\"\xf3\x02\n" +
 	"\x17ListAuthoritiesResponse\x12?\n" +
 	"\vauthorities\x18\x01 \x03(\v2\x1d.shortleaf.admin.v1.AuthorityR\vauthorities\x12A\n" +
 	"\vpropagation\x18\x02 \x01(\v2\x1f.shortleaf.admin.v1.PropagationR\vpropagation\x12E\n" +
 	"\rroot_rotation\x18\x03 \x01(\v2 .shortleaf.admin.v1.RootRotationR\frootRotation\x12T\n" +
-	"\x12server_certificate\x18\x04 \x01(\v2%.shortleaf.admin.v1.ServerCertificateR\x11serverCertificate\"\xf2\x02\n" +
+	"\x12server_certificate\x18\x04 \x01(\v2%.shortleaf.admin.v1.ServerCertificateR\x11serverCertificate\x127\n" +
+	"\breplicas\x18\x05 \x03(\v2\x1b.shortleaf.admin.v1.ReplicaR\breplicas\"\xf2\x02\n" +
 	"\fRootRotation\x12\x1c\n" +
 	"\tscheduled\x18\x01 \x01(\bR\tscheduled\x12$\n" +
 	"\x0eactive_root_id\x18\x02 \x01(\tR\factiveRootId\x12$\n" +
@@ -3264,7 +3363,7 @@ func file_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_admin_v1_admin_proto_rawDescData
 }
 
-var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_admin_v1_admin_proto_goTypes = []any{
 	(*Entry)(nil),                         // 0: shortleaf.admin.v1.Entry
 	(*CreateEntryRequest)(nil),            // 1: shortleaf.admin.v1.CreateEntryRequest
@@ -3290,36 +3389,37 @@ var file_admin_v1_admin_proto_goTypes = []any{
 	(*MintX509SVIDRequest)(nil),           // 21: shortleaf.admin.v1.MintX509SVIDRequest
 	(*MintX509SVIDResponse)(nil),          // 22: shortleaf.admin.v1.MintX509SVIDResponse
 	(*Authority)(nil),                     // 23: shortleaf.admin.v1.Authority
-	(*Propagation)(nil),                   // 24: shortleaf.admin.v1.Propagation
-	(*ListAuthoritiesRequest)(nil),        // 25: shortleaf.admin.v1.ListAuthoritiesRequest
-	(*ListAuthoritiesResponse)(nil),       // 26: shortleaf.admin.v1.ListAuthoritiesResponse
-	(*RootRotation)(nil),                  // 27: shortleaf.admin.v1.RootRotation
-	(*ServerCertificate)(nil),             // 28: shortleaf.admin.v1.ServerCertificate
-	(*PrepareAuthorityRequest)(nil),       // 29: shortleaf.admin.v1.PrepareAuthorityRequest
-	(*ActivateAuthorityRequest)(nil),      // 30: shortleaf.admin.v1.ActivateAuthorityRequest
-	(*TaintAuthorityRequest)(nil),         // 31: shortleaf.admin.v1.TaintAuthorityRequest
-	(*RevokeAuthorityRequest)(nil),        // 32: shortleaf.admin.v1.RevokeAuthorityRequest
-	(*PrepareRootRequest)(nil),            // 33: shortleaf.admin.v1.PrepareRootRequest
-	(*ActivateRootRequest)(nil),           // 34: shortleaf.admin.v1.ActivateRootRequest
-	(*ActivateRootResponse)(nil),          // 35: shortleaf.admin.v1.ActivateRootResponse
-	(*RetireRootRequest)(nil),             // 36: shortleaf.admin.v1.RetireRootRequest
-	(*ExportCAJournalRequest)(nil),        // 37: shortleaf.admin.v1.ExportCAJournalRequest
-	(*ExportCAJournalResponse)(nil),       // 38: shortleaf.admin.v1.ExportCAJournalResponse
-	(*Federation)(nil),                    // 39: shortleaf.admin.v1.Federation
-	(*CreateFederationRequest)(nil),       // 40: shortleaf.admin.v1.CreateFederationRequest
-	(*ListFederationsRequest)(nil),        // 41: shortleaf.admin.v1.ListFederationsRequest
-	(*ListFederationsResponse)(nil),       // 42: shortleaf.admin.v1.ListFederationsResponse
-	(*GetFederationRequest)(nil),          // 43: shortleaf.admin.v1.GetFederationRequest
-	(*UpdateFederationRequest)(nil),       // 44: shortleaf.admin.v1.UpdateFederationRequest
-	(*DeleteFederationRequest)(nil),       // 45: shortleaf.admin.v1.DeleteFederationRequest
-	(*DeleteFederationResponse)(nil),      // 46: shortleaf.admin.v1.DeleteFederationResponse
-	(*RefreshFederationRequest)(nil),      // 47: shortleaf.admin.v1.RefreshFederationRequest
-	(*FederatedBundle)(nil),               // 48: shortleaf.admin.v1.FederatedBundle
-	(*ListBundlesRequest)(nil),            // 49: shortleaf.admin.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),           // 50: shortleaf.admin.v1.ListBundlesResponse
-	(*SetFederatedBundleRequest)(nil),     // 51: shortleaf.admin.v1.SetFederatedBundleRequest
-	(*DeleteFederatedBundleRequest)(nil),  // 52: shortleaf.admin.v1.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil), // 53: shortleaf.admin.v1.DeleteFederatedBundleResponse
+	(*Replica)(nil),                       // 24: shortleaf.admin.v1.Replica
+	(*Propagation)(nil),                   // 25: shortleaf.admin.v1.Propagation
+	(*ListAuthoritiesRequest)(nil),        // 26: shortleaf.admin.v1.ListAuthoritiesRequest
+	(*ListAuthoritiesResponse)(nil),       // 27: shortleaf.admin.v1.ListAuthoritiesResponse
+	(*RootRotation)(nil),                  // 28: shortleaf.admin.v1.RootRotation
+	(*ServerCertificate)(nil),             // 29: shortleaf.admin.v1.ServerCertificate
+	(*PrepareAuthorityRequest)(nil),       // 30: shortleaf.admin.v1.PrepareAuthorityRequest
+	(*ActivateAuthorityRequest)(nil),      // 31: shortleaf.admin.v1.ActivateAuthorityRequest
+	(*TaintAuthorityRequest)(nil),         // 32: shortleaf.admin.v1.TaintAuthorityRequest
+	(*RevokeAuthorityRequest)(nil),        // 33: shortleaf.admin.v1.RevokeAuthorityRequest
+	(*PrepareRootRequest)(nil),            // 34: shortleaf.admin.v1.PrepareRootRequest
+	(*ActivateRootRequest)(nil),           // 35: shortleaf.admin.v1.ActivateRootRequest
+	(*ActivateRootResponse)(nil),          // 36: shortleaf.admin.v1.ActivateRootResponse
+	(*RetireRootRequest)(nil),             // 37: shortleaf.admin.v1.RetireRootRequest
+	(*ExportCAJournalRequest)(nil),        // 38: shortleaf.admin.v1.ExportCAJournalRequest
+	(*ExportCAJournalResponse)(nil),       // 39: shortleaf.admin.v1.ExportCAJournalResponse
+	(*Federation)(nil),                    // 40: shortleaf.admin.v1.Federation
+	(*CreateFederationRequest)(nil),       // 41: shortleaf.admin.v1.CreateFederationRequest
+	(*ListFederationsRequest)(nil),        // 42: shortleaf.admin.v1.ListFederationsRequest
+	(*ListFederationsResponse)(nil),       // 43: shortleaf.admin.v1.ListFederationsResponse
+	(*GetFederationRequest)(nil),          // 44: shortleaf.admin.v1.GetFederationRequest
+	(*UpdateFederationRequest)(nil),       // 45: shortleaf.admin.v1.UpdateFederationRequest
+	(*DeleteFederationRequest)(nil),       // 46: shortleaf.admin.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil),      // 47: shortleaf.admin.v1.DeleteFederationResponse
+	(*RefreshFederationRequest)(nil),      // 48: shortleaf.admin.v1.RefreshFederationRequest
+	(*FederatedBundle)(nil),               // 49: shortleaf.admin.v1.FederatedBundle
+	(*ListBundlesRequest)(nil),            // 50: shortleaf.admin.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),           // 51: shortleaf.admin.v1.ListBundlesResponse
+	(*SetFederatedBundleRequest)(nil),     // 52: shortleaf.admin.v1.SetFederatedBundleRequest
+	(*DeleteFederatedBundleRequest)(nil),  // 53: shortleaf.admin.v1.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 54: shortleaf.admin.v1.DeleteFederatedBundleResponse
 }
 var file_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: shortleaf.admin.v1.CreateEntryRequest.entry:type_name -> shortleaf.admin.v1.Entry
@@ -3328,79 +3428,80 @@ var file_admin_v1_admin_proto_depIdxs = []int32{
 	10, // 3: shortleaf.admin.v1.ListAgentsResponse.agents:type_name -> shortleaf.admin.v1.Agent
 	18, // 4: shortleaf.admin.v1.Bundle.jwt_authorities:type_name -> shortleaf.admin.v1.JWTAuthority
 	23, // 5: shortleaf.admin.v1.ListAuthoritiesResponse.authorities:type_name -> shortleaf.admin.v1.Authority
-	24, // 6: shortleaf.admin.v1.ListAuthoritiesResponse.propagation:type_name -> shortleaf.admin.v1.Propagation
-	27, // 7: shortleaf.admin.v1.ListAuthoritiesResponse.root_rotation:type_name -> shortleaf.admin.v1.RootRotation
-	28, // 8: shortleaf.admin.v1.ListAuthoritiesResponse.server_certificate:type_name -> shortleaf.admin.v1.ServerCertificate
-	23, // 9: shortleaf.admin.v1.ActivateRootResponse.authority:type_name -> shortleaf.admin.v1.Authority
-	39, // 10: shortleaf.admin.v1.CreateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
-	39, // 11: shortleaf.admin.v1.ListFederationsResponse.federations:type_name -> shortleaf.admin.v1.Federation
-	39, // 12: shortleaf.admin.v1.UpdateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
-	48, // 13: shortleaf.admin.v1.ListBundlesResponse.bundles:type_name -> shortleaf.admin.v1.FederatedBundle
-	1,  // 14: shortleaf.admin.v1.AdminAPI.CreateEntry:input_type -> shortleaf.admin.v1.CreateEntryRequest
-	2,  // 15: shortleaf.admin.v1.AdminAPI.ListEntries:input_type -> shortleaf.admin.v1.ListEntriesRequest
-	4,  // 16: shortleaf.admin.v1.AdminAPI.GetEntry:input_type -> shortleaf.admin.v1.GetEntryRequest
-	5,  // 17: shortleaf.admin.v1.AdminAPI.UpdateEntry:input_type -> shortleaf.admin.v1.UpdateEntryRequest
-	6,  // 18: shortleaf.admin.v1.AdminAPI.DeleteEntry:input_type -> shortleaf.admin.v1.DeleteEntryRequest
-	8,  // 19: shortleaf.admin.v1.AdminAPI.CreateJoinToken:input_type -> shortleaf.admin.v1.CreateJoinTokenRequest
-	11, // 20: shortleaf.admin.v1.AdminAPI.ListAgents:input_type -> shortleaf.admin.v1.ListAgentsRequest
-	13, // 21: shortleaf.admin.v1.AdminAPI.GetAgent:input_type -> shortleaf.admin.v1.GetAgentRequest
-	14, // 22: shortleaf.admin.v1.AdminAPI.EvictAgent:input_type -> shortleaf.admin.v1.EvictAgentRequest
-	16, // 23: shortleaf.admin.v1.AdminAPI.GetBundle:input_type -> shortleaf.admin.v1.GetBundleRequest
-	21, // 24: shortleaf.admin.v1.AdminAPI.MintX509SVID:input_type -> shortleaf.admin.v1.MintX509SVIDRequest
-	19, // 25: shortleaf.admin.v1.AdminAPI.MintJWTSVID:input_type -> shortleaf.admin.v1.MintJWTSVIDRequest
-	40, // 26: shortleaf.admin.v1.AdminAPI.CreateFederation:input_type -> shortleaf.admin.v1.CreateFederationRequest
-	41, // 27: shortleaf.admin.v1.AdminAPI.ListFederations:input_type -> shortleaf.admin.v1.ListFederationsRequest
-	43, // 28: shortleaf.admin.v1.AdminAPI.GetFederation:input_type -> shortleaf.admin.v1.GetFederationRequest
-	44, // 29: shortleaf.admin.v1.AdminAPI.UpdateFederation:input_type -> shortleaf.admin.v1.UpdateFederationRequest
-	45, // 30: shortleaf.admin.v1.AdminAPI.DeleteFederation:input_type -> shortleaf.admin.v1.DeleteFederationRequest
-	47, // 31: shortleaf.admin.v1.AdminAPI.RefreshFederation:input_type -> shortleaf.admin.v1.RefreshFederationRequest
-	49, // 32: shortleaf.admin.v1.AdminAPI.ListBundles:input_type -> shortleaf.admin.v1.ListBundlesRequest
-	51, // 33: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:input_type -> shortleaf.admin.v1.SetFederatedBundleRequest
-	52, // 34: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:input_type -> shortleaf.admin.v1.DeleteFederatedBundleRequest
-	25, // 35: shortleaf.admin.v1.AdminAPI.ListAuthorities:input_type -> shortleaf.admin.v1.ListAuthoritiesRequest
-	29, // 36: shortleaf.admin.v1.AdminAPI.PrepareAuthority:input_type -> shortleaf.admin.v1.PrepareAuthorityRequest
-	30, // 37: shortleaf.admin.v1.AdminAPI.ActivateAuthority:input_type -> shortleaf.admin.v1.ActivateAuthorityRequest
-	31, // 38: shortleaf.admin.v1.AdminAPI.TaintAuthority:input_type -> shortleaf.admin.v1.TaintAuthorityRequest
-	32, // 39: shortleaf.admin.v1.AdminAPI.RevokeAuthority:input_type -> shortleaf.admin.v1.RevokeAuthorityRequest
-	33, // 40: shortleaf.admin.v1.AdminAPI.PrepareRoot:input_type -> shortleaf.admin.v1.PrepareRootRequest
-	34, // 41: shortleaf.admin.v1.AdminAPI.ActivateRoot:input_type -> shortleaf.admin.v1.ActivateRootRequest
-	36, // 42: shortleaf.admin.v1.AdminAPI.RetireRoot:input_type -> shortleaf.admin.v1.RetireRootRequest
-	37, // 43: shortleaf.admin.v1.AdminAPI.ExportCAJournal:input_type -> shortleaf.admin.v1.ExportCAJournalRequest
-	0,  // 44: shortleaf.admin.v1.AdminAPI.CreateEntry:output_type -> shortleaf.admin.v1.Entry
-	3,  // 45: shortleaf.admin.v1.AdminAPI.ListEntries:output_type -> shortleaf.admin.v1.ListEntriesResponse
-	0,  // 46: shortleaf.admin.v1.AdminAPI.GetEntry:output_type -> shortleaf.admin.v1.Entry
-	0,  // 47: shortleaf.admin.v1.AdminAPI.UpdateEntry:output_type -> shortleaf.admin.v1.Entry
-	7,  // 48: shortleaf.admin.v1.AdminAPI.DeleteEntry:output_type -> shortleaf.admin.v1.DeleteEntryResponse
-	9,  // 49: shortleaf.admin.v1.AdminAPI.CreateJoinToken:output_type -> shortleaf.admin.v1.CreateJoinTokenResponse
-	12, // 50: shortleaf.admin.v1.AdminAPI.ListAgents:output_type -> shortleaf.admin.v1.ListAgentsResponse
-	10, // 51: shortleaf.admin.v1.AdminAPI.GetAgent:output_type -> shortleaf.admin.v1.Agent
-	15, // 52: shortleaf.admin.v1.AdminAPI.EvictAgent:output_type -> shortleaf.admin.v1.EvictAgentResponse
-	17, // 53: shortleaf.admin.v1.AdminAPI.GetBundle:output_type -> shortleaf.admin.v1.Bundle
-	22, // 54: shortleaf.admin.v1.AdminAPI.MintX509SVID:output_type -> shortleaf.admin.v1.MintX509SVIDResponse
-	20, // 55: shortleaf.admin.v1.AdminAPI.MintJWTSVID:output_type -> shortleaf.admin.v1.MintJWTSVIDResponse
-	39, // 56: shortleaf.admin.v1.AdminAPI.CreateFederation:output_type -> shortleaf.admin.v1.Federation
-	42, // 57: shortleaf.admin.v1.AdminAPI.ListFederations:output_type -> shortleaf.admin.v1.ListFederationsResponse
-	39, // 58: shortleaf.admin.v1.AdminAPI.GetFederation:output_type -> shortleaf.admin.v1.Federation
-	39, // 59: shortleaf.admin.v1.AdminAPI.UpdateFederation:output_type -> shortleaf.admin.v1.Federation
-	46, // 60: shortleaf.admin.v1.AdminAPI.DeleteFederation:output_type -> shortleaf.admin.v1.DeleteFederationResponse
-	39, // 61: shortleaf.admin.v1.AdminAPI.RefreshFederation:output_type -> shortleaf.admin.v1.Federation
-	50, // 62: shortleaf.admin.v1.AdminAPI.ListBundles:output_type -> shortleaf.admin.v1.ListBundlesResponse
-	48, // 63: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:output_type -> shortleaf.admin.v1.FederatedBundle
-	53, // 64: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:output_type -> shortleaf.admin.v1.DeleteFederatedBundleResponse
-	26, // 65: shortleaf.admin.v1.AdminAPI.ListAuthorities:output_type -> shortleaf.admin.v1.ListAuthoritiesResponse
-	23, // 66: shortleaf.admin.v1.AdminAPI.PrepareAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 67: shortleaf.admin.v1.AdminAPI.ActivateAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 68: shortleaf.admin.v1.AdminAPI.TaintAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 69: shortleaf.admin.v1.AdminAPI.RevokeAuthority:output_type -> shortleaf.admin.v1.Authority
-	23, // 70: shortleaf.admin.v1.AdminAPI.PrepareRoot:output_type -> shortleaf.admin.v1.Authority
-	35, // 71: shortleaf.admin.v1.AdminAPI.ActivateRoot:output_type -> shortleaf.admin.v1.ActivateRootResponse
-	23, // 72: shortleaf.admin.v1.AdminAPI.RetireRoot:output_type -> shortleaf.admin.v1.Authority
-	38, // 73: shortleaf.admin.v1.AdminAPI.ExportCAJournal:output_type -> shortleaf.admin.v1.ExportCAJournalResponse
-	44, // [44:74] is the sub-list for method output_type
-	14, // [14:44] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	25, // 6: shortleaf.admin.v1.ListAuthoritiesResponse.propagation:type_name -> shortleaf.admin.v1.Propagation
+	28, // 7: shortleaf.admin.v1.ListAuthoritiesResponse.root_rotation:type_name -> shortleaf.admin.v1.RootRotation
+	29, // 8: shortleaf.admin.v1.ListAuthoritiesResponse.server_certificate:type_name -> shortleaf.admin.v1.ServerCertificate
+	24, // 9: shortleaf.admin.v1.ListAuthoritiesResponse.replicas:type_name -> shortleaf.admin.v1.Replica
+	23, // 10: shortleaf.admin.v1.ActivateRootResponse.authority:type_name -> shortleaf.admin.v1.Authority
+	40, // 11: shortleaf.admin.v1.CreateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
+	40, // 12: shortleaf.admin.v1.ListFederationsResponse.federations:type_name -> shortleaf.admin.v1.Federation
+	40, // 13: shortleaf.admin.v1.UpdateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
+	49, // 14: shortleaf.admin.v1.ListBundlesResponse.bundles:type_name -> shortleaf.admin.v1.FederatedBundle
+	1,  // 15: shortleaf.admin.v1.AdminAPI.CreateEntry:input_type -> shortleaf.admin.v1.CreateEntryRequest
+	2,  // 16: shortleaf.admin.v1.AdminAPI.ListEntries:input_type -> shortleaf.admin.v1.ListEntriesRequest
+	4,  // 17: shortleaf.admin.v1.AdminAPI.GetEntry:input_type -> shortleaf.admin.v1.GetEntryRequest
+	5,  // 18: shortleaf.admin.v1.AdminAPI.UpdateEntry:input_type -> shortleaf.admin.v1.UpdateEntryRequest
+	6,  // 19: shortleaf.admin.v1.AdminAPI.DeleteEntry:input_type -> shortleaf.admin.v1.DeleteEntryRequest
+	8,  // 20: shortleaf.admin.v1.AdminAPI.CreateJoinToken:input_type -> shortleaf.admin.v1.CreateJoinTokenRequest
+	11, // 21: shortleaf.admin.v1.AdminAPI.ListAgents:input_type -> shortleaf.admin.v1.ListAgentsRequest
+	13, // 22: shortleaf.admin.v1.AdminAPI.GetAgent:input_type -> shortleaf.admin.v1.GetAgentRequest
+	14, // 23: shortleaf.admin.v1.AdminAPI.EvictAgent:input_type -> shortleaf.admin.v1.EvictAgentRequest
+	16, // 24: shortleaf.admin.v1.AdminAPI.GetBundle:input_type -> shortleaf.admin.v1.GetBundleRequest
+	21, // 25: shortleaf.admin.v1.AdminAPI.MintX509SVID:input_type -> shortleaf.admin.v1.MintX509SVIDRequest
+	19, // 26: shortleaf.admin.v1.AdminAPI.MintJWTSVID:input_type -> shortleaf.admin.v1.MintJWTSVIDRequest
+	41, // 27: shortleaf.admin.v1.AdminAPI.CreateFederation:input_type -> shortleaf.admin.v1.CreateFederationRequest
+	42, // 28: shortleaf.admin.v1.AdminAPI.ListFederations:input_type -> shortleaf.admin.v1.ListFederationsRequest
+	44, // 29: shortleaf.admin.v1.AdminAPI.GetFederation:input_type -> shortleaf.admin.v1.GetFederationRequest
+	45, // 30: shortleaf.admin.v1.AdminAPI.UpdateFederation:input_type -> shortleaf.admin.v1.UpdateFederationRequest
+	46, // 31: shortleaf.admin.v1.AdminAPI.DeleteFederation:input_type -> shortleaf.admin.v1.DeleteFederationRequest
+	48, // 32: shortleaf.admin.v1.AdminAPI.RefreshFederation:input_type -> shortleaf.admin.v1.RefreshFederationRequest
+	50, // 33: shortleaf.admin.v1.AdminAPI.ListBundles:input_type -> shortleaf.admin.v1.ListBundlesRequest
+	52, // 34: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:input_type -> shortleaf.admin.v1.SetFederatedBundleRequest
+	53, // 35: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:input_type -> shortleaf.admin.v1.DeleteFederatedBundleRequest
+	26, // 36: shortleaf.admin.v1.AdminAPI.ListAuthorities:input_type -> shortleaf.admin.v1.ListAuthoritiesRequest
+	30, // 37: shortleaf.admin.v1.AdminAPI.PrepareAuthority:input_type -> shortleaf.admin.v1.PrepareAuthorityRequest
+	31, // 38: shortleaf.admin.v1.AdminAPI.ActivateAuthority:input_type -> shortleaf.admin.v1.ActivateAuthorityRequest
+	32, // 39: shortleaf.admin.v1.AdminAPI.TaintAuthority:input_type -> shortleaf.admin.v1.TaintAuthorityRequest
+	33, // 40: shortleaf.admin.v1.AdminAPI.RevokeAuthority:input_type -> shortleaf.admin.v1.RevokeAuthorityRequest
+	34, // 41: shortleaf.admin.v1.AdminAPI.PrepareRoot:input_type -> shortleaf.admin.v1.PrepareRootRequest
+	35, // 42: shortleaf.admin.v1.AdminAPI.ActivateRoot:input_type -> shortleaf.admin.v1.ActivateRootRequest
+	37, // 43: shortleaf.admin.v1.AdminAPI.RetireRoot:input_type -> shortleaf.admin.v1.RetireRootRequest
+	38, // 44: shortleaf.admin.v1.AdminAPI.ExportCAJournal:input_type -> shortleaf.admin.v1.ExportCAJournalRequest
+	0,  // 45: shortleaf.admin.v1.AdminAPI.CreateEntry:output_type -> shortleaf.admin.v1.Entry
+	3,  // 46: shortleaf.admin.v1.AdminAPI.ListEntries:output_type -> shortleaf.admin.v1.ListEntriesResponse
+	0,  // 47: shortleaf.admin.v1.AdminAPI.GetEntry:output_type -> shortleaf.admin.v1.Entry
+	0,  // 48: shortleaf.admin.v1.AdminAPI.UpdateEntry:output_type -> shortleaf.admin.v1.Entry
+	7,  // 49: shortleaf.admin.v1.AdminAPI.DeleteEntry:output_type -> shortleaf.admin.v1.DeleteEntryResponse
+	9,  // 50: shortleaf.admin.v1.AdminAPI.CreateJoinToken:output_type -> shortleaf.admin.v1.CreateJoinTokenResponse
+	12, // 51: shortleaf.admin.v1.AdminAPI.ListAgents:output_type -> shortleaf.admin.v1.ListAgentsResponse
+	10, // 52: shortleaf.admin.v1.AdminAPI.GetAgent:output_type -> shortleaf.admin.v1.Agent
+	15, // 53: shortleaf.admin.v1.AdminAPI.EvictAgent:output_type -> shortleaf.admin.v1.EvictAgentResponse
+	17, // 54: shortleaf.admin.v1.AdminAPI.GetBundle:output_type -> shortleaf.admin.v1.Bundle
+	22, // 55: shortleaf.admin.v1.AdminAPI.MintX509SVID:output_type -> shortleaf.admin.v1.MintX509SVIDResponse
+	20, // 56: shortleaf.admin.v1.AdminAPI.MintJWTSVID:output_type -> shortleaf.admin.v1.MintJWTSVIDResponse
+	40, // 57: shortleaf.admin.v1.AdminAPI.CreateFederation:output_type -> shortleaf.admin.v1.Federation
+	43, // 58: shortleaf.admin.v1.AdminAPI.ListFederations:output_type -> shortleaf.admin.v1.ListFederationsResponse
+	40, // 59: shortleaf.admin.v1.AdminAPI.GetFederation:output_type -> shortleaf.admin.v1.Federation
+	40, // 60: shortleaf.admin.v1.AdminAPI.UpdateFederation:output_type -> shortleaf.admin.v1.Federation
+	47, // 61: shortleaf.admin.v1.AdminAPI.DeleteFederation:output_type -> shortleaf.admin.v1.DeleteFederationResponse
+	40, // 62: shortleaf.admin.v1.AdminAPI.RefreshFederation:output_type -> shortleaf.admin.v1.Federation
+	51, // 63: shortleaf.admin.v1.AdminAPI.ListBundles:output_type -> shortleaf.admin.v1.ListBundlesResponse
+	49, // 64: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:output_type -> shortleaf.admin.v1.FederatedBundle
+	54, // 65: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:output_type -> shortleaf.admin.v1.DeleteFederatedBundleResponse
+	27, // 66: shortleaf.admin.v1.AdminAPI.ListAuthorities:output_type -> shortleaf.admin.v1.ListAuthoritiesResponse
+	23, // 67: shortleaf.admin.v1.AdminAPI.PrepareAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 68: shortleaf.admin.v1.AdminAPI.ActivateAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 69: shortleaf.admin.v1.AdminAPI.TaintAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 70: shortleaf.admin.v1.AdminAPI.RevokeAuthority:output_type -> shortleaf.admin.v1.Authority
+	23, // 71: shortleaf.admin.v1.AdminAPI.PrepareRoot:output_type -> shortleaf.admin.v1.Authority
+	36, // 72: shortleaf.admin.v1.AdminAPI.ActivateRoot:output_type -> shortleaf.admin.v1.ActivateRootResponse
+	23, // 73: shortleaf.admin.v1.AdminAPI.RetireRoot:output_type -> shortleaf.admin.v1.Authority
+	39, // 74: shortleaf.admin.v1.AdminAPI.ExportCAJournal:output_type -> shortleaf.admin.v1.ExportCAJournalResponse
+	45, // [45:75] is the sub-list for method output_type
+	15, // [15:45] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_admin_v1_admin_proto_init() }
@@ -3414,7 +3515,7 @@ func file_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_v1_admin_proto_rawDesc), len(file_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   54,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
