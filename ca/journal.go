@@ -181,12 +181,13 @@ func ImportJournal(raw []byte) (JournalState, string, error) {
 // MemoryJournal keeps the journal in memory, with the same revision checks
 // as a datastore: for tests (several replicas may share one) and for
 // `ca drill`, which must never write the real one. Leading, when set, says
-// whether the writer of a leader duty still leads.
+// whether a replica still leads: a leader duty written by one that does not
+// is refused, as a datastore's fence would.
 type MemoryJournal struct {
 	mu       sync.Mutex
 	revision int64
 	state    JournalState
-	Leading  func() bool
+	Leading  func(replicaID string) bool
 }
 
 // NewMemoryJournal returns a journal holding state.
@@ -211,7 +212,7 @@ func (j *MemoryJournal) LoadCAJournal(context.Context) (JournalState, error) {
 func (j *MemoryJournal) SaveCAJournal(_ context.Context, w JournalWrite) (int64, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if w.Leader && j.Leading != nil && !j.Leading() {
+	if w.Leader && j.Leading != nil && !j.Leading(w.ReplicaID) {
 		return 0, ErrNotLeader
 	}
 	if w.Cluster != nil && w.Cluster.Revision != j.state.Cluster.Revision {

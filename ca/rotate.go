@@ -56,7 +56,9 @@ func (c *CA) update(ctx context.Context, fn func(ch *change) error) error {
 		if err == nil {
 			err = ch.commit(ctx)
 		}
-		if attempt == maxJournalConflicts || !(errors.Is(err, ErrJournalConflict) || errors.Is(err, ErrNotLeader)) {
+		// A deposed leader's write is not retried: its duties are the new
+		// leader's now, and the next rotation runs without them.
+		if attempt == maxJournalConflicts || !errors.Is(err, ErrJournalConflict) {
 			return err
 		}
 	}

@@ -372,7 +372,7 @@ func TestBundleShowPrintsTheEndpointsRefreshHint(t *testing.T) {
 // server on the same data dir (its keys) carries on with the same CA and
 // entries, and back; a filled target and a running server are refused.
 func TestDatastoreMigrate(t *testing.T) {
-	srv := harness.StartServer(t)
+	srv := harness.StartServer(t, harness.WithPassphrase)
 	dataDir := srv.Config.DataDir
 	ag := harness.StartAgent(t, srv)
 	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{"unix:uid:1000"}})
@@ -405,7 +405,7 @@ func TestDatastoreMigrate(t *testing.T) {
 		t.Fatalf("a second migration into the filled prefix: %v\n%s", err, out)
 	}
 
-	onEtcd := harness.StartServer(t, func(c *server.Config) {
+	onEtcd := harness.StartServer(t, harness.WithPassphrase, func(c *server.Config) {
 		c.DataDir = dataDir
 		c.Etcd = &datastore.EtcdConfig{Endpoints: cluster.Endpoints(), Prefix: prefix}
 	})
@@ -419,6 +419,19 @@ func TestDatastoreMigrate(t *testing.T) {
 	entries, err := onEtcd.Admin.ListEntries(context.Background(), &adminv1.ListEntriesRequest{})
 	if err != nil || len(entries.GetEntries()) != 1 || entries.GetEntries()[0].GetParentId() != ag.ID() {
 		t.Fatalf("entries on etcd: %v, %v", entries, err)
+	}
+	// The same replica (kept in the data dir) carries on with its keys.
+	if id := onEtcd.CA().ReplicaID(); id != "local" {
+		t.Fatalf("the migrated server runs as replica %q, want local", id)
+	}
+	// Another machine's config (its own data dir) on the same prefix.
+	elsewhere := filepath.Join(t.TempDir(), "server.yaml")
+	if err := os.WriteFile(elsewhere, []byte(strings.Replace(body, dataDir, t.TempDir(), 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := shortleaf(t, "datastore", "migrate", "--from", "etcd", "--to", "bbolt", "--config", elsewhere); err == nil ||
+		!strings.Contains(err.Error(), "server replicas local are running on it") {
+		t.Fatalf("migrate from etcd beside a running replica: %v\n%s", err, out)
 	}
 	onEtcd.Stop()
 
