@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -191,6 +192,7 @@ func printCAState(cmd *cobra.Command, resp *adminv1.ListAuthoritiesResponse) err
 		fmt.Fprintf(cmd.OutOrStdout(), "  lagging: %s\n", a)
 	}
 	printRootRotation(cmd.OutOrStdout(), resp.GetRootRotation())
+	printReplicas(cmd.OutOrStdout(), resp.GetReplicas())
 	if sc := resp.GetServerCertificate(); sc != nil {
 		fmt.Fprintf(cmd.OutOrStdout(), "\nserver TLS certificate %s: signed by %s, until %s\n",
 			sc.GetSerialNumber(), orUnknown(sc.GetSignerId(), sc.GetSignerKeyId()), unixTime(sc.GetNotAfter()))
@@ -220,10 +222,39 @@ func printAuthorities(cmd *cobra.Command, auths ...*adminv1.Authority) error {
 		if a.GetBundleSequence() > 0 {
 			seq = strconv.FormatUint(a.GetBundleSequence(), 10)
 		}
-		rows = append(rows, []string{a.GetKind(), a.GetId(), state, unixTime(a.GetNotBefore()), unixTime(a.GetNotAfter()),
+		replica := a.GetReplicaId()
+		if replica == "" {
+			replica = "(shared)"
+		}
+		rows = append(rows, []string{a.GetKind(), a.GetId(), replica, state, unixTime(a.GetNotBefore()), unixTime(a.GetNotAfter()),
 			a.GetKeyRef(), seq, next})
 	}
-	return table(cmd.OutOrStdout(), []string{"KIND", "ID", "STATE", "NOT BEFORE", "NOT AFTER", "KEY", "BUNDLE SEQ", "NEXT"}, rows)
+	return table(cmd.OutOrStdout(), []string{"KIND", "ID", "REPLICA", "STATE", "NOT BEFORE", "NOT AFTER", "KEY", "BUNDLE SEQ", "NEXT"}, rows)
+}
+
+// printReplicas lists the replicas (the one answering first) and the leader.
+func printReplicas(w io.Writer, replicas []*adminv1.Replica) {
+	if len(replicas) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	for i, r := range replicas {
+		var notes []string
+		if i == 0 {
+			notes = append(notes, "this server")
+		}
+		if r.GetLeader() {
+			notes = append(notes, "leader")
+		}
+		if !r.GetLive() {
+			notes = append(notes, "not live")
+		}
+		fmt.Fprintf(w, "replica %s: %d intermediates and JWT keys", r.GetId(), r.GetAuthorities())
+		if len(notes) > 0 {
+			fmt.Fprintf(w, " (%s)", strings.Join(notes, ", "))
+		}
+		fmt.Fprintln(w)
+	}
 }
 
 // printRootRotation says where root rotation stands and, while the next root

@@ -149,7 +149,8 @@ func TestCAVerbs(t *testing.T) {
 	sock := srv.AdminSocket()
 	out, err := shortleaf(t, "ca", "show", "--admin-socket", sock)
 	if err != nil || !strings.Contains(out, "root") || !strings.Contains(out, "intermediate") || !strings.Contains(out, "jwt") ||
-		!strings.Contains(out, "successor preparation") || !strings.Contains(out, "bundle sequence") {
+		!strings.Contains(out, "successor preparation") || !strings.Contains(out, "bundle sequence") ||
+		!strings.Contains(out, "replica local: 2 intermediates and JWT keys (this server, leader)") {
 		t.Fatalf("ca show:\n%s\n%v", out, err)
 	}
 	if strings.Contains(out, "PRIVATE") {
