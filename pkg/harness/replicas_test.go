@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/hex"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/shortleaf/shortleaf/pkg/agent"
@@ -73,7 +75,8 @@ func (v replicaView) live() int {
 // Three replicas on a three-member etcd cluster are one trust domain: one
 // root and one bundle, an intermediate and a JWT key of their own each, one
 // leader. A join token made through one replica attests an agent through
-// another, and an entry made through the third reaches it; the SVID chains
+// another (and raced across all three, attests one agent only), and an
+// entry made through the third reaches it; the SVID chains
 // through the intermediate of the replica that signed it. A root rotation
 // started through one replica and finished through another moves every
 // replica's intermediate onto the new root. When the replica the agent
@@ -124,11 +127,13 @@ func TestReplicasShareOneTrustDomain(t *testing.T) {
 	ag := harness.StartAgent(t, replicas["a"], func(c *agent.Config) {
 		c.ServerAddrs = []string{replicas["b"].AgentAddr(), replicas["a"].AgentAddr(), replicas["c"].AgentAddr()}
 	})
+	created := time.Now()
 	replicas["c"].CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
 	x, err := fetchX509(t, ag.Addr(), 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("an entry made through replica c reached the agent in %s (sync interval %s)", time.Since(created).Round(time.Millisecond), ag.Config.SyncInterval)
 	chain := x.DefaultSVID().Certificates
 	if _, _, err := x509svid.Verify(chain, x.Bundles); err != nil {
 		t.Fatalf("SVID does not verify against the bundle: %v", err)
@@ -161,6 +166,30 @@ func TestReplicasShareOneTrustDomain(t *testing.T) {
 		}
 		return true
 	})
+
+	// Join tokens raced across replicas: each attests exactly one agent.
+	for range 5 {
+		token, _ := replicas["a"].NewJoinToken(t)
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		won := 0
+		for range 2 {
+			for _, id := range ids {
+				wg.Go(func() {
+					_, csr := harness.NewCSR(t, spiffeid.ID{})
+					if _, err := harness.Attest(t, replicas[id], token, csr); err == nil {
+						mu.Lock()
+						won++
+						mu.Unlock()
+					}
+				})
+			}
+		}
+		wg.Wait()
+		if won != 1 {
+			t.Fatalf("one join token attested %d agents across three replicas", won)
+		}
+	}
 
 	// Stop the replica that signs for the agent, and the leader if that is
 	// another one.
