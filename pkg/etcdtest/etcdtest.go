@@ -121,8 +121,9 @@ func (c *Cluster) Client(t testing.TB) *clientv3.Client {
 	return cli
 }
 
-// stopMember stops member i.
-func (c *Cluster) stopMember(i int) {
+// StopMember stops member i, as a crash of its machine would; the others
+// keep quorum while a majority runs.
+func (c *Cluster) StopMember(i int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := c.members[i]
@@ -174,7 +175,7 @@ func (c *Cluster) startMember(m *member) error {
 func (c *Cluster) Stop() {
 	for i := range c.members {
 		if c.members[i].etcd != nil {
-			c.stopMember(i)
+			c.StopMember(i)
 		}
 	}
 	if c.removeDir {

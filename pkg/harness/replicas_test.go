@@ -80,9 +80,10 @@ func (v replicaView) live() int {
 // through the intermediate of the replica that signed it. A root rotation
 // started through one replica and finished through another moves every
 // replica's intermediate onto the new root. When the replica the agent
-// uses stops (and the leader, if that is another one), a live replica
-// leads, the agent carries on through another replica, and a new entry
-// still reaches it.
+// uses stops (and the leader, if that is another one) and an etcd member is
+// lost, a live replica leads, the agent carries on through another replica,
+// and a new entry still reaches it; after all replicas restart they share
+// the same root and one bundle again.
 func TestReplicasShareOneTrustDomain(t *testing.T) {
 	cluster := etcdtest.Start(t, 3)
 	etcd := &datastore.EtcdConfig{Endpoints: cluster.Endpoints(), Prefix: etcdPrefix(), LockTTL: 2 * time.Second, LockWait: time.Second}
@@ -209,14 +210,44 @@ func TestReplicasShareOneTrustDomain(t *testing.T) {
 		v := viewOf(t, survivor)
 		return v.leader() != "" && !stopped[v.leader()] && v.live() == len(ids)-len(stopped)
 	})
+	// One etcd member of three is lost as well: quorum holds.
+	cluster.StopMember(0)
 	survivor.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/after", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	waitForSVID(t, ag, "spiffe://example.org/after")
+
+	// Everything restarts: the replicas find their keys and the shared root,
+	// and converge on one bundle again.
+	rootBefore := viewOf(t, survivor).active("root", "").GetId()
+	for _, id := range ids {
+		r := replicas[id]
+		r.Config.AgentAPIAddr = r.AgentAddr() // where the agent looks for it
+		replicas[id] = r.Restart(t)
+	}
+	harness.Eventually(t, 15*time.Second, func() bool {
+		seqs := map[uint64]bool{}
+		for _, s := range replicas {
+			v := viewOf(t, s)
+			if v.live() != 3 || v.leader() == "" || v.active("root", "").GetId() != rootBefore {
+				return false
+			}
+			seqs[v.resp.GetPropagation().GetBundleSequence()] = true
+		}
+		return len(seqs) == 1
+	})
+	replicas["a"].CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/restarted", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	waitForSVID(t, ag, "spiffe://example.org/restarted")
+}
+
+// waitForSVID waits until the agent serves a verifying SVID for id.
+func waitForSVID(t *testing.T, ag *harness.Agent, id string) {
+	t.Helper()
 	harness.Eventually(t, 15*time.Second, func() bool {
 		x, err := fetchX509(t, ag.Addr(), 5*time.Second)
 		if err != nil {
 			return false
 		}
 		for _, s := range x.SVIDs {
-			if s.ID.String() == "spiffe://example.org/after" {
+			if s.ID.String() == id {
 				_, _, err := x509svid.Verify(s.Certificates, x.Bundles)
 				return err == nil
 			}
