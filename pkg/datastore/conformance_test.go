@@ -848,54 +848,57 @@ func TestEtcdReplicasFenceTheJournal(t *testing.T) {
 	if _, _, err := a.JoinCluster(ctx, "a", time.Second); err != nil {
 		t.Fatal(err)
 	}
-	leaveB, _, err := b.JoinCluster(ctx, "b", time.Second)
-	if err != nil {
+	if _, _, err := b.JoinCluster(ctx, "b", time.Second); err != nil {
 		t.Fatal(err)
 	}
-	defer leaveB()
 	if _, _, err := open().JoinCluster(ctx, "a", 500*time.Millisecond); err == nil || !strings.Contains(err.Error(), `another shortleaf server runs as replica "a"`) {
 		t.Fatalf("a second process as replica a: %v", err)
 	}
-	waitFor(t, func() bool { return a.IsLeader() }) // a campaigned first
+	// Both campaign in the background: either may win, but only one.
+	waitFor(t, func() bool { return a.IsLeader() || b.IsLeader() })
+	leader, follower, leaderID, followerID := a, b, "a", "b"
 	if b.IsLeader() {
+		leader, follower, leaderID, followerID = b, a, "b", "a"
+	}
+	if follower.IsLeader() {
 		t.Fatal("two leaders")
 	}
-	if id, err := b.LeaderID(ctx); err != nil || id != "a" {
-		t.Fatalf("leader seen from b: %q, %v", id, err)
+	if id, err := follower.LeaderID(ctx); err != nil || id != leaderID {
+		t.Fatalf("leader seen from %s: %q, %v", followerID, id, err)
 	}
-	if live, err := b.LiveReplicas(ctx); err != nil || strings.Join(live, ",") != "a,b" {
+	if live, err := follower.LiveReplicas(ctx); err != nil || strings.Join(live, ",") != "a,b" {
 		t.Fatalf("live replicas: %v, %v", live, err)
 	}
-	cluster := func(data string, rev int64) *ca.JournalRecord {
+	record := func(data string, rev int64) *ca.JournalRecord {
 		return &ca.JournalRecord{Data: []byte(data), Revision: rev}
 	}
-	rev, err := a.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "a", Leader: true, Cluster: cluster(`{"by":"a"}`, 0)})
+	rev, err := leader.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: leaderID, Leader: true, Cluster: record(`{"by":"leader"}`, 0)})
 	if err != nil {
 		t.Fatalf("the leader's write: %v", err)
 	}
-	if _, err := b.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "b", Leader: true, Cluster: cluster(`{"by":"b"}`, rev)}); !errors.Is(err, ca.ErrNotLeader) {
+	if _, err := follower.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: followerID, Leader: true, Cluster: record(`{"by":"follower"}`, rev)}); !errors.Is(err, ca.ErrNotLeader) {
 		t.Fatalf("a leader duty by a replica that does not lead: %v", err)
 	}
-	if _, err := b.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "a", Replica: cluster(`{}`, 0)}); err == nil {
-		t.Fatal("b wrote a's record")
+	if _, err := follower.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: leaderID, Replica: record(`{}`, 0)}); err == nil {
+		t.Fatal("one replica wrote another's record")
 	}
 
-	// a "crashes": its lease is revoked as if it had expired.
-	if _, err := sharedEtcd.Client(t).Revoke(ctx, leaseOf(t, cfg.Prefix, "a")); err != nil {
+	// The leader "crashes": its lease is revoked as if it had expired.
+	if _, err := sharedEtcd.Client(t).Revoke(ctx, leaseOf(t, cfg.Prefix, leaderID)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return b.IsLeader() })
-	if _, err := a.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "a", Leader: true, Cluster: cluster(`{"by":"stale a"}`, rev)}); err == nil {
+	waitFor(t, func() bool { return follower.IsLeader() })
+	if _, err := leader.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: leaderID, Leader: true, Cluster: record(`{"by":"stale leader"}`, rev)}); err == nil {
 		t.Fatal("the deposed leader's write was accepted")
 	}
-	if _, err := a.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "a", Replica: cluster(`{"by":"stale a"}`, 0)}); !errors.Is(err, datastore.ErrReplicaLeaseLost) {
+	if _, err := leader.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: leaderID, Replica: record(`{"by":"stale leader"}`, 0)}); !errors.Is(err, datastore.ErrReplicaLeaseLost) {
 		t.Fatalf("a write by the replica whose lease ended: %v, want ErrReplicaLeaseLost", err)
 	}
-	if _, err := b.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: "b", Leader: true, Cluster: cluster(`{"by":"b"}`, rev)}); err != nil {
+	if _, err := follower.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: followerID, Leader: true, Cluster: record(`{"by":"new leader"}`, rev)}); err != nil {
 		t.Fatalf("the new leader's write: %v", err)
 	}
-	state, err := b.LoadCAJournal(ctx)
-	if err != nil || string(state.Cluster.Data) != `{"by":"b"}` || len(state.Replicas) != 0 || !state.Live["b"] || state.Live["a"] {
+	state, err := follower.LoadCAJournal(ctx)
+	if err != nil || string(state.Cluster.Data) != `{"by":"new leader"}` || len(state.Replicas) != 0 || !state.Live[followerID] || state.Live[leaderID] {
 		t.Fatalf("journal after the takeover: %+v, %v", state, err)
 	}
 }
