@@ -502,7 +502,9 @@ func (c *CA) Replicas() []ReplicaStatus {
 	defer c.mu.RUnlock()
 	counts := map[string]int{c.cfg.ReplicaID: 0}
 	for id := range c.base.Replicas {
-		counts[id] += 0
+		if _, ok := counts[id]; !ok {
+			counts[id] = 0 // a record with no authority left
+		}
 	}
 	for _, a := range c.authorities {
 		if a.Replica != "" {

@@ -8,38 +8,32 @@ import (
 // Prepare creates the next key of kind now, ahead of the schedule. It refuses
 // when one is already prepared.
 func (c *CA) Prepare(ctx context.Context, kind Kind) (Authority, error) {
-	var out Authority
-	err := c.update(ctx, func(ch *change) error {
+	return updateWith(ctx, c, func(ch *change) (Authority, error) {
 		if p := ch.find(kind, StatePrepared); p != nil {
-			return &RefusedError{Op: "prepare", Reason: fmt.Sprintf("%s %s is already prepared; activate it first", kind, p.ID)}
+			return Authority{}, &RefusedError{Op: "prepare", Reason: fmt.Sprintf("%s %s is already prepared; activate it first", kind, p.ID)}
 		}
 		a, err := ch.prepare(ctx, kind)
 		if err != nil {
-			return err
+			return Authority{}, err
 		}
-		out = *a
-		return nil
+		return *a, nil
 	})
-	return out, err
 }
 
 // Activate makes the prepared key of kind active now; the active one becomes
 // old and keeps validating what it signed until it expires.
 func (c *CA) Activate(ctx context.Context, kind Kind) (Authority, error) {
-	var out Authority
-	err := c.update(ctx, func(ch *change) error {
+	return updateWith(ctx, c, func(ch *change) (Authority, error) {
 		p := ch.find(kind, StatePrepared)
 		if p == nil {
-			return &RefusedError{Op: "activate", Reason: fmt.Sprintf("no %s is prepared on this replica (%s); run prepare first", kind, c.cfg.ReplicaID)}
+			return Authority{}, &RefusedError{Op: "activate", Reason: fmt.Sprintf("no %s is prepared on this replica (%s); run prepare first", kind, c.cfg.ReplicaID)}
 		}
 		if !c.schedule.CanSignFullTTL(p, ch.now) {
-			return &RefusedError{Op: "activate", Reason: fmt.Sprintf("%s %s is too close to its expiry to sign full-lifetime SVIDs", kind, p.ID)}
+			return Authority{}, &RefusedError{Op: "activate", Reason: fmt.Sprintf("%s %s is too close to its expiry to sign full-lifetime SVIDs", kind, p.ID)}
 		}
 		ch.activate(p)
-		out = *p
-		return nil
+		return *p, nil
 	})
-	return out, err
 }
 
 // Taint marks an old key as no longer trusted: agents replace everything it
@@ -47,26 +41,23 @@ func (c *CA) Activate(ctx context.Context, kind Kind) (Authority, error) {
 // the active one, prepare and activate a successor first. Any replica's key
 // may be tainted through any replica: the taint is in the cluster record.
 func (c *CA) Taint(ctx context.Context, id string) (Authority, error) {
-	var out Authority
-	err := c.update(ctx, func(ch *change) error {
+	return updateWith(ctx, c, func(ch *change) (Authority, error) {
 		a := ch.byID(id)
 		switch {
 		case a == nil:
-			return fmt.Errorf("%w: %s", ErrNotFound, id)
+			return Authority{}, fmt.Errorf("%w: %s", ErrNotFound, id)
 		case a.Kind == KindRoot:
-			return &RefusedError{Op: "taint", Reason: "roots are replaced by root rotation (ca root prepare/activate/retire), not tainted"}
+			return Authority{}, &RefusedError{Op: "taint", Reason: "roots are replaced by root rotation (ca root prepare/activate/retire), not tainted"}
 		case a.Tainted:
-			return &RefusedError{Op: "taint", Reason: fmt.Sprintf("%s is already tainted", id)}
+			return Authority{}, &RefusedError{Op: "taint", Reason: fmt.Sprintf("%s is already tainted", id)}
 		case a.State != StateOld:
-			return &RefusedError{Op: "taint", Reason: fmt.Sprintf("%s is %s; only an old key can be tainted (prepare and activate a successor first)", id, a.State)}
+			return Authority{}, &RefusedError{Op: "taint", Reason: fmt.Sprintf("%s is %s; only an old key can be tainted (prepare and activate a successor first)", id, a.State)}
 		}
 		a.Tainted = true
 		ch.tainted = append(ch.tainted, a.ID)
 		ch.note(a, "tainted")
-		out = *a
-		return nil
+		return *a, nil
 	})
-	return out, err
 }
 
 // Revoke removes a tainted key: it leaves the journal and, for JWT keys, the
@@ -76,21 +67,20 @@ func (c *CA) Taint(ctx context.Context, id string) (Authority, error) {
 // cluster record, every replica leaves the key out at once, and its owner
 // drops it from its record and destroys it when it next reads the journal.
 func (c *CA) Revoke(ctx context.Context, id string, inUse func(keyID string) []string) (Authority, error) {
-	var out Authority
-	err := c.update(ctx, func(ch *change) error {
+	return updateWith(ctx, c, func(ch *change) (Authority, error) {
 		a := ch.byID(id)
 		switch {
 		case a == nil:
-			return fmt.Errorf("%w: %s", ErrNotFound, id)
+			return Authority{}, fmt.Errorf("%w: %s", ErrNotFound, id)
 		case a.State == StateActive:
-			return &RefusedError{Op: "revoke", Reason: fmt.Sprintf("%s is the active %s; activate a successor, then taint it", id, a.Kind)}
+			return Authority{}, &RefusedError{Op: "revoke", Reason: fmt.Sprintf("%s is the active %s; activate a successor, then taint it", id, a.Kind)}
 		case a.Kind == KindRoot:
-			return &RefusedError{Op: "revoke", Reason: "roots leave the bundle with ca root retire"}
+			return Authority{}, &RefusedError{Op: "revoke", Reason: "roots leave the bundle with ca root retire"}
 		case !a.Tainted:
-			return &RefusedError{Op: "revoke", Reason: fmt.Sprintf("%s is not tainted; taint it first so agents replace what it signed", id)}
+			return Authority{}, &RefusedError{Op: "revoke", Reason: fmt.Sprintf("%s is not tainted; taint it first so agents replace what it signed", id)}
 		}
 		if users := inUse(a.KeyID()); len(users) > 0 {
-			return &RefusedError{Op: "revoke", Reason: fmt.Sprintf("%s still signs certificates in use (SVIDs agents hold, the server's TLS certificate)", id), Blockers: users}
+			return Authority{}, &RefusedError{Op: "revoke", Reason: fmt.Sprintf("%s still signs certificates in use (SVIDs agents hold, the server's TLS certificate)", id), Blockers: users}
 		}
 		r := RevokedCertificate{AuthorityID: a.ID, RevokedAt: ch.now, NotAfter: a.NotAfter}
 		if a.Cert != nil {
@@ -98,8 +88,6 @@ func (c *CA) Revoke(ctx context.Context, id string, inUse func(keyID string) []s
 		}
 		ch.revoked = append(ch.revoked, r)
 		ch.remove(a, "revoked")
-		out = *a
-		return nil
+		return *a, nil
 	})
-	return out, err
 }

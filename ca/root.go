@@ -173,22 +173,19 @@ func (c *CA) PrepareRoot(ctx context.Context) (Authority, error) {
 	if c.cfg.Upstream != nil {
 		return Authority{}, &RefusedError{Op: "root prepare", Reason: "the root belongs to the upstream CA; rotate it there"}
 	}
-	var out Authority
-	err := c.update(ctx, func(ch *change) error {
+	return updateWith(ctx, c, func(ch *change) (Authority, error) {
 		if p := ch.find(KindRoot, StatePrepared); p != nil {
-			return &RefusedError{Op: "root prepare", Reason: fmt.Sprintf("root %s is already prepared", p.ID)}
+			return Authority{}, &RefusedError{Op: "root prepare", Reason: fmt.Sprintf("root %s is already prepared", p.ID)}
 		}
 		if old := ch.find(KindRoot, StateOld); old != nil {
-			return &RefusedError{Op: "root prepare", Reason: fmt.Sprintf("root %s is still being retired; run ca root retire first", old.ID)}
+			return Authority{}, &RefusedError{Op: "root prepare", Reason: fmt.Sprintf("root %s is still being retired; run ca root retire first", old.ID)}
 		}
 		root, err := ch.prepareRoot(ctx)
 		if err != nil {
-			return err
+			return Authority{}, err
 		}
-		out = *root
-		return nil
+		return *root, nil
 	})
-	return out, err
 }
 
 // ActivateRoot makes the prepared root active now, if the gate passes. With
@@ -228,29 +225,26 @@ func (c *CA) ActivateRoot(ctx context.Context, force bool) (Authority, []string,
 // may). inUse lists what still presents a certificate under the old root
 // (the server's own TLS certificate); while it lists anything, RetireRoot refuses.
 func (c *CA) RetireRoot(ctx context.Context, inUse func(root Authority) []string) (Authority, error) {
-	var out Authority
-	err := c.update(ctx, func(ch *change) error {
+	return updateWith(ctx, c, func(ch *change) (Authority, error) {
 		old := ch.find(KindRoot, StateOld)
 		if old == nil {
-			return &RefusedError{Op: "root retire", Reason: "no old root to retire"}
+			return Authority{}, &RefusedError{Op: "root retire", Reason: "no old root to retire"}
 		}
 		var blockers []string
 		for _, a := range ch.childrenOf(old) {
 			blockers = append(blockers, fmt.Sprintf("%s (replica %s, %s, expires %s)", a.ID, a.Replica, a.State, a.NotAfter.UTC().Format(time.RFC3339)))
 		}
 		if len(blockers) > 0 {
-			return &RefusedError{Op: "root retire", Reason: "intermediates that chain to the old root are still valid", Blockers: blockers}
+			return Authority{}, &RefusedError{Op: "root retire", Reason: "intermediates that chain to the old root are still valid", Blockers: blockers}
 		}
 		if inUse != nil {
 			if users := inUse(*old); len(users) > 0 {
-				return &RefusedError{Op: "root retire", Reason: "certificates under the old root are still presented", Blockers: users}
+				return Authority{}, &RefusedError{Op: "root retire", Reason: "certificates under the old root are still presented", Blockers: users}
 			}
 		}
 		ch.remove(old, "retired")
-		out = *old
-		return nil
+		return *old, nil
 	})
-	return out, err
 }
 
 // FirstBlockers is at most n of the blockers, and how many more there are:

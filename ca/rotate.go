@@ -73,6 +73,22 @@ type Transition struct {
 	At                time.Time
 }
 
+// updateWith is update for a change that yields a result: the one of the
+// attempt that was saved.
+func updateWith[T any](ctx context.Context, c *CA, fn func(ch *change) (T, error)) (T, error) {
+	var out T
+	err := c.update(ctx, func(ch *change) error {
+		var err error
+		out, err = fn(ch)
+		return err
+	})
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return out, nil
+}
+
 func (c *CA) begin() *change {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
