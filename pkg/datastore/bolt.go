@@ -29,7 +29,8 @@ var (
 
 // Bolt is the bbolt datastore, the embedded default: one file, one server.
 type Bolt struct {
-	db *bolt.DB
+	db   *bolt.DB
+	feed boltFeed
 }
 
 // Open opens (creating if needed) the bbolt file at path, mode 0600.
@@ -50,11 +51,22 @@ func Open(path string) (*Bolt, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("datastore: create buckets: %w", err)
 	}
-	return &Bolt{db: db}, nil
+	s := &Bolt{db: db}
+	var current uint64
+	_ = db.View(func(tx *bolt.Tx) error {
+		current = u64(tx.Bucket(bucketMeta).Get(keyEntriesRevision))
+		return nil
+	})
+	s.feed.init(current)
+	return s, nil
 }
 
-// Close closes the file. It is safe to call more than once.
-func (s *Bolt) Close() error { return s.db.Close() }
+// Close closes the file and ends every watch. It is safe to call more than
+// once.
+func (s *Bolt) Close() error {
+	s.feed.close()
+	return s.db.Close()
+}
 
 // Path is the bbolt file.
 func (s *Bolt) Path() string { return s.db.Path() }
@@ -83,21 +95,22 @@ func (s *Bolt) CreateEntry(_ context.Context, e *Entry) (*Entry, error) {
 	out := *e
 	out.ID = newID()
 	out.Revision = 1
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.writeEntry(func(tx *bolt.Tx) (EntryChange, error) {
 		ident := tx.Bucket(bucketByIdentity)
 		if existing := ident.Get([]byte(out.identityKey())); existing != nil {
-			return &ExistsError{ID: string(existing)}
+			return EntryChange{}, &ExistsError{ID: string(existing)}
 		}
 		if err := putJSON(tx.Bucket(bucketEntries), []byte(out.ID), &out); err != nil {
-			return err
+			return EntryChange{}, err
 		}
 		if err := tx.Bucket(bucketByParent).Put(parentKey(out.ParentID, out.ID), nil); err != nil {
-			return err
+			return EntryChange{}, err
 		}
-		if err := touchParents(tx, out.ParentID); err != nil {
-			return err
+		rev, err := touchParents(tx, out.ParentID)
+		if err != nil {
+			return EntryChange{}, err
 		}
-		return ident.Put([]byte(out.identityKey()), []byte(out.ID))
+		return EntryChange{Revision: rev, Entry: &out}, ident.Put([]byte(out.identityKey()), []byte(out.ID))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("datastore: create entry: %w", err)
@@ -135,35 +148,40 @@ func (s *Bolt) GetEntry(_ context.Context, id string) (*Entry, error) {
 // bumping its revision.
 func (s *Bolt) UpdateEntry(_ context.Context, e *Entry) (*Entry, error) {
 	var out Entry
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.writeEntry(func(tx *bolt.Tx) (EntryChange, error) {
 		old, err := getEntry(tx, e.ID)
 		if err != nil {
-			return err
+			return EntryChange{}, err
 		}
 		out = *e
 		out.CreatedAt = old.CreatedAt
 		out.Revision = old.Revision + 1
 		ident := tx.Bucket(bucketByIdentity)
 		if other := ident.Get([]byte(out.identityKey())); other != nil && string(other) != out.ID {
-			return &ExistsError{ID: string(other)}
+			return EntryChange{}, &ExistsError{ID: string(other)}
 		}
 		if err := ident.Delete([]byte(old.identityKey())); err != nil {
-			return err
+			return EntryChange{}, err
 		}
 		if err := ident.Put([]byte(out.identityKey()), []byte(out.ID)); err != nil {
-			return err
+			return EntryChange{}, err
 		}
 		byParent := tx.Bucket(bucketByParent)
 		if err := byParent.Delete(parentKey(old.ParentID, old.ID)); err != nil {
-			return err
+			return EntryChange{}, err
 		}
 		if err := byParent.Put(parentKey(out.ParentID, out.ID), nil); err != nil {
-			return err
+			return EntryChange{}, err
 		}
-		if err := touchParents(tx, old.ParentID, out.ParentID); err != nil {
-			return err
+		rev, err := touchParents(tx, old.ParentID, out.ParentID)
+		if err != nil {
+			return EntryChange{}, err
 		}
-		return putJSON(tx.Bucket(bucketEntries), []byte(out.ID), &out)
+		change := EntryChange{Revision: rev, Entry: &out}
+		if old.ParentID != out.ParentID {
+			change.OldParentID = old.ParentID
+		}
+		return change, putJSON(tx.Bucket(bucketEntries), []byte(out.ID), &out)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("datastore: update entry: %w", err)
@@ -173,21 +191,22 @@ func (s *Bolt) UpdateEntry(_ context.Context, e *Entry) (*Entry, error) {
 
 // DeleteEntry removes an entry.
 func (s *Bolt) DeleteEntry(_ context.Context, id string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.writeEntry(func(tx *bolt.Tx) (EntryChange, error) {
 		old, err := getEntry(tx, id)
 		if err != nil {
-			return err
+			return EntryChange{}, err
 		}
 		if err := tx.Bucket(bucketByIdentity).Delete([]byte(old.identityKey())); err != nil {
-			return err
+			return EntryChange{}, err
 		}
 		if err := tx.Bucket(bucketByParent).Delete(parentKey(old.ParentID, old.ID)); err != nil {
-			return err
+			return EntryChange{}, err
 		}
-		if err := touchParents(tx, old.ParentID); err != nil {
-			return err
+		rev, err := touchParents(tx, old.ParentID)
+		if err != nil {
+			return EntryChange{}, err
 		}
-		return tx.Bucket(bucketEntries).Delete([]byte(id))
+		return EntryChange{Revision: rev, Entry: old, Deleted: true}, tx.Bucket(bucketEntries).Delete([]byte(id))
 	})
 	if err != nil {
 		return fmt.Errorf("datastore: delete entry: %w", err)

@@ -54,6 +54,8 @@ type store interface {
 	GetFederatedBundle(ctx context.Context, td string) ([]byte, error)
 	ListFederatedBundles(ctx context.Context) ([]datastore.FederatedBundle, error)
 	DeleteFederatedBundle(ctx context.Context, td string) error
+	WatchEntries(ctx context.Context, after uint64, fn func(changes []datastore.EntryChange, revision uint64) error) error
+	SnapshotEntriesByParent(ctx context.Context, parentID string, pageSize int, fn func(page []*datastore.Entry) error) (uint64, error)
 	Close() error
 }
 
@@ -86,6 +88,10 @@ type backend struct {
 	handle func(t *testing.T) store
 	// reopen closes s and opens the datastore again.
 	reopen func(t *testing.T, s store) store
+	// forget drops the history of changes the store keeps for watches:
+	// etcd compacts it, a bbolt store is reopened (its history is the
+	// process's own writes). It returns the store to go on with.
+	forget func(t *testing.T, s store) store
 }
 
 func eachBackend(t *testing.T, test func(t *testing.T, b backend)) {
@@ -111,6 +117,11 @@ func eachBackend(t *testing.T, test func(t *testing.T, b backend)) {
 				shared = open(t)
 				return shared
 			},
+			forget: func(t *testing.T, s store) store {
+				s.Close()
+				shared = open(t)
+				return shared
+			},
 		})
 	})
 	t.Run("etcd", func(t *testing.T) {
@@ -126,6 +137,19 @@ func eachBackend(t *testing.T, test func(t *testing.T, b backend)) {
 		test(t, backend{
 			handle: open,
 			reopen: func(t *testing.T, s store) store { s.Close(); return open(t) },
+			forget: func(t *testing.T, s store) store {
+				cli := sharedEtcd.Client(t)
+				// One more write, so that everything written so far is
+				// before the compaction revision.
+				resp, err := cli.Put(context.Background(), cfg.Prefix+"test/compact", "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := cli.Compact(context.Background(), resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+					t.Fatal(err)
+				}
+				return s
+			},
 		})
 	})
 }

@@ -27,3 +27,7 @@ func (e *ExistsError) Error() string { return "datastore: already exists as " + 
 
 // Is makes errors.Is(err, ErrAlreadyExists) hold.
 func (e *ExistsError) Is(target error) bool { return target == ErrAlreadyExists }
+
+// ErrCompacted means a watch or a read asked for a revision older than the
+// history the store still keeps: start again from a full read.
+var ErrCompacted = errors.New("datastore: revision is older than the history kept (compacted)")

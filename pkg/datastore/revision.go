@@ -31,20 +31,20 @@ func u64Bytes(v uint64) []byte {
 }
 
 // touchParents bumps the store-wide entries revision and records it for each
-// parent, inside the caller's transaction.
-func touchParents(tx *bolt.Tx, parents ...string) error {
+// parent, inside the caller's transaction; it returns the new revision.
+func touchParents(tx *bolt.Tx, parents ...string) (uint64, error) {
 	meta := tx.Bucket(bucketMeta)
 	rev := u64(meta.Get(keyEntriesRevision)) + 1
 	if err := meta.Put(keyEntriesRevision, u64Bytes(rev)); err != nil {
-		return err
+		return 0, err
 	}
 	b := tx.Bucket(bucketParentRevision)
 	for _, p := range parents {
 		if err := b.Put([]byte(p), u64Bytes(rev)); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return rev, nil
 }
 
 // EntriesRevision returns the store-wide entries revision and the revision

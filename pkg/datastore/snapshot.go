@@ -82,6 +82,11 @@ func (s *Bolt) Export(_ context.Context) (*Snapshot, error) {
 // Import writes every record of snap into an empty store, in one
 // transaction: all of it or nothing.
 func (s *Bolt) Import(_ context.Context, snap *Snapshot) error {
+	// The imported entries are not recorded one by one: every watch starts
+	// again from a full read.
+	s.feed.mu.Lock()
+	defer s.feed.mu.Unlock()
+	var entriesRev uint64
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketEntries, bucketAgents, bucketTokens, bucketFederations, bucketFederatedBundles} {
 			if k, _ := tx.Bucket(b).Cursor().First(); k != nil {
@@ -108,10 +113,11 @@ func (s *Bolt) Import(_ context.Context, snap *Snapshot) error {
 			if err := ident.Put([]byte(e.identityKey()), []byte(e.ID)); err != nil {
 				return err
 			}
-			if err := touchParents(tx, e.ParentID); err != nil {
+			if _, err := touchParents(tx, e.ParentID); err != nil {
 				return err
 			}
 		}
+		entriesRev = u64(tx.Bucket(bucketMeta).Get(keyEntriesRevision))
 		for _, a := range snap.Agents {
 			if err := putJSON(tx.Bucket(bucketAgents), []byte(a.SPIFFEID), a); err != nil {
 				return err
@@ -143,6 +149,9 @@ func (s *Bolt) Import(_ context.Context, snap *Snapshot) error {
 		}
 		return nil
 	})
+	if err == nil {
+		s.feed.resetLocked(entriesRev)
+	}
 	return wrapErr("import", err)
 }
 
