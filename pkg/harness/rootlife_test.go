@@ -252,8 +252,28 @@ func TestBlockedRootRotationRaisesAlarms(t *testing.T) {
 		if err := syncCall(stuck.Client); err != nil { // live, still lagging
 			t.Fatal(err)
 		}
-		clk.Add(time.Minute) // fires a rotation tick
+		// The server writes sync times in batches, every few seconds of its
+		// clock; this test moves that clock by minutes faster than the
+		// batches are written, so it waits for the write (or the agent would
+		// look gone, and stop blocking the gate).
+		syncedAt := clk.Now().Unix()
 		lastNudge := time.Now()
+		harness.Eventually(t, 5*time.Second, func() bool {
+			agents, err := srv.Admin.ListAgents(ctx, &adminv1.ListAgentsRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(agents.GetAgents()) == 1 && agents.GetAgents()[0].GetLastSeen() >= syncedAt {
+				return true
+			}
+			if time.Since(lastNudge) > 50*time.Millisecond {
+				clk.Add(5 * time.Second) // fire the batch timer if it was armed after the last move
+				lastNudge = time.Now()
+			}
+			return false
+		})
+		clk.Add(time.Minute) // fires a rotation tick
+		lastNudge = time.Now()
 		harness.Eventually(t, 5*time.Second, func() bool { // the rotation loop has seen it
 			if gauge("shortleaf_ca_root_gate_blocked_seconds") >= float64(minute*60) {
 				return true
