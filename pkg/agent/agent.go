@@ -95,6 +95,10 @@ type Agent struct {
 	// complete sync, and the foreign trust domains its entries federate with.
 	entriesRevision uint64
 	federatedTDs    []string
+	// stream is the open Sync stream, nil when none; syncWake wakes the
+	// manage loop when it has received a message.
+	stream   *syncStream
+	syncWake chan struct{}
 
 	lis       net.Listener
 	wl        *grpc.Server
@@ -150,7 +154,7 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 			unlock()
 		}
 	}()
-	a := &Agent{cfg: cfg, servers: newServerAddrs(cfg.ServerAddrs), store: storage{dir: cfg.DataDir}, cache: newCache(cfg.TrustDomain), metrics: telemetry.NewAgent(cfg.Registry), unlock: unlock}
+	a := &Agent{cfg: cfg, servers: newServerAddrs(cfg.ServerAddrs), store: storage{dir: cfg.DataDir}, cache: newCache(cfg.TrustDomain), metrics: telemetry.NewAgent(cfg.Registry), unlock: unlock, syncWake: make(chan struct{}, 1)}
 	if a.cfg.WorkloadAttestor == nil {
 		ua := unix.New()
 		ua.Logger = cfg.Logger

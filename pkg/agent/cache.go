@@ -119,15 +119,12 @@ func (c *cache) publish() {
 	c.changed = make(chan struct{})
 }
 
-// setEntries replaces the synced entries and bundle, dropping SVIDs of
-// entries that are gone.
-func (c *cache) setEntries(entries map[string]*entry, bundle []*x509.Certificate, seq uint64, jwt *jwtbundle.Bundle,
-	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle) {
+// setEntries replaces the entries held, dropping the SVIDs of entries that
+// are gone.
+func (c *cache) setEntries(entries map[string]*entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	changed := !c.synced || len(entries) != len(c.entries) || seq != c.bundleSeq || !jwt.Equal(c.jwtBundle) ||
-		!maps.EqualFunc(federated, c.federated, (*spiffebundle.Bundle).Equal)
-	c.jwtBundle, c.federated = jwt, federated
+	changed := len(entries) != len(c.entries)
 	for id, e := range entries {
 		if old, ok := c.entries[id]; !ok || old.Revision != e.Revision {
 			changed = true
@@ -138,8 +135,23 @@ func (c *cache) setEntries(entries map[string]*entry, bundle []*x509.Certificate
 			delete(c.svids, id)
 		}
 	}
-	c.entries, c.bundle, c.bundleSeq, c.synced = entries, bundle, seq, true
+	c.entries = entries
 	c.selectorPrefixes = selectorPrefixes(entries)
+	if changed {
+		c.publish()
+	}
+}
+
+// setState replaces the bundle, the JWT bundle and the federated bundles
+// from a sync answer; the first one makes the cache ready.
+func (c *cache) setState(bundle []*x509.Certificate, seq uint64, jwt *jwtbundle.Bundle,
+	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	changed := !c.synced || seq != c.bundleSeq || !jwt.Equal(c.jwtBundle) ||
+		!maps.EqualFunc(federated, c.federated, (*spiffebundle.Bundle).Equal)
+	c.jwtBundle, c.federated = jwt, federated
+	c.bundle, c.bundleSeq, c.synced = bundle, seq, true
 	if changed {
 		c.publish()
 	}

@@ -75,28 +75,44 @@ func (a *Agent) manage(ctx context.Context) error {
 				a.mu.Unlock()
 			} else {
 				renewB.reset()
+				// The stream runs on the connection renewAgent replaced:
+				// move it to the new one (it resumes from the revision held).
+				if a.stream != nil {
+					a.closeSync()
+					nextSync = now
+				}
 			}
 		}
-		if !now.Before(nextSync) {
-			if err := a.sync(ctx); err != nil {
-				a.metrics.SyncFailures.Inc()
-				if again, perr := a.refused(err); perr != nil {
-					return perr
-				} else if again {
-					nextSync = time.Time{}
-					continue
-				}
-				wait := syncB.next()
-				a.logServerError("entry sync failed", err, wait)
-				nextSync = now.Add(wait)
-			} else {
-				syncB.reset()
+		// Entry changes pushed by the server are applied as they arrive;
+		// a request goes out every sync interval (it reports the bundle
+		// and signers held, and its answer refreshes the bundle).
+		answered, askNow, err := a.pumpSync()
+		if err == nil && !now.Before(nextSync) {
+			if err = a.requestSync(ctx); err == nil {
 				nextSync = now.Add(a.cfg.SyncInterval)
-				if !a.synced {
-					a.synced = true
-					a.cfg.Logger.Info("agent running", slog.String("agent_id", a.ID()), slog.String("socket", a.cfg.SocketPath),
-						slog.String("server", a.servers.String()), slog.Int("entries", len(a.cache.entriesSnapshot())))
-				}
+			}
+		}
+		if err != nil {
+			a.metrics.SyncFailures.Inc()
+			if again, perr := a.refused(err); perr != nil {
+				return perr
+			} else if again {
+				nextSync = time.Time{}
+				continue
+			}
+			wait := syncB.next()
+			a.logServerError("entry sync failed", err, wait)
+			nextSync = now.Add(wait)
+		}
+		if askNow {
+			nextSync = now
+		}
+		if answered {
+			syncB.reset()
+			if !a.synced {
+				a.synced = true
+				a.cfg.Logger.Info("agent running", slog.String("agent_id", a.ID()), slog.String("socket", a.cfg.SocketPath),
+					slog.String("server", a.servers.String()), slog.Int("entries", len(a.cache.entriesSnapshot())))
 			}
 		}
 		due, nextRenew := a.cache.due(now)
@@ -176,6 +192,7 @@ func (a *Agent) refused(err error) (again bool, perr error) {
 	if old != nil {
 		_ = old.Close()
 	}
+	a.closeSync()
 	a.entriesRevision, a.federatedTDs = 0, nil
 	return true, nil
 }
@@ -197,6 +214,8 @@ func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
 	}
 	select {
 	case <-a.cfg.Clock.After(d):
+		return true
+	case <-a.syncWake:
 		return true
 	case <-ctx.Done():
 		return false
@@ -334,53 +353,6 @@ func (a *Agent) renewAgent(ctx context.Context) error {
 	return a.connect()
 }
 
-// sync reads every authorized entry and the bundle from the server.
-func (a *Agent) sync(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
-	defer cancel()
-	_, seq := a.cache.getBundle()
-	signers := a.cache.signerKeyIDs()
-	a.mu.Lock()
-	if len(a.svidChain) > 0 && len(a.svidChain[0].AuthorityKeyId) > 0 {
-		signers = append(signers, a.svidChain[0].AuthorityKeyId)
-	}
-	a.mu.Unlock()
-	stream, err := a.client.SyncEntries(ctx, &agentv1.SyncEntriesRequest{
-		BundleSequence: seq, SignerKeyIds: signers, EntriesRevision: a.entriesRevision, FederatedTrustDomains: a.federatedTDs,
-	})
-	if err != nil {
-		return fmt.Errorf("agent: sync: %w", err)
-	}
-	entries := make(map[string]*entry)
-	for {
-		msg, err := stream.Recv()
-		if err != nil {
-			return fmt.Errorf("agent: sync: %w", err)
-		}
-		if msg.GetUnchanged() {
-			// Nothing authorized for this agent changed: keep the entries held.
-			entries = a.cache.entriesSnapshot()
-		}
-		for _, pe := range msg.GetEntries() {
-			e, err := entryFromProto(pe)
-			if err != nil {
-				a.cfg.Logger.Warn("skipping malformed entry from server", slog.String("entry_id", pe.GetId()), slog.Any("error", err))
-				continue
-			}
-			entries[e.ID] = e
-		}
-		if !msg.GetMore() {
-			if err := a.applySync(entries, msg.GetBundle(), a.parseFederated(msg.GetFederatedBundles())); err != nil {
-				return err
-			}
-			a.applyTaints(msg.GetTaintedKeyIds())
-			a.entriesRevision = msg.GetEntriesRevision()
-			a.federatedTDs = federatedTrustDomains(entries)
-			return nil
-		}
-	}
-}
-
 // parseFederated reads the foreign bundles of a sync; a malformed one is
 // skipped (the server checked it, so this is a defect worth a warning).
 func (a *Agent) parseFederated(in []*agentv1.FederatedBundle) map[spiffeid.TrustDomain]*spiffebundle.Bundle {
@@ -399,7 +371,10 @@ func (a *Agent) parseFederated(in []*agentv1.FederatedBundle) map[spiffeid.Trust
 	return out
 }
 
-func (a *Agent) applySync(entries map[string]*entry, pb *agentv1.Bundle, federated map[spiffeid.TrustDomain]*spiffebundle.Bundle) error {
+// applyState applies the state a sync answer carries: the bundle (saved
+// with the agent's identity when it changed), its JWT keys, and the bundles
+// of the foreign trust domains the entries federate with.
+func (a *Agent) applyState(pb *agentv1.Bundle, federated map[spiffeid.TrustDomain]*spiffebundle.Bundle) error {
 	bundle, err := parseNonEmpty(pb.GetX509Authorities())
 	if err != nil {
 		return fmt.Errorf("agent: sync: unreadable bundle: %w", err)
@@ -428,7 +403,7 @@ func (a *Agent) applySync(entries map[string]*entry, pb *agentv1.Bundle, federat
 			return fmt.Errorf("agent: sync: JWT key %s: %w", k.GetKeyId(), err)
 		}
 	}
-	a.cache.setEntries(entries, bundle, pb.GetSequence(), jwt, federated)
+	a.cache.setState(bundle, pb.GetSequence(), jwt, federated)
 	return nil
 }
 

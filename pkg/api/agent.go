@@ -26,6 +26,7 @@ import (
 	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
+	"github.com/shortleaf/shortleaf/pkg/entryfeed"
 	"github.com/shortleaf/shortleaf/pkg/ratelimit"
 	"github.com/shortleaf/shortleaf/pkg/rpclimit"
 	"github.com/shortleaf/shortleaf/pkg/telemetry"
@@ -52,6 +53,7 @@ type AgentStore interface {
 	ListEntriesByParent(ctx context.Context, parentID, pageToken string, pageSize int) ([]*datastore.Entry, string, error)
 	GetFederatedBundle(ctx context.Context, td string) ([]byte, error)
 	EntriesRevision(ctx context.Context, parentID string) (current, parent uint64, err error)
+	SnapshotEntriesByParent(ctx context.Context, parentID string, pageSize int, fn func(page []*datastore.Entry) error) (uint64, error)
 	RecordLastSeen(ctx context.Context, seen map[string]time.Time) (int, error)
 }
 
@@ -87,6 +89,9 @@ type AgentConfig struct {
 	// each agent may have signed; a batch takes one token per CSR. nil:
 	// unlimited.
 	SignLimit *ratelimit.Limiter
+	// Feed pushes entry changes to Sync streams; nil: Sync is refused
+	// (Unimplemented) and agents poll SyncEntries.
+	Feed *entryfeed.Feed
 }
 
 // AgentService implements the agent API.
@@ -302,6 +307,34 @@ func (s *AgentService) callerAgent(ctx context.Context) (spiffeid.ID, *datastore
 	return id, agent, nil
 }
 
+// recordReport records what a sync reports of the agent. What the
+// propagation gate and revoke decide on (the bundle it holds, the keys that
+// signed its SVIDs) is written now; a sync that moves only the time is kept
+// in memory and written in the next batch (RunLastSeenFlusher).
+func (s *AgentService) recordReport(ctx context.Context, agentID spiffeid.ID, agent *datastore.Agent, bundleSeq uint64, signerKeyIDs [][]byte) error {
+	if n := len(signerKeyIDs); n > MaxSignerKeyIDs {
+		return s.refuse(ctx, "batch_limit", agentID.String(), invalid("signer_key_ids", "has %d key IDs, more than the limit of %d", n, MaxSignerKeyIDs))
+	}
+	signers := make([]string, 0, len(signerKeyIDs))
+	for _, id := range signerKeyIDs {
+		signers = append(signers, hex.EncodeToString(id))
+	}
+	slices.Sort(signers)
+	now := s.cfg.Clock.Now()
+	if agent.BundleSequence != bundleSeq || !slices.Equal(agent.SignerKeyIDs, signers) {
+		_, err := s.cfg.Store.UpdateAgent(ctx, agentID.String(), func(a *datastore.Agent) error {
+			a.LastSeen, a.BundleSequence, a.SignerKeyIDs = now, bundleSeq, signers
+			return nil
+		})
+		if err != nil {
+			return toStatus(ctx, s.cfg.Logger, "sync", err)
+		}
+	} else {
+		s.seen.record(agentID.String(), now)
+	}
+	return nil
+}
+
 // SyncEntries streams the caller's entries page by page; the last message
 // carries the bundle.
 func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agentv1.AgentAPI_SyncEntriesServer) error {
@@ -310,29 +343,8 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 	if err != nil {
 		return err
 	}
-	if n := len(req.GetSignerKeyIds()); n > MaxSignerKeyIDs {
-		return s.refuse(ctx, "batch_limit", agentID.String(), invalid("signer_key_ids", "has %d key IDs, more than the limit of %d", n, MaxSignerKeyIDs))
-	}
-	signers := make([]string, 0, len(req.GetSignerKeyIds()))
-	for _, id := range req.GetSignerKeyIds() {
-		signers = append(signers, hex.EncodeToString(id))
-	}
-	slices.Sort(signers)
-	// Record what the agent reports. What the propagation gate and revoke
-	// decide on (the bundle it holds, the keys that signed its SVIDs) is
-	// written now; a sync that moves only the time is kept in memory and
-	// written in the next batch (RunLastSeenFlusher).
-	now := s.cfg.Clock.Now()
-	if agent.BundleSequence != req.GetBundleSequence() || !slices.Equal(agent.SignerKeyIDs, signers) {
-		_, err := s.cfg.Store.UpdateAgent(ctx, agentID.String(), func(a *datastore.Agent) error {
-			a.LastSeen, a.BundleSequence, a.SignerKeyIDs = now, req.GetBundleSequence(), signers
-			return nil
-		})
-		if err != nil {
-			return toStatus(ctx, s.cfg.Logger, "sync", err)
-		}
-	} else {
-		s.seen.record(agentID.String(), now)
+	if err := s.recordReport(ctx, agentID, agent, req.GetBundleSequence(), req.GetSignerKeyIds()); err != nil {
+		return err
 	}
 	// Read the revision before listing: a change made while listing raises
 	// the parent's revision above it, so the next sync is complete again.

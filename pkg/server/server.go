@@ -31,6 +31,7 @@ import (
 	"github.com/shortleaf/shortleaf/pkg/bundleendpoint"
 	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
+	"github.com/shortleaf/shortleaf/pkg/entryfeed"
 	"github.com/shortleaf/shortleaf/pkg/federation"
 	"github.com/shortleaf/shortleaf/pkg/keymanager"
 	"github.com/shortleaf/shortleaf/pkg/rpclimit"
@@ -123,6 +124,7 @@ const (
 // datastore.Bolt and datastore.Etcd, have it.
 type store interface {
 	api.AgentStore
+	entryfeed.Source
 	api.AdminStore
 	api.FederationStore
 	federation.Store
@@ -218,6 +220,8 @@ func resolveReplicaID(cfg *Config) error {
 type Server struct {
 	cfg   Config
 	store store
+	// feed pushes entry changes to the agents' Sync streams.
+	feed *entryfeed.Feed
 	// lockLost is closed if the etcd server lock is lost (nil on bbolt).
 	lockLost  <-chan struct{}
 	ca        *ca.CA
@@ -321,9 +325,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.metrics = telemetry.NewServer(cfg.Registry)
 	s.agentSrv = grpc.NewServer(append(cfg.Limits.agentAPILimits().ServerOptions(s.countRefusal),
 		grpc.Creds(credentials.NewTLS(s.agentTLSConfig())))...)
+	s.feed = entryfeed.New(s.store, entryfeed.Config{Logger: cfg.Logger})
 	s.agentAPI = api.NewAgentService(api.AgentConfig{
 		CA: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, DefaultJWTTTL: cfg.DefaultJWTTTL, AgentSVIDTTL: cfg.AgentSVIDTTL,
-		Clock: cfg.Clock, Logger: cfg.Logger, Metrics: s.metrics,
+		Clock: cfg.Clock, Logger: cfg.Logger, Metrics: s.metrics, Feed: s.feed,
 		AttestLimit: cfg.Limits.attestLimiter(), SignLimit: cfg.Limits.signLimiter(),
 	})
 	agentv1.RegisterAgentAPIServer(s.agentSrv, s.agentAPI)
@@ -530,6 +535,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { s.rotate(gctx); return nil })
 	g.Go(func() error { s.housekeep(gctx); return nil })
 	g.Go(func() error { s.agentAPI.RunLastSeenFlusher(gctx); return nil })
+	g.Go(func() error { return s.feed.Run(gctx) })
 	if s.lockLost != nil {
 		g.Go(func() error {
 			select {

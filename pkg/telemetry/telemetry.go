@@ -58,7 +58,18 @@ type Server struct {
 	// Refusals counts requests refused by a limit, by reason
 	// (attestation_rate, signing_rate, batch_limit, message_size, ...).
 	Refusals *prometheus.CounterVec
+	// SyncStreams is the number of agents' Sync streams open now.
+	SyncStreams prometheus.Gauge
+	// SyncStarts counts how each Sync stream (or resubscription after
+	// falling behind) caught the agent up: resumed from the feed's memory,
+	// unchanged since the agent's revision, or a full read of its entries.
+	SyncStarts *prometheus.CounterVec
+	// SyncChanges counts entry changes pushed to agents.
+	SyncChanges prometheus.Counter
 }
+
+// SyncStartKinds are the values of SyncStarts' kind label.
+var SyncStartKinds = []string{"resumed", "unchanged", "full"}
 
 // NewServer registers the server's metrics on reg.
 func NewServer(reg prometheus.Registerer) *Server {
@@ -85,11 +96,24 @@ func NewServer(reg prometheus.Registerer) *Server {
 		Name: "shortleaf_server_requests_refused_total",
 		Help: "Requests refused by a resource limit, by reason (attestation_rate, signing_rate, batch_limit, message_size, connection_limit).",
 	}, []string{"reason"})
+	m.SyncStreams = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "shortleaf_server_sync_streams",
+		Help: "Agents' Sync streams open on this server now.",
+	})
+	m.SyncStarts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "shortleaf_server_sync_starts_total",
+		Help: "How Sync streams caught their agent up: resumed (changes since its revision, from memory), unchanged (none since), full (all of its entries read afresh).",
+	}, []string{"kind"})
+	m.SyncChanges = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "shortleaf_server_sync_entry_changes_total",
+		Help: "Entry changes (creations, updates, deletions) pushed to agents, full reads not included.",
+	})
 	initLabels(m.SVIDsIssued, Results)
 	initLabels(m.AgentAttestations, NodeAttestors, Results)
 	initLabels(m.AgentRenewals, Results)
 	initLabels(m.Refusals, RefusalReasons)
-	reg.MustRegister(m.SVIDsIssued, m.SignDuration, m.AgentAttestations, m.AgentRenewals, m.Refusals)
+	initLabels(m.SyncStarts, SyncStartKinds)
+	reg.MustRegister(m.SVIDsIssued, m.SignDuration, m.AgentAttestations, m.AgentRenewals, m.Refusals, m.SyncStreams, m.SyncStarts, m.SyncChanges)
 	return m
 }
 

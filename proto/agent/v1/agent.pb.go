@@ -802,6 +802,238 @@ func (x *SyncEntriesResponse) GetUnchanged() bool {
 	return false
 }
 
+type SyncRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bundle sequence the agent holds now (see SyncEntriesRequest).
+	BundleSequence uint64 `protobuf:"varint,1,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	// Authority key IDs of the intermediates that signed the SVIDs the agent
+	// holds (see SyncEntriesRequest).
+	SignerKeyIds [][]byte `protobuf:"bytes,2,rep,name=signer_key_ids,json=signerKeyIds,proto3" json:"signer_key_ids,omitempty"`
+	// Read from the first request only: the entries_revision of the entries
+	// the agent holds, 0 for none.
+	EntriesRevision uint64 `protobuf:"varint,3,opt,name=entries_revision,json=entriesRevision,proto3" json:"entries_revision,omitempty"`
+	// The foreign trust domains the held entries federate with, whose
+	// bundles the answer carries.
+	FederatedTrustDomains []string `protobuf:"bytes,4,rep,name=federated_trust_domains,json=federatedTrustDomains,proto3" json:"federated_trust_domains,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *SyncRequest) Reset() {
+	*x = SyncRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncRequest) ProtoMessage() {}
+
+func (x *SyncRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
+func (*SyncRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SyncRequest) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
+func (x *SyncRequest) GetSignerKeyIds() [][]byte {
+	if x != nil {
+		return x.SignerKeyIds
+	}
+	return nil
+}
+
+func (x *SyncRequest) GetEntriesRevision() uint64 {
+	if x != nil {
+		return x.EntriesRevision
+	}
+	return 0
+}
+
+func (x *SyncRequest) GetFederatedTrustDomains() []string {
+	if x != nil {
+		return x.FederatedTrustDomains
+	}
+	return nil
+}
+
+type SyncResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Entries created or changed: each replaces the held entry with its ID.
+	Entries []*Entry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// Entries deleted, or no longer authorized for the agent. An ID is never
+	// in both lists of one change set.
+	DeletedEntryIds []string `protobuf:"bytes,2,rep,name=deleted_entry_ids,json=deletedEntryIds,proto3" json:"deleted_entry_ids,omitempty"`
+	// Set on the first message of a full read: the entries of this change set
+	// replace every entry held.
+	Full bool `protobuf:"varint,3,opt,name=full,proto3" json:"full,omitempty"`
+	// True when more messages of the same change set follow; apply the set
+	// once the last has arrived.
+	More bool `protobuf:"varint,4,opt,name=more,proto3" json:"more,omitempty"`
+	// Set when more is false: the agent holds every change up to this
+	// revision; it sends it in the first request of its next stream.
+	EntriesRevision uint64 `protobuf:"varint,5,opt,name=entries_revision,json=entriesRevision,proto3" json:"entries_revision,omitempty"`
+	// Set in the answer to each SyncRequest, and only there.
+	State         *SyncState `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncResponse) Reset() {
+	*x = SyncResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncResponse) ProtoMessage() {}
+
+func (x *SyncResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
+func (*SyncResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SyncResponse) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetDeletedEntryIds() []string {
+	if x != nil {
+		return x.DeletedEntryIds
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
+}
+
+func (x *SyncResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+func (x *SyncResponse) GetEntriesRevision() uint64 {
+	if x != nil {
+		return x.EntriesRevision
+	}
+	return 0
+}
+
+func (x *SyncResponse) GetState() *SyncState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+type SyncState struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Bundle *Bundle                `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// Subject key IDs of tainted intermediates: the agent replaces every SVID
+	// signed by one of them within a sync interval.
+	TaintedKeyIds [][]byte `protobuf:"bytes,2,rep,name=tainted_key_ids,json=taintedKeyIds,proto3" json:"tainted_key_ids,omitempty"`
+	// The bundles of the requested foreign trust domains.
+	FederatedBundles []*FederatedBundle `protobuf:"bytes,3,rep,name=federated_bundles,json=federatedBundles,proto3" json:"federated_bundles,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SyncState) Reset() {
+	*x = SyncState{}
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncState) ProtoMessage() {}
+
+func (x *SyncState) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncState.ProtoReflect.Descriptor instead.
+func (*SyncState) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *SyncState) GetBundle() *Bundle {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *SyncState) GetTaintedKeyIds() [][]byte {
+	if x != nil {
+		return x.TaintedKeyIds
+	}
+	return nil
+}
+
+func (x *SyncState) GetFederatedBundles() []*FederatedBundle {
+	if x != nil {
+		return x.FederatedBundles
+	}
+	return nil
+}
+
 type FederatedBundle struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
@@ -813,7 +1045,7 @@ type FederatedBundle struct {
 
 func (x *FederatedBundle) Reset() {
 	*x = FederatedBundle{}
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +1057,7 @@ func (x *FederatedBundle) String() string {
 func (*FederatedBundle) ProtoMessage() {}
 
 func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +1070,7 @@ func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederatedBundle.ProtoReflect.Descriptor instead.
 func (*FederatedBundle) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FederatedBundle) GetTrustDomain() string {
@@ -865,7 +1097,7 @@ type NewX509SVIDParams struct {
 
 func (x *NewX509SVIDParams) Reset() {
 	*x = NewX509SVIDParams{}
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1109,7 @@ func (x *NewX509SVIDParams) String() string {
 func (*NewX509SVIDParams) ProtoMessage() {}
 
 func (x *NewX509SVIDParams) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1122,7 @@ func (x *NewX509SVIDParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewX509SVIDParams.ProtoReflect.Descriptor instead.
 func (*NewX509SVIDParams) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NewX509SVIDParams) GetEntryId() string {
@@ -916,7 +1148,7 @@ type BatchNewX509SVIDRequest struct {
 
 func (x *BatchNewX509SVIDRequest) Reset() {
 	*x = BatchNewX509SVIDRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +1160,7 @@ func (x *BatchNewX509SVIDRequest) String() string {
 func (*BatchNewX509SVIDRequest) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1173,7 @@ func (x *BatchNewX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BatchNewX509SVIDRequest) GetParams() []*NewX509SVIDParams {
@@ -964,7 +1196,7 @@ type BatchNewX509SVIDResult struct {
 
 func (x *BatchNewX509SVIDResult) Reset() {
 	*x = BatchNewX509SVIDResult{}
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1208,7 @@ func (x *BatchNewX509SVIDResult) String() string {
 func (*BatchNewX509SVIDResult) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1221,7 @@ func (x *BatchNewX509SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDResult.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDResult) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *BatchNewX509SVIDResult) GetEntryId() string {
@@ -1029,7 +1261,7 @@ type BatchNewX509SVIDResponse struct {
 
 func (x *BatchNewX509SVIDResponse) Reset() {
 	*x = BatchNewX509SVIDResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1273,7 @@ func (x *BatchNewX509SVIDResponse) String() string {
 func (*BatchNewX509SVIDResponse) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1286,7 @@ func (x *BatchNewX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BatchNewX509SVIDResponse) GetResults() []*BatchNewX509SVIDResult {
@@ -1074,7 +1306,7 @@ type NewJWTSVIDRequest struct {
 
 func (x *NewJWTSVIDRequest) Reset() {
 	*x = NewJWTSVIDRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1318,7 @@ func (x *NewJWTSVIDRequest) String() string {
 func (*NewJWTSVIDRequest) ProtoMessage() {}
 
 func (x *NewJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1331,7 @@ func (x *NewJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*NewJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NewJWTSVIDRequest) GetEntryId() string {
@@ -1126,7 +1358,7 @@ type NewJWTSVIDResponse struct {
 
 func (x *NewJWTSVIDResponse) Reset() {
 	*x = NewJWTSVIDResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1370,7 @@ func (x *NewJWTSVIDResponse) String() string {
 func (*NewJWTSVIDResponse) ProtoMessage() {}
 
 func (x *NewJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1383,7 @@ func (x *NewJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*NewJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NewJWTSVIDResponse) GetToken() string {
@@ -1228,7 +1460,23 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x0ftainted_key_ids\x18\x04 \x03(\fR\rtaintedKeyIds\x12P\n" +
 	"\x11federated_bundles\x18\x05 \x03(\v2#.shortleaf.agent.v1.FederatedBundleR\x10federatedBundles\x12)\n" +
 	"\x10entries_revision\x18\x06 \x01(\x04R\x0fentriesRevision\x12\x1c\n" +
-	"\tunchanged\x18\a \x01(\bR\tunchanged\"L\n" +
+	"\tunchanged\x18\a \x01(\bR\tunchanged\"\xbf\x01\n" +
+	"\vSyncRequest\x12'\n" +
+	"\x0fbundle_sequence\x18\x01 \x01(\x04R\x0ebundleSequence\x12$\n" +
+	"\x0esigner_key_ids\x18\x02 \x03(\fR\fsignerKeyIds\x12)\n" +
+	"\x10entries_revision\x18\x03 \x01(\x04R\x0fentriesRevision\x126\n" +
+	"\x17federated_trust_domains\x18\x04 \x03(\tR\x15federatedTrustDomains\"\xf7\x01\n" +
+	"\fSyncResponse\x123\n" +
+	"\aentries\x18\x01 \x03(\v2\x19.shortleaf.agent.v1.EntryR\aentries\x12*\n" +
+	"\x11deleted_entry_ids\x18\x02 \x03(\tR\x0fdeletedEntryIds\x12\x12\n" +
+	"\x04full\x18\x03 \x01(\bR\x04full\x12\x12\n" +
+	"\x04more\x18\x04 \x01(\bR\x04more\x12)\n" +
+	"\x10entries_revision\x18\x05 \x01(\x04R\x0fentriesRevision\x123\n" +
+	"\x05state\x18\x06 \x01(\v2\x1d.shortleaf.agent.v1.SyncStateR\x05state\"\xb9\x01\n" +
+	"\tSyncState\x122\n" +
+	"\x06bundle\x18\x01 \x01(\v2\x1a.shortleaf.agent.v1.BundleR\x06bundle\x12&\n" +
+	"\x0ftainted_key_ids\x18\x02 \x03(\fR\rtaintedKeyIds\x12P\n" +
+	"\x11federated_bundles\x18\x03 \x03(\v2#.shortleaf.agent.v1.FederatedBundleR\x10federatedBundles\"L\n" +
 	"\x0fFederatedBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x16\n" +
 	"\x06bundle\x18\x02 \x01(\fR\x06bundle\"@\n" +
@@ -1251,12 +1499,13 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x12NewJWTSVIDResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\x03R\texpiresAt2\xf5\x03\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt2\xc4\x04\n" +
 	"\bAgentAPI\x12^\n" +
 	"\vAttestAgent\x12&.shortleaf.agent.v1.AttestAgentRequest\x1a'.shortleaf.agent.v1.AttestAgentResponse\x12[\n" +
 	"\n" +
 	"RenewAgent\x12%.shortleaf.agent.v1.RenewAgentRequest\x1a&.shortleaf.agent.v1.RenewAgentResponse\x12`\n" +
-	"\vSyncEntries\x12&.shortleaf.agent.v1.SyncEntriesRequest\x1a'.shortleaf.agent.v1.SyncEntriesResponse0\x01\x12m\n" +
+	"\vSyncEntries\x12&.shortleaf.agent.v1.SyncEntriesRequest\x1a'.shortleaf.agent.v1.SyncEntriesResponse0\x01\x12M\n" +
+	"\x04Sync\x12\x1f.shortleaf.agent.v1.SyncRequest\x1a .shortleaf.agent.v1.SyncResponse(\x010\x01\x12m\n" +
 	"\x10BatchNewX509SVID\x12+.shortleaf.agent.v1.BatchNewX509SVIDRequest\x1a,.shortleaf.agent.v1.BatchNewX509SVIDResponse\x12[\n" +
 	"\n" +
 	"NewJWTSVID\x12%.shortleaf.agent.v1.NewJWTSVIDRequest\x1a&.shortleaf.agent.v1.NewJWTSVIDResponseB7Z5github.com/shortleaf/shortleaf/proto/agent/v1;agentv1b\x06proto3"
@@ -1273,7 +1522,7 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_agent_v1_agent_proto_rawDescData
 }
 
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(*JoinTokenAttestation)(nil),     // 0: shortleaf.agent.v1.JoinTokenAttestation
 	(*AttestAgentRequest)(nil),       // 1: shortleaf.agent.v1.AttestAgentRequest
@@ -1287,13 +1536,16 @@ var file_agent_v1_agent_proto_goTypes = []any{
 	(*Selector)(nil),                 // 9: shortleaf.agent.v1.Selector
 	(*Entry)(nil),                    // 10: shortleaf.agent.v1.Entry
 	(*SyncEntriesResponse)(nil),      // 11: shortleaf.agent.v1.SyncEntriesResponse
-	(*FederatedBundle)(nil),          // 12: shortleaf.agent.v1.FederatedBundle
-	(*NewX509SVIDParams)(nil),        // 13: shortleaf.agent.v1.NewX509SVIDParams
-	(*BatchNewX509SVIDRequest)(nil),  // 14: shortleaf.agent.v1.BatchNewX509SVIDRequest
-	(*BatchNewX509SVIDResult)(nil),   // 15: shortleaf.agent.v1.BatchNewX509SVIDResult
-	(*BatchNewX509SVIDResponse)(nil), // 16: shortleaf.agent.v1.BatchNewX509SVIDResponse
-	(*NewJWTSVIDRequest)(nil),        // 17: shortleaf.agent.v1.NewJWTSVIDRequest
-	(*NewJWTSVIDResponse)(nil),       // 18: shortleaf.agent.v1.NewJWTSVIDResponse
+	(*SyncRequest)(nil),              // 12: shortleaf.agent.v1.SyncRequest
+	(*SyncResponse)(nil),             // 13: shortleaf.agent.v1.SyncResponse
+	(*SyncState)(nil),                // 14: shortleaf.agent.v1.SyncState
+	(*FederatedBundle)(nil),          // 15: shortleaf.agent.v1.FederatedBundle
+	(*NewX509SVIDParams)(nil),        // 16: shortleaf.agent.v1.NewX509SVIDParams
+	(*BatchNewX509SVIDRequest)(nil),  // 17: shortleaf.agent.v1.BatchNewX509SVIDRequest
+	(*BatchNewX509SVIDResult)(nil),   // 18: shortleaf.agent.v1.BatchNewX509SVIDResult
+	(*BatchNewX509SVIDResponse)(nil), // 19: shortleaf.agent.v1.BatchNewX509SVIDResponse
+	(*NewJWTSVIDRequest)(nil),        // 20: shortleaf.agent.v1.NewJWTSVIDRequest
+	(*NewJWTSVIDResponse)(nil),       // 21: shortleaf.agent.v1.NewJWTSVIDResponse
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
 	0,  // 0: shortleaf.agent.v1.AttestAgentRequest.join_token:type_name -> shortleaf.agent.v1.JoinTokenAttestation
@@ -1304,25 +1556,31 @@ var file_agent_v1_agent_proto_depIdxs = []int32{
 	9,  // 5: shortleaf.agent.v1.Entry.selectors:type_name -> shortleaf.agent.v1.Selector
 	10, // 6: shortleaf.agent.v1.SyncEntriesResponse.entries:type_name -> shortleaf.agent.v1.Entry
 	4,  // 7: shortleaf.agent.v1.SyncEntriesResponse.bundle:type_name -> shortleaf.agent.v1.Bundle
-	12, // 8: shortleaf.agent.v1.SyncEntriesResponse.federated_bundles:type_name -> shortleaf.agent.v1.FederatedBundle
-	13, // 9: shortleaf.agent.v1.BatchNewX509SVIDRequest.params:type_name -> shortleaf.agent.v1.NewX509SVIDParams
-	3,  // 10: shortleaf.agent.v1.BatchNewX509SVIDResult.svid:type_name -> shortleaf.agent.v1.X509SVID
-	15, // 11: shortleaf.agent.v1.BatchNewX509SVIDResponse.results:type_name -> shortleaf.agent.v1.BatchNewX509SVIDResult
-	1,  // 12: shortleaf.agent.v1.AgentAPI.AttestAgent:input_type -> shortleaf.agent.v1.AttestAgentRequest
-	6,  // 13: shortleaf.agent.v1.AgentAPI.RenewAgent:input_type -> shortleaf.agent.v1.RenewAgentRequest
-	8,  // 14: shortleaf.agent.v1.AgentAPI.SyncEntries:input_type -> shortleaf.agent.v1.SyncEntriesRequest
-	14, // 15: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:input_type -> shortleaf.agent.v1.BatchNewX509SVIDRequest
-	17, // 16: shortleaf.agent.v1.AgentAPI.NewJWTSVID:input_type -> shortleaf.agent.v1.NewJWTSVIDRequest
-	2,  // 17: shortleaf.agent.v1.AgentAPI.AttestAgent:output_type -> shortleaf.agent.v1.AttestAgentResponse
-	7,  // 18: shortleaf.agent.v1.AgentAPI.RenewAgent:output_type -> shortleaf.agent.v1.RenewAgentResponse
-	11, // 19: shortleaf.agent.v1.AgentAPI.SyncEntries:output_type -> shortleaf.agent.v1.SyncEntriesResponse
-	16, // 20: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:output_type -> shortleaf.agent.v1.BatchNewX509SVIDResponse
-	18, // 21: shortleaf.agent.v1.AgentAPI.NewJWTSVID:output_type -> shortleaf.agent.v1.NewJWTSVIDResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	15, // 8: shortleaf.agent.v1.SyncEntriesResponse.federated_bundles:type_name -> shortleaf.agent.v1.FederatedBundle
+	10, // 9: shortleaf.agent.v1.SyncResponse.entries:type_name -> shortleaf.agent.v1.Entry
+	14, // 10: shortleaf.agent.v1.SyncResponse.state:type_name -> shortleaf.agent.v1.SyncState
+	4,  // 11: shortleaf.agent.v1.SyncState.bundle:type_name -> shortleaf.agent.v1.Bundle
+	15, // 12: shortleaf.agent.v1.SyncState.federated_bundles:type_name -> shortleaf.agent.v1.FederatedBundle
+	16, // 13: shortleaf.agent.v1.BatchNewX509SVIDRequest.params:type_name -> shortleaf.agent.v1.NewX509SVIDParams
+	3,  // 14: shortleaf.agent.v1.BatchNewX509SVIDResult.svid:type_name -> shortleaf.agent.v1.X509SVID
+	18, // 15: shortleaf.agent.v1.BatchNewX509SVIDResponse.results:type_name -> shortleaf.agent.v1.BatchNewX509SVIDResult
+	1,  // 16: shortleaf.agent.v1.AgentAPI.AttestAgent:input_type -> shortleaf.agent.v1.AttestAgentRequest
+	6,  // 17: shortleaf.agent.v1.AgentAPI.RenewAgent:input_type -> shortleaf.agent.v1.RenewAgentRequest
+	8,  // 18: shortleaf.agent.v1.AgentAPI.SyncEntries:input_type -> shortleaf.agent.v1.SyncEntriesRequest
+	12, // 19: shortleaf.agent.v1.AgentAPI.Sync:input_type -> shortleaf.agent.v1.SyncRequest
+	17, // 20: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:input_type -> shortleaf.agent.v1.BatchNewX509SVIDRequest
+	20, // 21: shortleaf.agent.v1.AgentAPI.NewJWTSVID:input_type -> shortleaf.agent.v1.NewJWTSVIDRequest
+	2,  // 22: shortleaf.agent.v1.AgentAPI.AttestAgent:output_type -> shortleaf.agent.v1.AttestAgentResponse
+	7,  // 23: shortleaf.agent.v1.AgentAPI.RenewAgent:output_type -> shortleaf.agent.v1.RenewAgentResponse
+	11, // 24: shortleaf.agent.v1.AgentAPI.SyncEntries:output_type -> shortleaf.agent.v1.SyncEntriesResponse
+	13, // 25: shortleaf.agent.v1.AgentAPI.Sync:output_type -> shortleaf.agent.v1.SyncResponse
+	19, // 26: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:output_type -> shortleaf.agent.v1.BatchNewX509SVIDResponse
+	21, // 27: shortleaf.agent.v1.AgentAPI.NewJWTSVID:output_type -> shortleaf.agent.v1.NewJWTSVIDResponse
+	22, // [22:28] is the sub-list for method output_type
+	16, // [16:22] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -1339,7 +1597,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	AgentAPI_AttestAgent_FullMethodName      = "/shortleaf.agent.v1.AgentAPI/AttestAgent"
 	AgentAPI_RenewAgent_FullMethodName       = "/shortleaf.agent.v1.AgentAPI/RenewAgent"
 	AgentAPI_SyncEntries_FullMethodName      = "/shortleaf.agent.v1.AgentAPI/SyncEntries"
+	AgentAPI_Sync_FullMethodName             = "/shortleaf.agent.v1.AgentAPI/Sync"
 	AgentAPI_BatchNewX509SVID_FullMethodName = "/shortleaf.agent.v1.AgentAPI/BatchNewX509SVID"
 	AgentAPI_NewJWTSVID_FullMethodName       = "/shortleaf.agent.v1.AgentAPI/NewJWTSVID"
 )
@@ -39,8 +40,17 @@ type AgentAPIClient interface {
 	// RenewAgent issues a fresh agent SVID for the calling agent.
 	RenewAgent(ctx context.Context, in *RenewAgentRequest, opts ...grpc.CallOption) (*RenewAgentResponse, error)
 	// SyncEntries streams every entry authorized for the calling agent, in pages,
-	// then the trust bundle in the last message.
+	// then the trust bundle in the last message. Agents since Sync was added
+	// use Sync; this stays for older agents.
 	SyncEntries(ctx context.Context, in *SyncEntriesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SyncEntriesResponse], error)
+	// Sync keeps a connected agent current for as long as the stream lasts.
+	// The agent sends a SyncRequest when it opens the stream and then every
+	// sync interval; the server answers each with a SyncResponse carrying
+	// state. Entry changes are pushed as they happen: first what the agent
+	// missed since the entries_revision of its first request (or all of its
+	// entries, when that revision is 0 or too old), then each change as it
+	// is written, through whichever server replica it was written.
+	Sync(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SyncRequest, SyncResponse], error)
 	// BatchNewX509SVID signs workload CSRs for entries authorized for the caller.
 	BatchNewX509SVID(ctx context.Context, in *BatchNewX509SVIDRequest, opts ...grpc.CallOption) (*BatchNewX509SVIDResponse, error)
 	// NewJWTSVID signs a JWT-SVID for an entry authorized for the caller.
@@ -94,6 +104,19 @@ func (c *agentAPIClient) SyncEntries(ctx context.Context, in *SyncEntriesRequest
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AgentAPI_SyncEntriesClient = grpc.ServerStreamingClient[SyncEntriesResponse]
 
+func (c *agentAPIClient) Sync(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SyncRequest, SyncResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AgentAPI_ServiceDesc.Streams[1], AgentAPI_Sync_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SyncRequest, SyncResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentAPI_SyncClient = grpc.BidiStreamingClient[SyncRequest, SyncResponse]
+
 func (c *agentAPIClient) BatchNewX509SVID(ctx context.Context, in *BatchNewX509SVIDRequest, opts ...grpc.CallOption) (*BatchNewX509SVIDResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(BatchNewX509SVIDResponse)
@@ -124,8 +147,17 @@ type AgentAPIServer interface {
 	// RenewAgent issues a fresh agent SVID for the calling agent.
 	RenewAgent(context.Context, *RenewAgentRequest) (*RenewAgentResponse, error)
 	// SyncEntries streams every entry authorized for the calling agent, in pages,
-	// then the trust bundle in the last message.
+	// then the trust bundle in the last message. Agents since Sync was added
+	// use Sync; this stays for older agents.
 	SyncEntries(*SyncEntriesRequest, grpc.ServerStreamingServer[SyncEntriesResponse]) error
+	// Sync keeps a connected agent current for as long as the stream lasts.
+	// The agent sends a SyncRequest when it opens the stream and then every
+	// sync interval; the server answers each with a SyncResponse carrying
+	// state. Entry changes are pushed as they happen: first what the agent
+	// missed since the entries_revision of its first request (or all of its
+	// entries, when that revision is 0 or too old), then each change as it
+	// is written, through whichever server replica it was written.
+	Sync(grpc.BidiStreamingServer[SyncRequest, SyncResponse]) error
 	// BatchNewX509SVID signs workload CSRs for entries authorized for the caller.
 	BatchNewX509SVID(context.Context, *BatchNewX509SVIDRequest) (*BatchNewX509SVIDResponse, error)
 	// NewJWTSVID signs a JWT-SVID for an entry authorized for the caller.
@@ -148,6 +180,9 @@ func (UnimplementedAgentAPIServer) RenewAgent(context.Context, *RenewAgentReques
 }
 func (UnimplementedAgentAPIServer) SyncEntries(*SyncEntriesRequest, grpc.ServerStreamingServer[SyncEntriesResponse]) error {
 	return status.Error(codes.Unimplemented, "method SyncEntries not implemented")
+}
+func (UnimplementedAgentAPIServer) Sync(grpc.BidiStreamingServer[SyncRequest, SyncResponse]) error {
+	return status.Error(codes.Unimplemented, "method Sync not implemented")
 }
 func (UnimplementedAgentAPIServer) BatchNewX509SVID(context.Context, *BatchNewX509SVIDRequest) (*BatchNewX509SVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method BatchNewX509SVID not implemented")
@@ -223,6 +258,13 @@ func _AgentAPI_SyncEntries_Handler(srv interface{}, stream grpc.ServerStream) er
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AgentAPI_SyncEntriesServer = grpc.ServerStreamingServer[SyncEntriesResponse]
 
+func _AgentAPI_Sync_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AgentAPIServer).Sync(&grpc.GenericServerStream[SyncRequest, SyncResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentAPI_SyncServer = grpc.BidiStreamingServer[SyncRequest, SyncResponse]
+
 func _AgentAPI_BatchNewX509SVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(BatchNewX509SVIDRequest)
 	if err := dec(in); err != nil {
@@ -288,6 +330,12 @@ var AgentAPI_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "SyncEntries",
 			Handler:       _AgentAPI_SyncEntries_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Sync",
+			Handler:       _AgentAPI_Sync_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "agent/v1/agent.proto",

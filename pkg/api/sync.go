@@ -1,0 +1,243 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/shortleaf/shortleaf/pkg/datastore"
+	"github.com/shortleaf/shortleaf/pkg/entryfeed"
+	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
+)
+
+// Sync keeps a connected agent current: entry changes are pushed as the
+// feed reports them, and each request the agent sends (when it connects,
+// then every sync interval) is recorded and answered with the bundle, the
+// tainted keys and the federated bundles it asks for.
+func (s *AgentService) Sync(stream agentv1.AgentAPI_SyncServer) error {
+	ctx := stream.Context()
+	if s.cfg.Feed == nil {
+		return status.Error(codes.Unimplemented, "this server does not push entries; use SyncEntries")
+	}
+	agentID, agent, err := s.callerAgent(ctx)
+	if err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if err := s.recordReport(ctx, agentID, agent, first.GetBundleSequence(), first.GetSignerKeyIds()); err != nil {
+		return err
+	}
+	s.cfg.Metrics.SyncStreams.Inc()
+	defer s.cfg.Metrics.SyncStreams.Dec()
+
+	// Requests are read on a goroutine of their own; everything is sent
+	// from this one, as a gRPC stream requires.
+	requests := make(chan *agentv1.SyncRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case requests <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	sess := &syncSession{svc: s, stream: stream, agentID: agentID}
+	defer sess.close()
+	if err := sess.subscribe(ctx, first.GetEntriesRevision()); err != nil {
+		return err
+	}
+	if err := sess.answer(ctx, first); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case req := <-requests:
+			// Each request authenticates the agent again, so an evicted
+			// agent (or one whose connection outlived its SVID) is cut off
+			// within a sync interval.
+			_, agent, err := s.callerAgent(ctx)
+			if err != nil {
+				return err
+			}
+			if err := s.recordReport(ctx, agentID, agent, req.GetBundleSequence(), req.GetSignerKeyIds()); err != nil {
+				return err
+			}
+			if err := sess.push(ctx); err != nil {
+				return err
+			}
+			if err := sess.answer(ctx, req); err != nil {
+				return err
+			}
+		case <-sess.sub.Ready():
+			if err := sess.push(ctx); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// syncSession is the server's side of one agent's Sync stream.
+type syncSession struct {
+	svc     *AgentService
+	stream  agentv1.AgentAPI_SyncServer
+	agentID spiffeid.ID
+	sub     *entryfeed.Subscription
+	// held is the revision up to which the agent holds every change.
+	held uint64
+}
+
+func (x *syncSession) close() {
+	if x.sub != nil {
+		x.sub.Close()
+	}
+}
+
+// subscribe catches the agent up from revision after and subscribes it to
+// the changes that follow: from the feed's memory when it reaches back that
+// far, with nothing to send when none of the agent's entries changed since,
+// and otherwise with a full read of its entries.
+func (x *syncSession) subscribe(ctx context.Context, after uint64) error {
+	x.close()
+	s, agent := x.svc, x.agentID.String()
+	sub, backlog, from, ok, err := s.cfg.Feed.Subscribe(ctx, agent, after)
+	if errors.Is(err, entryfeed.ErrStopped) {
+		return status.Error(codes.Unavailable, "the server is stopping; connect to another")
+	}
+	if err != nil {
+		return status.FromContextError(err).Err()
+	}
+	x.sub = sub
+	if ok {
+		s.cfg.Metrics.SyncStarts.WithLabelValues("resumed").Inc()
+		x.held = after
+		return x.send(backlog)
+	}
+	if after != 0 {
+		current, parent, err := s.cfg.Store.EntriesRevision(ctx, agent)
+		if err != nil {
+			return toStatus(ctx, s.cfg.Logger, "sync", err)
+		}
+		// after <= current: a revision from this store's history, not from
+		// a store since replaced by a restore.
+		if parent <= after && after <= current {
+			s.cfg.Metrics.SyncStarts.WithLabelValues("unchanged").Inc()
+			x.held = max(after, from)
+			return nil
+		}
+	}
+	s.cfg.Metrics.SyncStarts.WithLabelValues("full").Inc()
+	full := true
+	rev, err := s.cfg.Store.SnapshotEntriesByParent(ctx, agent, SyncPageSize, func(page []*datastore.Entry) error {
+		msg := &agentv1.SyncResponse{Full: full, More: true, Entries: make([]*agentv1.Entry, len(page))}
+		full = false
+		for i, e := range page {
+			msg.Entries[i] = s.agentEntryProto(e)
+		}
+		return x.stream.Send(msg)
+	})
+	if err != nil {
+		return toStatus(ctx, s.cfg.Logger, "sync", err)
+	}
+	// The feed's changes up to the snapshot's revision are in it already.
+	x.held = max(rev, from)
+	return x.stream.Send(&agentv1.SyncResponse{Full: full, EntriesRevision: x.held})
+}
+
+// push sends the changes waiting on the subscription; one that fell behind
+// subscribes again from the revision the agent holds.
+func (x *syncSession) push(ctx context.Context) error {
+	changes, lost := x.sub.Next()
+	if err := x.send(changes); err != nil {
+		return err
+	}
+	if lost {
+		return x.subscribe(ctx, x.held)
+	}
+	return nil
+}
+
+// send sends the changes after the revision held as one change set, in
+// pages: each entry once, as its last change in the set left it.
+func (x *syncSession) send(changes []datastore.EntryChange) error {
+	agent := x.agentID.String()
+	var order []string
+	final := map[string]*agentv1.Entry{} // nil: deleted
+	last := x.held
+	for _, c := range changes {
+		if c.Revision <= x.held || !entryfeed.Concerns(c, agent) {
+			continue
+		}
+		last = c.Revision
+		id := c.Entry.ID
+		if _, seen := final[id]; !seen {
+			order = append(order, id)
+		}
+		if c.Deleted || c.Entry.ParentID != agent {
+			final[id] = nil
+		} else {
+			final[id] = x.svc.agentEntryProto(c.Entry)
+		}
+	}
+	if len(order) == 0 {
+		return nil
+	}
+	x.svc.cfg.Metrics.SyncChanges.Add(float64(len(order)))
+	for len(order) > 0 {
+		n := min(len(order), SyncPageSize)
+		msg := &agentv1.SyncResponse{More: n < len(order)}
+		for _, id := range order[:n] {
+			if e := final[id]; e != nil {
+				msg.Entries = append(msg.Entries, e)
+			} else {
+				msg.DeletedEntryIds = append(msg.DeletedEntryIds, id)
+			}
+		}
+		order = order[n:]
+		if !msg.More {
+			msg.EntriesRevision = last
+		}
+		if err := x.stream.Send(msg); err != nil {
+			return err
+		}
+	}
+	x.held = last
+	return nil
+}
+
+// answer answers a request with the state it asks for and the revision
+// the agent now holds.
+func (x *syncSession) answer(ctx context.Context, req *agentv1.SyncRequest) error {
+	if rev, ok := x.sub.CaughtUp(); ok {
+		x.held = max(x.held, rev)
+	}
+	state := &agentv1.SyncEntriesResponse{}
+	if err := x.svc.finishSync(ctx, state, req.GetFederatedTrustDomains()); err != nil {
+		return err
+	}
+	return x.stream.Send(&agentv1.SyncResponse{
+		EntriesRevision: x.held,
+		State:           &agentv1.SyncState{Bundle: state.GetBundle(), TaintedKeyIds: state.GetTaintedKeyIds(), FederatedBundles: state.GetFederatedBundles()},
+	})
+}
