@@ -34,6 +34,11 @@ type syncStream struct {
 	pending *changeSet
 }
 
+// minHealthyStream is how long a stream must have lasted (and been
+// answered) for its end to be taken as routine: replacing it at once can
+// then not spin.
+const minHealthyStream = time.Second
+
 type syncEvent struct {
 	msg *agentv1.SyncResponse
 	err error
@@ -148,7 +153,7 @@ func (a *Agent) pumpSync() (answered, askNow bool, err error) {
 				// server (its connection reached its maximum age, the
 				// server is stopping) is replaced at once, not counted as
 				// a failure.
-				healthy := a.stream.answers > 0 && a.cfg.Clock.Now().Sub(a.stream.opened) >= a.cfg.SyncInterval
+				healthy := a.stream.answers > 0 && a.cfg.Clock.Now().Sub(a.stream.opened) >= minHealthyStream
 				a.closeSync()
 				if healthy && (status.Code(ev.err) == codes.Unavailable || errors.Is(ev.err, io.EOF)) {
 					a.cfg.Logger.Debug("sync stream ended; opening another", slog.Any("reason", ev.err))

@@ -1,0 +1,156 @@
+package harness_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shortleaf/shortleaf/pkg/agent"
+	"github.com/shortleaf/shortleaf/pkg/datastore"
+	"github.com/shortleaf/shortleaf/pkg/etcdtest"
+	"github.com/shortleaf/shortleaf/pkg/harness"
+	"github.com/shortleaf/shortleaf/pkg/server"
+	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
+)
+
+// neverPoll is a sync interval no test outlasts: whatever reaches such an
+// agent after its first sync was pushed to it.
+func neverPoll(c *agent.Config) { c.SyncInterval = time.Hour }
+
+// counter reads a counter (or gauge) of reg with the given label value ("" for none).
+func counter(t *testing.T, reg prometheus.Gatherer, name, label string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if label == "" || (len(m.GetLabel()) > 0 && m.GetLabel()[0].GetValue() == label) {
+				if c := m.GetCounter(); c != nil {
+					return c.GetValue()
+				}
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no metric %s{%s}", name, label)
+	return 0
+}
+
+// servedIDs lists the SPIFFE IDs the agent serves now, each verified
+// against the bundle it serves with them.
+func servedIDs(t *testing.T, ag *harness.Agent) map[string]bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out := map[string]bool{}
+	x, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(ag.Addr()))
+	if err != nil {
+		return out // no identity for this workload (yet, or any more)
+	}
+	for _, s := range x.SVIDs {
+		if _, _, err := x509svid.Verify(s.Certificates, x.Bundles); err != nil {
+			t.Fatalf("served SVID %s does not verify: %v", s.ID, err)
+		}
+		out[s.ID.String()] = true
+	}
+	return out
+}
+
+func waitServed(t *testing.T, ag *harness.Agent, want map[string]bool) {
+	t.Helper()
+	harness.Eventually(t, 15*time.Second, func() bool {
+		got := servedIDs(t, ag)
+		if len(got) != len(want) {
+			return false
+		}
+		for id := range want {
+			if !got[id] {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// Entry creations, updates, moves and deletions reach an agent that never
+// polls; a server restart costs the agent no full read of its entries.
+func TestEntryChangesArePushedToAgents(t *testing.T) {
+	srv := harness.StartServer(t)
+	ag := harness.StartAgent(t, srv, neverPoll)
+	other := harness.StartAgent(t, srv, neverPoll)
+	ctx := context.Background()
+
+	web := srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	waitServed(t, ag, map[string]bool{"spiffe://example.org/web": true})
+
+	renamed := proto.Clone(web).(*adminv1.Entry)
+	renamed.SpiffeId = "spiffe://example.org/web2"
+	if _, err := srv.Admin.UpdateEntry(ctx, &adminv1.UpdateEntryRequest{Entry: renamed}); err != nil {
+		t.Fatal(err)
+	}
+	waitServed(t, ag, map[string]bool{"spiffe://example.org/web2": true})
+
+	moved := proto.Clone(renamed).(*adminv1.Entry)
+	moved.ParentId = other.ID()
+	if _, err := srv.Admin.UpdateEntry(ctx, &adminv1.UpdateEntryRequest{Entry: moved}); err != nil {
+		t.Fatal(err)
+	}
+	waitServed(t, ag, map[string]bool{})
+	waitServed(t, other, map[string]bool{"spiffe://example.org/web2": true})
+
+	if _, err := srv.Admin.DeleteEntry(ctx, &adminv1.DeleteEntryRequest{Id: web.GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	waitServed(t, other, map[string]bool{})
+	// Each agent read its (then empty) entries once, when it connected;
+	// everything since came as changes.
+	if full := counter(t, srv.Registry, "shortleaf_server_sync_starts_total", "full"); full != 2 {
+		t.Errorf("%v full reads, want 2 (one per agent, at its first sync)", full)
+	}
+	if n := counter(t, srv.Registry, "shortleaf_server_sync_entry_changes_total", ""); n < 5 {
+		t.Errorf("%v entry changes pushed, want at least 5", n)
+	}
+
+	// Restarted, the server resumes the agents where they were.
+	srv.Config.AgentAPIAddr = srv.AgentAddr() // where the agents look for it
+	srv = srv.Restart(t)
+	harness.Eventually(t, 15*time.Second, func() bool {
+		return counter(t, srv.Registry, "shortleaf_server_sync_streams", "") == 2
+	})
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/after-restart", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	waitServed(t, ag, map[string]bool{"spiffe://example.org/after-restart": true})
+	if full := counter(t, srv.Registry, "shortleaf_server_sync_starts_total", "full"); full != 0 {
+		t.Errorf("after the restart %v agents read all their entries again, want 0", full)
+	}
+}
+
+// An entry written through one replica reaches an agent connected to
+// another, pushed by that replica's etcd watch.
+func TestEntryWrittenThroughOneReplicaReachesAgentsOnAnother(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	etcd := &datastore.EtcdConfig{Endpoints: cluster.Endpoints(), Prefix: etcdPrefix(), LockTTL: 2 * time.Second, LockWait: time.Second}
+	start := func(id string) *harness.Server {
+		return harness.StartServer(t, harness.WithPassphrase, func(c *server.Config) { c.Etcd, c.ReplicaID = etcd, id })
+	}
+	a, b := start("a"), start("b")
+	ag := harness.StartAgent(t, b, neverPoll) // knows b alone
+	waitServed(t, ag, map[string]bool{})
+
+	written := time.Now()
+	a.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	waitServed(t, ag, map[string]bool{"spiffe://example.org/web": true})
+	t.Logf("an entry written through replica a was served by an agent on replica b %s later (SVID signed included)", time.Since(written).Round(time.Millisecond))
+	if n := counter(t, b.Registry, "shortleaf_server_sync_entry_changes_total", ""); n != 1 {
+		t.Errorf("replica b pushed %v entry changes, want 1", n)
+	}
+}
