@@ -17,10 +17,12 @@ import (
 // not a store's writes.
 type replaySource struct {
 	batches [][]datastore.EntryChange
-	release     <-chan struct{}
+	release <-chan struct{}
 }
 
-func (replaySource) EntriesRevision(context.Context, string) (uint64, uint64, error) { return 0, 0, nil }
+func (replaySource) EntriesRevision(context.Context, string) (uint64, uint64, error) {
+	return 0, 0, nil
+}
 
 func (r replaySource) WatchEntries(ctx context.Context, _ uint64, fn func([]datastore.EntryChange, uint64) error) error {
 	select {
