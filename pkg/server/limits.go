@@ -87,6 +87,7 @@ func (l Limits) agentAPILimits() rpclimit.Limits {
 			agentv1.AgentAPI_AttestAgent_FullMethodName: agentAPISmallCall,
 			agentv1.AgentAPI_RenewAgent_FullMethodName:  agentAPISmallCall,
 			agentv1.AgentAPI_SyncEntries_FullMethodName: 2 * agentAPISmallCall,
+			agentv1.AgentAPI_Sync_FullMethodName:        2 * agentAPISmallCall,
 			agentv1.AgentAPI_NewJWTSVID_FullMethodName:  agentAPISmallCall,
 		},
 		MaxConcurrentStreams:  64,
