@@ -8,6 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shortleaf/shortleaf/pkg/agent"
@@ -66,6 +68,19 @@ func servedIDs(t *testing.T, ag *harness.Agent) map[string]bool {
 	return out
 }
 
+// waitSynced waits until the agent has synced once: its Workload API then
+// answers PermissionDenied (no identity for this workload) rather than
+// Unavailable (starting).
+func waitSynced(t *testing.T, ag *harness.Agent) {
+	t.Helper()
+	harness.Eventually(t, 15*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(ag.Addr()))
+		return err == nil || status.Code(err) == codes.PermissionDenied
+	})
+}
+
 func waitServed(t *testing.T, ag *harness.Agent, want map[string]bool) {
 	t.Helper()
 	harness.Eventually(t, 15*time.Second, func() bool {
@@ -88,6 +103,8 @@ func TestEntryChangesArePushedToAgents(t *testing.T) {
 	srv := harness.StartServer(t)
 	ag := harness.StartAgent(t, srv, neverPoll)
 	other := harness.StartAgent(t, srv, neverPoll)
+	waitSynced(t, ag)
+	waitSynced(t, other)
 	ctx := context.Background()
 
 	web := srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
@@ -144,7 +161,7 @@ func TestEntryWrittenThroughOneReplicaReachesAgentsOnAnother(t *testing.T) {
 	}
 	a, b := start("a"), start("b")
 	ag := harness.StartAgent(t, b, neverPoll) // knows b alone
-	waitServed(t, ag, map[string]bool{})
+	waitSynced(t, ag)
 
 	written := time.Now()
 	a.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
