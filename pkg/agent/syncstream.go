@@ -32,6 +32,9 @@ type syncStream struct {
 	answers int
 	// pending gathers a change set whose pages are still arriving.
 	pending *changeSet
+	// askAgain: the entries changed what the request in flight asks for
+	// (the federated trust domains); ask again once it is answered.
+	askAgain bool
 }
 
 // minHealthyStream is how long a stream must have lasted (and been
@@ -207,7 +210,12 @@ func (a *Agent) applySyncMessage(msg *agentv1.SyncResponse) (answered, askNow bo
 		}
 		a.cache.setEntries(entries)
 		if tds := federatedTrustDomains(entries); !slices.Equal(tds, a.federatedTDs) {
-			a.federatedTDs, askNow = tds, true
+			a.federatedTDs = tds
+			if s.asked.IsZero() {
+				askNow = true
+			} else {
+				s.askAgain = true
+			}
 		}
 	}
 	if rev := msg.GetEntriesRevision(); rev != 0 {
@@ -219,6 +227,9 @@ func (a *Agent) applySyncMessage(msg *agentv1.SyncResponse) (answered, askNow bo
 	}
 	s.asked = time.Time{}
 	s.answers++
+	if s.askAgain {
+		s.askAgain, askNow = false, true
+	}
 	if err := a.applyState(st.GetBundle(), a.parseFederated(st.GetFederatedBundles())); err != nil {
 		return false, askNow, err
 	}

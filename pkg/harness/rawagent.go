@@ -114,7 +114,8 @@ func NewCSR(t testing.TB, id spiffeid.ID, mutate ...func(*x509.CertificateReques
 	return key, der
 }
 
-// CounterValue reads a counter from the server's registry; 0 if absent.
+// CounterValue reads a counter (or gauge) from the server's registry; 0 if
+// absent.
 func (s *Server) CounterValue(t testing.TB, name string, labels map[string]string) float64 {
 	t.Helper()
 	return counterValue(t, s.Registry, name, labels)
@@ -131,6 +132,9 @@ func counterValue(t testing.TB, g prometheus.Gatherer, name string, labels map[s
 		}
 		for _, m := range f.GetMetric() {
 			if labelsMatch(m.GetLabel(), labels) {
+				if g := m.GetGauge(); g != nil {
+					return g.GetValue()
+				}
 				return m.GetCounter().GetValue()
 			}
 		}

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
@@ -23,30 +22,6 @@ import (
 // neverPoll is a sync interval no test outlasts: whatever reaches such an
 // agent after its first sync was pushed to it.
 func neverPoll(c *agent.Config) { c.SyncInterval = time.Hour }
-
-// counter reads a counter (or gauge) of reg with the given label value ("" for none).
-func counter(t *testing.T, reg prometheus.Gatherer, name, label string) float64 {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			if label == "" || (len(m.GetLabel()) > 0 && m.GetLabel()[0].GetValue() == label) {
-				if c := m.GetCounter(); c != nil {
-					return c.GetValue()
-				}
-				return m.GetGauge().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no metric %s{%s}", name, label)
-	return 0
-}
 
 // servedIDs lists the SPIFFE IDs the agent serves now, each verified
 // against the bundle it serves with them.
@@ -131,10 +106,10 @@ func TestEntryChangesArePushedToAgents(t *testing.T) {
 	waitServed(t, other, map[string]bool{})
 	// Each agent read its (then empty) entries once, when it connected;
 	// everything since came as changes.
-	if full := counter(t, srv.Registry, "shortleaf_server_sync_starts_total", "full"); full != 2 {
+	if full := srv.CounterValue(t, "shortleaf_server_sync_starts_total", map[string]string{"kind": "full"}); full != 2 {
 		t.Errorf("%v full reads, want 2 (one per agent, at its first sync)", full)
 	}
-	if n := counter(t, srv.Registry, "shortleaf_server_sync_entry_changes_total", ""); n < 5 {
+	if n := srv.CounterValue(t, "shortleaf_server_sync_entry_changes_total", nil); n < 5 {
 		t.Errorf("%v entry changes pushed, want at least 5", n)
 	}
 
@@ -142,11 +117,11 @@ func TestEntryChangesArePushedToAgents(t *testing.T) {
 	srv.Config.AgentAPIAddr = srv.AgentAddr() // where the agents look for it
 	srv = srv.Restart(t)
 	harness.Eventually(t, 15*time.Second, func() bool {
-		return counter(t, srv.Registry, "shortleaf_server_sync_streams", "") == 2
+		return srv.CounterValue(t, "shortleaf_server_sync_streams", nil) == 2
 	})
 	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/after-restart", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
 	waitServed(t, ag, map[string]bool{"spiffe://example.org/after-restart": true})
-	if full := counter(t, srv.Registry, "shortleaf_server_sync_starts_total", "full"); full != 0 {
+	if full := srv.CounterValue(t, "shortleaf_server_sync_starts_total", map[string]string{"kind": "full"}); full != 0 {
 		t.Errorf("after the restart %v agents read all their entries again, want 0", full)
 	}
 }
@@ -167,7 +142,7 @@ func TestEntryWrittenThroughOneReplicaReachesAgentsOnAnother(t *testing.T) {
 	a.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
 	waitServed(t, ag, map[string]bool{"spiffe://example.org/web": true})
 	t.Logf("an entry written through replica a was served by an agent on replica b %s later (SVID signed included)", time.Since(written).Round(time.Millisecond))
-	if n := counter(t, b.Registry, "shortleaf_server_sync_entry_changes_total", ""); n != 1 {
+	if n := b.CounterValue(t, "shortleaf_server_sync_entry_changes_total", nil); n != 1 {
 		t.Errorf("replica b pushed %v entry changes, want 1", n)
 	}
 }
