@@ -31,8 +31,8 @@ type EntryChange struct {
 	OldParentID string
 }
 
-// boltFeedHistory is how many of the latest entry changes a bbolt store
-// keeps in memory for WatchEntries to replay; a watcher further behind gets
+// boltFeedHistory is how many of the latest entry changes (at least; up to
+// twice as many) a bbolt store keeps in memory for WatchEntries to replay; a watcher further behind gets
 // ErrCompacted.
 const boltFeedHistory = 4096
 
@@ -57,11 +57,14 @@ func (f *boltFeed) init(current uint64) {
 
 // recordLocked adds a committed change and wakes the watchers.
 func (f *boltFeed) recordLocked(c EntryChange) {
-	if len(f.changes) == boltFeedHistory {
-		f.horizon = f.changes[0].Revision
-		f.changes = slices.Delete(f.changes, 0, 1)
-	}
 	f.changes = append(f.changes, c)
+	// Trim by half the history at a time, not one change per write: a
+	// write then costs no shift of the whole history.
+	if len(f.changes) >= 2*boltFeedHistory {
+		drop := len(f.changes) - boltFeedHistory
+		f.horizon = f.changes[drop-1].Revision
+		f.changes = slices.Clone(f.changes[drop:])
+	}
 	close(f.wake)
 	f.wake = make(chan struct{})
 }

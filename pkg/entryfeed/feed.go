@@ -21,8 +21,8 @@ type Source interface {
 
 // Defaults.
 const (
-	// DefaultHistory is how many of the latest changes the feed keeps for
-	// agents that reconnect: enough for a failover in the middle of a
+	// DefaultHistory is how many of the latest changes (at least; up to
+	// twice as many) the feed keeps for agents that reconnect: enough for a failover in the middle of a
 	// registration burst without every agent reading its entries afresh.
 	DefaultHistory = 16384
 	// DefaultQueue bounds the changes waiting for one subscriber; a
@@ -173,9 +173,12 @@ func (f *Feed) publish(changes []datastore.EntryChange, revision uint64) error {
 			f.routeLocked(c.OldParentID, c)
 		}
 	}
-	if over := len(f.changes) - f.history; over > 0 {
-		f.horizon = f.changes[over-1].Revision
-		f.changes = slices.Delete(f.changes, 0, over)
+	// Trim to the history once it has doubled, not on every batch: a
+	// change then costs no shift of the whole history.
+	if len(f.changes) >= 2*f.history {
+		drop := len(f.changes) - f.history
+		f.horizon = f.changes[drop-1].Revision
+		f.changes = slices.Clone(f.changes[drop:])
 	}
 	f.latest = max(f.latest, revision)
 	return nil

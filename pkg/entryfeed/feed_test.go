@@ -110,11 +110,12 @@ func first(c []datastore.EntryChange, _ bool) []datastore.EntryChange { return c
 
 func TestFeedResumesFromItsHistoryOrSaysItCannot(t *testing.T) {
 	feed, store, _ := run(t, entryfeed.Config{History: 3})
-	// Wait for the feed to start, then write five entries.
+	// Wait for the feed to start, then write six entries: at twice the
+	// history the feed trims it to the last three.
 	sub, _, _ := subscribe(t, feed, agentA, 0)
 	var revs []uint64
 	var entries []*datastore.Entry
-	for _, w := range []string{"w1", "w2", "w3", "w4", "w5"} {
+	for _, w := range []string{"w0", "w1", "w2", "w3", "w4", "w5"} {
 		parent := agentA
 		if w == "w4" {
 			parent = agentB
@@ -129,19 +130,19 @@ func TestFeedResumesFromItsHistoryOrSaysItCannot(t *testing.T) {
 	for caught := false; !caught; {
 		next(t, sub)
 		_, caught = sub.CaughtUp()
-		if rev, _ := sub.CaughtUp(); rev < revs[4] {
+		if rev, _ := sub.CaughtUp(); rev < revs[5] {
 			caught = false
 		}
 	}
-	// The last three changes are kept: an agent holding the second
+	// The last three changes are kept: an agent holding the third
 	// revision gets a's changes after it.
-	_, backlog, ok := subscribe(t, feed, agentA, revs[1])
-	if !ok || len(backlog) != 2 || backlog[0].Entry.ID != entries[2].ID || backlog[1].Entry.ID != entries[4].ID {
-		t.Fatalf("resume from revision %d: ok %v, backlog %v; want %s and %s", revs[1], ok, ids(backlog), entries[2].ID, entries[4].ID)
+	_, backlog, ok := subscribe(t, feed, agentA, revs[2])
+	if !ok || len(backlog) != 2 || backlog[0].Entry.ID != entries[3].ID || backlog[1].Entry.ID != entries[5].ID {
+		t.Fatalf("resume from revision %d: ok %v, backlog %v; want %s and %s", revs[2], ok, ids(backlog), entries[3].ID, entries[5].ID)
 	}
-	// One holding the first revision is further back than the history.
-	if _, backlog, ok := subscribe(t, feed, agentA, revs[0]); ok || backlog != nil {
-		t.Fatalf("resume from revision %d beyond the history: ok %v, backlog %v", revs[0], ok, ids(backlog))
+	// One holding the second revision is further back than the history.
+	if _, backlog, ok := subscribe(t, feed, agentA, revs[1]); ok || backlog != nil {
+		t.Fatalf("resume from revision %d beyond the history: ok %v, backlog %v", revs[1], ok, ids(backlog))
 	}
 	// An agent with nothing always reads afresh.
 	if _, _, ok := subscribe(t, feed, agentA, 0); ok {
