@@ -389,22 +389,31 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 	}
 }
 
-// finishSync fills the last sync message: the bundle, tainted keys and the
-// bundles of the foreign trust domains the agent's entries federate with.
+// finishSync fills the last SyncEntries message from syncState.
 func (s *AgentService) finishSync(ctx context.Context, msg *agentv1.SyncEntriesResponse, federated []string) error {
-	msg.Bundle = s.bundleProto()
-	msg.TaintedKeyIds = s.cfg.CA.TaintedKeyIDs()
+	st, err := s.syncState(ctx, federated)
+	if err != nil {
+		return err
+	}
+	msg.Bundle, msg.TaintedKeyIds, msg.FederatedBundles = st.GetBundle(), st.GetTaintedKeyIds(), st.GetFederatedBundles()
+	return nil
+}
+
+// syncState is what every sync answer carries: the bundle, tainted keys and
+// the bundles of the foreign trust domains the agent's entries federate with.
+func (s *AgentService) syncState(ctx context.Context, federated []string) (*agentv1.SyncState, error) {
+	st := &agentv1.SyncState{Bundle: s.bundleProto(), TaintedKeyIds: s.cfg.CA.TaintedKeyIDs()}
 	for _, td := range federated {
 		raw, err := s.cfg.Store.GetFederatedBundle(ctx, td)
 		if errors.Is(err, datastore.ErrNotFound) {
 			continue // not fetched yet; a later sync brings it
 		}
 		if err != nil {
-			return toStatus(ctx, s.cfg.Logger, "sync", err)
+			return nil, toStatus(ctx, s.cfg.Logger, "sync", err)
 		}
-		msg.FederatedBundles = append(msg.FederatedBundles, &agentv1.FederatedBundle{TrustDomain: td, Bundle: raw})
+		st.FederatedBundles = append(st.FederatedBundles, &agentv1.FederatedBundle{TrustDomain: td, Bundle: raw})
 	}
-	return nil
+	return st, nil
 }
 
 // BatchNewX509SVID signs each CSR whose entry is parented to the caller. Each

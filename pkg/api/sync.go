@@ -232,12 +232,9 @@ func (x *syncSession) answer(ctx context.Context, req *agentv1.SyncRequest) erro
 	if rev, ok := x.sub.CaughtUp(); ok {
 		x.held = max(x.held, rev)
 	}
-	state := &agentv1.SyncEntriesResponse{}
-	if err := x.svc.finishSync(ctx, state, req.GetFederatedTrustDomains()); err != nil {
+	state, err := x.svc.syncState(ctx, req.GetFederatedTrustDomains())
+	if err != nil {
 		return err
 	}
-	return x.stream.Send(&agentv1.SyncResponse{
-		EntriesRevision: x.held,
-		State:           &agentv1.SyncState{Bundle: state.GetBundle(), TaintedKeyIds: state.GetTaintedKeyIds(), FederatedBundles: state.GetFederatedBundles()},
-	})
+	return x.stream.Send(&agentv1.SyncResponse{EntriesRevision: x.held, State: state})
 }
