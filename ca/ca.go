@@ -75,10 +75,12 @@ type Config struct {
 	// ReplicaID names this replica: it owns, and alone signs with, the
 	// intermediates and JWT keys recorded under it. Default DefaultReplicaID.
 	ReplicaID string
-	// Leader reports whether this replica leads the cluster now: only the
+	// Leadership reports whether this replica leads the cluster now, and
+	// in which term (where the journal's store has terms, else 0): only the
 	// leader runs the scheduled cluster duties (root rotation, the gate,
-	// pruning). nil: a single server, which always leads.
-	Leader func() bool
+	// pruning), and its writes are fenced by the term. nil: a single
+	// server, which always leads.
+	Leadership func() (term int64, leads bool)
 	Clock  clock.Clock // default clock.Real
 	Logger *slog.Logger
 	// OnTransition, if set, is told of every state change, for metrics.
@@ -522,7 +524,17 @@ func (c *CA) Replicas() []ReplicaStatus {
 }
 
 // Leads reports whether this replica runs the cluster duties now.
-func (c *CA) Leads() bool { return c.cfg.Leader == nil || c.cfg.Leader() }
+func (c *CA) Leads() bool {
+	_, leads := c.leadership()
+	return leads
+}
+
+func (c *CA) leadership() (term int64, leads bool) {
+	if c.cfg.Leadership == nil {
+		return 0, true
+	}
+	return c.cfg.Leadership()
+}
 
 // upstreamIntermediates is the upstream chain without its self-signed root.
 func (c *CA) upstreamIntermediates() []*x509.Certificate {

@@ -56,8 +56,10 @@ type JournalWrite struct {
 	// Prune deletes the records of replicas gone for good, each at the
 	// revision read.
 	Prune map[string]int64
-	// Leader marks a leader duty: refused unless the writer still leads.
-	Leader bool
+	// Leader marks a leader duty: refused unless the writer still leads,
+	// in LeaderTerm (from Config.Leadership) where the store has terms.
+	Leader     bool
+	LeaderTerm int64
 }
 
 var (
@@ -92,6 +94,12 @@ type clusterRecord struct {
 	Revoked        []RevokedCertificate `json:"revoked,omitempty"`
 	// Tainted names authorities an admin tainted, whichever replica owns them.
 	Tainted []string `json:"tainted,omitempty"`
+	// WrittenBy is the replica that wrote this version of the record, and
+	// LeaderTerm the leadership term of a leader duty's write (0 for any
+	// other write). The record's history in the datastore thus shows
+	// which leader made each cluster change, and that no two did at once.
+	WrittenBy  string `json:"written_by,omitempty"`
+	LeaderTerm int64  `json:"leader_term,omitempty"`
 }
 
 // replicaRecord is one replica's own intermediates and JWT keys.

@@ -28,13 +28,14 @@ type replicaSet struct {
 	journal *ca.MemoryJournal
 	mu      sync.Mutex
 	leader  string
+	term    int64 // raised by each lead()
 	cfg     map[string]ca.Config
 	keyDirs map[string]string
 }
 
 func newReplicaSet(t *testing.T, ids ...string) *replicaSet {
 	t.Helper()
-	rs := &replicaSet{clk: clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), journal: &ca.MemoryJournal{}, leader: ids[0], cfg: map[string]ca.Config{}, keyDirs: map[string]string{}}
+	rs := &replicaSet{clk: clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), journal: &ca.MemoryJournal{}, leader: ids[0], term: 1, cfg: map[string]ca.Config{}, keyDirs: map[string]string{}}
 	rs.journal.Leading = rs.leads
 	for _, id := range ids {
 		rs.keyDirs[id] = filepath.Join(t.TempDir(), "keys")
@@ -45,7 +46,7 @@ func newReplicaSet(t *testing.T, ids ...string) *replicaSet {
 		}
 		rs.cfg[id] = ca.Config{TrustDomain: catest.TrustDomain, Keys: km, Journal: rs.journal, Clock: rs.clk, ReplicaID: id,
 			IntermediateTTL: time.Hour, MaxSVIDTTL: 5 * time.Minute, RootTTL: 30 * 24 * time.Hour, RootPrepareBefore: 10 * 24 * time.Hour,
-			Leader: func() bool { return rs.leads(id) }}
+			Leadership: func() (int64, bool) { return rs.leadership(id) }}
 	}
 	return rs
 }
@@ -56,9 +57,16 @@ func (rs *replicaSet) leads(id string) bool {
 	return rs.leader == id
 }
 
+func (rs *replicaSet) leadership(id string) (int64, bool) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.term, rs.leader == id
+}
+
 func (rs *replicaSet) lead(id string) {
 	rs.mu.Lock()
 	rs.leader = id
+	rs.term++
 	rs.mu.Unlock()
 }
 
@@ -376,4 +384,62 @@ func singleServerJournal(t *testing.T, state ca.JournalState) []byte {
 		t.Fatal(err)
 	}
 	return raw
+}
+
+// clusterStamp is who wrote the cluster record as it is now.
+type clusterStamp struct {
+	WrittenBy  string `json:"written_by"`
+	LeaderTerm int64  `json:"leader_term"`
+	revision   int64
+}
+
+func stampOf(t *testing.T, j ca.Journal) clusterStamp {
+	t.Helper()
+	state, err := j.LoadCAJournal(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s clusterStamp
+	if err := json.Unmarshal(state.Cluster.Data, &s); err != nil {
+		t.Fatal(err)
+	}
+	s.revision = state.Cluster.Revision
+	return s
+}
+
+// The cluster record names the replica that last wrote it and, for a
+// leader duty, the leader's term: what lets the record's history show
+// that no two leaders wrote it. A replica's own rotation leaves the
+// cluster record alone, whoever wrote it last.
+func TestClusterRecordNamesItsWriterAndLeaderTerm(t *testing.T) {
+	rs := newReplicaSet(t, "a", "b")
+	a, b := rs.start(t, "a"), rs.start(t, "b")
+	rotate(t, a, b)
+	if _, err := b.PrepareRoot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := stampOf(t, rs.journal); s.WrittenBy != "b" || s.LeaderTerm != 0 {
+		t.Fatalf("after b's root prepare (no leader duty) the record says %+v", s)
+	}
+	rs.lead("b") // term 2
+	rotate(t, a, b) // b, leading, activates the root (no gate)
+	s := stampOf(t, rs.journal)
+	if s.WrittenBy != "b" || s.LeaderTerm != 2 {
+		t.Fatalf("after the leader's activation the record says %+v; want b in term 2", s)
+	}
+	// Each replica prepares its next keys at half their life (publishing a
+	// JWT key changes the bundle sequence, so the cluster record too) and
+	// activates them later: then only its own record changes, and the
+	// cluster record stays as the leader wrote it.
+	rs.clk.Add(31 * time.Minute)
+	rotate(t, b, a)
+	s = stampOf(t, rs.journal)
+	if s.WrittenBy != "a" || s.LeaderTerm != 0 {
+		t.Fatalf("after a published its next JWT key the record says %+v", s)
+	}
+	rs.clk.Add(25 * time.Minute)
+	rotate(t, b)
+	if after := stampOf(t, rs.journal); after != s {
+		t.Fatalf("b's activation of its own keys rewrote the cluster record: %+v, was %+v", after, s)
+	}
 }

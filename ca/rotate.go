@@ -22,9 +22,11 @@ type change struct {
 	tainted []string
 	base    JournalState
 	events  []Transition
-	// leader: this replica leads, so the cluster duties are its to run;
-	// leaderDuty: one of them changed something, so the write is fenced.
+	// leader: this replica leads (in leaderTerm), so the cluster duties are
+	// its to run; leaderDuty: one of them changed something, so the write
+	// is fenced by the term and stamped with it.
 	leader, leaderDuty bool
+	leaderTerm         int64
 	// force saves the records even without a transition (an upgrade).
 	force bool
 	// gone are the keys of authorities removed by this change; they are
@@ -93,7 +95,8 @@ func (c *CA) begin() *change {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	ch := &change{c: c, now: c.cfg.Clock.Now(), seq: c.bundleSeq, revoked: slices.Clone(c.revoked), tainted: slices.Clone(c.tainted),
-		base: c.base, leader: c.Leads(), force: c.upgrade, gone: slices.Clone(c.pendingGone), prune: map[string]int64{}}
+		base: c.base, force: c.upgrade, gone: slices.Clone(c.pendingGone), prune: map[string]int64{}}
+	ch.leaderTerm, ch.leader = c.leadership()
 	for _, a := range c.authorities {
 		ch.auths = append(ch.auths, a.clone())
 	}
@@ -141,7 +144,10 @@ func (ch *change) remove(a *Authority, what string) {
 	ch.note(a, what)
 }
 
-// records encodes the cluster record and this replica's record.
+// records encodes the cluster record and this replica's record. The cluster
+// record is nil when its content is what was read: only its stamp (who
+// wrote it) would change. A leader duty always writes it, stamped with the
+// term, so every leader write shows in the record's history.
 func (ch *change) records() (cluster, replica []byte, err error) {
 	crec := clusterRecord{Version: journalVersion, BundleSequence: ch.seq, Revoked: ch.revoked, Tainted: ch.tainted}
 	rrec := replicaRecord{Version: journalVersion, Authorities: []authorityRecord{}}
@@ -160,11 +166,34 @@ func (ch *change) records() (cluster, replica []byte, err error) {
 			rrec.Authorities = append(rrec.Authorities, r)
 		}
 	}
-	if cluster, err = json.Marshal(crec); err != nil {
+	if replica, err = json.Marshal(rrec); err != nil {
 		return nil, nil, err
 	}
-	replica, err = json.Marshal(rrec)
+	if !ch.leaderDuty && !ch.clusterChanged(crec) {
+		return nil, replica, nil
+	}
+	crec.WrittenBy = me
+	if ch.leaderDuty {
+		crec.LeaderTerm = ch.leaderTerm
+	}
+	cluster, err = json.Marshal(crec)
 	return cluster, replica, err
+}
+
+// clusterChanged reports whether crec differs from the cluster record read,
+// setting aside who wrote either.
+func (ch *change) clusterChanged(crec clusterRecord) bool {
+	if len(ch.base.Cluster.Data) == 0 {
+		return true
+	}
+	read, err := decodeCluster(ch.base.Cluster.Data)
+	if err != nil {
+		return true
+	}
+	read.WrittenBy, read.LeaderTerm = "", 0
+	a, errA := json.Marshal(read)
+	b, errB := json.Marshal(crec)
+	return errA != nil || errB != nil || !bytes.Equal(a, b)
 }
 
 // commit saves the records that changed, then installs the new authorities.
@@ -177,8 +206,8 @@ func (ch *change) commit(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ca: encode journal: %w", err)
 	}
-	w := JournalWrite{ReplicaID: me, Leader: ch.leaderDuty, Prune: ch.prune}
-	if !bytes.Equal(cluster, ch.base.Cluster.Data) {
+	w := JournalWrite{ReplicaID: me, Leader: ch.leaderDuty, LeaderTerm: ch.leaderTerm, Prune: ch.prune}
+	if cluster != nil {
 		w.Cluster = &JournalRecord{Data: cluster, Revision: ch.base.Cluster.Revision}
 	}
 	if !bytes.Equal(replica, ch.base.Replicas[me].Data) {

@@ -896,11 +896,15 @@ func TestEtcdReplicasFenceTheJournal(t *testing.T) {
 	record := func(data string, rev int64) *ca.JournalRecord {
 		return &ca.JournalRecord{Data: []byte(data), Revision: rev}
 	}
-	rev, err := leader.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: leaderID, Leader: true, Cluster: record(`{"by":"leader"}`, 0)})
+	term, _ := leader.Leadership()
+	if _, err := leader.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: leaderID, Leader: true, LeaderTerm: term - 1, Cluster: record(`{"by":"leader"}`, 0)}); !errors.Is(err, ca.ErrNotLeader) {
+		t.Fatalf("a leader duty decided in another term: %v", err)
+	}
+	rev, err := leader.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: leaderID, Leader: true, LeaderTerm: term, Cluster: record(`{"by":"leader"}`, 0)})
 	if err != nil {
 		t.Fatalf("the leader's write: %v", err)
 	}
-	if _, err := follower.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: followerID, Leader: true, Cluster: record(`{"by":"follower"}`, rev)}); !errors.Is(err, ca.ErrNotLeader) {
+	if _, err := follower.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: followerID, Leader: true, LeaderTerm: term, Cluster: record(`{"by":"follower"}`, rev)}); !errors.Is(err, ca.ErrNotLeader) {
 		t.Fatalf("a leader duty by a replica that does not lead: %v", err)
 	}
 	if _, err := follower.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: leaderID, Replica: record(`{}`, 0)}); err == nil {
@@ -912,13 +916,17 @@ func TestEtcdReplicasFenceTheJournal(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return follower.IsLeader() })
-	if _, err := leader.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: leaderID, Leader: true, Cluster: record(`{"by":"stale leader"}`, rev)}); err == nil {
+	if _, err := leader.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: leaderID, Leader: true, LeaderTerm: term, Cluster: record(`{"by":"stale leader"}`, rev)}); err == nil {
 		t.Fatal("the deposed leader's write was accepted")
+	}
+	newTerm, _ := follower.Leadership()
+	if newTerm <= term {
+		t.Fatalf("the new leader's term %d does not follow the old one's, %d", newTerm, term)
 	}
 	if _, err := leader.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: leaderID, Replica: record(`{"by":"stale leader"}`, 0)}); !errors.Is(err, datastore.ErrReplicaLeaseLost) {
 		t.Fatalf("a write by the replica whose lease ended: %v, want ErrReplicaLeaseLost", err)
 	}
-	if _, err := follower.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: followerID, Leader: true, Cluster: record(`{"by":"new leader"}`, rev)}); err != nil {
+	if _, err := follower.SaveCAJournal(ctx, ca.JournalWrite{ReplicaID: followerID, Leader: true, LeaderTerm: newTerm, Cluster: record(`{"by":"new leader"}`, rev)}); err != nil {
 		t.Fatalf("the new leader's write: %v", err)
 	}
 	state, err := follower.LoadCAJournal(ctx)

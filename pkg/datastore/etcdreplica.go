@@ -37,8 +37,18 @@ type membership struct {
 	election  *concurrency.Election
 	// live compares the replica's key with the lease: still ours.
 	live clientv3.Cmp
-	// leader, while this replica leads, compares the election key.
-	leader atomic.Pointer[clientv3.Cmp]
+	// term is set while this replica leads.
+	term atomic.Pointer[leaderTerm]
+}
+
+// leaderTerm is one spell of leadership: the replica's election key and the
+// revision that created it. A leader write compares the key's create
+// revision with the term it was decided in, so a write decided in a term
+// that has ended (lease expired, resigned, even if this replica leads again
+// since) is refused by etcd itself.
+type leaderTerm struct {
+	key string
+	rev int64
 }
 
 func (s *Etcd) liveKey(replicaID string) string      { return s.prefix + "replicas/" + replicaID }
@@ -88,11 +98,10 @@ func (s *Etcd) JoinCluster(ctx context.Context, replicaID string, wait time.Dura
 		if err := m.election.Campaign(campaignCtx, replicaID); err != nil {
 			return // stopped, or the session ended
 		}
-		fence := clientv3.Compare(clientv3.CreateRevision(m.election.Key()), "=", m.election.Rev())
-		m.leader.Store(&fence)
+		m.term.Store(&leaderTerm{key: m.election.Key(), rev: m.election.Rev()})
 		select {
 		case <-session.Done():
-			m.leader.Store(nil)
+			m.term.Store(nil)
 		case <-campaignCtx.Done():
 		}
 	}()
@@ -101,7 +110,7 @@ func (s *Etcd) JoinCluster(ctx context.Context, replicaID string, wait time.Dura
 		<-campaignDone
 		lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if m.leader.Swap(nil) != nil {
+		if m.term.Swap(nil) != nil {
 			_ = m.election.Resign(lctx)
 		}
 		s.member.Store(nil)
@@ -115,8 +124,22 @@ func (s *Etcd) LockTTL() time.Duration { return s.lockTTL }
 
 // IsLeader reports whether this replica leads the cluster now.
 func (s *Etcd) IsLeader() bool {
+	_, leads := s.Leadership()
+	return leads
+}
+
+// Leadership reports whether this replica leads the cluster now and in
+// which term: the revision its leadership began at. A leader duty written
+// with SaveCAJournal names that term and is refused once it has ended.
+func (s *Etcd) Leadership() (term int64, leads bool) {
 	m := s.member.Load()
-	return m != nil && m.leader.Load() != nil
+	if m == nil {
+		return 0, false
+	}
+	if t := m.term.Load(); t != nil {
+		return t.rev, true
+	}
+	return 0, false
 }
 
 // LeaderID names the replica that leads now, or "" while none does.
@@ -171,7 +194,7 @@ func (s *Etcd) LoadCAJournal(ctx context.Context) (ca.JournalState, error) {
 
 // SaveCAJournal applies w in one transaction that compares the revision of
 // every record it names, this replica's lease and, for a leader duty, the
-// leadership.
+// leadership term it was decided in.
 func (s *Etcd) SaveCAJournal(ctx context.Context, w ca.JournalWrite) (int64, error) {
 	var cmps []clientv3.Cmp
 	var ops []clientv3.Op
@@ -183,11 +206,11 @@ func (s *Etcd) SaveCAJournal(ctx context.Context, w ca.JournalWrite) (int64, err
 		cmps = append(cmps, m.live)
 	}
 	if w.Leader && m != nil {
-		fence := m.leader.Load()
-		if fence == nil {
+		t := m.term.Load()
+		if t == nil || t.rev != w.LeaderTerm {
 			return 0, ca.ErrNotLeader
 		}
-		cmps = append(cmps, *fence)
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(t.key), "=", t.rev))
 	}
 	if w.Cluster != nil {
 		if len(w.Cluster.Data) == 0 {
@@ -220,7 +243,7 @@ func (s *Etcd) SaveCAJournal(ctx context.Context, w ca.JournalWrite) (int64, err
 			return 0, fmt.Errorf("datastore: save CA journal: %w", ErrReplicaLeaseLost)
 		default:
 		}
-		if w.Leader && !s.IsLeader() {
+		if term, leads := s.Leadership(); w.Leader && (!leads || term != w.LeaderTerm) {
 			return 0, fmt.Errorf("datastore: save CA journal: %w", ca.ErrNotLeader)
 		}
 		if v, _, err := s.get(ctx, s.liveKey(m.replicaID)); err == nil && v == nil {

@@ -284,10 +284,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if s.store, s.lockLost, err = openStore(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	var leads func() bool
+	var leadership func() (int64, bool)
 	var leaderID func(context.Context) (string, error)
 	if r, ok := s.store.(replicaOnEtcd); ok {
-		leads, leaderID = r.IsLeader, r.LeaderID
+		leadership, leaderID = r.Leadership, r.LeaderID
 	}
 	var keys ca.KeyManager
 	if cfg.KeyManagerURI != "" {
@@ -308,7 +308,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.ca, err = ca.New(ctx, ca.Config{
 		TrustDomain: cfg.TrustDomain, KeyType: cfg.KeyType, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
 		MaxSVIDTTL: cfg.MaxSVIDTTL, RootPrepareBefore: cfg.RootPrepareBefore, RootGate: gate.Blockers, RootGateLead: gate.Lead(),
-		Upstream: cfg.Upstream, Keys: keys, Journal: s.store, ReplicaID: cfg.ReplicaID, Leader: leads, Clock: cfg.Clock, Logger: cfg.Logger,
+		Upstream: cfg.Upstream, Keys: keys, Journal: s.store, ReplicaID: cfg.ReplicaID, Leadership: leadership, Clock: cfg.Clock, Logger: cfg.Logger,
 		OnTransition: func(t ca.Transition) {
 			s.caMetrics.Transitions.WithLabelValues(string(t.Kind), t.What).Inc()
 			if t.Kind == ca.KindIntermediate && s.tlsCert != nil && t.What == "activated" {
