@@ -81,8 +81,8 @@ type Config struct {
 	// pruning), and its writes are fenced by the term. nil: a single
 	// server, which always leads.
 	Leadership func() (term int64, leads bool)
-	Clock  clock.Clock // default clock.Real
-	Logger *slog.Logger
+	Clock      clock.Clock // default clock.Real
+	Logger     *slog.Logger
 	// OnTransition, if set, is told of every state change, for metrics.
 	OnTransition func(Transition)
 }

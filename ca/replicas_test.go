@@ -421,7 +421,7 @@ func TestClusterRecordNamesItsWriterAndLeaderTerm(t *testing.T) {
 	if s := stampOf(t, rs.journal); s.WrittenBy != "b" || s.LeaderTerm != 0 {
 		t.Fatalf("after b's root prepare (no leader duty) the record says %+v", s)
 	}
-	rs.lead("b") // term 2
+	rs.lead("b")    // term 2
 	rotate(t, a, b) // b, leading, activates the root (no gate)
 	s := stampOf(t, rs.journal)
 	if s.WrittenBy != "b" || s.LeaderTerm != 2 {
