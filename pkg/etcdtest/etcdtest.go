@@ -133,6 +133,19 @@ func (c *Cluster) StopMember(i int) {
 	}
 }
 
+// RestartMember starts member i again after StopMember, on its data: it
+// rejoins the cluster and catches up from the others.
+func (c *Cluster) RestartMember(i int) error {
+	c.mu.Lock()
+	m := c.members[i]
+	stopped := m.stopped
+	c.mu.Unlock()
+	if !stopped {
+		return nil
+	}
+	return c.startMember(m)
+}
+
 func (c *Cluster) startMember(m *member) error {
 	cfg := embed.NewConfig()
 	cfg.Name = m.name

@@ -40,6 +40,7 @@ type Server struct {
 	Admin    *adminclient.Client
 	Registry *prometheus.Registry
 	stop     func()
+	halt     func() error
 }
 
 // ShortDir returns a fresh directory with a short path, for Unix sockets
@@ -89,19 +90,34 @@ func startServer(t testing.TB, cfg server.Config) *Server {
 	}
 	s := &Server{Server: srv, Config: cfg, Admin: admin, Registry: cfg.Registry}
 	var once sync.Once
-	s.stop = func() {
+	// halt stops the server once; only the call that stopped it reports
+	// Run's error.
+	halt := func() (stopped bool, err error) {
 		once.Do(func() {
 			_ = admin.Close()
 			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("server stopped with error: %v", err)
-			}
+			stopped, err = true, <-done
 			_ = srv.Close()
 		})
+		return stopped, err
+	}
+	s.halt = func() error {
+		_, err := halt()
+		return err
+	}
+	s.stop = func() {
+		if stopped, err := halt(); stopped && err != nil {
+			t.Errorf("server stopped with error: %v", err)
+		}
 	}
 	t.Cleanup(s.stop)
 	return s
 }
+
+// Halt stops the server and returns what its Run returned, for a test in
+// which the server is meant to fail (a replica cut off from etcd stops
+// with datastore.ErrReplicaLeaseLost).
+func (s *Server) Halt() error { return s.halt() }
 
 // Restart stops the server and starts it again on the same data dir and
 // admin socket (the agent API gets a new port).

@@ -1,18 +1,14 @@
 package harness_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -47,82 +43,29 @@ func TestNoHandshakeFailsAcrossRotations(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	srcA, srcB := x509Source(ctx, t, agA), x509Source(ctx, t, agB)
+	probe := startMTLSProbe(t, x509Source(ctx, t, agA), idA, x509Source(ctx, t, agB), idB)
 
-	lis, err := spiffetls.ListenWithMode(ctx, "tcp", "127.0.0.1:0", spiffetls.MTLSServerWithSource(tlsconfig.AuthorizeID(idB), srcA))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	go func() {
-		for {
-			conn, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				if line, err := bufio.NewReader(conn).ReadString('\n'); err == nil {
-					fmt.Fprint(conn, line)
-				}
-			}()
-		}
-	}()
+	time.Sleep(14 * time.Second) // two or more scheduled intermediate rotations
 
-	var ok, failed atomic.Int64
-	var firstFailure atomic.Value
-	intermediates := map[string]bool{}
-	handshake := func() {
-		conn, err := spiffetls.DialWithMode(ctx, "tcp", lis.Addr().String(), spiffetls.MTLSClientWithSource(tlsconfig.AuthorizeID(idA), srcB))
-		if err == nil {
-			_, err = fmt.Fprintln(conn, "ping")
-			if err == nil {
-				_, err = bufio.NewReader(conn).ReadString('\n')
-			}
-			conn.Close()
-		}
-		if err != nil {
-			failed.Add(1)
-			firstFailure.CompareAndSwap(nil, fmt.Sprintf("%s: %v", time.Now().Format(time.StampMilli), err))
-			return
-		}
-		ok.Add(1)
-		if svid, err := srcA.GetX509SVID(); err == nil {
-			intermediates[string(svid.Certificates[1].SubjectKeyId)] = true
-		}
-	}
-	run := func(d time.Duration) {
-		for end := time.Now().Add(d); time.Now().Before(end); {
-			handshake()
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-
-	run(14 * time.Second) // two or more scheduled intermediate rotations
-
-	admin := srv.Admin
-	root, err := admin.PrepareRoot(ctx, &adminv1.PrepareRootRequest{})
+	root, err := srv.Admin.PrepareRoot(ctx, &adminv1.PrepareRootRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The schedule activates it once the agents hold it, and retires the
 	// old root once its intermediates are gone.
-	pause := func() { run(100 * time.Millisecond) }
-	waitRoot(t, srv, "the prepared root to take over", 10*time.Second, pause, func(r *adminv1.RootRotation) bool { return r.GetActiveRootId() == root.GetId() })
-	waitRoot(t, srv, "the old root to retire", 20*time.Second, pause, func(r *adminv1.RootRotation) bool { return r.GetOldRootId() == "" })
-	run(4 * time.Second) // after retirement, on the new root alone
+	waitRoot(t, srv, "the prepared root to take over", 10*time.Second, nil, func(r *adminv1.RootRotation) bool { return r.GetActiveRootId() == root.GetId() })
+	waitRoot(t, srv, "the old root to retire", 20*time.Second, nil, func(r *adminv1.RootRotation) bool { return r.GetOldRootId() == "" })
+	time.Sleep(4 * time.Second) // after retirement, on the new root alone
 
-	if failed.Load() > 0 {
-		t.Fatalf("%d of %d handshakes failed; first: %v", failed.Load(), ok.Load()+failed.Load(), firstFailure.Load())
-	}
-	if len(intermediates) < 4 {
-		t.Fatalf("saw %d intermediates; the test did not span enough rotations", len(intermediates))
+	probe.requireClean(t)
+	if n := probe.intermediatesSeen(); n < 4 {
+		t.Fatalf("saw %d intermediates; the test did not span enough rotations", n)
 	}
 	bundle, _ := srv.CA().Bundle()
 	if len(bundle.X509Authorities()) != 1 {
 		t.Fatalf("bundle holds %d roots after retirement", len(bundle.X509Authorities()))
 	}
-	t.Logf("%d handshakes, 0 failed, across %d intermediates and a root rotation", ok.Load(), len(intermediates))
+	t.Logf("%d handshakes, 0 failed, across %d intermediates and a root rotation", probe.ok.Load(), probe.intermediatesSeen())
 }
 
 // A live agent that has not synced since the new root was published blocks
