@@ -443,3 +443,30 @@ func TestClusterRecordNamesItsWriterAndLeaderTerm(t *testing.T) {
 		t.Fatalf("b's activation of its own keys rewrote the cluster record: %+v, was %+v", after, s)
 	}
 }
+
+// A replica leaves the other replicas' expired keys to them: removing them
+// from its own view would bump the bundle sequence and rewrite the shared
+// record on every rotation tick of every replica until the owner's own
+// write, so replicas on a fast schedule starved each other's writes.
+func TestReplicaLeavesOthersExpiredKeysToThem(t *testing.T) {
+	rs := newReplicaSet(t, "a", "b")
+	a := rs.start(t, "a")
+	rs.clk.Add(10 * time.Minute) // b's keys rotate 10 minutes after a's
+	b := rs.start(t, "b")
+	rotate(t, a, b)
+	for range 49 { // minute by minute: a prepares (30m) and activates (55m) its next keys
+		rs.clk.Add(time.Minute)
+		rotate(t, a, b)
+	}
+	// At 60m a's first keys expire; b has nothing of its own to do.
+	before := stampOf(t, rs.journal)
+	rs.clk.Add(time.Minute)
+	rotate(t, b, b)
+	if after := stampOf(t, rs.journal); after != before {
+		t.Fatalf("b rewrote the cluster record for a's expired keys: %+v, was %+v", after, before)
+	}
+	rotate(t, a)
+	if n := len(b.JWTBundle().JWTAuthorities()); n == 0 {
+		t.Fatal("b publishes no JWT keys")
+	}
+}

@@ -389,10 +389,11 @@ func (ch *change) rotateKind(ctx context.Context, kind Kind) error {
 		return err
 	}
 	// Removal last, so a key retired just now (after a long stop) that has
-	// already expired goes at once.
+	// already expired goes at once. Only this replica's own: another's old
+	// keys leave with its own write (or its pruning, once it is gone).
 	s := ch.c.schedule
 	for _, a := range append([]*Authority(nil), ch.auths...) {
-		if a.Kind == kind && a.State == StateOld && !ch.now.Before(s.RemoveAt(a)) {
+		if a.Kind == kind && a.State == StateOld && ch.c.mine(a) && !ch.now.Before(s.RemoveAt(a)) {
 			ch.remove(a, "removed")
 		}
 	}
