@@ -59,12 +59,9 @@ func (c *CA) upstreamRoot() *Authority {
 
 const upstreamKeyRef = "upstream"
 
-func (c *CA) newIntermediate(ctx context.Context, parent *Authority, now time.Time) (*Authority, error) {
-	id := newAuthorityID()
-	signer, ref, err := c.cfg.Keys.CreateKey(ctx, "intermediate-"+id, c.cfg.KeyType)
-	if err != nil {
-		return nil, fmt.Errorf("ca: create intermediate key: %w", err)
-	}
+// newIntermediate certifies key as an intermediate under parent.
+func (c *CA) newIntermediate(key madeKey, parent *Authority, now time.Time) (*Authority, error) {
+	id, signer, ref := key.id, key.signer, key.ref
 	notAfter := now.Add(c.cfg.IntermediateTTL)
 	if notAfter.After(parent.NotAfter) {
 		notAfter = parent.NotAfter
@@ -78,13 +75,10 @@ func (c *CA) newIntermediate(ctx context.Context, parent *Authority, now time.Ti
 	return a, nil
 }
 
-// newJWTKey makes a JWT signing key living as long as an intermediate. Its
-// ID is its "kid".
-func (c *CA) newJWTKey(ctx context.Context, now time.Time) (*Authority, error) {
-	signer, ref, err := c.cfg.Keys.CreateKey(ctx, "jwt-"+newAuthorityID(), c.cfg.KeyType)
-	if err != nil {
-		return nil, fmt.Errorf("ca: create JWT key: %w", err)
-	}
+// newJWTKey makes key a JWT signing key living as long as an intermediate.
+// Its ID is its "kid".
+func (c *CA) newJWTKey(key madeKey, now time.Time) (*Authority, error) {
+	signer, ref := key.signer, key.ref
 	kid, err := jwtKeyID(signer.Public())
 	if err != nil {
 		return nil, fmt.Errorf("ca: JWT key ID: %w", err)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -468,5 +469,103 @@ func TestReplicaLeavesOthersExpiredKeysToThem(t *testing.T) {
 	rotate(t, a)
 	if n := len(b.JWTBundle().JWTAuthorities()); n == 0 {
 		t.Fatal("b publishes no JWT keys")
+	}
+}
+
+// refusingJournal refuses the next refuse writes as if another replica's
+// write had got in first.
+type refusingJournal struct {
+	ca.Journal
+	mu     sync.Mutex
+	refuse int
+}
+
+func (j *refusingJournal) SaveCAJournal(ctx context.Context, w ca.JournalWrite) (int64, error) {
+	j.mu.Lock()
+	refuse := j.refuse > 0
+	j.refuse--
+	j.mu.Unlock()
+	if refuse {
+		return 0, ca.ErrJournalConflict
+	}
+	return j.Journal.SaveCAJournal(ctx, w)
+}
+
+func (j *refusingJournal) refuseNext(n int) {
+	j.mu.Lock()
+	j.refuse = n
+	j.mu.Unlock()
+}
+
+// countingKeys counts the keys made.
+type countingKeys struct {
+	*keymanager.Soft
+	mu      sync.Mutex
+	created int
+}
+
+func (k *countingKeys) CreateKey(ctx context.Context, name, keyType string) (crypto.Signer, string, error) {
+	k.mu.Lock()
+	k.created++
+	k.mu.Unlock()
+	return k.Soft.CreateKey(ctx, name, keyType)
+}
+
+// A rotation whose writes are refused (another replica wrote first) makes
+// its keys once and uses them on the next attempt: making keys can take
+// far longer than a write, and a replica that made them anew on each
+// attempt lost every race. Keys no attempt could use are destroyed.
+func TestRefusedWritesReuseTheirKeys(t *testing.T) {
+	rs := newReplicaSet(t, "a")
+	soft, err := keymanager.New(keymanager.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := &countingKeys{Soft: soft}
+	journal := &refusingJournal{Journal: rs.journal}
+	cfg := rs.cfg["a"]
+	cfg.Keys, cfg.Journal = keys, journal
+	rs.cfg["a"] = cfg
+	a := rs.start(t, "a")
+	ownKeys := func() []string {
+		var refs []string
+		for _, au := range a.Authorities() {
+			if au.Kind != ca.KindRoot {
+				refs = append(refs, au.KeyRef)
+			}
+		}
+		slices.Sort(refs)
+		return refs
+	}
+	stored := func() []string {
+		refs, err := soft.ListKeys(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(refs)
+		return refs
+	}
+
+	rs.clk.Add(31 * time.Minute) // the next intermediate and JWT key are due
+	keys.created = 0
+	journal.refuseNext(3)
+	rotate(t, a)
+	if keys.created != 2 {
+		t.Fatalf("a rotation refused 3 times made %d keys; want 2 (one intermediate, one JWT key)", keys.created)
+	}
+	if got, want := stored(), ownKeys(); !slices.Equal(got, want) {
+		t.Fatalf("stored keys %v; the journal names %v", got, want)
+	}
+
+	// Refused every time: the change is given up, and its keys destroyed.
+	rs.clk.Add(25 * time.Minute) // activation is due; nothing new to make
+	before := stored()
+	rs.clk.Add(5 * time.Minute) // and the next keys, after activation
+	journal.refuseNext(100)
+	if err := a.Rotate(ctx); !errors.Is(err, ca.ErrJournalConflict) {
+		t.Fatalf("rotation refused every time: %v", err)
+	}
+	if got := stored(); !slices.Equal(got, before) {
+		t.Fatalf("stored keys after a rotation given up: %v; before it %v", got, before)
 	}
 }

@@ -3,6 +3,7 @@ package ca
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,9 +33,14 @@ type change struct {
 	// gone are the keys of authorities removed by this change; they are
 	// destroyed only after the journal no longer names them.
 	gone []string
-	// created are the keys made by this change, destroyed at once if the
+	// created are the root keys made by this change, destroyed if the
 	// write is refused.
 	created []string
+	// made are the intermediate and JWT keys made (or taken from spares)
+	// by this change; spares are those of earlier attempts of the same
+	// update whose writes were refused, for this attempt to use.
+	made   []madeKey
+	spares *[]madeKey
 	// prune are the records of replicas gone for good, at the revision read.
 	prune map[string]int64
 }
@@ -46,17 +52,37 @@ const maxJournalConflicts = 8
 // update applies fn to a fresh copy of the authorities and saves the result;
 // if another replica wrote the journal in the meantime, it re-reads and
 // applies fn again.
+//
+// Keys made for an attempt whose write was refused are kept for the next
+// attempt rather than made again: making a key can take far longer than a
+// write (a passphrase's key derivation, an HSM), and a replica that made
+// new keys on every attempt would lose every race to replicas that write
+// the shared record more often. Those left unused are destroyed at the end.
 func (c *CA) update(ctx context.Context, fn func(ch *change) error) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
+	var spares []madeKey
+	defer func() {
+		for _, k := range spares {
+			c.destroyKey(ctx, k.ref, "a key made for a change another replica's write refused")
+		}
+	}()
 	for attempt := 1; ; attempt++ {
 		if err := c.refresh(ctx); err != nil {
 			return err
 		}
 		ch := c.begin()
+		ch.spares = &spares
 		err := fn(ch)
 		if err == nil {
 			err = ch.commit(ctx)
+		}
+		if errors.Is(err, ErrJournalConflict) || errors.Is(err, ErrNotLeader) {
+			// Refused: nothing this attempt made is named by the journal.
+			// (Another error may hide a write that landed: its keys stay,
+			// and the sweep at start removes them if it did not.)
+			spares = append(spares, ch.made...)
+			ch.destroy(ctx, ch.created, "a key made for a change another replica's write refused")
 		}
 		// A deposed leader's write is not retried: its duties are the new
 		// leader's now, and the next rotation runs without them.
@@ -64,6 +90,36 @@ func (c *CA) update(ctx context.Context, fn func(ch *change) error) error {
 			return err
 		}
 	}
+}
+
+// madeKey is a key made for an intermediate or a JWT key.
+type madeKey struct {
+	kind   Kind
+	id     string
+	signer crypto.Signer
+	ref    string
+}
+
+// newKey makes a key for an authority of kind, or takes one an earlier
+// attempt made and could not use.
+func (ch *change) newKey(ctx context.Context, kind Kind) (madeKey, error) {
+	if ch.spares != nil {
+		for i, k := range *ch.spares {
+			if k.kind == kind {
+				*ch.spares = slices.Delete(*ch.spares, i, i+1)
+				ch.made = append(ch.made, k)
+				return k, nil
+			}
+		}
+	}
+	id := newAuthorityID()
+	signer, ref, err := ch.c.cfg.Keys.CreateKey(ctx, string(kind)+"-"+id, ch.c.cfg.KeyType)
+	if err != nil {
+		return madeKey{}, fmt.Errorf("ca: create %s key: %w", kind, err)
+	}
+	k := madeKey{kind: kind, id: id, signer: signer, ref: ref}
+	ch.made = append(ch.made, k)
+	return k, nil
 }
 
 // Transition is one change of an authority's state, as told to OnTransition.
@@ -217,9 +273,6 @@ func (ch *change) commit(ctx context.Context) error {
 	if w.Cluster != nil || w.Replica != nil || len(w.Prune) > 0 {
 		rev, err := c.cfg.Journal.SaveCAJournal(ctx, w)
 		if err != nil {
-			if errors.Is(err, ErrJournalConflict) || errors.Is(err, ErrNotLeader) {
-				ch.destroy(ctx, ch.created, "a key made for a change another replica's write refused")
-			}
 			return fmt.Errorf("ca: save journal: %w", err)
 		}
 		if w.Cluster != nil {
@@ -247,15 +300,19 @@ func (ch *change) commit(ctx context.Context) error {
 
 // destroy deletes keys no record names.
 func (ch *change) destroy(ctx context.Context, refs []string, what string) {
-	d, ok := ch.c.cfg.Keys.(KeyDeleter)
+	for _, ref := range refs {
+		ch.c.destroyKey(ctx, ref, what)
+	}
+}
+
+func (c *CA) destroyKey(ctx context.Context, ref, what string) {
+	d, ok := c.cfg.Keys.(KeyDeleter)
 	if !ok {
 		return
 	}
-	for _, ref := range refs {
-		if err := d.DeleteKey(ctx, ref); err != nil {
-			// Harmless: an unreferenced key is never loaded again.
-			ch.c.cfg.Logger.WarnContext(ctx, "could not delete "+what, slog.String("key_ref", ref), slog.Any("error", err))
-		}
+	if err := d.DeleteKey(ctx, ref); err != nil {
+		// Harmless: an unreferenced key is never loaded again.
+		c.cfg.Logger.WarnContext(ctx, "could not delete "+what, slog.String("key_ref", ref), slog.Any("error", err))
 	}
 }
 
@@ -276,9 +333,15 @@ func (ch *change) prepare(ctx context.Context, kind Kind) (*Authority, error) {
 			return nil, fmt.Errorf("ca: root %s is not valid before %s and the clock says %s: the clock stepped back; fix the clock (a new root would have to reach every agent first)",
 				root.ID, root.NotBefore.Format(time.RFC3339), ch.now.Format(time.RFC3339))
 		}
-		a, err = ch.c.newIntermediate(ctx, root, ch.now)
+		var key madeKey
+		if key, err = ch.newKey(ctx, kind); err == nil {
+			a, err = ch.c.newIntermediate(key, root, ch.now)
+		}
 	case KindJWT:
-		a, err = ch.c.newJWTKey(ctx, ch.now)
+		var key madeKey
+		if key, err = ch.newKey(ctx, kind); err == nil {
+			a, err = ch.c.newJWTKey(key, ch.now)
+		}
 		if err == nil {
 			a.BundleSequence = ch.bumpBundle()
 		}
@@ -288,7 +351,6 @@ func (ch *change) prepare(ctx context.Context, kind Kind) (*Authority, error) {
 	if err != nil {
 		return nil, err
 	}
-	ch.created = append(ch.created, a.KeyRef)
 	a.Replica = ch.c.cfg.ReplicaID
 	ch.auths = append(ch.auths, a)
 	ch.note(a, "prepared")
