@@ -26,9 +26,18 @@ import (
 // live (and leader), and how long a partitioned one keeps its claims.
 const ReplicaLeaseTTL = 15 * time.Second
 
-// ErrReplicaLeaseLost means the replica's lease expired (etcd was out of
-// reach for longer than its TTL); its writes are refused from then on.
+// ErrReplicaLeaseLost means the replica's lease expired, or could not be
+// renewed for most of its TTL (etcd out of reach); its writes are refused
+// from then on.
 var ErrReplicaLeaseLost = errors.New("datastore: this replica's etcd lease was lost")
+
+// A replica gives its lease up when no renewal has succeeded for
+// renewDeadlineFraction of the TTL, before etcd expires it: it stops
+// serving (and leading) while no other replica can yet have taken its
+// place, so a replica cut off from etcd never holds its agents, or acts
+// as leader, past the moment another takes over. (Kubernetes' leader
+// election does the same with its renew deadline.)
+const renewDeadlineFraction = 2.0 / 3
 
 // membership is this process's place in the cluster.
 type membership struct {
@@ -39,6 +48,8 @@ type membership struct {
 	live clientv3.Cmp
 	// term is set while this replica leads.
 	term atomic.Pointer[leaderTerm]
+	// lost is set once the lease is lost or given up: no write from then on.
+	lost atomic.Bool
 }
 
 // leaderTerm is one spell of leadership: the replica's election key and the
@@ -58,8 +69,9 @@ func (s *Etcd) electionPrefix() string               { return s.prefix + "leader
 // JoinCluster makes this process replica replicaID: it claims the replica's
 // key, waiting up to wait for a previous holder (a crashed process's lease
 // expires after LockTTL), and campaigns for leadership in the background.
-// lost is closed when the lease is lost: the process must stop, since
-// another may take its place.
+// lost is closed when the lease is lost, or could not be renewed for two
+// thirds of its TTL: the process must stop, since another may take its
+// place.
 func (s *Etcd) JoinCluster(ctx context.Context, replicaID string, wait time.Duration) (leave func(), lost <-chan struct{}, err error) {
 	session, err := concurrency.NewSession(s.client, concurrency.WithTTL(int(s.lockTTL/time.Second)), concurrency.WithContext(context.WithoutCancel(ctx)))
 	if err != nil {
@@ -90,6 +102,21 @@ func (s *Etcd) JoinCluster(ctx context.Context, replicaID string, wait time.Dura
 	}
 	m := &membership{replicaID: replicaID, session: session, election: concurrency.NewElection(session, s.electionPrefix()),
 		live: clientv3.Compare(clientv3.LeaseValue(key), "=", session.Lease())}
+	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+	renewals, err := s.client.KeepAlive(watchCtx, session.Lease())
+	if err != nil {
+		stopWatch()
+		_ = session.Close()
+		return nil, nil, wrapErr("keep the replica lease alive", err)
+	}
+	lostCh := make(chan struct{})
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		if m.watchLease(watchCtx, renewals, time.Duration(float64(s.lockTTL)*renewDeadlineFraction)) {
+			close(lostCh)
+		}
+	}()
 	s.member.Store(m)
 	campaignCtx, stopCampaign := context.WithCancel(context.WithoutCancel(ctx))
 	campaignDone := make(chan struct{})
@@ -106,6 +133,8 @@ func (s *Etcd) JoinCluster(ctx context.Context, replicaID string, wait time.Dura
 		}
 	}()
 	leave = func() {
+		stopWatch()
+		<-watchDone
 		stopCampaign()
 		<-campaignDone
 		lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -116,7 +145,44 @@ func (s *Etcd) JoinCluster(ctx context.Context, replicaID string, wait time.Dura
 		s.member.Store(nil)
 		_ = session.Close() // revokes the lease: the replica key goes with it
 	}
-	return leave, session.Done(), nil
+	return leave, lostCh, nil
+}
+
+// giveUp stops this replica's writes; it reports whether the lease was
+// lost (rather than left: ctx ended).
+func (m *membership) giveUp(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	m.lost.Store(true)
+	m.term.Store(nil)
+	return true
+}
+
+// watchLease follows the renewals of the replica's lease and reports true
+// when it is lost: expired, or not renewed within renewDeadline. It
+// returns false when ctx ends (the replica leaves).
+func (m *membership) watchLease(ctx context.Context, renewals <-chan *clientv3.LeaseKeepAliveResponse, renewDeadline time.Duration) bool {
+	check := time.NewTicker(renewDeadline / 4)
+	defer check.Stop()
+	renewed := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-m.session.Done():
+			return m.giveUp(ctx)
+		case _, ok := <-renewals:
+			if !ok {
+				return m.giveUp(ctx)
+			}
+			renewed = time.Now()
+		case <-check.C:
+			if time.Since(renewed) > renewDeadline {
+				return m.giveUp(ctx)
+			}
+		}
+	}
 }
 
 // LockTTL is the replica lease.
@@ -200,6 +266,9 @@ func (s *Etcd) SaveCAJournal(ctx context.Context, w ca.JournalWrite) (int64, err
 	var ops []clientv3.Op
 	m := s.member.Load()
 	if m != nil {
+		if m.lost.Load() {
+			return 0, fmt.Errorf("datastore: save CA journal: %w", ErrReplicaLeaseLost)
+		}
 		if w.ReplicaID != m.replicaID {
 			return 0, fmt.Errorf("datastore: save CA journal: this process is replica %q, not %q", m.replicaID, w.ReplicaID)
 		}

@@ -41,6 +41,7 @@ type Server struct {
 	Registry *prometheus.Registry
 	stop     func()
 	halt     func() error
+	exited   chan struct{}
 }
 
 // ShortDir returns a fresh directory with a short path, for Unix sockets
@@ -82,13 +83,17 @@ func startServer(t testing.TB, cfg server.Config) *Server {
 		t.Fatalf("start server: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
+	exited := make(chan struct{})
+	var runErr error
+	go func() {
+		runErr = srv.Run(ctx)
+		close(exited)
+	}()
 	admin, err := adminclient.Dial(srv.AdminSocket())
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{Server: srv, Config: cfg, Admin: admin, Registry: cfg.Registry}
+	s := &Server{Server: srv, Config: cfg, Admin: admin, Registry: cfg.Registry, exited: exited}
 	var once sync.Once
 	// halt stops the server once; only the call that stopped it reports
 	// Run's error.
@@ -96,7 +101,8 @@ func startServer(t testing.TB, cfg server.Config) *Server {
 		once.Do(func() {
 			_ = admin.Close()
 			cancel()
-			stopped, err = true, <-done
+			<-exited
+			stopped, err = true, runErr
 			_ = srv.Close()
 		})
 		return stopped, err
@@ -118,6 +124,10 @@ func startServer(t testing.TB, cfg server.Config) *Server {
 // which the server is meant to fail (a replica cut off from etcd stops
 // with datastore.ErrReplicaLeaseLost).
 func (s *Server) Halt() error { return s.halt() }
+
+// Exited is closed when the server's Run has returned, whether Stop or Halt
+// stopped it or it stopped by itself.
+func (s *Server) Exited() <-chan struct{} { return s.exited }
 
 // Restart stops the server and starts it again on the same data dir and
 // admin socket (the agent API gets a new port).

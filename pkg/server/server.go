@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -222,8 +223,10 @@ type Server struct {
 	store store
 	// feed pushes entry changes to the agents' Sync streams.
 	feed *entryfeed.Feed
-	// lockLost is closed if the etcd server lock is lost (nil on bbolt).
+	// lockLost is closed if the etcd server lock is lost (nil on bbolt);
+	// leaseLost is set when that stopped the server.
 	lockLost  <-chan struct{}
+	leaseLost atomic.Bool
 	ca        *ca.CA
 	agentLis  net.Listener
 	adminLis  net.Listener
@@ -541,8 +544,12 @@ func (s *Server) Run(ctx context.Context) error {
 			select {
 			case <-s.lockLost:
 				// Another process may run as this replica now; two must
-				// not rotate one replica's keys, so this one stops.
-				return fmt.Errorf("server: %w (etcd out of reach for longer than the lease); stopping", datastore.ErrReplicaLeaseLost)
+				// not rotate one replica's keys, so this one stops, at
+				// once: requests in flight wait on an etcd out of reach,
+				// and the agents behind them should move to another
+				// replica now rather than after a graceful drain.
+				s.leaseLost.Store(true)
+				return fmt.Errorf("server: %w (etcd out of reach for most of the lease); stopping", datastore.ErrReplicaLeaseLost)
 			case <-gctx.Done():
 				return nil
 			}
@@ -675,6 +682,10 @@ func serveGRPC(srv *grpc.Server, lis net.Listener) error {
 
 func (s *Server) stop() {
 	for _, srv := range []*grpc.Server{s.agentSrv, s.adminSrv} {
+		if s.leaseLost.Load() {
+			srv.Stop()
+			continue
+		}
 		done := make(chan struct{})
 		go func() { srv.GracefulStop(); close(done) }()
 		select {
