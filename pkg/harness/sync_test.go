@@ -17,6 +17,7 @@ import (
 	"github.com/shortleaf/shortleaf/pkg/harness"
 	"github.com/shortleaf/shortleaf/pkg/server"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
+	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
 
 // neverPoll is a sync interval no test outlasts: whatever reaches such an
@@ -144,5 +145,48 @@ func TestEntryWrittenThroughOneReplicaReachesAgentsOnAnother(t *testing.T) {
 	t.Logf("an entry written through replica a was served by an agent on replica b %s later (SVID signed included)", time.Since(written).Round(time.Millisecond))
 	if n := b.CounterValue(t, "shortleaf_server_sync_entry_changes_total", nil); n != 1 {
 		t.Errorf("replica b pushed %v entry changes, want 1", n)
+	}
+}
+
+// An agent evicted while its Sync stream is open is refused at its next
+// request on that stream (each request authenticates the agent again):
+// the stream ends with PermissionDenied, and so do its SVID requests.
+func TestEvictionCutsOffAnOpenSyncStream(t *testing.T) {
+	srv := harness.StartServer(t)
+	a := harness.AttestRaw(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := a.Client.Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	answered := func() error {
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				return err
+			}
+			if msg.GetState() != nil {
+				return nil
+			}
+		}
+	}
+	if err := stream.Send(&agentv1.SyncRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := answered(); err != nil {
+		t.Fatalf("first sync: %v", err)
+	}
+	if _, err := srv.Admin.EvictAgent(ctx, &adminv1.EvictAgentRequest{SpiffeId: a.ID.String()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&agentv1.SyncRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := answered(); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("a request on the open stream after eviction: %v, want PermissionDenied", err)
+	}
+	if _, err := a.Client.BatchNewX509SVID(ctx, &agentv1.BatchNewX509SVIDRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("SVIDs after eviction: %v, want PermissionDenied", err)
 	}
 }
