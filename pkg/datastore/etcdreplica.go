@@ -26,6 +26,10 @@ import (
 // live (and leader), and how long a partitioned one keeps its claims.
 const ReplicaLeaseTTL = 15 * time.Second
 
+// leaveWait bounds each step of leaving the cluster, so that a replica
+// stops even while etcd is out of reach.
+const leaveWait = 5 * time.Second
+
 // ErrReplicaLeaseLost means the replica's lease expired, or could not be
 // renewed for most of its TTL (etcd out of reach); its writes are refused
 // from then on.
@@ -136,8 +140,14 @@ func (s *Etcd) JoinCluster(ctx context.Context, replicaID string, wait time.Dura
 		stopWatch()
 		<-watchDone
 		stopCampaign()
-		<-campaignDone
-		lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		select {
+		case <-campaignDone:
+		case <-time.After(leaveWait):
+			// A campaign stopped while it waits resigns under the client's
+			// own context, which waits for etcd however long it is out of
+			// reach; closing the client, after leave, ends it.
+		}
+		lctx, cancel := context.WithTimeout(context.Background(), leaveWait)
 		defer cancel()
 		if m.term.Swap(nil) != nil {
 			_ = m.election.Resign(lctx)

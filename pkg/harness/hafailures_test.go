@@ -464,3 +464,28 @@ func TestLeaderWriteCheckFindsWritesOutsideTheirTerm(t *testing.T) {
 			writes, terms, violations)
 	}
 }
+
+// A replica that is not the leader stops while etcd is out of its reach:
+// its campaign, cancelled, must not hold the stop until etcd answers.
+func TestFollowerStopsWhileEtcdIsOutOfReach(t *testing.T) {
+	hsm := keymanagertest.SoftHSM(t)
+	prefix := etcdPrefix()
+	cluster := etcdtest.Start(t, 1)
+	c := &haCluster{etcd: cluster, nodes: map[string]*haNode{}, ids: []string{"a", "b"}, down: map[string]bool{}}
+	for _, id := range c.ids {
+		c.nodes[id] = startHANode(t, cluster, id, prefix, hsm)
+	}
+	follower := "a"
+	if c.waitLeader(t) == "a" {
+		follower = "b"
+	}
+	c.crash(follower)
+	select {
+	case err := <-c.nodes[follower].halted:
+		if err != nil && !errors.Is(err, datastore.ErrReplicaLeaseLost) {
+			t.Fatalf("the follower stopped with %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the follower cut off from etcd did not stop within 30s")
+	}
+}
