@@ -214,7 +214,7 @@ func (c *haCluster) addrs(order ...string) []string {
 // an intermediate rotation, and another in the middle of a root rotation;
 // the next leader is cut off from etcd before the old root retires, and
 // its late writes arrive after another has taken over; an etcd member is
-// lost; every replica restarts in turn. Not one handshake fails, no workload ever holds an expired
+// lost; every replica restarts in turn, then all at once. Not one handshake fails, no workload ever holds an expired
 // SVID, the replicas end on one bundle, and etcd's history of the journal
 // shows every leader duty written by the leader of its term, and no other.
 func TestReplicasKeepWorkloadsTalkingThroughFailures(t *testing.T) {
@@ -344,6 +344,15 @@ func TestReplicasKeepWorkloadsTalkingThroughFailures(t *testing.T) {
 	if err := c.etcd.RestartMember(0); err != nil {
 		t.Fatal(err)
 	}
+	// Then all of them stop at once, and start again: agents serve what
+	// they hold meanwhile.
+	for _, id := range c.ids {
+		c.nodes[id].srv.Stop()
+	}
+	for _, id := range c.ids {
+		c.restart(t, id)
+	}
+	c.waitConverged(t, 30*time.Second)
 	time.Sleep(2 * time.Second)
 
 	probe.requireClean(t)
