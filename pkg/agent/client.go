@@ -5,12 +5,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/shortleaf/shortleaf/ca"
 )
@@ -64,11 +66,20 @@ func insecureBootstrapTLS() *tls.Config {
 	return &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true} //nolint:gosec // dev-only bootstrap, warned about
 }
 
+// KeepaliveInterval is how long the connection to a server may be silent
+// before the agent pings it; a ping unanswered for half as long again drops
+// the connection, and the agent moves to another server. Without it, a
+// server whose packets are lost (a partition, a frozen host) holds a
+// connection that looks open while every request on it waits, until the
+// SVIDs expire.
+const KeepaliveInterval = 10 * time.Second
+
 // dial makes a client of the servers (see servers.go); it connects lazily.
 func dial(servers *serverAddrs, cfg *tls.Config) (*grpc.ClientConn, error) {
 	conn, err := grpc.NewClient(serversScheme+":///servers",
 		grpc.WithResolvers(servers),
 		grpc.WithDefaultServiceConfig(pickFirstShuffled),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: KeepaliveInterval, Timeout: KeepaliveInterval / 2, PermitWithoutStream: true}),
 		grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {
 		return nil, fmt.Errorf("agent: dial %s: %w", servers, err)

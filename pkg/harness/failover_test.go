@@ -113,3 +113,43 @@ type funcWatcher func(*workloadapi.X509Context)
 
 func (f funcWatcher) OnX509ContextUpdate(c *workloadapi.X509Context) { f(c) }
 func (funcWatcher) OnX509ContextWatchError(error)                    {}
+
+// When the path to the server an agent uses loses every packet (a
+// partition, a frozen host: the connection looks open, nothing answers),
+// the agent's keepalive finds it dead and the agent moves to another
+// address: a new entry reaches it there. Without the keepalive every
+// request waited on the dead connection for good.
+func TestAgentLeavesAServerWhosePacketsAreLost(t *testing.T) {
+	srv := harness.StartServer(t)
+	p1, p2 := harness.StartProxy(t, srv.AgentAddr()), harness.StartProxy(t, srv.AgentAddr())
+	ag := harness.StartAgent(t, srv, func(c *agent.Config) { c.ServerAddrs = []string{p1.Addr(), p2.Addr()} })
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/before", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	waitForSVIDWithin(t, ag, "spiffe://example.org/before", 10*time.Second)
+	harness.Eventually(t, 5*time.Second, func() bool { return p1.Open()+p2.Open() == 1 })
+	used := p1
+	if p2.Open() > 0 {
+		used = p2
+	}
+	used.Pause()
+	defer used.Resume()
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/after-blackhole", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	// The keepalive drops the connection within 1.5 intervals of silence.
+	waitForSVIDWithin(t, ag, "spiffe://example.org/after-blackhole", 3*agent.KeepaliveInterval)
+}
+
+// waitForSVIDWithin waits up to timeout until the agent serves an SVID for id.
+func waitForSVIDWithin(t *testing.T, ag *harness.Agent, id string, timeout time.Duration) {
+	t.Helper()
+	harness.Eventually(t, timeout, func() bool {
+		x, err := fetchX509(t, ag.Addr(), 2*time.Second)
+		if err != nil {
+			return false
+		}
+		for _, s := range x.SVIDs {
+			if s.ID.String() == id {
+				return true
+			}
+		}
+		return false
+	})
+}

@@ -96,8 +96,10 @@ func (l Limits) agentAPILimits() rpclimit.Limits {
 		MaxConnectionAge:      l.MaxConnectionAge,
 		MaxConnectionAgeGrace: time.Minute,
 		HandshakeTimeout:      10 * time.Second,
-		KeepaliveMinTime:      10 * time.Second,
-		UnaryTimeout:          time.Minute,
+		// Agents ping every 10 s of silence to find a dead path to their
+		// server (agent.KeepaliveInterval); pings up to twice as often pass.
+		KeepaliveMinTime: 5 * time.Second,
+		UnaryTimeout:     time.Minute,
 	}
 }
 
