@@ -74,13 +74,15 @@ func (c *CA) update(ctx context.Context, fn func(ch *change) error) error {
 		ch := c.begin()
 		ch.spares = &spares
 		err := fn(ch)
-		if err == nil {
+		saving := err == nil
+		if saving {
 			err = ch.commit(ctx)
 		}
-		if errors.Is(err, ErrJournalConflict) || errors.Is(err, ErrNotLeader) {
-			// Refused: nothing this attempt made is named by the journal.
-			// (Another error may hide a write that landed: its keys stay,
-			// and the sweep at start removes them if it did not.)
+		if err != nil && (!saving || errors.Is(err, ErrJournalConflict) || errors.Is(err, ErrNotLeader)) {
+			// Not saved, or refused: nothing this attempt made is named by
+			// the journal. (Another error of the save may hide a write that
+			// landed: its keys stay, and the sweep at start removes them if
+			// it did not.)
 			spares = append(spares, ch.made...)
 			ch.destroy(ctx, ch.created, "a key made for a change another replica's write refused")
 		}
