@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/shortleaf/shortleaf/attest/jointoken"
 	"github.com/shortleaf/shortleaf/ca"
@@ -68,10 +69,36 @@ const (
 	// MaxSignerKeyIDs bounds the signer key IDs an agent reports per sync;
 	// an agent holds SVIDs of a handful of intermediates at most.
 	MaxSignerKeyIDs = 64
-	// SyncPageSize is how many entries one SyncEntries message carries; a few
-	// hundred bytes each keeps every message far below gRPC's 4 MB limit.
-	SyncPageSize = 500
+	// SyncPageSize and SyncPageBytes bound one sync message: at most that
+	// many entries, and that many bytes of them, far below gRPC's 4 MB
+	// limit whatever the entries hold.
+	SyncPageSize  = 500
+	SyncPageBytes = 1 << 20
+	// MaxEntryBytes bounds an entry's encoded size, so that every entry
+	// fits a sync page many times over; creation refuses a larger one.
+	MaxEntryBytes = 64 << 10
 )
+
+// pageEnds splits n items, item i encoding to size(i) bytes, into pages of
+// at most SyncPageSize items and SyncPageBytes bytes, and returns the end
+// of each page. A page holds at least one item.
+func pageEnds(n int, size func(i int) int) []int {
+	var ends []int
+	count, bytes := 0, 0
+	for i := range n {
+		sz := size(i)
+		if count > 0 && (count == SyncPageSize || bytes+sz > SyncPageBytes) {
+			ends = append(ends, i)
+			count, bytes = 0, 0
+		}
+		count++
+		bytes += sz
+	}
+	if count > 0 {
+		ends = append(ends, n)
+	}
+	return ends
+}
 
 // AgentConfig configures the agent API.
 type AgentConfig struct {
@@ -366,21 +393,30 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 		if err != nil {
 			return toStatus(ctx, s.cfg.Logger, "sync", err)
 		}
-		msg := &agentv1.SyncEntriesResponse{Entries: make([]*agentv1.Entry, 0, len(entries)), More: next != ""}
-		for _, e := range entries {
-			msg.Entries = append(msg.Entries, s.agentEntryProto(e))
+		page := make([]*agentv1.Entry, len(entries))
+		for i, e := range entries {
+			page[i] = s.agentEntryProto(e)
 			for _, td := range e.FederatesWith {
 				federated[td] = true
 			}
 		}
-		if next == "" {
-			msg.EntriesRevision = current
-			if err := s.finishSync(ctx, msg, slices.Collect(maps.Keys(federated))); err != nil {
+		start := 0
+		ends := pageEnds(len(page), func(i int) int { return proto.Size(page[i]) })
+		if len(ends) == 0 {
+			ends = []int{0} // no entries: one message still answers
+		}
+		for i, end := range ends {
+			msg := &agentv1.SyncEntriesResponse{Entries: page[start:end], More: next != "" || i < len(ends)-1}
+			start = end
+			if !msg.More {
+				msg.EntriesRevision = current
+				if err := s.finishSync(ctx, msg, slices.Collect(maps.Keys(federated))); err != nil {
+					return err
+				}
+			}
+			if err := stream.Send(msg); err != nil {
 				return err
 			}
-		}
-		if err := stream.Send(msg); err != nil {
-			return err
 		}
 		if next == "" {
 			return nil

@@ -8,6 +8,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	"github.com/shortleaf/shortleaf/pkg/entryfeed"
@@ -150,12 +151,18 @@ func (x *syncSession) subscribe(ctx context.Context, after uint64) error {
 	s.cfg.Metrics.SyncStarts.WithLabelValues("full").Inc()
 	full := true
 	rev, err := s.cfg.Store.SnapshotEntriesByParent(ctx, agent, SyncPageSize, func(page []*datastore.Entry) error {
-		msg := &agentv1.SyncResponse{Full: full, More: true, Entries: make([]*agentv1.Entry, len(page))}
-		full = false
+		entries := make([]*agentv1.Entry, len(page))
 		for i, e := range page {
-			msg.Entries[i] = s.agentEntryProto(e)
+			entries[i] = s.agentEntryProto(e)
 		}
-		return x.stream.Send(msg)
+		start := 0
+		for _, end := range pageEnds(len(entries), func(i int) int { return proto.Size(entries[i]) }) {
+			if err := x.stream.Send(&agentv1.SyncResponse{Full: full, More: true, Entries: entries[start:end]}); err != nil {
+				return err
+			}
+			full, start = false, end
+		}
+		return nil
 	})
 	if err != nil {
 		return toStatus(ctx, s.cfg.Logger, "sync", err)
@@ -204,17 +211,23 @@ func (x *syncSession) send(changes []datastore.EntryChange) error {
 		return nil
 	}
 	x.svc.cfg.Metrics.SyncChanges.Add(float64(len(order)))
-	for len(order) > 0 {
-		n := min(len(order), SyncPageSize)
-		msg := &agentv1.SyncResponse{More: n < len(order)}
-		for _, id := range order[:n] {
+	ends := pageEnds(len(order), func(i int) int {
+		if e := final[order[i]]; e != nil {
+			return proto.Size(e)
+		}
+		return len(order[i])
+	})
+	start := 0
+	for _, end := range ends {
+		msg := &agentv1.SyncResponse{More: end < len(order)}
+		for _, id := range order[start:end] {
 			if e := final[id]; e != nil {
 				msg.Entries = append(msg.Entries, e)
 			} else {
 				msg.DeletedEntryIds = append(msg.DeletedEntryIds, id)
 			}
 		}
-		order = order[n:]
+		start = end
 		if !msg.More {
 			msg.EntriesRevision = last
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/ca"
@@ -85,10 +86,37 @@ func validateDNSNames(field string, names []string) error {
 	return nil
 }
 
+// checkEntrySize refuses an entry larger than MaxEntryBytes, naming the
+// list that makes it so: such an entry could never be sent to its agent.
+func checkEntrySize(in *adminv1.Entry) error {
+	size := proto.Size(in)
+	if size <= MaxEntryBytes {
+		return nil
+	}
+	field, largest := "entry", 0
+	for _, f := range []struct {
+		name   string
+		values []string
+	}{{"entry.selectors", in.GetSelectors()}, {"entry.federates_with", in.GetFederatesWith()}, {"entry.dns_names", in.GetDnsNames()}} {
+		n := 0
+		for _, v := range f.values {
+			n += len(v)
+		}
+		if n > largest {
+			field, largest = f.name, n
+		}
+	}
+	return invalid(field, "makes the entry %d bytes, over the %d an entry may take (its agent receives it in sync messages of at most %d bytes); it holds %d bytes",
+		size, MaxEntryBytes, SyncPageBytes, largest)
+}
+
 // entryFromProto validates an admin entry and converts it to the domain type.
 func entryFromProto(in *adminv1.Entry, td spiffeid.TrustDomain, maxTTL time.Duration) (*datastore.Entry, error) {
 	if in == nil {
 		return nil, invalid("entry", "is required")
+	}
+	if err := checkEntrySize(in); err != nil {
+		return nil, err
 	}
 	id, err := parseWorkloadID("entry.spiffe_id", in.GetSpiffeId(), td)
 	if err != nil {

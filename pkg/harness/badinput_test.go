@@ -65,6 +65,11 @@ func TestAdminRejectsBadEntriesNamingTheField(t *testing.T) {
 		{"bad DNS name", "entry.dns_names", func(e *adminv1.Entry) { e.DnsNames = []string{"bad_name.example"} }},
 		{"empty DNS name", "entry.dns_names", func(e *adminv1.Entry) { e.DnsNames = []string{""} }},
 		{"hint too long", "entry.hint", func(e *adminv1.Entry) { e.Hint = strings.Repeat("h", 200) }},
+		{"too large to sync", "entry.selectors", func(e *adminv1.Entry) {
+			for i := range 20 { // 20 valid selectors of 4 KB: 80 KB, over the 64 KiB an entry may take
+				e.Selectors = append(e.Selectors, fmt.Sprintf("unix:path:/%d%s", i, strings.Repeat("p", 4000)))
+			}
+		}},
 	}
 	ctx := context.Background()
 	for _, tc := range cases {

@@ -2,6 +2,8 @@ package harness_test
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shortleaf/shortleaf/pkg/agent"
+	"github.com/shortleaf/shortleaf/pkg/api"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	"github.com/shortleaf/shortleaf/pkg/etcdtest"
 	"github.com/shortleaf/shortleaf/pkg/harness"
@@ -189,4 +192,65 @@ func TestEvictionCutsOffAnOpenSyncStream(t *testing.T) {
 	if _, err := a.Client.BatchNewX509SVID(ctx, &agentv1.BatchNewX509SVIDRequest{}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("SVIDs after eviction: %v, want PermissionDenied", err)
 	}
+}
+
+// An agent holding 600 large but valid entries (9 KB each: 500 of them, a
+// page by count, are over gRPC's 4 MB message limit) syncs them all,
+// through Sync and through SyncEntries: pages are bounded by bytes as well
+// as by count.
+func TestLargeEntriesSyncInPagesBoundedByBytes(t *testing.T) {
+	srv := harness.StartServer(t)
+	a := harness.AttestRaw(t, srv)
+	for i := range 600 {
+		srv.CreateEntry(t, &adminv1.Entry{SpiffeId: fmt.Sprintf("spiffe://example.org/large/%d", i), ParentId: a.ID.String(), Selectors: []string{
+			"unix:uid:1000", "unix:path:/a" + strings.Repeat("p", 3000), "unix:path:/b" + strings.Repeat("q", 3000), "unix:path:/c" + strings.Repeat("r", 3000),
+		}})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	check := func(rpc string, entries, largest int) {
+		t.Helper()
+		if entries != 600 || largest > api.SyncPageBytes+64<<10 {
+			t.Fatalf("%s brought %d entries (want 600), its largest message %d bytes (want at most about %d)", rpc, entries, largest, api.SyncPageBytes)
+		}
+	}
+
+	stream, err := a.Client.Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&agentv1.SyncRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	entries, largest := 0, 0
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("Sync: %v", err)
+		}
+		entries += len(msg.GetEntries())
+		largest = max(largest, proto.Size(msg))
+		if msg.GetState() != nil {
+			break
+		}
+	}
+	check("Sync", entries, largest)
+
+	poll, err := a.Client.SyncEntries(ctx, &agentv1.SyncEntriesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, largest = 0, 0
+	for {
+		msg, err := poll.Recv()
+		if err != nil {
+			t.Fatalf("SyncEntries: %v", err)
+		}
+		entries += len(msg.GetEntries())
+		largest = max(largest, proto.Size(msg))
+		if !msg.GetMore() {
+			break
+		}
+	}
+	check("SyncEntries", entries, largest)
 }
