@@ -26,6 +26,7 @@ type AdminStore interface {
 	UpdateEntry(ctx context.Context, e *datastore.Entry) (*datastore.Entry, error)
 	DeleteEntry(ctx context.Context, id string) error
 	ListEntries(ctx context.Context, pageToken string, pageSize int) ([]*datastore.Entry, string, error)
+	ListEntriesByParent(ctx context.Context, parentID, pageToken string, pageSize int) ([]*datastore.Entry, string, error)
 	CreateJoinToken(ctx context.Context, t *datastore.JoinToken) error
 	ListAgents(ctx context.Context) ([]*datastore.Agent, error)
 	GetAgent(ctx context.Context, spiffeID string) (*datastore.Agent, error)
@@ -148,7 +149,10 @@ func (s *AdminService) DeleteEntry(ctx context.Context, req *adminv1.DeleteEntry
 	return &adminv1.DeleteEntryResponse{}, nil
 }
 
-// ListEntries pages through entries, optionally filtered by parent or SPIFFE ID.
+// ListEntries pages through entries, optionally filtered by parent or SPIFFE
+// ID. A parent filter reads only that parent's entries (the datastore keeps
+// them by parent), so its pages are full; its page tokens are valid only
+// with the same filter.
 func (s *AdminService) ListEntries(ctx context.Context, req *adminv1.ListEntriesRequest) (*adminv1.ListEntriesResponse, error) {
 	size := int(req.GetPageSize())
 	if size < 0 || size > maxListPageSize {
@@ -159,8 +163,16 @@ func (s *AdminService) ListEntries(ctx context.Context, req *adminv1.ListEntries
 	}
 	resp := &adminv1.ListEntriesResponse{}
 	token := req.GetPageToken()
-	// Filters are applied while paging, so a page may hold fewer than size.
-	entries, next, err := s.cfg.Store.ListEntries(ctx, token, size)
+	// The SPIFFE ID filter is applied while paging, so a page may hold
+	// fewer than size.
+	var entries []*datastore.Entry
+	var next string
+	var err error
+	if parent := req.GetParentId(); parent != "" {
+		entries, next, err = s.cfg.Store.ListEntriesByParent(ctx, parent, token, size)
+	} else {
+		entries, next, err = s.cfg.Store.ListEntries(ctx, token, size)
+	}
 	if err != nil {
 		return nil, toStatus(ctx, s.cfg.Logger, "list entries", err)
 	}
