@@ -154,7 +154,8 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 			unlock()
 		}
 	}()
-	a := &Agent{cfg: cfg, servers: newServerAddrs(cfg.ServerAddrs), store: storage{dir: cfg.DataDir}, cache: newCache(cfg.TrustDomain), metrics: telemetry.NewAgent(cfg.Registry), unlock: unlock, syncWake: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, servers: newServerAddrs(cfg.ServerAddrs), store: storage{dir: cfg.DataDir}, cache: newCache(cfg.TrustDomain), unlock: unlock, syncWake: make(chan struct{}, 1)}
+	a.metrics = telemetry.NewAgent(cfg.Registry, func() (int, int) { return a.cache.svidCounts(a.cfg.Clock.Now()) })
 	if a.cfg.WorkloadAttestor == nil {
 		ua := unix.New()
 		ua.Logger = cfg.Logger

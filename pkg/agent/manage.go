@@ -126,10 +126,6 @@ func (a *Agent) manage(ctx context.Context) error {
 			}
 			due, nextRenew = a.cache.due(now)
 		}
-		cached, expired := a.cache.svidCounts(now)
-		a.metrics.CachedSVIDs.Set(float64(cached))
-		a.metrics.ExpiredSVIDs.Set(float64(expired))
-
 		a.mu.Lock()
 		wake := earliest(nextSync, a.agentRenewAt, nextRenew)
 		a.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
@@ -152,4 +153,42 @@ func waitForSVIDWithin(t *testing.T, ag *harness.Agent, id string, timeout time.
 		}
 		return false
 	})
+}
+
+// While the agent waits on a server whose packets are lost, the SVIDs it
+// holds run out; its expired-SVID gauge says so at once, not after the
+// request it waits on has ended.
+func TestExpiredSVIDGaugeIsLiveWhileTheAgentWaits(t *testing.T) {
+	srv := harness.StartServer(t, func(c *server.Config) { c.DefaultSVIDTTL = 2 * time.Second })
+	p := harness.StartProxy(t, srv.AgentAddr())
+	reg := prometheus.NewRegistry()
+	ag := harness.StartAgent(t, srv, func(c *agent.Config) { c.ServerAddrs, c.Registry = []string{p.Addr()}, reg })
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	x, err := fetchX509(t, ag.Addr(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Pause() // the only server: every request now waits for the keepalive (15 s)
+	defer p.Resume()
+	expiry := x.DefaultSVID().Certificates[0].NotAfter
+	time.Sleep(time.Until(expiry))
+	harness.Eventually(t, agent.KeepaliveInterval/2, func() bool {
+		return gaugeValue(t, reg, "shortleaf_agent_expired_x509_svids") >= 1
+	})
+}
+
+// gaugeValue reads an unlabelled gauge from reg.
+func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no gauge %s", name)
+	return 0
 }

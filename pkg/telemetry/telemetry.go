@@ -171,10 +171,12 @@ type Agent struct {
 	WorkloadRequests *prometheus.CounterVec
 	SVIDRenewals     *prometheus.CounterVec
 	SyncFailures     prometheus.Counter
-	CachedSVIDs      prometheus.Gauge
+	// CachedSVIDs and ExpiredSVIDs are read from the agent's cache at each
+	// scrape, so they are current even while the agent waits on a server.
 	// ExpiredSVIDs counts cached SVIDs past their NotAfter: renewal did not
 	// keep up (server unreachable for half a TTL). It should stay 0.
-	ExpiredSVIDs prometheus.Gauge
+	CachedSVIDs  prometheus.GaugeFunc
+	ExpiredSVIDs prometheus.GaugeFunc
 	// FirstResponse is the time from a Workload API call to its first answer.
 	FirstResponse *prometheus.HistogramVec
 	// WorkloadRefusals counts Workload API connections refused by a cap.
@@ -183,8 +185,16 @@ type Agent struct {
 	OpenStreams *prometheus.GaugeVec
 }
 
-// NewAgent registers the agent's metrics on reg.
-func NewAgent(reg prometheus.Registerer) *Agent {
+// SVIDCounts reports how many X.509-SVIDs an agent holds and how many of
+// them are past their NotAfter.
+type SVIDCounts func() (cached, expired int)
+
+// NewAgent registers the agent's metrics on reg; counts feeds the SVID
+// gauges (nil: none held).
+func NewAgent(reg prometheus.Registerer, counts SVIDCounts) *Agent {
+	if counts == nil {
+		counts = func() (int, int) { return 0, 0 }
+	}
 	m := &Agent{
 		WorkloadRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shortleaf_agent_workload_api_requests_total",
@@ -198,14 +208,20 @@ func NewAgent(reg prometheus.Registerer) *Agent {
 			Name: "shortleaf_agent_sync_failures_total",
 			Help: "Failed entry syncs with the server.",
 		}),
-		CachedSVIDs: prometheus.NewGauge(prometheus.GaugeOpts{
+		CachedSVIDs: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "shortleaf_agent_cached_x509_svids",
 			Help: "X.509-SVIDs the agent holds ready for workloads.",
+		}, func() float64 {
+			cached, _ := counts()
+			return float64(cached)
 		}),
 	}
-	m.ExpiredSVIDs = prometheus.NewGauge(prometheus.GaugeOpts{
+	m.ExpiredSVIDs = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "shortleaf_agent_expired_x509_svids",
-		Help: "Cached X.509-SVIDs past their NotAfter (renewal fell behind); alert when above 0.",
+		Help: "Cached X.509-SVIDs past their NotAfter (renewal fell behind), as of the scrape; alert when above 0.",
+	}, func() float64 {
+		_, expired := counts()
+		return float64(expired)
 	})
 	m.FirstResponse = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "shortleaf_agent_workload_api_first_response_seconds",

@@ -15,7 +15,7 @@ import (
 func TestCountersExistFromTheStart(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	telemetry.NewServer(reg)
-	telemetry.NewAgent(reg)
+	telemetry.NewAgent(reg, nil)
 	want := map[string]int{
 		"shortleaf_server_x509_svids_issued_total":    len(telemetry.Results),
 		"shortleaf_server_agent_svid_renewals_total":  len(telemetry.Results),

@@ -35,7 +35,7 @@ func value(t *testing.T, c prometheus.Metric) float64 {
 func TestStreamCountedAtItsFirstResponse(t *testing.T) {
 	c := catest.New(t)
 	src := &source{state: state(c, identity(t, c, "spiffe://example.org/a", "", uid1)), changed: make(chan struct{})}
-	metrics := telemetry.NewAgent(prometheus.NewRegistry())
+	metrics := telemetry.NewAgent(prometheus.NewRegistry(), nil)
 	addr := serveWith(t, wl.Config{Source: src, JWT: fixedJWT{"t"}, Attestor: fixedAttestor{uid1}, Metrics: metrics})
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
