@@ -12,6 +12,7 @@ import (
 
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	"github.com/shortleaf/shortleaf/pkg/entryfeed"
+	"github.com/shortleaf/shortleaf/pkg/grpcstream"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
 
@@ -40,22 +41,7 @@ func (s *AgentService) Sync(stream agentv1.AgentAPI_SyncServer) error {
 
 	// Requests are read on a goroutine of their own; everything is sent
 	// from this one, as a gRPC stream requires.
-	requests := make(chan *agentv1.SyncRequest)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			req, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case requests <- req:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	requests, recvErr := grpcstream.Receive(ctx, stream.Recv)
 
 	sess := &syncSession{svc: s, stream: stream, agentID: agentID}
 	defer sess.close()

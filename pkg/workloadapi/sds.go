@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/pkg/grpcstream"
 	"github.com/shortleaf/shortleaf/pkg/uds"
 )
 
@@ -122,22 +123,7 @@ func (d *sdsServer) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Di
 	if err != nil {
 		return err
 	}
-	reqs := make(chan *discoveryv3.DiscoveryRequest)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			req, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case reqs <- req:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	reqs, recvErr := grpcstream.Receive(ctx, stream.Recv)
 
 	var names []string
 	var opts secretOptions
