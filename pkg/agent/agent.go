@@ -91,6 +91,14 @@ type Agent struct {
 	tokenTried bool
 	synced     bool
 
+	// Used by the manage loop only, for the server's signing queue: whether
+	// its last answer said it was busy (renew early), the most CSRs a pass
+	// sends while it sheds (0: no bound), and when a deferral was last
+	// logged.
+	serverBusy   bool
+	issueWindow  int
+	busyLoggedAt time.Time
+
 	// Used by the manage loop only: the entries revision of the last
 	// complete sync, and the foreign trust domains its entries federate with.
 	entriesRevision uint64

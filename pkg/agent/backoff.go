@@ -45,6 +45,15 @@ func RenewAt(issuedAt, notAfter time.Time) time.Time {
 	return issuedAt.Add(jitter(notAfter.Sub(issuedAt)/2, 0.1))
 }
 
+// BusyRenewAt is RenewAt while the server reports its signing queue busy: a
+// third of the remaining life, ±10%, so the next renewals start early and
+// spread out, and an SVID has two thirds of its life to be renewed in. Early
+// renewals are the least urgent in the server's queue: they cost nothing
+// when the server is still busy, since they wait behind every urgent one.
+func BusyRenewAt(issuedAt, notAfter time.Time) time.Time {
+	return issuedAt.Add(jitter(notAfter.Sub(issuedAt)/3, 0.1))
+}
+
 // TaintedRenewAt is when the agent replaces an SVID whose signer was reported
 // tainted at now: a random moment within window (one sync interval), or its
 // scheduled renewal if that comes first.

@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -118,9 +119,17 @@ func (a *Agent) manage(ctx context.Context) error {
 		due, nextRenew := a.cache.due(now)
 		if len(due) > 0 && !now.Before(svidRetry) {
 			if err := a.issue(ctx, due); err != nil {
-				wait := svidB.next()
-				a.logServerError("X.509-SVID issuance failed", err, wait)
-				svidRetry = now.Add(wait)
+				if busy := (*serverBusyError)(nil); errors.As(err, &busy) {
+					// Not a failure: the server said when to come back. Up
+					// to half the hint again spreads the agents it refused.
+					wait := busy.RetryAfter + spread(busy.RetryAfter/2)
+					a.logBusy(now, busy)
+					svidRetry = now.Add(wait)
+				} else {
+					wait := svidB.next()
+					a.logServerError("X.509-SVID issuance failed", err, wait)
+					svidRetry = now.Add(wait)
+				}
 			} else {
 				svidB.reset()
 			}
@@ -136,6 +145,17 @@ func (a *Agent) manage(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// logBusy logs that the server deferred CSRs, at most once a minute: in a
+// storm it happens every few seconds, and the counter has the detail.
+func (a *Agent) logBusy(now time.Time, busy *serverBusyError) {
+	if now.Before(a.busyLoggedAt.Add(time.Minute)) {
+		return
+	}
+	a.busyLoggedAt = now
+	a.cfg.Logger.Warn("the server's signing queue is busy; renewing the most urgent SVIDs first and asking again at its hint",
+		slog.Int("deferred", busy.Shed), slog.Duration("retry_in", busy.RetryAfter))
 }
 
 func (a *Agent) logServerError(msg string, err error, retry time.Duration) {
@@ -481,11 +501,21 @@ func entryFromProto(pe *agentv1.Entry) (*entry, error) {
 	}, nil
 }
 
-// issue obtains SVIDs for due entries in batches within the server's limits
-// (count and CSR bytes). It returns an error if any request failed, so the
-// caller backs off before retrying those.
+// issue obtains SVIDs for due entries (most urgent first) in batches within
+// the server's limits (count and CSR bytes). It returns an error if any
+// request failed, so the caller backs off before retrying those; a
+// *serverBusyError when the server's signing queue shed some, so the caller
+// waits for the server's hint instead. A pass stops at the first batch the
+// server shed: the rest are less urgent. While the server sheds, a pass
+// sends at most issueWindow CSRs, twice what the server last took, so the
+// agent does not make keys and CSRs only to have them refused.
 func (a *Agent) issue(ctx context.Context, due []*entry) error {
+	if a.issueWindow > 0 && len(due) > a.issueWindow {
+		due = due[:a.issueWindow]
+	}
 	var failed error
+	var busy *serverBusyError
+	signed := 0
 	var batch []*entry
 	keys := make(map[string]crypto.Signer, min(len(due), api.MaxBatchSize))
 	req := &agentv1.BatchNewX509SVIDRequest{}
@@ -494,34 +524,91 @@ func (a *Agent) issue(ctx context.Context, due []*entry) error {
 		if len(batch) == 0 {
 			return
 		}
-		if err := a.issueBatch(ctx, batch, keys, req); err != nil {
+		n, err := a.issueBatch(ctx, batch, keys, req)
+		signed += n
+		if b := (*serverBusyError)(nil); errors.As(err, &b) {
+			busy = b
+		} else if err != nil {
 			failed = err
 		}
 		batch, keys, req, size = nil, make(map[string]crypto.Signer, len(keys)), &agentv1.BatchNewX509SVIDRequest{}, 0
 	}
 	for _, e := range due {
+		if busy != nil {
+			break
+		}
 		key, csr, err := newKeyAndCSR(e.SPIFFEID)
 		if err != nil {
 			return fmt.Errorf("agent: key: %w", err)
 		}
 		if len(batch) == api.MaxBatchSize || size+len(csr) > api.MaxBatchCSRBytes {
 			flush()
+			if busy != nil {
+				break
+			}
+		}
+		p := &agentv1.NewX509SVIDParams{EntryId: e.ID, Csr: csr}
+		if _, held := a.cache.lookup(e.ID); held != nil {
+			p.CurrentNotAfter = held.Chain[0].NotAfter.Unix()
 		}
 		batch = append(batch, e)
 		keys[e.ID] = key
 		size += len(csr)
-		req.Params = append(req.Params, &agentv1.NewX509SVIDParams{EntryId: e.ID, Csr: csr})
+		req.Params = append(req.Params, p)
 	}
 	flush()
+	switch {
+	case busy != nil:
+		a.issueWindow = max(2*signed, minIssueWindow)
+		return busy
+	case a.issueWindow > 0:
+		if a.issueWindow *= 2; a.issueWindow >= maxIssueWindow {
+			a.issueWindow = 0
+		}
+	}
 	return failed
 }
 
-func (a *Agent) issueBatch(ctx context.Context, batch []*entry, keys map[string]crypto.Signer, req *agentv1.BatchNewX509SVIDRequest) error {
+// The window of CSRs one issuance pass sends while the server sheds.
+const (
+	minIssueWindow = 32
+	maxIssueWindow = 4 * api.MaxBatchSize // beyond this: no window
+)
+
+// serverBusyError is a batch the server's signing queue shed in part or in
+// whole: ask again for those after RetryAfter.
+type serverBusyError struct {
+	Shed       int
+	RetryAfter time.Duration
+}
+
+func (e *serverBusyError) Error() string {
+	return fmt.Sprintf("agent: the server's signing queue is full: %d CSRs deferred; asking again in %s", e.Shed, e.RetryAfter.Round(time.Millisecond))
+}
+
+// retryAfter reads the google.rpc.RetryInfo of a refusal; def without one.
+func retryAfter(st *status.Status, def time.Duration) time.Duration {
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
+			return ri.GetRetryDelay().AsDuration()
+		}
+	}
+	return def
+}
+
+// issueBatch sends one batch and stores what was signed; it returns how
+// many were.
+func (a *Agent) issueBatch(ctx context.Context, batch []*entry, keys map[string]crypto.Signer, req *agentv1.BatchNewX509SVIDRequest) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
 	resp, err := a.client.BatchNewX509SVID(ctx, req)
+	if st, ok := status.FromError(err); ok && err != nil && st.Code() == codes.ResourceExhausted {
+		a.serverBusy = true
+		a.metrics.SVIDRequestsShed.Add(float64(len(batch)))
+		return 0, &serverBusyError{Shed: len(batch), RetryAfter: retryAfter(st, time.Second)}
+	}
 	if err != nil {
-		return fmt.Errorf("agent: new X.509-SVIDs: %w", err)
+		return 0, fmt.Errorf("agent: new X.509-SVIDs: %w", err)
 	}
 	byID := make(map[string]*entry, len(batch))
 	for _, e := range batch {
@@ -530,9 +617,18 @@ func (a *Agent) issueBatch(ctx context.Context, batch []*entry, keys map[string]
 	now := a.cfg.Clock.Now()
 	issued := make(map[string]*svid, len(resp.GetResults()))
 	var failed error
+	var busy *serverBusyError
 	for _, r := range resp.GetResults() {
 		e, ok := byID[r.GetEntryId()]
 		if !ok {
+			continue
+		}
+		if codes.Code(r.GetStatusCode()) == codes.ResourceExhausted {
+			if busy == nil {
+				busy = &serverBusyError{}
+			}
+			busy.Shed++
+			busy.RetryAfter = max(busy.RetryAfter, time.Duration(r.GetRetryAfterMs())*time.Millisecond)
 			continue
 		}
 		if r.GetStatusCode() != 0 {
@@ -540,7 +636,7 @@ func (a *Agent) issueBatch(ctx context.Context, batch []*entry, keys map[string]
 			a.cfg.Logger.Warn("server refused an X.509-SVID", slog.String("entry_id", e.ID), slog.String("reason", r.GetStatusMessage()))
 			continue
 		}
-		s, err := newSVID(e, keys[e.ID], r.GetSvid().GetCertChain(), now)
+		s, err := newSVID(e, keys[e.ID], r.GetSvid().GetCertChain(), now, resp.GetServerBusy())
 		if err != nil {
 			failed = err
 			continue
@@ -550,7 +646,24 @@ func (a *Agent) issueBatch(ctx context.Context, batch []*entry, keys map[string]
 		issued[e.ID] = s
 	}
 	a.cache.setSVIDs(issued)
-	return failed
+	a.serverBusy = resp.GetServerBusy() || busy != nil
+	if busy != nil {
+		a.metrics.SVIDRequestsShed.Add(float64(busy.Shed))
+		if busy.RetryAfter <= 0 {
+			busy.RetryAfter = time.Second
+		}
+		if failed == nil {
+			return len(issued), busy
+		}
+	}
+	return len(issued), failed
+}
+
+func renewAt(now, notAfter time.Time, serverBusy bool) time.Time {
+	if serverBusy {
+		return BusyRenewAt(now, notAfter)
+	}
+	return RenewAt(now, notAfter)
 }
 
 func renewalCause(old *svid, e *entry) string {
@@ -564,7 +677,9 @@ func renewalCause(old *svid, e *entry) string {
 	}
 }
 
-func newSVID(e *entry, key crypto.Signer, chainDER [][]byte, now time.Time) (*svid, error) {
+// newSVID holds a signed chain with its key. Its renewal is scheduled at
+// half its life, or at a third while the server is busy.
+func newSVID(e *entry, key crypto.Signer, chainDER [][]byte, now time.Time, serverBusy bool) (*svid, error) {
 	chain, err := parseNonEmpty(chainDER)
 	if err != nil {
 		return nil, fmt.Errorf("agent: server returned an unreadable SVID for entry %s: %w", e.ID, err)
@@ -578,6 +693,6 @@ func newSVID(e *entry, key crypto.Signer, chainDER [][]byte, now time.Time) (*sv
 		Chain:    chain,
 		ChainDER: bytes.Join(chainDER, nil),
 		KeyDER:   keyDER,
-		RenewAt:  RenewAt(now, chain[0].NotAfter),
+		RenewAt:  renewAt(now, chain[0].NotAfter, serverBusy),
 	}, nil
 }

@@ -17,11 +17,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/shortleaf/shortleaf/attest/jointoken"
 	"github.com/shortleaf/shortleaf/ca"
@@ -30,6 +32,7 @@ import (
 	"github.com/shortleaf/shortleaf/pkg/entryfeed"
 	"github.com/shortleaf/shortleaf/pkg/ratelimit"
 	"github.com/shortleaf/shortleaf/pkg/rpclimit"
+	"github.com/shortleaf/shortleaf/pkg/signqueue"
 	"github.com/shortleaf/shortleaf/pkg/telemetry"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
@@ -116,6 +119,10 @@ type AgentConfig struct {
 	// each agent may have signed; a batch takes one token per CSR. nil:
 	// unlimited.
 	SignLimit *ratelimit.Limiter
+	// SignQueue is where CSRs wait for a signature: bounded, most urgent
+	// first, a fair share per agent. nil: each batch is signed at once on
+	// its own goroutines (tests of other parts).
+	SignQueue *signqueue.Queue
 	// Feed pushes entry changes to Sync streams; nil: Sync is refused
 	// (Unimplemented) and agents poll SyncEntries.
 	Feed *entryfeed.Feed
@@ -127,6 +134,7 @@ type AgentService struct {
 	cfg      AgentConfig
 	refusals *ratelimit.Sampler
 	seen     lastSeen
+	signed   signedUntil
 }
 
 // refusalLogInterval is how often one source may add a line to the log about
@@ -156,8 +164,18 @@ func (s *AgentService) takeSigning(ctx context.Context, agentID spiffeid.ID, n i
 	if s.cfg.SignLimit.Allow(agentID.String(), s.cfg.Clock.Now(), n) {
 		return nil
 	}
-	return s.refuse(ctx, "signing_rate", agentID.String(), status.Errorf(codes.ResourceExhausted,
+	return s.refuse(ctx, "signing_rate", agentID.String(), retryLater(s.cfg.SignLimit.RetryAfter(n),
 		"signing rate limit for %s exceeded (%s SVIDs per agent); retry later", agentID, s.cfg.SignLimit.Describe()))
+}
+
+// retryLater is a RESOURCE_EXHAUSTED status with a google.rpc.RetryInfo
+// detail saying when to ask again.
+func retryLater(after time.Duration, format string, args ...any) error {
+	st := status.Newf(codes.ResourceExhausted, format, args...)
+	if withInfo, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(after)}); err == nil {
+		st = withInfo
+	}
+	return st.Err()
 }
 
 // AttestAgent consumes a join token and issues the agent's first SVID.
@@ -466,21 +484,59 @@ func (s *AgentService) BatchNewX509SVID(ctx context.Context, req *agentv1.BatchN
 	if err := s.takeSigning(ctx, agentID, len(req.GetParams())); err != nil {
 		return nil, err
 	}
-	// Each request is independent and CPU-bound (two signature checks and one
-	// signature), so a batch is spread over the cores; results keep the
-	// request order.
 	params := req.GetParams()
 	results := make([]*agentv1.BatchNewX509SVIDResult, len(params))
+	jobs := make([]*signqueue.Job, len(params))
+	for i, p := range params {
+		jobs[i] = &signqueue.Job{Urgency: s.urgency(p), Run: func() { results[i] = s.newX509SVID(ctx, agentID, p) }}
+	}
+	s.runSigning(ctx, agentID, jobs)
+	if err := ctx.Err(); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
+	var retry time.Duration
+	shed := 0
+	for i, j := range jobs {
+		if sh := j.Shed(); sh != nil {
+			shed++
+			retry = max(retry, sh.RetryAfter)
+			results[i] = &agentv1.BatchNewX509SVIDResult{EntryId: params[i].GetEntryId(), StatusCode: int32(codes.ResourceExhausted),
+				StatusMessage: sh.Error(), RetryAfterMs: sh.RetryAfter.Milliseconds()}
+		}
+	}
+	if shed > 0 && shed == len(jobs) {
+		return nil, s.refuse(ctx, "signing_queue", agentID.String(), retryLater(retry,
+			"the signing queue cannot take these %d CSRs now (%s); retry after %s", shed, jobs[0].Shed().Reason, retry.Round(time.Millisecond)))
+	}
+	return &agentv1.BatchNewX509SVIDResponse{Results: results, ServerBusy: s.cfg.SignQueue != nil && s.cfg.SignQueue.Busy()}, nil
+}
+
+// urgency orders a CSR in the signing queue: the NotAfter of the SVID it
+// replaces, the zero time (first of all) when the agent holds none. The
+// agent's word is checked against the last SVID this server signed for the
+// entry: an agent that claims to hold nothing, or an older SVID, to get
+// ahead of the others is ordered by what it was given.
+func (s *AgentService) urgency(p *agentv1.NewX509SVIDParams) time.Time {
+	n := max(p.GetCurrentNotAfter(), s.signed.get(p.GetEntryId()))
+	if n > 0 {
+		return time.Unix(n, 0)
+	}
+	return time.Time{}
+}
+
+// runSigning runs a batch's jobs through the signing queue, or, without
+// one, at once spread over the cores.
+func (s *AgentService) runSigning(ctx context.Context, agentID spiffeid.ID, jobs []*signqueue.Job) {
+	if s.cfg.SignQueue != nil {
+		s.cfg.SignQueue.Do(ctx, agentID.String(), jobs)
+		return
+	}
 	var g errgroup.Group
 	g.SetLimit(runtime.GOMAXPROCS(0))
-	for i, p := range params {
-		g.Go(func() error {
-			results[i] = s.newX509SVID(ctx, agentID, p)
-			return nil
-		})
+	for _, j := range jobs {
+		g.Go(func() error { j.Run(); return nil })
 	}
-	_ = g.Wait() // newX509SVID reports failures in its result, never as an error
-	return &agentv1.BatchNewX509SVIDResponse{Results: results}, nil
+	_ = g.Wait()
 }
 
 // checkBatch applies the batch limits before any CSR is parsed: the count,
@@ -541,6 +597,7 @@ func (s *AgentService) newX509SVID(ctx context.Context, agentID spiffeid.ID, p *
 	}
 	s.cfg.Metrics.SVIDsIssued.WithLabelValues(telemetry.ResultOK).Inc()
 	telemetry.ObserveSince(s.cfg.Metrics.SignDuration, start)
+	s.signed.put(entry.ID, chain[0].NotAfter, s.cfg.Clock.Now())
 	res.Svid = svidProto(id, chain)
 	return res
 }

@@ -61,6 +61,9 @@ func TestServerConfigErrorsNameTheField(t *testing.T) {
 		{"duration past the int64 limit", base + "root_ttl: 9999999999h\n", "root_ttl"},
 		{"refresh hint out of range", base + "bundle_endpoint:\n  address: 127.0.0.1:0\n  refresh_hint: 1000h\n", "refresh_hint"},
 		{"negative rate", base + "limits:\n  svids_per_second: -5\n", "limits.svids_per_second"},
+		{"negative queue", base + "limits:\n  signing_queue: -1\n", "limits.signing_queue"},
+		{"queue wait past the agents' call timeout", base + "limits:\n  signing_queue_max_wait: 40s\n", "limits.signing_queue_max_wait"},
+		{"negative capacity", base + "limits:\n  signing_capacity: -3\n", "limits.signing_capacity"},
 		// The next root must be published in time for the gate to pass before
 		// the old root stops giving intermediates their full life.
 		{"root prepared too late", base + "root_prepare_before: 24h\n", "root_prepare_before: 24h0m0s leaves the propagation gate no time"},

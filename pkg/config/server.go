@@ -61,6 +61,9 @@ type LimitsFile struct {
 	SVIDBurst             int      `yaml:"svid_burst"`
 	MaxConnections        int      `yaml:"max_connections"`
 	MaxConnectionAge      Duration `yaml:"max_connection_age"`
+	SigningQueue          int      `yaml:"signing_queue"`
+	SigningQueueMaxWait   Duration `yaml:"signing_queue_max_wait"`
+	SigningCapacity       float64  `yaml:"signing_capacity"`
 }
 
 func (l *LimitsFile) resolve() (server.Limits, error) {
@@ -70,7 +73,7 @@ func (l *LimitsFile) resolve() (server.Limits, error) {
 	for _, f := range []struct {
 		key string
 		v   float64
-	}{{"limits.attestations_per_second", l.AttestationsPerSecond}, {"limits.svids_per_second", l.SVIDsPerSecond}} {
+	}{{"limits.attestations_per_second", l.AttestationsPerSecond}, {"limits.svids_per_second", l.SVIDsPerSecond}, {"limits.signing_capacity", l.SigningCapacity}} {
 		if f.v < 0 && f.v != -1 {
 			return server.Limits{}, fieldErr(f.key, "%v is negative (-1 turns the limit off)", f.v)
 		}
@@ -78,7 +81,7 @@ func (l *LimitsFile) resolve() (server.Limits, error) {
 	for _, f := range []struct {
 		key string
 		v   int
-	}{{"limits.attestation_burst", l.AttestationBurst}, {"limits.svid_burst", l.SVIDBurst}, {"limits.max_connections", l.MaxConnections}} {
+	}{{"limits.attestation_burst", l.AttestationBurst}, {"limits.svid_burst", l.SVIDBurst}, {"limits.max_connections", l.MaxConnections}, {"limits.signing_queue", l.SigningQueue}} {
 		if f.v < 0 {
 			return server.Limits{}, fieldErr(f.key, "%d is negative", f.v)
 		}
@@ -86,10 +89,14 @@ func (l *LimitsFile) resolve() (server.Limits, error) {
 	if d := time.Duration(l.MaxConnectionAge); d != 0 && (d < 10*time.Second || d > 24*time.Hour) {
 		return server.Limits{}, fieldErr("limits.max_connection_age", "%s is out of range (10s to 24h)", d)
 	}
+	if d := time.Duration(l.SigningQueueMaxWait); d != 0 && (d < 100*time.Millisecond || d > 25*time.Second) {
+		return server.Limits{}, fieldErr("limits.signing_queue_max_wait", "%s is out of range (100ms to 25s: agents give a call 30s)", d)
+	}
 	return server.Limits{
 		AttestationsPerSecond: l.AttestationsPerSecond, AttestationBurst: l.AttestationBurst,
 		SigningPerSecond: l.SVIDsPerSecond, SigningBurst: l.SVIDBurst, MaxConnections: l.MaxConnections,
 		MaxConnectionAge: time.Duration(l.MaxConnectionAge),
+		SigningQueue:     l.SigningQueue, SigningQueueMaxWait: time.Duration(l.SigningQueueMaxWait), SigningCapacity: l.SigningCapacity,
 	}, nil
 }
 

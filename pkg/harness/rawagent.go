@@ -121,6 +121,13 @@ func (s *Server) CounterValue(t testing.TB, name string, labels map[string]strin
 	return counterValue(t, s.Registry, name, labels)
 }
 
+// MetricValue reads a counter or gauge with exactly labels from g (0 when
+// absent), for metrics of other registries than the server's (an agent's).
+func MetricValue(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
+	t.Helper()
+	return counterValue(t, g, name, labels)
+}
+
 func counterValue(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
 	families, err := g.Gather()
 	if err != nil {

@@ -87,6 +87,15 @@ func (l *Limiter) Describe() string {
 	return rateString(l.cfg.PerSecond) + ", burst " + strconv.Itoa(l.cfg.Burst)
 }
 
+// RetryAfter is how long a key's empty bucket takes to refill n tokens: the
+// hint for a caller that was refused n.
+func (l *Limiter) RetryAfter(n int) time.Duration {
+	if l == nil {
+		return 0
+	}
+	return time.Duration(float64(n) / l.cfg.PerSecond * float64(time.Second))
+}
+
 func rateString(perSecond float64) string {
 	if perSecond >= 1 {
 		return strconv.FormatFloat(perSecond, 'f', -1, 64) + "/s"

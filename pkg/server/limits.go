@@ -6,6 +6,7 @@ import (
 	"github.com/shortleaf/shortleaf/pkg/api"
 	"github.com/shortleaf/shortleaf/pkg/ratelimit"
 	"github.com/shortleaf/shortleaf/pkg/rpclimit"
+	"github.com/shortleaf/shortleaf/pkg/signqueue"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
 
@@ -28,6 +29,16 @@ type Limits struct {
 	// replicas that are up and pick up the server's current certificate
 	// (default 30m).
 	MaxConnectionAge time.Duration
+	// SigningQueue bounds the CSRs (from all agents) waiting for a signature
+	// (default signqueue.DefaultCapacity); SigningQueueMaxWait is the
+	// longest one may wait (default signqueue.DefaultMaxWait). Beyond them
+	// the least urgent are refused with a retry-after hint.
+	SigningQueue        int
+	SigningQueueMaxWait time.Duration
+	// SigningCapacity caps the X.509-SVIDs signed per second by the whole
+	// server, for a signing key with a quota (an HSM, a cloud KMS); 0 or
+	// -1: as fast as the cores go.
+	SigningCapacity float64
 }
 
 // Default limits.
@@ -67,6 +78,10 @@ func (l *Limits) applyDefaults() {
 	if l.MaxConnections == 0 {
 		l.MaxConnections = DefaultMaxConnections
 	}
+}
+
+func (l Limits) signQueueConfig() signqueue.Config {
+	return signqueue.Config{Capacity: l.SigningQueue, MaxWait: l.SigningQueueMaxWait, PerSecond: max(l.SigningCapacity, 0)}
 }
 
 func (l Limits) attestLimiter() *ratelimit.Limiter {

@@ -37,6 +37,7 @@ import (
 	"github.com/shortleaf/shortleaf/pkg/keymanager"
 	"github.com/shortleaf/shortleaf/pkg/rpclimit"
 	"github.com/shortleaf/shortleaf/pkg/safefile"
+	"github.com/shortleaf/shortleaf/pkg/signqueue"
 	"github.com/shortleaf/shortleaf/pkg/telemetry"
 	"github.com/shortleaf/shortleaf/pkg/uds"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
@@ -238,6 +239,7 @@ type Server struct {
 	metrics   *telemetry.Server
 	admin     *api.AdminService
 	agentAPI  *api.AgentService
+	signQueue *signqueue.Queue
 	caMetrics *telemetry.CA
 	poller    *federation.Poller
 	bundleEP  *bundleendpoint.Server
@@ -329,9 +331,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.agentSrv = grpc.NewServer(append(cfg.Limits.agentAPILimits().ServerOptions(s.countRefusal),
 		grpc.Creds(credentials.NewTLS(s.agentTLSConfig())))...)
 	s.feed = entryfeed.New(s.store, entryfeed.Config{Logger: cfg.Logger})
+	queueCfg := cfg.Limits.signQueueConfig()
+	queueCfg.Wait, queueCfg.Shed = s.metrics.SignQueueWait, s.metrics.SignQueueShed
+	s.signQueue = signqueue.New(queueCfg)
+	s.metrics.WatchSignQueue(cfg.Registry, s.signQueue.Len)
 	s.agentAPI = api.NewAgentService(api.AgentConfig{
 		CA: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, DefaultJWTTTL: cfg.DefaultJWTTTL, AgentSVIDTTL: cfg.AgentSVIDTTL,
-		Clock: cfg.Clock, Logger: cfg.Logger, Metrics: s.metrics, Feed: s.feed,
+		Clock: cfg.Clock, Logger: cfg.Logger, Metrics: s.metrics, Feed: s.feed, SignQueue: s.signQueue,
 		AttestLimit: cfg.Limits.attestLimiter(), SignLimit: cfg.Limits.signLimiter(),
 	})
 	agentv1.RegisterAgentAPIServer(s.agentSrv, s.agentAPI)
@@ -710,6 +716,9 @@ func (s *Server) Close() error {
 		}
 		if s.adminSrv != nil {
 			s.adminSrv.Stop()
+		}
+		if s.signQueue != nil {
+			s.signQueue.Close()
 		}
 		if s.bundleEP != nil {
 			_ = s.bundleEP.Close()

@@ -7,6 +7,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/shortleaf/shortleaf/pkg/signqueue"
 )
 
 // Result label values.
@@ -24,7 +26,7 @@ var Results = []string{ResultOK, ResultDenied, ResultBad, ResultError}
 // them reads 0 from the start instead of "no data".
 var (
 	// RefusalReasons are the server's resource-limit refusals.
-	RefusalReasons = []string{"attestation_rate", "signing_rate", "batch_limit", "message_size", "connection_limit"}
+	RefusalReasons = []string{"attestation_rate", "signing_rate", "batch_limit", "signing_queue", "message_size", "connection_limit"}
 	// NodeAttestors are the node attestation plugins.
 	NodeAttestors = []string{"join_token"}
 	// WorkloadAPIMethods are the agent socket's RPCs (Workload API and SDS).
@@ -66,6 +68,21 @@ type Server struct {
 	SyncStarts *prometheus.CounterVec
 	// SyncChanges counts entry changes pushed to agents.
 	SyncChanges prometheus.Counter
+	// SignQueueWait is how long CSRs waited in the signing queue;
+	// SignQueueShed counts those it refused or dropped, by reason.
+	SignQueueWait prometheus.Histogram
+	SignQueueShed *prometheus.CounterVec
+}
+
+// SignQueueShedReasons are the values of SignQueueShed's reason label.
+var SignQueueShedReasons = signqueue.Reasons
+
+// WatchSignQueue registers the signing queue's depth, read at each scrape.
+func (m *Server) WatchSignQueue(reg prometheus.Registerer, depth func() int) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "shortleaf_server_signing_queue_depth",
+		Help: "CSRs waiting in the signing queue now.",
+	}, func() float64 { return float64(depth()) }))
 }
 
 // SyncStartKinds are the values of SyncStarts' kind label.
@@ -94,7 +111,7 @@ func NewServer(reg prometheus.Registerer) *Server {
 	}
 	m.Refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "shortleaf_server_requests_refused_total",
-		Help: "Requests refused by a resource limit, by reason (attestation_rate, signing_rate, batch_limit, message_size, connection_limit).",
+		Help: "Requests refused by a resource limit, by reason (attestation_rate, signing_rate, batch_limit, signing_queue, message_size, connection_limit).",
 	}, []string{"reason"})
 	m.SyncStreams = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "shortleaf_server_sync_streams",
@@ -108,12 +125,22 @@ func NewServer(reg prometheus.Registerer) *Server {
 		Name: "shortleaf_server_sync_entry_changes_total",
 		Help: "Entry changes (creations, updates, deletions) pushed to agents, full reads not included.",
 	})
+	m.SignQueueWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "shortleaf_server_signing_queue_wait_seconds",
+		Help:    "Time a CSR waited in the signing queue before a worker took it.",
+		Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	})
+	m.SignQueueShed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "shortleaf_server_signing_shed_total",
+		Help: "CSRs the signing queue refused (queue_full, fair_share), gave up for more urgent ones (displaced), or dropped unsigned (too_late, caller_gone, closed).",
+	}, []string{"reason"})
+	initLabels(m.SignQueueShed, SignQueueShedReasons)
 	initLabels(m.SVIDsIssued, Results)
 	initLabels(m.AgentAttestations, NodeAttestors, Results)
 	initLabels(m.AgentRenewals, Results)
 	initLabels(m.Refusals, RefusalReasons)
 	initLabels(m.SyncStarts, SyncStartKinds)
-	reg.MustRegister(m.SVIDsIssued, m.SignDuration, m.AgentAttestations, m.AgentRenewals, m.Refusals, m.SyncStreams, m.SyncStarts, m.SyncChanges)
+	reg.MustRegister(m.SVIDsIssued, m.SignDuration, m.AgentAttestations, m.AgentRenewals, m.Refusals, m.SyncStreams, m.SyncStarts, m.SyncChanges, m.SignQueueWait, m.SignQueueShed)
 	return m
 }
 
@@ -170,6 +197,9 @@ func NewCA(reg prometheus.Registerer) *CA {
 type Agent struct {
 	WorkloadRequests *prometheus.CounterVec
 	SVIDRenewals     *prometheus.CounterVec
+	// SVIDRequestsShed counts CSRs the server's signing queue could not
+	// take; the agent asks again after the server's retry-after hint.
+	SVIDRequestsShed prometheus.Counter
 	SyncFailures     prometheus.Counter
 	// CachedSVIDs and ExpiredSVIDs are read from the agent's cache at each
 	// scrape, so they are current even while the agent waits on a server.
@@ -204,6 +234,10 @@ func NewAgent(reg prometheus.Registerer, counts SVIDCounts) *Agent {
 			Name: "shortleaf_agent_x509_svid_renewals_total",
 			Help: "Workload X.509-SVIDs obtained by the agent, by cause (new, scheduled, entry_changed).",
 		}, []string{"cause"}),
+		SVIDRequestsShed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shortleaf_agent_x509_svid_requests_shed_total",
+			Help: "Workload CSRs the server's signing queue could not take (server busy); each is asked again after the server's retry-after hint.",
+		}),
 		SyncFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "shortleaf_agent_sync_failures_total",
 			Help: "Failed entry syncs with the server.",
@@ -239,7 +273,7 @@ func NewAgent(reg prometheus.Registerer, counts SVIDCounts) *Agent {
 	initLabels(m.WorkloadRequests, WorkloadAPIMethods, []string{ResultOK, ResultDenied, ResultError})
 	initLabels(m.SVIDRenewals, RenewalCauses)
 	initLabels(m.WorkloadRefusals, []string{"connection_limit"})
-	reg.MustRegister(m.WorkloadRequests, m.SVIDRenewals, m.SyncFailures, m.CachedSVIDs, m.ExpiredSVIDs, m.FirstResponse, m.WorkloadRefusals, m.OpenStreams)
+	reg.MustRegister(m.WorkloadRequests, m.SVIDRenewals, m.SVIDRequestsShed, m.SyncFailures, m.CachedSVIDs, m.ExpiredSVIDs, m.FirstResponse, m.WorkloadRefusals, m.OpenStreams)
 	return m
 }
 

@@ -1088,11 +1088,14 @@ func (x *FederatedBundle) GetBundle() []byte {
 }
 
 type NewX509SVIDParams struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
-	Csr           []byte                 `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	EntryId string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	Csr     []byte                 `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	// NotAfter (Unix seconds) of the SVID the agent holds for this entry; 0
+	// when it holds none. The server signs the soonest to expire first.
+	CurrentNotAfter int64 `protobuf:"varint,3,opt,name=current_not_after,json=currentNotAfter,proto3" json:"current_not_after,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *NewX509SVIDParams) Reset() {
@@ -1137,6 +1140,13 @@ func (x *NewX509SVIDParams) GetCsr() []byte {
 		return x.Csr
 	}
 	return nil
+}
+
+func (x *NewX509SVIDParams) GetCurrentNotAfter() int64 {
+	if x != nil {
+		return x.CurrentNotAfter
+	}
+	return 0
 }
 
 type BatchNewX509SVIDRequest struct {
@@ -1190,6 +1200,8 @@ type BatchNewX509SVIDResult struct {
 	// A gRPC status code and message for this one request; 0 means signed.
 	StatusCode    int32  `protobuf:"varint,3,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
 	StatusMessage string `protobuf:"bytes,4,opt,name=status_message,json=statusMessage,proto3" json:"status_message,omitempty"`
+	// With RESOURCE_EXHAUSTED: when to ask again for this entry.
+	RetryAfterMs  int64 `protobuf:"varint,5,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1252,9 +1264,19 @@ func (x *BatchNewX509SVIDResult) GetStatusMessage() string {
 	return ""
 }
 
+func (x *BatchNewX509SVIDResult) GetRetryAfterMs() int64 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
+}
+
 type BatchNewX509SVIDResponse struct {
-	state         protoimpl.MessageState    `protogen:"open.v1"`
-	Results       []*BatchNewX509SVIDResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	state   protoimpl.MessageState    `protogen:"open.v1"`
+	Results []*BatchNewX509SVIDResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	// The server's signing queue is at least half full: the agent should
+	// schedule its next renewals early, while there is time to retry.
+	ServerBusy    bool `protobuf:"varint,2,opt,name=server_busy,json=serverBusy,proto3" json:"server_busy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1294,6 +1316,13 @@ func (x *BatchNewX509SVIDResponse) GetResults() []*BatchNewX509SVIDResult {
 		return x.Results
 	}
 	return nil
+}
+
+func (x *BatchNewX509SVIDResponse) GetServerBusy() bool {
+	if x != nil {
+		return x.ServerBusy
+	}
+	return false
 }
 
 type NewJWTSVIDRequest struct {
@@ -1479,20 +1508,24 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x11federated_bundles\x18\x03 \x03(\v2#.shortleaf.agent.v1.FederatedBundleR\x10federatedBundles\"L\n" +
 	"\x0fFederatedBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x16\n" +
-	"\x06bundle\x18\x02 \x01(\fR\x06bundle\"@\n" +
+	"\x06bundle\x18\x02 \x01(\fR\x06bundle\"l\n" +
 	"\x11NewX509SVIDParams\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
-	"\x03csr\x18\x02 \x01(\fR\x03csr\"X\n" +
+	"\x03csr\x18\x02 \x01(\fR\x03csr\x12*\n" +
+	"\x11current_not_after\x18\x03 \x01(\x03R\x0fcurrentNotAfter\"X\n" +
 	"\x17BatchNewX509SVIDRequest\x12=\n" +
-	"\x06params\x18\x01 \x03(\v2%.shortleaf.agent.v1.NewX509SVIDParamsR\x06params\"\xad\x01\n" +
+	"\x06params\x18\x01 \x03(\v2%.shortleaf.agent.v1.NewX509SVIDParamsR\x06params\"\xd3\x01\n" +
 	"\x16BatchNewX509SVIDResult\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x120\n" +
 	"\x04svid\x18\x02 \x01(\v2\x1c.shortleaf.agent.v1.X509SVIDR\x04svid\x12\x1f\n" +
 	"\vstatus_code\x18\x03 \x01(\x05R\n" +
 	"statusCode\x12%\n" +
-	"\x0estatus_message\x18\x04 \x01(\tR\rstatusMessage\"`\n" +
+	"\x0estatus_message\x18\x04 \x01(\tR\rstatusMessage\x12$\n" +
+	"\x0eretry_after_ms\x18\x05 \x01(\x03R\fretryAfterMs\"\x81\x01\n" +
 	"\x18BatchNewX509SVIDResponse\x12D\n" +
-	"\aresults\x18\x01 \x03(\v2*.shortleaf.agent.v1.BatchNewX509SVIDResultR\aresults\"J\n" +
+	"\aresults\x18\x01 \x03(\v2*.shortleaf.agent.v1.BatchNewX509SVIDResultR\aresults\x12\x1f\n" +
+	"\vserver_busy\x18\x02 \x01(\bR\n" +
+	"serverBusy\"J\n" +
 	"\x11NewJWTSVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x1a\n" +
 	"\baudience\x18\x02 \x03(\tR\baudience\"I\n" +

@@ -52,6 +52,11 @@ type AgentAPIClient interface {
 	// is written, through whichever server replica it was written.
 	Sync(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SyncRequest, SyncResponse], error)
 	// BatchNewX509SVID signs workload CSRs for entries authorized for the caller.
+	// CSRs from every agent wait in one bounded queue, the most urgent first
+	// (see NewX509SVIDParams.current_not_after). One the queue cannot take is
+	// answered at once with RESOURCE_EXHAUSTED and retry_after_ms; when none
+	// of a batch's CSRs is taken the call itself fails with RESOURCE_EXHAUSTED
+	// and a google.rpc.RetryInfo detail.
 	BatchNewX509SVID(ctx context.Context, in *BatchNewX509SVIDRequest, opts ...grpc.CallOption) (*BatchNewX509SVIDResponse, error)
 	// NewJWTSVID signs a JWT-SVID for an entry authorized for the caller.
 	NewJWTSVID(ctx context.Context, in *NewJWTSVIDRequest, opts ...grpc.CallOption) (*NewJWTSVIDResponse, error)
@@ -159,6 +164,11 @@ type AgentAPIServer interface {
 	// is written, through whichever server replica it was written.
 	Sync(grpc.BidiStreamingServer[SyncRequest, SyncResponse]) error
 	// BatchNewX509SVID signs workload CSRs for entries authorized for the caller.
+	// CSRs from every agent wait in one bounded queue, the most urgent first
+	// (see NewX509SVIDParams.current_not_after). One the queue cannot take is
+	// answered at once with RESOURCE_EXHAUSTED and retry_after_ms; when none
+	// of a batch's CSRs is taken the call itself fails with RESOURCE_EXHAUSTED
+	// and a google.rpc.RetryInfo detail.
 	BatchNewX509SVID(context.Context, *BatchNewX509SVIDRequest) (*BatchNewX509SVIDResponse, error)
 	// NewJWTSVID signs a JWT-SVID for an entry authorized for the caller.
 	NewJWTSVID(context.Context, *NewJWTSVIDRequest) (*NewJWTSVIDResponse, error)

@@ -1,0 +1,447 @@
+package signqueue
+
+import (
+	"container/heap"
+	"context"
+	"fmt"
+	"math"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+)
+
+// Defaults.
+const (
+	// DefaultCapacity bounds the CSRs waiting. At a few thousand signatures
+	// a second per core it is well under a second of work: enough to keep
+	// the workers busy between batches, small enough that nothing waits
+	// long.
+	DefaultCapacity = 4096
+	// DefaultMaxWait is the longest a CSR may wait for a worker. Agents give
+	// a call 30 s; work older than this is shed with a hint, so its caller
+	// hears back well before it would give up.
+	DefaultMaxWait = 10 * time.Second
+	// minRetryAfter is the shortest retry-after hint given.
+	minRetryAfter = 250 * time.Millisecond
+)
+
+// Why work was shed: the values of the shed counter's reason label.
+const (
+	// ReasonFull: the queue was full of work at least as urgent.
+	ReasonFull = "queue_full"
+	// ReasonFairShare: the caller already had its share of the queue.
+	ReasonFairShare = "fair_share"
+	// ReasonDisplaced: more urgent work took its place in a full queue.
+	ReasonDisplaced = "displaced"
+	// ReasonTooLate: it waited longer than MaxWait.
+	ReasonTooLate = "too_late"
+	// ReasonCallerGone: its caller cancelled or timed out before a worker
+	// reached it; it is dropped unsigned.
+	ReasonCallerGone = "caller_gone"
+	// ReasonClosed: the server is stopping.
+	ReasonClosed = "closed"
+)
+
+// Reasons lists every shed reason, for counters that start at 0.
+var Reasons = []string{ReasonFull, ReasonFairShare, ReasonDisplaced, ReasonTooLate, ReasonCallerGone, ReasonClosed}
+
+// Config configures a Queue. Zero fields take the defaults.
+type Config struct {
+	// Capacity bounds the jobs waiting (DefaultCapacity). The bound the
+	// queue applies is lower when the measured signing rate would not
+	// drain a full queue within MaxWait.
+	Capacity int
+	// MaxWait is the longest a job may wait for a worker (DefaultMaxWait).
+	MaxWait time.Duration
+	// Workers is how many jobs run at once (GOMAXPROCS).
+	Workers int
+	// PerSecond caps the jobs run per second across all workers, for a
+	// signer with a quota (an HSM or a cloud KMS); 0: no cap.
+	PerSecond float64
+	// Wait observes each job's time in the queue before it ran; optional.
+	Wait prometheus.Observer
+	// Shed counts shed jobs by reason; optional.
+	Shed *prometheus.CounterVec
+}
+
+// Job is one unit of work (one CSR to check and sign).
+type Job struct {
+	// Urgency orders the queue: the earliest first. For a CSR it is the
+	// NotAfter of the SVID it replaces; the zero time (no SVID held) is the
+	// most urgent of all.
+	Urgency time.Time
+	// Run does the work on a worker.
+	Run func()
+
+	b          *batch
+	seq        uint64
+	enqueued   time.Time
+	pendingIdx int
+	victimIdx  int
+	shed       *Shed
+}
+
+// Shed reports why the job was not run; nil once it ran. Read it only after
+// Do returned.
+func (j *Job) Shed() *Shed { return j.shed }
+
+// Shed is why a job was not run and when to ask again.
+type Shed struct {
+	Reason     string
+	RetryAfter time.Duration
+}
+
+func (s *Shed) Error() string {
+	return fmt.Sprintf("signing queue: shed (%s); retry after %s", s.Reason, s.RetryAfter.Round(time.Millisecond))
+}
+
+// batch is one Do call: its jobs finish together.
+type batch struct {
+	ctx    context.Context
+	caller string
+	jobs   []*Job
+	left   int // admitted jobs not yet finished; guarded by Queue.mu
+	done   chan struct{}
+}
+
+// Queue is a bounded, urgency-ordered signing queue with its workers.
+type Queue struct {
+	cfg     Config
+	limiter *rate.Limiter
+	stop    context.CancelFunc
+	stopCtx context.Context
+	wg      sync.WaitGroup
+
+	mu        sync.Mutex
+	work      *sync.Cond
+	pending   pendingHeap // most urgent first: what workers take
+	victims   victimHeap  // least urgent first: what a full queue sheds
+	perCaller map[string]int
+	seq       uint64
+	closed    bool
+	// service is a moving average of one job's run time, for the signing
+	// rate that sizes the queue and the retry hints; 0 until a job ran.
+	service time.Duration
+}
+
+// New starts a queue and its workers; Close stops them.
+func New(cfg Config) *Queue {
+	if cfg.Capacity <= 0 {
+		cfg.Capacity = DefaultCapacity
+	}
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = DefaultMaxWait
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
+	}
+	q := &Queue{cfg: cfg, perCaller: map[string]int{}}
+	q.work = sync.NewCond(&q.mu)
+	q.stopCtx, q.stop = context.WithCancel(context.Background())
+	if cfg.PerSecond > 0 {
+		q.limiter = rate.NewLimiter(rate.Limit(cfg.PerSecond), max(1, cfg.Workers))
+	}
+	for range cfg.Workers {
+		q.wg.Add(1)
+		go q.worker()
+	}
+	return q
+}
+
+// Close sheds the jobs still waiting and stops the workers once the running
+// ones are done.
+func (q *Queue) Close() {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return
+	}
+	q.closed = true
+	for len(q.pending) > 0 {
+		j := q.pending[0]
+		q.removeLocked(j)
+		q.shedLocked(j, ReasonClosed, 0)
+		q.finishLocked(j)
+	}
+	q.work.Broadcast()
+	q.mu.Unlock()
+	q.stop()
+	q.wg.Wait()
+}
+
+// Len is the number of jobs waiting.
+func (q *Queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.pending)
+}
+
+// Busy reports whether the queue is at least half full: callers should
+// start their next renewals early, while there is time to retry.
+func (q *Queue) Busy() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return 2*len(q.pending) >= q.limitLocked()
+}
+
+// Do admits caller's jobs (the most urgent first, within the caller's fair
+// share and the queue's bound), waits until every admitted job ran or was
+// shed, and returns. Jobs not admitted are shed at once with a retry hint.
+// If ctx ends first, the caller's waiting jobs are dropped; Do still waits
+// for those already running, so a job's Run never outlives Do.
+func (q *Queue) Do(ctx context.Context, caller string, jobs []*Job) {
+	if len(jobs) == 0 {
+		return
+	}
+	order := slices.Clone(jobs)
+	slices.SortStableFunc(order, func(a, b *Job) int { return a.Urgency.Compare(b.Urgency) })
+	// left starts at 1, held until admission is over, so the batch cannot
+	// look finished while its jobs are still being admitted.
+	b := &batch{ctx: ctx, caller: caller, jobs: jobs, left: 1, done: make(chan struct{})}
+	now := time.Now()
+
+	q.mu.Lock()
+	limit := q.limitLocked()
+	share := q.shareLocked(caller, limit)
+	retry := q.retryAfterLocked()
+	for _, j := range order {
+		*j = Job{Urgency: j.Urgency, Run: j.Run, b: b, pendingIdx: -1, victimIdx: -1}
+		switch {
+		case q.closed:
+			q.shedLocked(j, ReasonClosed, 0)
+		case q.perCaller[caller] >= share:
+			q.shedLocked(j, ReasonFairShare, retry)
+		case len(q.pending) < limit:
+			q.pushLocked(j, now)
+		case !j.Urgency.Before(q.victims[0].Urgency):
+			q.shedLocked(j, ReasonFull, retry)
+		default:
+			v := q.victims[0]
+			q.removeLocked(v)
+			q.shedLocked(v, ReasonDisplaced, retry)
+			q.finishLocked(v)
+			q.pushLocked(j, now)
+		}
+	}
+	admitted := b.left > 1
+	if admitted {
+		q.work.Broadcast()
+	}
+	q.finishLocked(&Job{b: b}) // the hold
+	q.mu.Unlock()
+	if !admitted {
+		return
+	}
+
+	select {
+	case <-b.done:
+		return
+	case <-ctx.Done():
+	}
+	q.mu.Lock()
+	for _, j := range b.jobs {
+		if q.isPendingLocked(j) {
+			q.removeLocked(j)
+			q.shedLocked(j, ReasonCallerGone, 0)
+			q.finishLocked(j)
+		}
+	}
+	q.mu.Unlock()
+	<-b.done
+}
+
+func (q *Queue) worker() {
+	defer q.wg.Done()
+	for {
+		q.mu.Lock()
+		for len(q.pending) == 0 && !q.closed {
+			q.work.Wait()
+		}
+		if q.closed && len(q.pending) == 0 {
+			q.mu.Unlock()
+			return
+		}
+		j := q.pending[0]
+		q.removeLocked(j)
+		q.mu.Unlock()
+
+		reason := ""
+		waited := time.Since(j.enqueued)
+		switch {
+		case j.b.ctx.Err() != nil:
+			reason = ReasonCallerGone
+		case waited > q.cfg.MaxWait:
+			reason = ReasonTooLate
+		case q.limiter != nil:
+			if err := q.limiter.Wait(j.b.ctx); err != nil {
+				reason = ReasonCallerGone
+			}
+		}
+		if reason != "" {
+			q.mu.Lock()
+			q.shedLocked(j, reason, q.retryAfterLocked())
+			q.finishLocked(j)
+			q.mu.Unlock()
+			continue
+		}
+		if q.cfg.Wait != nil {
+			q.cfg.Wait.Observe(time.Since(j.enqueued).Seconds())
+		}
+		start := time.Now()
+		j.Run()
+		took := time.Since(start)
+		q.mu.Lock()
+		if q.service == 0 {
+			q.service = took
+		} else {
+			q.service = (9*q.service + took) / 10
+		}
+		q.finishLocked(j)
+		q.mu.Unlock()
+	}
+}
+
+// rateLocked is the jobs per second the workers sustain: measured, and
+// capped by PerSecond; 0 while nothing has been measured.
+func (q *Queue) rateLocked() float64 {
+	r := 0.0
+	if q.service > 0 {
+		r = float64(q.cfg.Workers) / q.service.Seconds()
+	}
+	if q.cfg.PerSecond > 0 && (r == 0 || q.cfg.PerSecond < r) {
+		r = q.cfg.PerSecond
+	}
+	return r
+}
+
+// limitLocked is how many jobs may wait: Capacity, or fewer when the
+// signing rate would not drain them within MaxWait.
+func (q *Queue) limitLocked() int {
+	limit := q.cfg.Capacity
+	if r := q.rateLocked(); r > 0 {
+		drainable := r * q.cfg.MaxWait.Seconds()
+		if drainable < float64(limit) {
+			limit = max(int(drainable), q.cfg.Workers)
+		}
+	}
+	return limit
+}
+
+// shareLocked is the most jobs caller may have waiting: the limit divided
+// among the callers with work waiting, caller included.
+func (q *Queue) shareLocked(caller string, limit int) int {
+	callers := len(q.perCaller)
+	if _, ok := q.perCaller[caller]; !ok {
+		callers++
+	}
+	return max(1, limit/callers)
+}
+
+// retryAfterLocked is the time the queue needs to drain, within
+// [minRetryAfter, MaxWait].
+func (q *Queue) retryAfterLocked() time.Duration {
+	d := q.cfg.MaxWait
+	if r := q.rateLocked(); r > 0 {
+		d = time.Duration(math.Ceil(float64(len(q.pending)) / r * float64(time.Second)))
+	}
+	return min(max(d, minRetryAfter), q.cfg.MaxWait)
+}
+
+func (q *Queue) pushLocked(j *Job, now time.Time) {
+	q.seq++
+	j.seq, j.enqueued = q.seq, now
+	heap.Push(&q.pending, j)
+	heap.Push(&q.victims, j)
+	q.perCaller[j.b.caller]++
+	j.b.left++
+}
+
+func (q *Queue) isPendingLocked(j *Job) bool {
+	return j.pendingIdx >= 0 && j.pendingIdx < len(q.pending) && q.pending[j.pendingIdx] == j
+}
+
+// removeLocked takes a waiting job out of the queue.
+func (q *Queue) removeLocked(j *Job) {
+	heap.Remove(&q.pending, j.pendingIdx)
+	heap.Remove(&q.victims, j.victimIdx)
+	j.pendingIdx, j.victimIdx = -1, -1
+	if n := q.perCaller[j.b.caller] - 1; n > 0 {
+		q.perCaller[j.b.caller] = n
+	} else {
+		delete(q.perCaller, j.b.caller)
+	}
+}
+
+func (q *Queue) shedLocked(j *Job, reason string, retry time.Duration) {
+	j.shed = &Shed{Reason: reason, RetryAfter: retry}
+	if q.cfg.Shed != nil {
+		q.cfg.Shed.WithLabelValues(reason).Inc()
+	}
+}
+
+// finishLocked marks an admitted job done and wakes its caller when it was
+// the batch's last.
+func (q *Queue) finishLocked(j *Job) {
+	j.b.left--
+	if j.b.left == 0 {
+		close(j.b.done)
+	}
+}
+
+// pendingHeap orders jobs most urgent first, then first come.
+type pendingHeap []*Job
+
+func (h pendingHeap) Len() int { return len(h) }
+func (h pendingHeap) Less(a, b int) bool {
+	if c := h[a].Urgency.Compare(h[b].Urgency); c != 0 {
+		return c < 0
+	}
+	return h[a].seq < h[b].seq
+}
+func (h pendingHeap) Swap(a, b int) {
+	h[a], h[b] = h[b], h[a]
+	h[a].pendingIdx, h[b].pendingIdx = a, b
+}
+func (h *pendingHeap) Push(x any) {
+	j := x.(*Job)
+	j.pendingIdx = len(*h)
+	*h = append(*h, j)
+}
+func (h *pendingHeap) Pop() any {
+	old := *h
+	j := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return j
+}
+
+// victimHeap orders jobs least urgent first, then last come.
+type victimHeap []*Job
+
+func (h victimHeap) Len() int { return len(h) }
+func (h victimHeap) Less(a, b int) bool {
+	if c := h[a].Urgency.Compare(h[b].Urgency); c != 0 {
+		return c > 0
+	}
+	return h[a].seq > h[b].seq
+}
+func (h victimHeap) Swap(a, b int) {
+	h[a], h[b] = h[b], h[a]
+	h[a].victimIdx, h[b].victimIdx = a, b
+}
+func (h *victimHeap) Push(x any) {
+	j := x.(*Job)
+	j.victimIdx = len(*h)
+	*h = append(*h, j)
+}
+func (h *victimHeap) Pop() any {
+	old := *h
+	j := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return j
+}
