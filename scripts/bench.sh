@@ -9,6 +9,8 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 go test -run '^$' -bench 'BenchmarkIssuance$|BenchmarkCryptoBound$' -benchmem -count "$count" ./ca/ | tee "$out"
 go test -run '^$' -bench 'BenchmarkBatchNewX509SVID|BenchmarkWorkloadAPIFetch|BenchmarkWorkloadAPIFetchExecutableSelectors|BenchmarkBareUDSStream' -benchmem -count "$count" ./pkg/harness/ | tee -a "$out"
+# Registration: one CreateEntry per entry against BatchCreateEntry of 1000.
+go test -run '^$' -bench 'BenchmarkEntryRegistration' -benchtime 3s -count 1 ./pkg/harness/ | tee -a "$out"
 # Entry sync: a pushed change against a poll's resend, at 1k-100k entries.
 go test -run '^$' -bench 'BenchmarkEntrySync' -benchtime 200x -count 1 ./pkg/harness/ | tee -a "$out"
 go test -run '^$' -bench 'BenchmarkFeedFanOut' -benchtime 100000x -count 1 ./pkg/entryfeed/ | tee -a "$out"
@@ -19,6 +21,8 @@ awk '
   /^BenchmarkWorkloadAPIFetch-/ { for (i=1;i<=NF;i++) if ($(i+1)=="ns/op") { wl+=$i; nw++ } }
   /^BenchmarkWorkloadAPIFetchExecutableSelectors-/ { for (i=1;i<=NF;i++) if ($(i+1)=="ns/op") { wlx+=$i; nx++ } }
   /^BenchmarkBareUDSStream-/    { for (i=1;i<=NF;i++) if ($(i+1)=="ns/op") { bare+=$i; nu++ } }
+  /^BenchmarkEntryRegistration\/single-/ { for (i=1;i<=NF;i++) if ($(i+1)=="entries/s") regone=$i }
+  /^BenchmarkEntryRegistration\/batch-/  { for (i=1;i<=NF;i++) if ($(i+1)=="entries/s") regbatch=$i }
   /^BenchmarkEntrySync\/entries=/ {
     for (i=1;i<=NF;i++) { if ($(i+1)=="push-bytes/change") push=$i; if ($(i+1)=="poll-bytes/change") poll=$i }
     split($1, name, /[=-]/); sync[name[2]] = sprintf("%s entries: a pushed change is %.0f bytes, a poll resends %.0f (%.0fx)", name[2], push, poll, poll/push)
@@ -28,5 +32,6 @@ awk '
     if (ni && nb) printf "\nissuance / crypto bound = %.2fx (mean of %d runs)\n", (iss/ni)/(bound/nb), ni
     if (nw && nu) printf "Workload API FetchX509SVID / bare gRPC stream on a Unix socket = %.2fx\n", (wl/nw)/(bare/nu)
     if (nx && nu) printf "  the same with unix:path and unix:sha256 entries = %.2fx\n", (wlx/nx)/(bare/nu)
+    if (regone && regbatch) printf "registration: %.0f entries/s in batches of 1000, %.1fx one CreateEntry per entry (%.0f/s)\n", regbatch, regbatch/regone, regone
     if (nr && nb) printf "gRPC batch issuance, wall time per SVID / single-core crypto bound = %.2fx (the batch uses every core)\n", (rpc/nr)/(bound/nb)
   }' "$out"

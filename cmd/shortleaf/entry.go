@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -73,13 +74,30 @@ func newEntryCommand() *cobra.Command {
 	af.register(cmd)
 
 	var cf entryFlags
+	var entryFile string
 	create := &cobra.Command{
 		Use:   "create",
-		Short: "Register a workload",
+		Short: "Register a workload, or every entry of a file",
+		Long: "Register a workload from the flags, or with --file every entry of a YAML or JSON list (\"-\": standard input).\n" +
+			"Each entry has the fields `entry list -o json` prints (spiffe_id, parent_id, selectors, x509_svid_ttl, jwt_svid_ttl,\n" +
+			"dns_names, hint, admin, federates_with; id, created_at and revision are ignored), so a listing can be registered again.\n" +
+			"A file is sent in batches of up to 1000 entries, each one datastore commit; an entry that is refused is named with\n" +
+			"its place in the file and does not stop the others.",
 		Example: "  shortleaf entry create --spiffe-id spiffe://example.org/web --parent-id spiffe://example.org/agent/join_token/0123456789abcdef \\\n" +
-			"    --selector unix:uid:1000 --dns web.internal",
+			"    --selector unix:uid:1000 --dns web.internal\n" +
+			"  shortleaf entry create --file entries.yaml",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if entryFile != "" {
+				for _, f := range []string{"spiffe-id", "parent-id", "selector", "x509-svid-ttl", "dns", "hint", "admin", "federates-with", "jwt-svid-ttl"} {
+					if cmd.Flags().Changed(f) {
+						return fmt.Errorf("--file and --%s: the entries come from the file; give one or the other", f)
+					}
+				}
+				return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
+					return createEntriesFromFile(ctx, cmd, &af, c, entryFile)
+				})
+			}
 			return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
 				e := &adminv1.Entry{}
 				cf.apply(cmd, e)
@@ -92,6 +110,7 @@ func newEntryCommand() *cobra.Command {
 		},
 	}
 	cf.register(create)
+	create.Flags().StringVar(&entryFile, "file", "", "register every entry of this YAML or JSON list (\"-\": standard input)")
 
 	var uf entryFlags
 	update := &cobra.Command{

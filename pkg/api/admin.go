@@ -25,6 +25,7 @@ type AdminStore interface {
 	GetEntry(ctx context.Context, id string) (*datastore.Entry, error)
 	UpdateEntry(ctx context.Context, e *datastore.Entry) (*datastore.Entry, error)
 	DeleteEntry(ctx context.Context, id string) error
+	WriteEntries(ctx context.Context, writes []datastore.EntryWrite) ([]datastore.EntryWriteResult, error)
 	ListEntries(ctx context.Context, pageToken string, pageSize int) ([]*datastore.Entry, string, error)
 	ListEntriesByParent(ctx context.Context, parentID, pageToken string, pageSize int) ([]*datastore.Entry, string, error)
 	CreateJoinToken(ctx context.Context, t *datastore.JoinToken) error

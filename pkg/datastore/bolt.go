@@ -92,30 +92,38 @@ func putJSON(b *bolt.Bucket, key []byte, v any) error {
 // CreateEntry stores a new entry and returns it with its ID set. An entry with
 // the same SPIFFE ID, parent and selectors is ErrAlreadyExists.
 func (s *Bolt) CreateEntry(_ context.Context, e *Entry) (*Entry, error) {
-	out := *e
-	out.ID = newID()
-	out.Revision = 1
-	err := s.writeEntry(func(tx *bolt.Tx) (EntryChange, error) {
-		ident := tx.Bucket(bucketByIdentity)
-		if existing := ident.Get([]byte(out.identityKey())); existing != nil {
-			return EntryChange{}, &ExistsError{ID: string(existing)}
-		}
-		if err := putJSON(tx.Bucket(bucketEntries), []byte(out.ID), &out); err != nil {
-			return EntryChange{}, err
-		}
-		if err := tx.Bucket(bucketByParent).Put(parentKey(out.ParentID, out.ID), nil); err != nil {
-			return EntryChange{}, err
-		}
-		rev, err := touchParents(tx, out.ParentID)
-		if err != nil {
-			return EntryChange{}, err
-		}
-		return EntryChange{Revision: rev, Entry: &out}, ident.Put([]byte(out.identityKey()), []byte(out.ID))
+	var out *Entry
+	err := s.writeEntry(func(tx *bolt.Tx) (change EntryChange, err error) {
+		change, out, err = createEntry(tx, e)
+		return change, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("datastore: create entry: %w", err)
 	}
-	return &out, nil
+	return out, nil
+}
+
+// createEntry checks, then writes: an entry it refuses (ErrAlreadyExists)
+// has written nothing, so a batch can go on past it.
+func createEntry(tx *bolt.Tx, e *Entry) (EntryChange, *Entry, error) {
+	out := *e
+	out.ID = newID()
+	out.Revision = 1
+	ident := tx.Bucket(bucketByIdentity)
+	if existing := ident.Get([]byte(out.identityKey())); existing != nil {
+		return EntryChange{}, nil, &ExistsError{ID: string(existing)}
+	}
+	if err := putJSON(tx.Bucket(bucketEntries), []byte(out.ID), &out); err != nil {
+		return EntryChange{}, nil, err
+	}
+	if err := tx.Bucket(bucketByParent).Put(parentKey(out.ParentID, out.ID), nil); err != nil {
+		return EntryChange{}, nil, err
+	}
+	rev, err := touchParents(tx, out.ParentID)
+	if err != nil {
+		return EntryChange{}, nil, err
+	}
+	return EntryChange{Revision: rev, Entry: &out}, &out, ident.Put([]byte(out.identityKey()), []byte(out.ID))
 }
 
 func getEntry(tx *bolt.Tx, id string) (*Entry, error) {
@@ -147,71 +155,128 @@ func (s *Bolt) GetEntry(_ context.Context, id string) (*Entry, error) {
 // UpdateEntry replaces the entry with e.ID, keeping its creation time and
 // bumping its revision.
 func (s *Bolt) UpdateEntry(_ context.Context, e *Entry) (*Entry, error) {
-	var out Entry
-	err := s.writeEntry(func(tx *bolt.Tx) (EntryChange, error) {
-		old, err := getEntry(tx, e.ID)
-		if err != nil {
-			return EntryChange{}, err
-		}
-		out = *e
-		out.CreatedAt = old.CreatedAt
-		out.Revision = old.Revision + 1
-		ident := tx.Bucket(bucketByIdentity)
-		if other := ident.Get([]byte(out.identityKey())); other != nil && string(other) != out.ID {
-			return EntryChange{}, &ExistsError{ID: string(other)}
-		}
-		if err := ident.Delete([]byte(old.identityKey())); err != nil {
-			return EntryChange{}, err
-		}
-		if err := ident.Put([]byte(out.identityKey()), []byte(out.ID)); err != nil {
-			return EntryChange{}, err
-		}
-		byParent := tx.Bucket(bucketByParent)
-		if err := byParent.Delete(parentKey(old.ParentID, old.ID)); err != nil {
-			return EntryChange{}, err
-		}
-		if err := byParent.Put(parentKey(out.ParentID, out.ID), nil); err != nil {
-			return EntryChange{}, err
-		}
-		rev, err := touchParents(tx, old.ParentID, out.ParentID)
-		if err != nil {
-			return EntryChange{}, err
-		}
-		change := EntryChange{Revision: rev, Entry: &out}
-		if old.ParentID != out.ParentID {
-			change.OldParentID = old.ParentID
-		}
-		return change, putJSON(tx.Bucket(bucketEntries), []byte(out.ID), &out)
+	var out *Entry
+	err := s.writeEntry(func(tx *bolt.Tx) (change EntryChange, err error) {
+		change, out, err = updateEntry(tx, e)
+		return change, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("datastore: update entry: %w", err)
 	}
-	return &out, nil
+	return out, nil
+}
+
+// updateEntry checks (ErrNotFound, ErrAlreadyExists), then writes.
+func updateEntry(tx *bolt.Tx, e *Entry) (EntryChange, *Entry, error) {
+	old, err := getEntry(tx, e.ID)
+	if err != nil {
+		return EntryChange{}, nil, err
+	}
+	out := *e
+	out.CreatedAt = old.CreatedAt
+	out.Revision = old.Revision + 1
+	ident := tx.Bucket(bucketByIdentity)
+	if other := ident.Get([]byte(out.identityKey())); other != nil && string(other) != out.ID {
+		return EntryChange{}, nil, &ExistsError{ID: string(other)}
+	}
+	if err := ident.Delete([]byte(old.identityKey())); err != nil {
+		return EntryChange{}, nil, err
+	}
+	if err := ident.Put([]byte(out.identityKey()), []byte(out.ID)); err != nil {
+		return EntryChange{}, nil, err
+	}
+	byParent := tx.Bucket(bucketByParent)
+	if err := byParent.Delete(parentKey(old.ParentID, old.ID)); err != nil {
+		return EntryChange{}, nil, err
+	}
+	if err := byParent.Put(parentKey(out.ParentID, out.ID), nil); err != nil {
+		return EntryChange{}, nil, err
+	}
+	rev, err := touchParents(tx, old.ParentID, out.ParentID)
+	if err != nil {
+		return EntryChange{}, nil, err
+	}
+	change := EntryChange{Revision: rev, Entry: &out}
+	if old.ParentID != out.ParentID {
+		change.OldParentID = old.ParentID
+	}
+	return change, &out, putJSON(tx.Bucket(bucketEntries), []byte(out.ID), &out)
 }
 
 // DeleteEntry removes an entry.
 func (s *Bolt) DeleteEntry(_ context.Context, id string) error {
 	err := s.writeEntry(func(tx *bolt.Tx) (EntryChange, error) {
-		old, err := getEntry(tx, id)
-		if err != nil {
-			return EntryChange{}, err
-		}
-		if err := tx.Bucket(bucketByIdentity).Delete([]byte(old.identityKey())); err != nil {
-			return EntryChange{}, err
-		}
-		if err := tx.Bucket(bucketByParent).Delete(parentKey(old.ParentID, old.ID)); err != nil {
-			return EntryChange{}, err
-		}
-		rev, err := touchParents(tx, old.ParentID)
-		if err != nil {
-			return EntryChange{}, err
-		}
-		return EntryChange{Revision: rev, Entry: old, Deleted: true}, tx.Bucket(bucketEntries).Delete([]byte(id))
+		change, _, err := deleteEntry(tx, id)
+		return change, err
 	})
 	if err != nil {
 		return fmt.Errorf("datastore: delete entry: %w", err)
 	}
 	return nil
+}
+
+// deleteEntry checks (ErrNotFound), then removes the entry; it returns the
+// entry removed.
+func deleteEntry(tx *bolt.Tx, id string) (EntryChange, *Entry, error) {
+	old, err := getEntry(tx, id)
+	if err != nil {
+		return EntryChange{}, nil, err
+	}
+	if err := tx.Bucket(bucketByIdentity).Delete([]byte(old.identityKey())); err != nil {
+		return EntryChange{}, nil, err
+	}
+	if err := tx.Bucket(bucketByParent).Delete(parentKey(old.ParentID, old.ID)); err != nil {
+		return EntryChange{}, nil, err
+	}
+	rev, err := touchParents(tx, old.ParentID)
+	if err != nil {
+		return EntryChange{}, nil, err
+	}
+	return EntryChange{Revision: rev, Entry: old, Deleted: true}, old, tx.Bucket(bucketEntries).Delete([]byte(id))
+}
+
+// WriteEntries applies a batch of entry writes in one transaction: one
+// commit (one fsync) for all of them. Each write succeeds or fails on its
+// own: one refused (ErrNotFound, ErrAlreadyExists) leaves the others to go
+// through, in order, so a later write sees an earlier one. The error is for
+// the store failing, and then nothing of the batch was written.
+func (s *Bolt) WriteEntries(_ context.Context, writes []EntryWrite) ([]EntryWriteResult, error) {
+	results := make([]EntryWriteResult, len(writes))
+	var changes []EntryChange
+	s.feed.mu.Lock()
+	defer s.feed.mu.Unlock()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for i, w := range writes {
+			var change EntryChange
+			var out *Entry
+			var err error
+			switch {
+			case w.Create != nil:
+				change, out, err = createEntry(tx, w.Create)
+			case w.Update != nil:
+				change, out, err = updateEntry(tx, w.Update)
+			default:
+				change, out, err = deleteEntry(tx, w.DeleteID)
+			}
+			switch {
+			case errors.Is(err, ErrNotFound) || errors.Is(err, ErrAlreadyExists):
+				results[i].Err = err
+			case err != nil:
+				return err
+			default:
+				results[i].Entry = out
+				changes = append(changes, change)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datastore: write entries: %w", err)
+	}
+	for _, c := range changes {
+		s.feed.recordLocked(c)
+	}
+	return results, nil
 }
 
 // ListEntries returns up to pageSize entries in ID order after pageToken (the

@@ -55,6 +55,7 @@ type store interface {
 	ListFederatedBundles(ctx context.Context) ([]datastore.FederatedBundle, error)
 	DeleteFederatedBundle(ctx context.Context, td string) error
 	WatchEntries(ctx context.Context, after uint64, fn func(changes []datastore.EntryChange, revision uint64) error) error
+	WriteEntries(ctx context.Context, writes []datastore.EntryWrite) ([]datastore.EntryWriteResult, error)
 	SnapshotEntriesByParent(ctx context.Context, parentID string, pageSize int, fn func(page []*datastore.Entry) error) (uint64, error)
 	Close() error
 }
@@ -202,6 +203,76 @@ func TestEntriesCRUDAndUniqueness(t *testing.T) {
 		}
 	})
 }
+
+// A batch of writes: each succeeds or is refused on its own, later writes
+// see earlier ones, the indexes follow, and a watcher gets every change.
+func TestWriteEntriesBatchHasPerWriteResults(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		s := b.handle(t)
+		ctx := context.Background()
+		existing, err := s.CreateEntry(ctx, entry("spiffe://td/taken", "spiffe://td/agent/x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		current, _, err := s.EntriesRevision(ctx, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		writes := []datastore.EntryWrite{
+			{Create: entry("spiffe://td/a", "spiffe://td/agent/x")},
+			{Create: entry("spiffe://td/taken", "spiffe://td/agent/x")}, // refused: exists
+			{Create: entry("spiffe://td/b", "spiffe://td/agent/y")},
+			{DeleteID: "no-such-entry"}, // refused: not found
+			{DeleteID: existing.ID},
+			{Create: entry("spiffe://td/taken", "spiffe://td/agent/x")}, // free again after the delete
+		}
+		res, err := s.WriteEntries(ctx, writes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantErr := []error{nil, datastore.ErrAlreadyExists, nil, datastore.ErrNotFound, nil, nil}
+		for i, r := range res {
+			if wantErr[i] == nil && (r.Err != nil || r.Entry == nil) {
+				t.Fatalf("write %d: %v, want it made", i, r.Err)
+			}
+			if wantErr[i] != nil && !errors.Is(r.Err, wantErr[i]) {
+				t.Fatalf("write %d: %v, want %v", i, r.Err, wantErr[i])
+			}
+		}
+		if res[4].Entry.ID != existing.ID {
+			t.Fatalf("a delete returns the entry removed: %+v", res[4].Entry)
+		}
+		b0 := res[2].Entry
+		b0.Hint = "moved"
+		b0.ParentID = "spiffe://td/agent/x"
+		up, err := s.WriteEntries(ctx, []datastore.EntryWrite{{Update: b0}, {Update: &datastore.Entry{ID: "gone", SPIFFEID: "spiffe://td/z", ParentID: "p"}}})
+		if err != nil || up[0].Err != nil || up[0].Entry.Revision != 2 || !errors.Is(up[1].Err, datastore.ErrNotFound) {
+			t.Fatalf("batch update: %+v, %v", up, err)
+		}
+		if got, _, _ := s.ListEntriesByParent(ctx, "spiffe://td/agent/x", "", 10); len(got) != 3 {
+			t.Errorf("parent x lists %d entries, want 3 (a, taken again, b moved in)", len(got))
+		}
+		if got, _, _ := s.ListEntriesByParent(ctx, "spiffe://td/agent/y", "", 10); len(got) != 0 {
+			t.Errorf("parent y lists %d entries, want 0", len(got))
+		}
+		// Every change made reaches a watcher: 4 of the first batch, 1 update.
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		seen := 0
+		err = s.WatchEntries(wctx, current, func(changes []datastore.EntryChange, _ uint64) error {
+			seen += len(changes)
+			if seen >= 5 {
+				return errStopWatch
+			}
+			return nil
+		})
+		if !errors.Is(err, errStopWatch) || seen != 5 {
+			t.Fatalf("watch saw %d changes (%v), want 5", seen, err)
+		}
+	})
+}
+
+var errStopWatch = errors.New("stop")
 
 func TestListEntriesByParentPagesExactly(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {

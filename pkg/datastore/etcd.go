@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 )
 
 // EtcdConfig says how to reach the etcd cluster and where in its key space
@@ -793,4 +794,68 @@ func (s *Etcd) recordLastSeenBatch(ctx context.Context, ids []string, seen map[s
 		}
 	}
 	return 0, ErrChanged
+}
+
+// WriteEntries applies a batch of entry writes, each its own etcd
+// transaction. Unlike the bbolt store, a failure of etcd itself fails only
+// the writes it hit: each result says whether its write was made. A batch
+// of creates of distinct identities, or of deletes of distinct entries, is
+// written up to 16 at a time (etcd commits concurrent transactions
+// together); any other batch in order, so a later write sees an earlier one.
+func (s *Etcd) WriteEntries(ctx context.Context, writes []EntryWrite) ([]EntryWriteResult, error) {
+	results := make([]EntryWriteResult, len(writes))
+	apply := func(i int) {
+		w := writes[i]
+		switch {
+		case w.Create != nil:
+			results[i].Entry, results[i].Err = s.CreateEntry(ctx, w.Create)
+		case w.Update != nil:
+			results[i].Entry, results[i].Err = s.UpdateEntry(ctx, w.Update)
+		default:
+			var old *Entry
+			if old, results[i].Err = s.GetEntry(ctx, w.DeleteID); results[i].Err == nil {
+				results[i].Err = s.DeleteEntry(ctx, w.DeleteID)
+				results[i].Entry = old
+			}
+		}
+	}
+	if !independentWrites(writes) {
+		for i := range writes {
+			apply(i)
+		}
+		return results, nil
+	}
+	var g errgroup.Group
+	g.SetLimit(16)
+	for i := range writes {
+		g.Go(func() error { apply(i); return nil })
+	}
+	_ = g.Wait()
+	return results, nil
+}
+
+// independentWrites reports whether no write of the batch can change the
+// outcome of another: all creates of distinct identities, or all deletes
+// of distinct entries.
+func independentWrites(writes []EntryWrite) bool {
+	seen := make(map[string]bool, len(writes))
+	creates := len(writes) > 0 && writes[0].Create != nil
+	for _, w := range writes {
+		var key string
+		switch {
+		case w.Update != nil:
+			return false
+		case w.Create != nil && creates:
+			key = w.Create.identityKey()
+		case w.Create == nil && !creates:
+			key = w.DeleteID
+		default:
+			return false
+		}
+		if seen[key] {
+			return false
+		}
+		seen[key] = true
+	}
+	return true
 }

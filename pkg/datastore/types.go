@@ -68,3 +68,18 @@ type JoinToken struct {
 	SecretHash []byte    `json:"secret_hash"`
 	ExpiresAt  time.Time `json:"expires_at"`
 }
+
+// EntryWrite is one write of a batch (WriteEntries): exactly one of Create
+// (an entry without ID), Update (an entry with its ID) or DeleteID.
+type EntryWrite struct {
+	Create   *Entry
+	Update   *Entry
+	DeleteID string
+}
+
+// EntryWriteResult is one write's outcome: the entry written (for a delete,
+// the entry removed), or why it was refused (ErrNotFound, ErrAlreadyExists).
+type EntryWriteResult struct {
+	Entry *Entry
+	Err   error
+}

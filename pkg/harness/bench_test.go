@@ -153,3 +153,44 @@ type bareWorkloadAPI struct {
 func (bareWorkloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, s workload.SpiffeWorkloadAPI_FetchX509SVIDServer) error {
 	return s.Send(&workload.X509SVIDResponse{Svids: []*workload.X509SVID{{SpiffeId: "spiffe://example.org/bench"}}})
 }
+
+// BenchmarkEntryRegistration registers entries through the admin API of a
+// real server on bbolt: one CreateEntry per entry (one commit each), and
+// BatchCreateEntry with 1000 per call (one commit per call). It reports
+// entries per second; scripts/bench.sh prints the ratio of the two.
+func BenchmarkEntryRegistration(b *testing.B) {
+	srv := harness.StartServer(b, func(c *server.Config) { c.Logger = slog.New(slog.DiscardHandler) })
+	ctx := context.Background()
+	parent := "spiffe://example.org/agent/join_token/0123456789abcdef"
+	next := 0
+	newEntry := func() *adminv1.Entry {
+		next++
+		return &adminv1.Entry{SpiffeId: "spiffe://example.org/reg/" + strconv.Itoa(next), ParentId: parent,
+			Selectors: []string{"unix:uid:" + strconv.Itoa(next)}}
+	}
+	b.Run("single", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := srv.Admin.CreateEntry(ctx, &adminv1.CreateEntryRequest{Entry: newEntry()}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "entries/s")
+	})
+	b.Run("batch", func(b *testing.B) {
+		const per = 1000
+		for b.Loop() {
+			req := &adminv1.BatchCreateEntryRequest{}
+			for range per {
+				req.Entries = append(req.Entries, newEntry())
+			}
+			resp, err := srv.Admin.BatchCreateEntry(ctx, req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if r := resp.GetResults()[per-1]; r.GetStatusCode() != 0 {
+				b.Fatal(r.GetStatusMessage())
+			}
+		}
+		b.ReportMetric(float64(b.N*per)/b.Elapsed().Seconds(), "entries/s")
+	})
+}

@@ -27,6 +27,9 @@ const (
 	AdminAPI_GetEntry_FullMethodName              = "/shortleaf.admin.v1.AdminAPI/GetEntry"
 	AdminAPI_UpdateEntry_FullMethodName           = "/shortleaf.admin.v1.AdminAPI/UpdateEntry"
 	AdminAPI_DeleteEntry_FullMethodName           = "/shortleaf.admin.v1.AdminAPI/DeleteEntry"
+	AdminAPI_BatchCreateEntry_FullMethodName      = "/shortleaf.admin.v1.AdminAPI/BatchCreateEntry"
+	AdminAPI_BatchUpdateEntry_FullMethodName      = "/shortleaf.admin.v1.AdminAPI/BatchUpdateEntry"
+	AdminAPI_BatchDeleteEntry_FullMethodName      = "/shortleaf.admin.v1.AdminAPI/BatchDeleteEntry"
 	AdminAPI_CreateJoinToken_FullMethodName       = "/shortleaf.admin.v1.AdminAPI/CreateJoinToken"
 	AdminAPI_ListAgents_FullMethodName            = "/shortleaf.admin.v1.AdminAPI/ListAgents"
 	AdminAPI_GetAgent_FullMethodName              = "/shortleaf.admin.v1.AdminAPI/GetAgent"
@@ -63,6 +66,12 @@ type AdminAPIClient interface {
 	GetEntry(ctx context.Context, in *GetEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	UpdateEntry(ctx context.Context, in *UpdateEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	DeleteEntry(ctx context.Context, in *DeleteEntryRequest, opts ...grpc.CallOption) (*DeleteEntryResponse, error)
+	// The batch forms write up to 1000 entries in one call and one datastore
+	// commit. Each entry gets its own result, in request order: one refused
+	// (invalid, already exists, not found) does not stop the others.
+	BatchCreateEntry(ctx context.Context, in *BatchCreateEntryRequest, opts ...grpc.CallOption) (*BatchEntryResponse, error)
+	BatchUpdateEntry(ctx context.Context, in *BatchUpdateEntryRequest, opts ...grpc.CallOption) (*BatchEntryResponse, error)
+	BatchDeleteEntry(ctx context.Context, in *BatchDeleteEntryRequest, opts ...grpc.CallOption) (*BatchEntryResponse, error)
 	CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error)
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	GetAgent(ctx context.Context, in *GetAgentRequest, opts ...grpc.CallOption) (*Agent, error)
@@ -146,6 +155,36 @@ func (c *adminAPIClient) DeleteEntry(ctx context.Context, in *DeleteEntryRequest
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DeleteEntryResponse)
 	err := c.cc.Invoke(ctx, AdminAPI_DeleteEntry_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) BatchCreateEntry(ctx context.Context, in *BatchCreateEntryRequest, opts ...grpc.CallOption) (*BatchEntryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchEntryResponse)
+	err := c.cc.Invoke(ctx, AdminAPI_BatchCreateEntry_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) BatchUpdateEntry(ctx context.Context, in *BatchUpdateEntryRequest, opts ...grpc.CallOption) (*BatchEntryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchEntryResponse)
+	err := c.cc.Invoke(ctx, AdminAPI_BatchUpdateEntry_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) BatchDeleteEntry(ctx context.Context, in *BatchDeleteEntryRequest, opts ...grpc.CallOption) (*BatchEntryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchEntryResponse)
+	err := c.cc.Invoke(ctx, AdminAPI_BatchDeleteEntry_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -411,6 +450,12 @@ type AdminAPIServer interface {
 	GetEntry(context.Context, *GetEntryRequest) (*Entry, error)
 	UpdateEntry(context.Context, *UpdateEntryRequest) (*Entry, error)
 	DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error)
+	// The batch forms write up to 1000 entries in one call and one datastore
+	// commit. Each entry gets its own result, in request order: one refused
+	// (invalid, already exists, not found) does not stop the others.
+	BatchCreateEntry(context.Context, *BatchCreateEntryRequest) (*BatchEntryResponse, error)
+	BatchUpdateEntry(context.Context, *BatchUpdateEntryRequest) (*BatchEntryResponse, error)
+	BatchDeleteEntry(context.Context, *BatchDeleteEntryRequest) (*BatchEntryResponse, error)
 	CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error)
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	GetAgent(context.Context, *GetAgentRequest) (*Agent, error)
@@ -464,6 +509,15 @@ func (UnimplementedAdminAPIServer) UpdateEntry(context.Context, *UpdateEntryRequ
 }
 func (UnimplementedAdminAPIServer) DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteEntry not implemented")
+}
+func (UnimplementedAdminAPIServer) BatchCreateEntry(context.Context, *BatchCreateEntryRequest) (*BatchEntryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchCreateEntry not implemented")
+}
+func (UnimplementedAdminAPIServer) BatchUpdateEntry(context.Context, *BatchUpdateEntryRequest) (*BatchEntryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchUpdateEntry not implemented")
+}
+func (UnimplementedAdminAPIServer) BatchDeleteEntry(context.Context, *BatchDeleteEntryRequest) (*BatchEntryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchDeleteEntry not implemented")
 }
 func (UnimplementedAdminAPIServer) CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateJoinToken not implemented")
@@ -647,6 +701,60 @@ func _AdminAPI_DeleteEntry_Handler(srv interface{}, ctx context.Context, dec fun
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminAPIServer).DeleteEntry(ctx, req.(*DeleteEntryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_BatchCreateEntry_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchCreateEntryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).BatchCreateEntry(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_BatchCreateEntry_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).BatchCreateEntry(ctx, req.(*BatchCreateEntryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_BatchUpdateEntry_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchUpdateEntryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).BatchUpdateEntry(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_BatchUpdateEntry_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).BatchUpdateEntry(ctx, req.(*BatchUpdateEntryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_BatchDeleteEntry_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchDeleteEntryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).BatchDeleteEntry(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_BatchDeleteEntry_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).BatchDeleteEntry(ctx, req.(*BatchDeleteEntryRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1127,6 +1235,18 @@ var AdminAPI_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteEntry",
 			Handler:    _AdminAPI_DeleteEntry_Handler,
+		},
+		{
+			MethodName: "BatchCreateEntry",
+			Handler:    _AdminAPI_BatchCreateEntry_Handler,
+		},
+		{
+			MethodName: "BatchUpdateEntry",
+			Handler:    _AdminAPI_BatchUpdateEntry_Handler,
+		},
+		{
+			MethodName: "BatchDeleteEntry",
+			Handler:    _AdminAPI_BatchDeleteEntry_Handler,
 		},
 		{
 			MethodName: "CreateJoinToken",
