@@ -31,16 +31,32 @@ type entry struct {
 	Revision      int64
 }
 
-// svid is an SVID the agent holds for an entry.
+// svid is an SVID the agent holds for an entry, kept compact: an agent may
+// hold 100k of them. Only the leaf's DER is its own; the rest of the chain
+// is shared with every SVID the same intermediate signed, and the few
+// fields of the leaf the agent needs are read once, when it arrives, instead
+// of keeping the parsed certificate.
 type svid struct {
 	Revision int64 // of the entry it was issued for
-	Chain    []*x509.Certificate
-	ChainDER []byte
+	LeafDER  []byte
+	Signer   *signer
 	KeyDER   []byte
+	NotAfter time.Time
+	Serial   string // hex, so Workload API streams can tell a renewal
 	RenewAt  time.Time
 	// Tainted is set once the SVID's signer was reported tainted and its
 	// replacement scheduled, so later syncs do not push it back again.
 	Tainted bool
+}
+
+// signer is the rest of a chain (the intermediates) shared by the SVIDs it
+// signed.
+type signer struct {
+	// KeyID is the signing intermediate's subject key ID: the leaves'
+	// authority key ID, what taints and sync reports name.
+	KeyID string
+	// DER is the intermediates, DER, concatenated.
+	DER []byte
 }
 
 // cache is the agent's view: entries, SVIDs and the bundle. Every change
@@ -57,15 +73,52 @@ type cache struct {
 	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle
 	// selectorPrefixes holds "type:key:" of every selector the entries use.
 	selectorPrefixes map[string]bool
+	// signers interns the chains' intermediates: one per intermediate seen.
+	signers map[string]*signer
+
+	// The served identities in their served order (SPIFFE ID, then entry
+	// ID), each entry's place in it, and the selector index: rebuilt when
+	// the entries change, not when SVIDs do, so a batch of SVIDs replaces
+	// only its own identities.
+	identities []*workloadapi.Identity
+	position   map[string]int
+	bySelector map[attest.Selector][]int32
 
 	state   *workloadapi.State
 	changed chan struct{}
 }
 
 func newCache(td spiffeid.TrustDomain) *cache {
-	c := &cache{td: td, entries: map[string]*entry{}, svids: map[string]*svid{}, changed: make(chan struct{})}
+	c := &cache{td: td, entries: map[string]*entry{}, svids: map[string]*svid{}, signers: map[string]*signer{}, changed: make(chan struct{})}
 	c.state = &workloadapi.State{TrustDomain: td}
 	return c
+}
+
+// internSigner returns the shared signer for a chain's intermediates.
+func (c *cache) internSigner(keyID []byte, der []byte) *signer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sg, ok := c.signers[string(der)]; ok {
+		return sg
+	}
+	if len(c.signers) >= 64 { // rotations leave old ones behind: keep those in use
+		c.pruneSignersLocked()
+	}
+	sg := &signer{KeyID: string(keyID), DER: der}
+	c.signers[string(der)] = sg
+	return sg
+}
+
+func (c *cache) pruneSignersLocked() {
+	used := map[*signer]bool{}
+	for _, s := range c.svids {
+		used[s.Signer] = true
+	}
+	for k, sg := range c.signers {
+		if !used[sg] {
+			delete(c.signers, k)
+		}
+	}
 }
 
 // Current implements workloadapi.Source.
@@ -75,13 +128,15 @@ func (c *cache) Current() (*workloadapi.State, <-chan struct{}) {
 	return c.state, c.changed
 }
 
-// publish rebuilds the served state and wakes every watcher. Callers hold mu.
-func (c *cache) publish() {
+// publish makes a new served state and wakes every watcher. Callers hold mu.
+// The identities of entries in changedSVIDs are made anew; the others are
+// shared with the previous state (states are immutable).
+func (c *cache) publish(changedSVIDs ...string) {
 	var bundleDER bytes.Buffer
 	for _, cert := range c.bundle {
 		bundleDER.Write(cert.Raw)
 	}
-	st := &workloadapi.State{Ready: c.synced, TrustDomain: c.td, BundleDER: bundleDER.Bytes(), JWTBundle: c.jwtBundle}
+	st := &workloadapi.State{Ready: c.synced, TrustDomain: c.td, BundleDER: bundleDER.Bytes(), JWTBundle: c.jwtBundle, BySelector: c.bySelector}
 	if c.jwtBundle != nil {
 		st.JWTBundleJSON, _ = c.jwtBundle.Marshal()
 	}
@@ -99,24 +154,68 @@ func (c *cache) publish() {
 			st.Federated[td] = fb
 		}
 	}
-	for _, e := range c.entries {
-		id := &workloadapi.Identity{EntryID: e.ID, SPIFFEID: e.SPIFFEID, Hint: e.Hint, Selectors: e.Selectors, FederatesWith: e.FederatesWith}
-		if s, ok := c.svids[e.ID]; ok && s.Revision == e.Revision {
-			id.ChainDER, id.KeyDER, id.Serial = s.ChainDER, s.KeyDER, s.Chain[0].SerialNumber.Text(16)
+	if len(changedSVIDs) > 0 {
+		c.identities = slices.Clone(c.identities)
+		for _, id := range changedSVIDs {
+			if i, ok := c.position[id]; ok {
+				c.identities[i] = c.identityLocked(c.entries[id])
+			}
 		}
-		st.Identities = append(st.Identities, id)
 	}
-	// A stable order: go-spiffe's default picker takes the first SVID, and
-	// hints are deduplicated first come, first served.
-	slices.SortFunc(st.Identities, func(a, b *workloadapi.Identity) int {
-		if c := strings.Compare(a.SPIFFEID.String(), b.SPIFFEID.String()); c != 0 {
-			return c
-		}
-		return strings.Compare(a.EntryID, b.EntryID)
-	})
+	st.Identities = c.identities
 	c.state = st
 	close(c.changed)
 	c.changed = make(chan struct{})
+}
+
+// identityLocked is what the Workload API serves of an entry.
+func (c *cache) identityLocked(e *entry) *workloadapi.Identity {
+	id := &workloadapi.Identity{EntryID: e.ID, SPIFFEID: e.SPIFFEID, Hint: e.Hint, Selectors: e.Selectors, FederatesWith: e.FederatesWith}
+	if s, ok := c.svids[e.ID]; ok && s.Revision == e.Revision {
+		id.LeafDER, id.IntermediatesDER, id.KeyDER, id.Serial = s.LeafDER, s.Signer.DER, s.KeyDER, s.Serial
+	}
+	return id
+}
+
+// indexLocked rebuilds the served order, the positions and the selector
+// index from the entries. Each identity is indexed under one of its
+// selectors, the one fewest entries use: a workload's candidates are the
+// identities indexed under its own selectors, and each matches only if all
+// of its selectors are the workload's.
+func (c *cache) indexLocked() {
+	order := make([]*entry, 0, len(c.entries))
+	uses := map[attest.Selector]int{}
+	for _, e := range c.entries {
+		order = append(order, e)
+		for _, sel := range e.Selectors {
+			uses[sel]++
+		}
+	}
+	// A stable order: go-spiffe's default picker takes the first SVID, and
+	// hints are deduplicated first come, first served.
+	slices.SortFunc(order, func(a, b *entry) int {
+		if c := strings.Compare(a.SPIFFEID.String(), b.SPIFFEID.String()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	c.identities = make([]*workloadapi.Identity, len(order))
+	c.position = make(map[string]int, len(order))
+	c.bySelector = map[attest.Selector][]int32{}
+	for i, e := range order {
+		c.identities[i] = c.identityLocked(e)
+		c.position[e.ID] = i
+		if len(e.Selectors) == 0 {
+			continue // never served
+		}
+		key := e.Selectors[0]
+		for _, sel := range e.Selectors[1:] {
+			if uses[sel] < uses[key] {
+				key = sel
+			}
+		}
+		c.bySelector[key] = append(c.bySelector[key], int32(i)) //nolint:gosec // fewer than 2^31 entries
+	}
 }
 
 // setEntries replaces the entries held, dropping the SVIDs of entries that
@@ -138,6 +237,7 @@ func (c *cache) setEntries(entries map[string]*entry) {
 	c.entries = entries
 	c.selectorPrefixes = selectorPrefixes(entries)
 	if changed {
+		c.indexLocked()
 		c.publish()
 	}
 }
@@ -191,20 +291,31 @@ func (c *cache) getBundle() ([]*x509.Certificate, uint64) {
 	return c.bundle, c.bundleSeq
 }
 
+// renewCoalesce is how far ahead due looks: an SVID whose renewal comes
+// within it is renewed now, with the others. Renewal times are spread by
+// jitter; without this, 100k SVIDs would wake the agent every few
+// milliseconds, each time for a scan of every entry. A second early is
+// nothing against a renewal at half of a lifetime of at least a minute.
+const renewCoalesce = time.Second
+
 // due lists the entries that need an SVID now (none yet, entry changed, or
-// past their renewal time) — those without a valid SVID first, then the
-// soonest to expire, so a backlog after an outage serves the most urgent
-// first — and the earliest future renewal time among the rest.
+// past their renewal time, or within renewCoalesce of it) — those without a
+// valid SVID first, then the soonest to expire, so a backlog after an outage
+// serves the most urgent first — and the earliest later renewal time.
 func (c *cache) due(now time.Time) (due []*entry, next time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	expiry := map[string]time.Time{}
+	horizon := now.Add(renewCoalesce)
+	var expiry map[string]time.Time
 	for id, e := range c.entries {
 		s, ok := c.svids[id]
-		if !ok || s.Revision != e.Revision || !now.Before(s.RenewAt) {
+		if !ok || s.Revision != e.Revision || !horizon.Before(s.RenewAt) {
 			due = append(due, e)
 			if ok {
-				expiry[id] = s.Chain[0].NotAfter
+				if expiry == nil {
+					expiry = map[string]time.Time{}
+				}
+				expiry[id] = s.NotAfter
 			}
 			continue
 		}
@@ -229,12 +340,14 @@ func (c *cache) setSVIDs(issued map[string]*svid) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	changed := make([]string, 0, len(issued))
 	for id, s := range issued {
 		if _, ok := c.entries[id]; ok {
 			c.svids[id] = s
+			changed = append(changed, id)
 		}
 	}
-	c.publish()
+	c.publish(changed...)
 }
 
 // signerKeyIDs lists the distinct authority key IDs of the SVIDs held.
@@ -244,10 +357,9 @@ func (c *cache) signerKeyIDs() [][]byte {
 	seen := map[string]bool{}
 	var out [][]byte
 	for _, s := range c.svids {
-		aki := s.Chain[0].AuthorityKeyId
-		if len(aki) > 0 && !seen[string(aki)] {
-			seen[string(aki)] = true
-			out = append(out, aki)
+		if aki := s.Signer.KeyID; aki != "" && !seen[aki] {
+			seen[aki] = true
+			out = append(out, []byte(aki))
 		}
 	}
 	return out
@@ -263,7 +375,7 @@ func (c *cache) replaceTainted(tainted map[string]bool, now time.Time, window ti
 	defer c.mu.Unlock()
 	n := 0
 	for _, s := range c.svids {
-		if s.Tainted || !tainted[string(s.Chain[0].AuthorityKeyId)] {
+		if s.Tainted || !tainted[s.Signer.KeyID] {
 			continue
 		}
 		s.Tainted = true
@@ -289,7 +401,7 @@ func (c *cache) svidCounts(now time.Time) (cached, expired int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, s := range c.svids {
-		if !now.Before(s.Chain[0].NotAfter) {
+		if !now.Before(s.NotAfter) {
 			expired++
 		}
 	}
@@ -300,4 +412,11 @@ func (c *cache) lookup(id string) (*entry, *svid) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.entries[id], c.svids[id]
+}
+
+// lookupSigner returns the interned signer for these intermediates, or nil.
+func (c *cache) lookupSigner(der []byte) *signer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.signers[string(der)]
 }

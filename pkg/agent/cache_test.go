@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"crypto/x509"
 	"testing"
 	"time"
 
@@ -18,8 +17,8 @@ func TestDueOrdersByUrgency(t *testing.T) {
 		entries[id] = &entry{ID: id, Revision: 1}
 	}
 	c.entries = entries
-	c.svids["late"] = &svid{Revision: 1, RenewAt: now.Add(-time.Second), Chain: []*x509.Certificate{{NotAfter: now.Add(time.Hour)}}}
-	c.svids["soon"] = &svid{Revision: 1, RenewAt: now.Add(-time.Second), Chain: []*x509.Certificate{{NotAfter: now.Add(time.Minute)}}}
+	c.svids["late"] = &svid{Revision: 1, RenewAt: now.Add(-time.Second), NotAfter: now.Add(time.Hour)}
+	c.svids["soon"] = &svid{Revision: 1, RenewAt: now.Add(-time.Second), NotAfter: now.Add(time.Minute)}
 	due, _ := c.due(now)
 	var got []string
 	for _, e := range due {

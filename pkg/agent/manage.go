@@ -549,7 +549,7 @@ func (a *Agent) issue(ctx context.Context, due []*entry) error {
 		}
 		p := &agentv1.NewX509SVIDParams{EntryId: e.ID, Csr: csr}
 		if _, held := a.cache.lookup(e.ID); held != nil {
-			p.CurrentNotAfter = held.Chain[0].NotAfter.Unix()
+			p.CurrentNotAfter = held.NotAfter.Unix()
 		}
 		batch = append(batch, e)
 		keys[e.ID] = key
@@ -636,7 +636,7 @@ func (a *Agent) issueBatch(ctx context.Context, batch []*entry, keys map[string]
 			a.cfg.Logger.Warn("server refused an X.509-SVID", slog.String("entry_id", e.ID), slog.String("reason", r.GetStatusMessage()))
 			continue
 		}
-		s, err := newSVID(e, keys[e.ID], r.GetSvid().GetCertChain(), now, resp.GetServerBusy())
+		s, err := a.cache.newSVID(e, keys[e.ID], r.GetSvid().GetCertChain(), now, resp.GetServerBusy())
 		if err != nil {
 			failed = err
 			continue
@@ -678,11 +678,24 @@ func renewalCause(old *svid, e *entry) string {
 }
 
 // newSVID holds a signed chain with its key. Its renewal is scheduled at
-// half its life, or at a third while the server is busy.
-func newSVID(e *entry, key crypto.Signer, chainDER [][]byte, now time.Time, serverBusy bool) (*svid, error) {
-	chain, err := parseNonEmpty(chainDER)
+// half its life, or at a third while the server is busy. The leaf is parsed
+// to check it and read its fields, then only its DER is kept; the
+// intermediates are parsed and kept once for all the SVIDs they signed.
+func (c *cache) newSVID(e *entry, key crypto.Signer, chainDER [][]byte, now time.Time, serverBusy bool) (*svid, error) {
+	if len(chainDER) == 0 {
+		return nil, fmt.Errorf("agent: server returned an empty chain for entry %s", e.ID)
+	}
+	leaf, err := x509.ParseCertificate(chainDER[0])
 	if err != nil {
 		return nil, fmt.Errorf("agent: server returned an unreadable SVID for entry %s: %w", e.ID, err)
+	}
+	rest := bytes.Join(chainDER[1:], nil)
+	sg := c.lookupSigner(rest)
+	if sg == nil {
+		if _, err := x509.ParseCertificates(rest); err != nil {
+			return nil, fmt.Errorf("agent: server returned an unreadable chain for entry %s: %w", e.ID, err)
+		}
+		sg = c.internSigner(leaf.AuthorityKeyId, rest)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
@@ -690,9 +703,11 @@ func newSVID(e *entry, key crypto.Signer, chainDER [][]byte, now time.Time, serv
 	}
 	return &svid{
 		Revision: e.Revision,
-		Chain:    chain,
-		ChainDER: bytes.Join(chainDER, nil),
+		LeafDER:  chainDER[0],
+		Signer:   sg,
 		KeyDER:   keyDER,
-		RenewAt:  renewAt(now, chain[0].NotAfter, serverBusy),
+		NotAfter: leaf.NotAfter,
+		Serial:   leaf.SerialNumber.Text(16),
+		RenewAt:  renewAt(now, leaf.NotAfter, serverBusy),
 	}, nil
 }

@@ -212,7 +212,7 @@ func newNonce() string {
 func buildSecrets(state *State, ids []*Identity, names []string, opts secretOptions) (*discoveryv3.DiscoveryResponse, error) {
 	var issued []*Identity
 	for _, id := range ids {
-		if len(id.ChainDER) > 0 {
+		if len(id.LeafDER) > 0 {
 			issued = append(issued, id)
 		}
 	}
@@ -288,7 +288,7 @@ func trustDomainSecret(name, key string, bundles map[string][]byte, plainTrusted
 }
 
 func tlsSecret(name string, id *Identity) (*tlsv3.Secret, error) {
-	certs, err := x509.ParseCertificates(id.ChainDER)
+	certs, err := x509.ParseCertificates(id.ChainDER())
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "SVID of %s: %v", id.SPIFFEID, err)
 	}

@@ -171,7 +171,7 @@ func TestSDSFederatedCACannotVouchForLocalIDs(t *testing.T) {
 	src := &source{state: st, changed: make(chan struct{})}
 	sds := sdsClient(t, serve(t, src, uid1))
 
-	localSVID, err := x509.ParseCertificates(envoy.ChainDER)
+	localSVID, err := x509.ParseCertificates(envoy.ChainDER())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -177,7 +177,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 		var sent []string
 		hints := map[string]bool{}
 		for _, id := range ids {
-			if len(id.ChainDER) == 0 {
+			if len(id.LeafDER) == 0 {
 				continue // not issued yet; the change that issues it wakes us
 			}
 			if id.Hint != "" {
@@ -189,7 +189,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 				hints[id.Hint] = true
 			}
 			resp.Svids = append(resp.Svids, &workload.X509SVID{
-				SpiffeId: id.SPIFFEID.String(), X509Svid: id.ChainDER, X509SvidKey: id.KeyDER,
+				SpiffeId: id.SPIFFEID.String(), X509Svid: id.ChainDER(), X509SvidKey: id.KeyDER,
 				Bundle: state.BundleDER, Hint: id.Hint,
 			})
 			sent = append(sent, id.Serial)

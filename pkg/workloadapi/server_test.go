@@ -64,11 +64,11 @@ func identity(t *testing.T, c *ca.CA, id, hint string, sels ...attest.Selector) 
 		t.Fatal(err)
 	}
 	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
-	var der bytes.Buffer
-	for _, cert := range chain {
-		der.Write(cert.Raw)
+	var rest bytes.Buffer
+	for _, cert := range chain[1:] {
+		rest.Write(cert.Raw)
 	}
-	return &wl.Identity{EntryID: id, SPIFFEID: sid, Hint: hint, Selectors: sels, ChainDER: der.Bytes(), KeyDER: keyDER, Serial: chain[0].SerialNumber.String()}
+	return &wl.Identity{EntryID: id, SPIFFEID: sid, Hint: hint, Selectors: sels, LeafDER: chain[0].Raw, IntermediatesDER: rest.Bytes(), KeyDER: keyDER, Serial: chain[0].SerialNumber.String()}
 }
 
 func serve(t *testing.T, src wl.Source, sels ...attest.Selector) string {

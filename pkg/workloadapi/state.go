@@ -2,6 +2,7 @@ package workloadapi
 
 import (
 	"context"
+	"slices"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -16,9 +17,11 @@ type Identity struct {
 	SPIFFEID  spiffeid.ID
 	Hint      string
 	Selectors []attest.Selector
-	// ChainDER is the DER chain, leaf first, concatenated; empty until the
-	// agent has obtained an SVID for this entry.
-	ChainDER []byte
+	// LeafDER is the X.509-SVID, DER; empty until the agent has obtained
+	// one for this entry. IntermediatesDER is the rest of its chain, DER,
+	// concatenated, shared by every SVID the same intermediate signed.
+	LeafDER          []byte
+	IntermediatesDER []byte
 	// KeyDER is the unencrypted PKCS#8 private key of the SVID.
 	KeyDER []byte
 	// Serial identifies the SVID, so streams can tell a renewal.
@@ -26,6 +29,16 @@ type Identity struct {
 	// FederatesWith lists the foreign trust domains whose bundles this
 	// identity's workloads receive.
 	FederatesWith []spiffeid.TrustDomain
+}
+
+// ChainDER is the chain, leaf first, DER, concatenated, as the Workload API
+// sends it; nil without an SVID.
+func (id *Identity) ChainDER() []byte {
+	if len(id.LeafDER) == 0 {
+		return nil
+	}
+	out := make([]byte, 0, len(id.LeafDER)+len(id.IntermediatesDER))
+	return append(append(out, id.LeafDER...), id.IntermediatesDER...)
 }
 
 // ForeignBundle is a federated trust domain's bundle in the forms the
@@ -48,6 +61,11 @@ type State struct {
 	JWTBundle     *jwtbundle.Bundle
 	JWTBundleJSON []byte
 	Identities    []*Identity
+	// BySelector, when set, indexes Identities by selector: each identity
+	// with selectors is listed (by its place) under one of them. match
+	// then looks only at the identities listed under the caller's
+	// selectors instead of at every one.
+	BySelector map[attest.Selector][]int32
 	// Federated holds the bundles of foreign trust domains, by trust domain.
 	Federated map[spiffeid.TrustDomain]*ForeignBundle
 }
@@ -97,18 +115,37 @@ func (s *State) match(sels []attest.Selector) []*Identity {
 	for _, sel := range sels {
 		have[sel] = struct{}{}
 	}
-	var out []*Identity
-next:
-	for _, id := range s.Identities {
+	matches := func(id *Identity) bool {
 		if len(id.Selectors) == 0 {
-			continue
+			return false
 		}
 		for _, want := range id.Selectors {
 			if _, ok := have[want]; !ok {
-				continue next
+				return false
 			}
 		}
-		out = append(out, id)
+		return true
+	}
+	var out []*Identity
+	if s.BySelector == nil {
+		for _, id := range s.Identities {
+			if matches(id) {
+				out = append(out, id)
+			}
+		}
+		return out
+	}
+	var places []int32
+	for sel := range have {
+		for _, i := range s.BySelector[sel] {
+			if matches(s.Identities[i]) {
+				places = append(places, i)
+			}
+		}
+	}
+	slices.Sort(places) // the served order
+	for _, i := range places {
+		out = append(out, s.Identities[i])
 	}
 	return out
 }
