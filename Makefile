@@ -4,7 +4,7 @@ BUF     := tools/bin/buf
 LINTER  := tools/bin/golangci-lint
 PKGS    := ./...
 
-.PHONY: all build install deps test lint generate generate-check demo bench fuzz soak clean
+.PHONY: all build install deps test lint generate generate-check demo bench loadtest fuzz soak clean
 
 all: build
 
@@ -54,6 +54,10 @@ demo:
 ## bench: the issuance benchmarks (see README for how to read them)
 bench:
 	bash scripts/bench.sh
+
+## loadtest: a real server under agents' load: registration burst, first issuance, steady renewal, taint storm
+loadtest:
+	bash scripts/loadtest.sh
 
 ## soak: the SIGKILL crash-consistency tests with 200 kills each (make test deals 20)
 soak:
