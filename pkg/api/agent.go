@@ -494,12 +494,18 @@ func (s *AgentService) BatchNewX509SVID(ctx context.Context, req *agentv1.BatchN
 	if err := ctx.Err(); err != nil {
 		return nil, status.FromContextError(err).Err()
 	}
+	// The hint is taken now, not when the work was shed: the answer comes
+	// only once the batch's admitted work is signed, and by then the queue
+	// may have drained.
 	var retry time.Duration
+	if s.cfg.SignQueue != nil {
+		retry = s.cfg.SignQueue.RetryAfter()
+	}
 	shed := 0
 	for i, j := range jobs {
 		if sh := j.Shed(); sh != nil {
 			shed++
-			retry = max(retry, sh.RetryAfter)
+			sh.RetryAfter = retry
 			results[i] = &agentv1.BatchNewX509SVIDResult{EntryId: params[i].GetEntryId(), StatusCode: int32(codes.ResourceExhausted),
 				StatusMessage: sh.Error(), RetryAfterMs: sh.RetryAfter.Milliseconds()}
 		}

@@ -4,10 +4,11 @@
 // soonest (or that has none) goes before one with time to spare.
 //
 // When the queue is full the least urgent work is shed, not the newest: a
-// CSR more urgent than the least urgent one waiting takes its place. Each
-// agent may hold at most its fair share of the queue (the capacity divided
-// among the agents with work waiting), so one agent's storm cannot crowd out
-// the others. Shed work is answered at once with a retry-after hint (the
+// CSR more urgent than the least urgent one waiting takes its place. Among
+// CSRs as urgent, each agent is owed its fair share of a full queue (the
+// capacity divided among the agents with work waiting): one under its share
+// takes the place of one whose agent is over, so one agent's storm cannot
+// crowd out the others. Shed work is answered at once with a retry-after hint (the
 // time the queue needs to drain), never left to time out; work whose caller
 // has gone is dropped before it is signed.
 //

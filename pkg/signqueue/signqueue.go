@@ -33,7 +33,8 @@ const (
 const (
 	// ReasonFull: the queue was full of work at least as urgent.
 	ReasonFull = "queue_full"
-	// ReasonFairShare: the caller already had its share of the queue.
+	// ReasonFairShare: the queue was full and the caller already had its
+	// share of it.
 	ReasonFairShare = "fair_share"
 	// ReasonDisplaced: more urgent work took its place in a full queue.
 	ReasonDisplaced = "displaced"
@@ -82,6 +83,7 @@ type Job struct {
 	enqueued   time.Time
 	pendingIdx int
 	victimIdx  int
+	callerIdx  int
 	shed       *Shed
 }
 
@@ -118,9 +120,9 @@ type Queue struct {
 
 	mu        sync.Mutex
 	work      *sync.Cond
-	pending   pendingHeap // most urgent first: what workers take
-	victims   victimHeap  // least urgent first: what a full queue sheds
-	perCaller map[string]int
+	pending   pendingHeap            // most urgent first: what workers take
+	victims   victimHeap             // least urgent first: what a full queue sheds
+	perCaller map[string]*callerHeap // each caller's waiting jobs, least urgent first
 	seq       uint64
 	closed    bool
 	// service is a moving average of one job's run time, for the signing
@@ -139,7 +141,7 @@ func New(cfg Config) *Queue {
 	if cfg.Workers <= 0 {
 		cfg.Workers = runtime.GOMAXPROCS(0)
 	}
-	q := &Queue{cfg: cfg, perCaller: map[string]int{}}
+	q := &Queue{cfg: cfg, perCaller: map[string]*callerHeap{}}
 	q.work = sync.NewCond(&q.mu)
 	q.stopCtx, q.stop = context.WithCancel(context.Background())
 	if cfg.PerSecond > 0 {
@@ -188,8 +190,8 @@ func (q *Queue) Busy() bool {
 	return 2*len(q.pending) >= q.limitLocked()
 }
 
-// Do admits caller's jobs (the most urgent first, within the caller's fair
-// share and the queue's bound), waits until every admitted job ran or was
+// Do admits caller's jobs (the most urgent first, within the queue's bound
+// and, once it is full, the caller's fair share), waits until every admitted job ran or was
 // shed, and returns. Jobs not admitted are shed at once with a retry hint.
 // If ctx ends first, the caller's waiting jobs are dropped; Do still waits
 // for those already running, so a job's Run never outlives Do.
@@ -209,23 +211,35 @@ func (q *Queue) Do(ctx context.Context, caller string, jobs []*Job) {
 	share := q.shareLocked(caller, limit)
 	retry := q.retryAfterLocked()
 	for _, j := range order {
-		*j = Job{Urgency: j.Urgency, Run: j.Run, b: b, pendingIdx: -1, victimIdx: -1}
-		switch {
-		case q.closed:
+		*j = Job{Urgency: j.Urgency, Run: j.Run, b: b, pendingIdx: -1, victimIdx: -1, callerIdx: -1}
+		if q.closed {
 			q.shedLocked(j, ReasonClosed, 0)
-		case q.perCaller[caller] >= share:
-			q.shedLocked(j, ReasonFairShare, retry)
-		case len(q.pending) < limit:
-			q.pushLocked(j, now)
-		case !j.Urgency.Before(q.victims[0].Urgency):
-			q.shedLocked(j, ReasonFull, retry)
-		default:
-			v := q.victims[0]
-			q.removeLocked(v)
-			q.shedLocked(v, ReasonDisplaced, retry)
-			q.finishLocked(v)
-			q.pushLocked(j, now)
+			continue
 		}
+		if len(q.pending) < limit {
+			q.pushLocked(j, now)
+			continue
+		}
+		// Full: the least urgent job waiting makes room for a more urgent
+		// one; or, for one as urgent from a caller under its share, the
+		// least urgent job of the caller with the most waiting, if that
+		// caller is over its share and the job is no more urgent.
+		if v := q.victims[0]; j.Urgency.Before(v.Urgency) {
+			q.displaceLocked(v, retry)
+			q.pushLocked(j, now)
+			continue
+		}
+		mine := q.waitingLocked(caller)
+		if mine < share {
+			if v := q.fairVictimLocked(share); v != nil && !v.Urgency.Before(j.Urgency) {
+				q.displaceLocked(v, retry)
+				q.pushLocked(j, now)
+				continue
+			}
+			q.shedLocked(j, ReasonFull, retry)
+			continue
+		}
+		q.shedLocked(j, ReasonFairShare, retry)
 	}
 	admitted := b.left > 1
 	if admitted {
@@ -331,7 +345,7 @@ func (q *Queue) limitLocked() int {
 	return limit
 }
 
-// shareLocked is the most jobs caller may have waiting: the limit divided
+// shareLocked is a caller's fair share of a full queue: the limit divided
 // among the callers with work waiting, caller included.
 func (q *Queue) shareLocked(caller string, limit int) int {
 	callers := len(q.perCaller)
@@ -341,12 +355,22 @@ func (q *Queue) shareLocked(caller string, limit int) int {
 	return max(1, limit/callers)
 }
 
-// retryAfterLocked is the time the queue needs to drain, within
-// [minRetryAfter, MaxWait].
+// RetryAfter is the hint for work shed now: when the queue will be down to
+// half its bound, so that work coming back finds room while the workers
+// still have the other half to do (a hint of the whole drain time would
+// leave them idle until it returns).
+func (q *Queue) RetryAfter() time.Duration {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.retryAfterLocked()
+}
+
+// retryAfterLocked is RetryAfter, within [minRetryAfter, MaxWait].
 func (q *Queue) retryAfterLocked() time.Duration {
 	d := q.cfg.MaxWait
 	if r := q.rateLocked(); r > 0 {
-		d = time.Duration(math.Ceil(float64(len(q.pending)) / r * float64(time.Second)))
+		excess := max(0, len(q.pending)-q.limitLocked()/2)
+		d = time.Duration(math.Ceil(float64(excess) / r * float64(time.Second)))
 	}
 	return min(max(d, minRetryAfter), q.cfg.MaxWait)
 }
@@ -356,8 +380,44 @@ func (q *Queue) pushLocked(j *Job, now time.Time) {
 	j.seq, j.enqueued = q.seq, now
 	heap.Push(&q.pending, j)
 	heap.Push(&q.victims, j)
-	q.perCaller[j.b.caller]++
+	ch := q.perCaller[j.b.caller]
+	if ch == nil {
+		ch = &callerHeap{}
+		q.perCaller[j.b.caller] = ch
+	}
+	heap.Push(ch, j)
 	j.b.left++
+}
+
+func (q *Queue) waitingLocked(caller string) int {
+	if ch := q.perCaller[caller]; ch != nil {
+		return ch.Len()
+	}
+	return 0
+}
+
+// fairVictimLocked is the least urgent job of the caller with the most jobs
+// waiting, when that caller is over share; nil otherwise. It looks at every
+// caller with work waiting, but only when a full queue must choose between
+// callers' equally urgent work.
+func (q *Queue) fairVictimLocked(share int) *Job {
+	var biggest *callerHeap
+	for _, ch := range q.perCaller {
+		if biggest == nil || ch.Len() > biggest.Len() {
+			biggest = ch
+		}
+	}
+	if biggest == nil || biggest.Len() <= share {
+		return nil
+	}
+	return (*biggest)[0]
+}
+
+// displaceLocked sheds a waiting job to make room for another.
+func (q *Queue) displaceLocked(v *Job, retry time.Duration) {
+	q.removeLocked(v)
+	q.shedLocked(v, ReasonDisplaced, retry)
+	q.finishLocked(v)
 }
 
 func (q *Queue) isPendingLocked(j *Job) bool {
@@ -368,12 +428,12 @@ func (q *Queue) isPendingLocked(j *Job) bool {
 func (q *Queue) removeLocked(j *Job) {
 	heap.Remove(&q.pending, j.pendingIdx)
 	heap.Remove(&q.victims, j.victimIdx)
-	j.pendingIdx, j.victimIdx = -1, -1
-	if n := q.perCaller[j.b.caller] - 1; n > 0 {
-		q.perCaller[j.b.caller] = n
-	} else {
+	ch := q.perCaller[j.b.caller]
+	heap.Remove(ch, j.callerIdx)
+	if ch.Len() == 0 {
 		delete(q.perCaller, j.b.caller)
 	}
+	j.pendingIdx, j.victimIdx, j.callerIdx = -1, -1, -1
 }
 
 func (q *Queue) shedLocked(j *Job, reason string, retry time.Duration) {
@@ -439,6 +499,29 @@ func (h *victimHeap) Push(x any) {
 	*h = append(*h, j)
 }
 func (h *victimHeap) Pop() any {
+	old := *h
+	j := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return j
+}
+
+// callerHeap is one caller's waiting jobs, least urgent first, then last
+// come.
+type callerHeap []*Job
+
+func (h callerHeap) Len() int           { return len(h) }
+func (h callerHeap) Less(a, b int) bool { return victimHeap(h).Less(a, b) }
+func (h callerHeap) Swap(a, b int) {
+	h[a], h[b] = h[b], h[a]
+	h[a].callerIdx, h[b].callerIdx = a, b
+}
+func (h *callerHeap) Push(x any) {
+	j := x.(*Job)
+	j.callerIdx = len(*h)
+	*h = append(*h, j)
+}
+func (h *callerHeap) Pop() any {
 	old := *h
 	j := old[len(old)-1]
 	old[len(old)-1] = nil

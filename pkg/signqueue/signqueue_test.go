@@ -131,33 +131,39 @@ func TestFullQueueShedsTheLeastUrgentWithAHint(t *testing.T) {
 	}
 }
 
-// One caller's storm fills no more than its share once another caller has
-// work waiting, and the other caller gets in.
+// One caller's storm may fill an idle queue, but once another caller comes
+// with work as urgent, the newcomer takes places from the storm up to its
+// fair share, and the storm gets no more than its own.
 func TestACallerGetsNoMoreThanItsFairShare(t *testing.T) {
-	q := signqueue.New(signqueue.Config{Workers: 1, Capacity: 10})
+	shed := newShedCounter()
+	q := signqueue.New(signqueue.Config{Workers: 1, Capacity: 10, Shed: shed})
 	defer q.Close()
 	release := holdWorker(t, q)
 	var r recorder
 	var storm []*signqueue.Job
-	for range 6 {
+	for range 10 {
 		storm = append(storm, r.job("storm", t0))
 	}
-	// Alone, the storm may fill the queue.
 	waitA := doAsync(context.Background(), q, "storm", storm...)
-	waitLen(t, q, 6)
-	// With two callers waiting each has 10/2: the quiet one gets in.
+	waitLen(t, q, 10)
+	// Full, and the storm holds all of it: the quiet caller, under its
+	// share of 10/2, takes 3 places from it.
 	var quiet []*signqueue.Job
 	for range 3 {
-		quiet = append(quiet, r.job("quiet", t0.Add(time.Minute)))
+		quiet = append(quiet, r.job("quiet", t0))
 	}
 	waitB := doAsync(context.Background(), q, "quiet", quiet...)
-	waitLen(t, q, 9)
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(shed.WithLabelValues(signqueue.ReasonDisplaced)) != 3 {
+		if time.Now().After(deadline) {
+			t.Fatal("the quiet caller took no places from the storm")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	more := []*signqueue.Job{r.job("storm", t0)}
 	q.Do(context.Background(), "storm", more)
-	for _, j := range more {
-		if s := j.Shed(); s == nil || s.Reason != signqueue.ReasonFairShare {
-			t.Fatalf("a caller past its share: shed %+v, want %s", s, signqueue.ReasonFairShare)
-		}
+	if s := more[0].Shed(); s == nil || s.Reason != signqueue.ReasonFairShare {
+		t.Fatalf("a caller over its share of a full queue: shed %+v, want %s", s, signqueue.ReasonFairShare)
 	}
 	release()
 	waitA()
