@@ -17,32 +17,30 @@ import (
 	"github.com/shortleaf/shortleaf/pkg/workloadapi"
 )
 
-// entry is a synced registration entry.
+// entry is a synced registration entry. What the Workload API serves of it
+// is its Registration, shared with the served identity.
 type entry struct {
-	ID        string
-	SPIFFEID  spiffeid.ID
-	Selectors []attest.Selector
-	TTL       time.Duration
-	JWTTTL    time.Duration
-	// FederatesWith are foreign trust domains whose bundles go with the SVID.
-	FederatesWith []spiffeid.TrustDomain
-	DNSNames      []string
-	Hint          string
-	Revision      int64
+	ID string
+	workloadapi.Registration
+	TTL      time.Duration
+	JWTTTL   time.Duration
+	DNSNames []string
+	Revision int64
+	// pos is the entry's place in the served order; guarded by cache.mu.
+	pos int
 }
 
 // svid is an SVID the agent holds for an entry, kept compact: an agent may
 // hold 100k of them. Only the leaf's DER is its own; the rest of the chain
 // is shared with every SVID the same intermediate signed, and the few
 // fields of the leaf the agent needs are read once, when it arrives, instead
-// of keeping the parsed certificate.
+// of keeping the parsed certificate. What the Workload API serves of it is
+// its SVID, shared with the served identity.
 type svid struct {
+	workloadapi.SVID
 	Revision int64 // of the entry it was issued for
-	LeafDER  []byte
 	Signer   *signer
-	KeyDER   []byte
 	NotAfter time.Time
-	Serial   string // hex, so Workload API streams can tell a renewal
 	RenewAt  time.Time
 	// Tainted is set once the SVID's signer was reported tainted and its
 	// replacement scheduled, so later syncs do not push it back again.
@@ -77,11 +75,10 @@ type cache struct {
 	signers map[string]*signer
 
 	// The served identities in their served order (SPIFFE ID, then entry
-	// ID), each entry's place in it, and the selector index: rebuilt when
+	// ID; each entry knows its place), and the selector index: rebuilt when
 	// the entries change, not when SVIDs do, so a batch of SVIDs replaces
 	// only its own identities.
 	identities []*workloadapi.Identity
-	position   map[string]int
 	bySelector map[attest.Selector][]int32
 
 	state   *workloadapi.State
@@ -157,8 +154,8 @@ func (c *cache) publish(changedSVIDs ...string) {
 	if len(changedSVIDs) > 0 {
 		c.identities = slices.Clone(c.identities)
 		for _, id := range changedSVIDs {
-			if i, ok := c.position[id]; ok {
-				c.identities[i] = c.identityLocked(c.entries[id])
+			if e, ok := c.entries[id]; ok {
+				c.identities[e.pos] = c.identityLocked(e)
 			}
 		}
 	}
@@ -170,9 +167,9 @@ func (c *cache) publish(changedSVIDs ...string) {
 
 // identityLocked is what the Workload API serves of an entry.
 func (c *cache) identityLocked(e *entry) *workloadapi.Identity {
-	id := &workloadapi.Identity{EntryID: e.ID, SPIFFEID: e.SPIFFEID, Hint: e.Hint, Selectors: e.Selectors, FederatesWith: e.FederatesWith}
+	id := &workloadapi.Identity{Registration: &e.Registration}
 	if s, ok := c.svids[e.ID]; ok && s.Revision == e.Revision {
-		id.LeafDER, id.IntermediatesDER, id.KeyDER, id.Serial = s.LeafDER, s.Signer.DER, s.KeyDER, s.Serial
+		id.SVID = &s.SVID
 	}
 	return id
 }
@@ -200,11 +197,10 @@ func (c *cache) indexLocked() {
 		return strings.Compare(a.ID, b.ID)
 	})
 	c.identities = make([]*workloadapi.Identity, len(order))
-	c.position = make(map[string]int, len(order))
 	c.bySelector = map[attest.Selector][]int32{}
 	for i, e := range order {
 		c.identities[i] = c.identityLocked(e)
-		c.position[e.ID] = i
+		e.pos = i
 		if len(e.Selectors) == 0 {
 			continue // never served
 		}
@@ -225,9 +221,12 @@ func (c *cache) setEntries(entries map[string]*entry) {
 	defer c.mu.Unlock()
 	changed := len(entries) != len(c.entries)
 	for id, e := range entries {
-		if old, ok := c.entries[id]; !ok || old.Revision != e.Revision {
+		old, ok := c.entries[id]
+		if !ok || old.Revision != e.Revision {
 			changed = true
+			break
 		}
+		e.pos = old.pos // the same entry read again: the same place
 	}
 	for id := range c.svids {
 		if _, ok := entries[id]; !ok {

@@ -18,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/pkg/workloadapi"
 )
 
 // svidFixture is n entries with one signed chain (leaf, intermediate) and
@@ -52,8 +53,8 @@ func fixture(b *testing.B, n int) *svidFixture {
 	for i := range n {
 		id := fmt.Sprintf("%032x", i)
 		sid := spiffeid.RequireFromString("spiffe://example.org/workload/" + strconv.Itoa(i))
-		f.entries[id] = &entry{ID: id, SPIFFEID: sid, Revision: 1,
-			Selectors: []attest.Selector{{Type: "unix", Value: "uid:" + strconv.Itoa(1000+i)}, {Type: "unix", Value: "gid:1000"}}}
+		f.entries[id] = &entry{ID: id, Revision: 1, Registration: workloadapi.Registration{EntryID: id, SPIFFEID: sid,
+			Selectors: []attest.Selector{{Type: "unix", Value: "uid:" + strconv.Itoa(1000+i)}, {Type: "unix", Value: "gid:1000"}}}}
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		leafTpl := &x509.Certificate{SerialNumber: big.NewInt(int64(i) + 10), NotBefore: now.Add(-time.Minute), NotAfter: now.Add(5 * time.Minute),
 			URIs: []*url.URL{sid.URL()}, KeyUsage: x509.KeyUsageDigitalSignature}
@@ -91,7 +92,8 @@ func BenchmarkAgentCache(b *testing.B) {
 				c = newCache(spiffeid.RequireTrustDomainFromString("example.org"))
 				entries := make(map[string]*entry, n)
 				for id, e := range f.entries {
-					entries[id] = &entry{ID: e.ID, SPIFFEID: e.SPIFFEID, Revision: e.Revision, Selectors: append([]attest.Selector(nil), e.Selectors...)}
+					entries[id] = &entry{ID: e.ID, Revision: e.Revision, Registration: workloadapi.Registration{EntryID: e.ID, SPIFFEID: e.SPIFFEID,
+						Selectors: append([]attest.Selector(nil), e.Selectors...)}}
 				}
 				c.setEntries(entries)
 				now := time.Now()

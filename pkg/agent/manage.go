@@ -26,6 +26,7 @@ import (
 
 	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/pkg/api"
+	"github.com/shortleaf/shortleaf/pkg/workloadapi"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
 
@@ -494,10 +495,11 @@ func entryFromProto(pe *agentv1.Entry) (*entry, error) {
 		feds = append(feds, td)
 	}
 	return &entry{
-		JWTTTL:        time.Duration(pe.GetJwtSvidTtlSeconds()) * time.Second,
-		FederatesWith: feds,
-		ID:            pe.GetId(), SPIFFEID: id, Selectors: sels, TTL: time.Duration(pe.GetX509SvidTtlSeconds()) * time.Second,
-		DNSNames: pe.GetDnsNames(), Hint: pe.GetHint(), Revision: pe.GetRevision(),
+		ID:           pe.GetId(),
+		Registration: workloadapi.Registration{EntryID: pe.GetId(), SPIFFEID: id, Hint: pe.GetHint(), Selectors: sels, FederatesWith: feds},
+		TTL:          time.Duration(pe.GetX509SvidTtlSeconds()) * time.Second,
+		JWTTTL:       time.Duration(pe.GetJwtSvidTtlSeconds()) * time.Second,
+		DNSNames:     pe.GetDnsNames(), Revision: pe.GetRevision(),
 	}, nil
 }
 
@@ -702,12 +704,10 @@ func (c *cache) newSVID(e *entry, key crypto.Signer, chainDER [][]byte, now time
 		return nil, fmt.Errorf("agent: marshal workload key: %w", err)
 	}
 	return &svid{
+		SVID:     workloadapi.SVID{LeafDER: chainDER[0], IntermediatesDER: sg.DER, KeyDER: keyDER, Serial: leaf.SerialNumber.Text(16)},
 		Revision: e.Revision,
-		LeafDER:  chainDER[0],
 		Signer:   sg,
-		KeyDER:   keyDER,
 		NotAfter: leaf.NotAfter,
-		Serial:   leaf.SerialNumber.Text(16),
 		RenewAt:  renewAt(now, leaf.NotAfter, serverBusy),
 	}, nil
 }

@@ -17,9 +17,9 @@ func BenchmarkMatch(b *testing.B) {
 		st := &State{BySelector: map[attest.Selector][]int32{}}
 		for i := range n {
 			uid := attest.Selector{Type: "unix", Value: "uid:" + strconv.Itoa(1000+i)}
-			st.Identities = append(st.Identities, &Identity{EntryID: strconv.Itoa(i),
+			st.Identities = append(st.Identities, &Identity{Registration: &Registration{EntryID: strconv.Itoa(i),
 				SPIFFEID:  spiffeid.RequireFromString("spiffe://example.org/w/" + strconv.Itoa(i)),
-				Selectors: []attest.Selector{{Type: "unix", Value: "gid:1000"}, uid}})
+				Selectors: []attest.Selector{{Type: "unix", Value: "gid:1000"}, uid}}})
 			st.BySelector[uid] = append(st.BySelector[uid], int32(i)) //nolint:gosec // small
 		}
 		caller := []attest.Selector{{Type: "unix", Value: "uid:" + strconv.Itoa(1000+n/2)}, {Type: "unix", Value: "gid:1000"},
@@ -47,7 +47,7 @@ func TestSelectorIndexMatchesAsAScan(t *testing.T) {
 		for k := range i % 4 { // 0 to 3 selectors of 6
 			sels = append(sels, sel((i*7+k*5)%6))
 		}
-		st.Identities = append(st.Identities, &Identity{EntryID: strconv.Itoa(i), Selectors: sels})
+		st.Identities = append(st.Identities, &Identity{Registration: &Registration{EntryID: strconv.Itoa(i), Selectors: sels}})
 		if len(sels) > 0 {
 			key := sels[i%len(sels)]
 			st.BySelector[key] = append(st.BySelector[key], int32(i)) //nolint:gosec // small

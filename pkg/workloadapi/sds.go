@@ -212,7 +212,7 @@ func newNonce() string {
 func buildSecrets(state *State, ids []*Identity, names []string, opts secretOptions) (*discoveryv3.DiscoveryResponse, error) {
 	var issued []*Identity
 	for _, id := range ids {
-		if len(id.LeafDER) > 0 {
+		if id.HasSVID() {
 			issued = append(issued, id)
 		}
 	}

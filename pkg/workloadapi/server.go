@@ -177,7 +177,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spif
 		var sent []string
 		hints := map[string]bool{}
 		for _, id := range ids {
-			if len(id.LeafDER) == 0 {
+			if !id.HasSVID() {
 				continue // not issued yet; the change that issues it wakes us
 			}
 			if id.Hint != "" {

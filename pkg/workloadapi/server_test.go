@@ -68,7 +68,8 @@ func identity(t *testing.T, c *ca.CA, id, hint string, sels ...attest.Selector) 
 	for _, cert := range chain[1:] {
 		rest.Write(cert.Raw)
 	}
-	return &wl.Identity{EntryID: id, SPIFFEID: sid, Hint: hint, Selectors: sels, LeafDER: chain[0].Raw, IntermediatesDER: rest.Bytes(), KeyDER: keyDER, Serial: chain[0].SerialNumber.String()}
+	return &wl.Identity{Registration: &wl.Registration{EntryID: id, SPIFFEID: sid, Hint: hint, Selectors: sels},
+		SVID: &wl.SVID{LeafDER: chain[0].Raw, IntermediatesDER: rest.Bytes(), KeyDER: keyDER, Serial: chain[0].SerialNumber.String()}}
 }
 
 func serve(t *testing.T, src wl.Source, sels ...attest.Selector) string {

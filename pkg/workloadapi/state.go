@@ -11,30 +11,47 @@ import (
 	"github.com/shortleaf/shortleaf/pkg/uds"
 )
 
-// Identity is one registration entry as the agent can serve it.
+// Identity is one registration entry as the agent can serve it: the entry
+// and, once the agent has obtained one, its X.509-SVID. Both are shared with
+// the agent's own records (an agent may hold 100k), so an identity costs
+// two pointers.
 type Identity struct {
+	*Registration
+	// SVID is nil until the agent has obtained one for the entry.
+	*SVID
+}
+
+// Registration is an entry as the agent holds it.
+type Registration struct {
 	EntryID   string
 	SPIFFEID  spiffeid.ID
 	Hint      string
 	Selectors []attest.Selector
-	// LeafDER is the X.509-SVID, DER; empty until the agent has obtained
-	// one for this entry. IntermediatesDER is the rest of its chain, DER,
-	// concatenated, shared by every SVID the same intermediate signed.
+	// FederatesWith lists the foreign trust domains whose bundles this
+	// identity's workloads receive.
+	FederatesWith []spiffeid.TrustDomain
+}
+
+// SVID is an X.509-SVID with its key.
+type SVID struct {
+	// LeafDER is the X.509-SVID, DER. IntermediatesDER is the rest of its
+	// chain, DER, concatenated, shared by every SVID the same intermediate
+	// signed.
 	LeafDER          []byte
 	IntermediatesDER []byte
 	// KeyDER is the unencrypted PKCS#8 private key of the SVID.
 	KeyDER []byte
 	// Serial identifies the SVID, so streams can tell a renewal.
 	Serial string
-	// FederatesWith lists the foreign trust domains whose bundles this
-	// identity's workloads receive.
-	FederatesWith []spiffeid.TrustDomain
 }
+
+// HasSVID reports whether the agent holds an SVID for the identity.
+func (id *Identity) HasSVID() bool { return id.SVID != nil }
 
 // ChainDER is the chain, leaf first, DER, concatenated, as the Workload API
 // sends it; nil without an SVID.
 func (id *Identity) ChainDER() []byte {
-	if len(id.LeafDER) == 0 {
+	if id.SVID == nil {
 		return nil
 	}
 	out := make([]byte, 0, len(id.LeafDER)+len(id.IntermediatesDER))
