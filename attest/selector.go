@@ -58,7 +58,8 @@ func (s Selector) Validate() error {
 		return fmt.Errorf("selector %q: want type:key:value", s)
 	}
 	if len(value) > maxSelectorValue {
-		return fmt.Errorf("selector %q: value is longer than %d bytes", s, maxSelectorValue)
+		// Named by its start: an error that echoes kilobytes helps no one.
+		return fmt.Errorf("selector %q…: value is %d bytes, longer than %d", s.Type+":"+key+":"+value[:32], len(value), maxSelectorValue)
 	}
 	pattern, ok := keys[key]
 	if !ok {

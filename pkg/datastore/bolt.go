@@ -3,6 +3,7 @@ package datastore
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -110,7 +111,7 @@ func createEntry(tx *bolt.Tx, e *Entry) (EntryChange, *Entry, error) {
 	out.ID = newID()
 	out.Revision = 1
 	ident := tx.Bucket(bucketByIdentity)
-	if existing := ident.Get([]byte(out.identityKey())); existing != nil {
+	if existing := ident.Get(boltIdentityKey(&out)); existing != nil {
 		return EntryChange{}, nil, &ExistsError{ID: string(existing)}
 	}
 	if err := putJSON(tx.Bucket(bucketEntries), []byte(out.ID), &out); err != nil {
@@ -123,7 +124,7 @@ func createEntry(tx *bolt.Tx, e *Entry) (EntryChange, *Entry, error) {
 	if err != nil {
 		return EntryChange{}, nil, err
 	}
-	return EntryChange{Revision: rev, Entry: &out}, &out, ident.Put([]byte(out.identityKey()), []byte(out.ID))
+	return EntryChange{Revision: rev, Entry: &out}, &out, ident.Put(boltIdentityKey(&out), []byte(out.ID))
 }
 
 func getEntry(tx *bolt.Tx, id string) (*Entry, error) {
@@ -176,13 +177,13 @@ func updateEntry(tx *bolt.Tx, e *Entry) (EntryChange, *Entry, error) {
 	out.CreatedAt = old.CreatedAt
 	out.Revision = old.Revision + 1
 	ident := tx.Bucket(bucketByIdentity)
-	if other := ident.Get([]byte(out.identityKey())); other != nil && string(other) != out.ID {
+	if other := ident.Get(boltIdentityKey(&out)); other != nil && string(other) != out.ID {
 		return EntryChange{}, nil, &ExistsError{ID: string(other)}
 	}
-	if err := ident.Delete([]byte(old.identityKey())); err != nil {
+	if err := ident.Delete(boltIdentityKey(old)); err != nil {
 		return EntryChange{}, nil, err
 	}
-	if err := ident.Put([]byte(out.identityKey()), []byte(out.ID)); err != nil {
+	if err := ident.Put(boltIdentityKey(&out), []byte(out.ID)); err != nil {
 		return EntryChange{}, nil, err
 	}
 	byParent := tx.Bucket(bucketByParent)
@@ -222,7 +223,7 @@ func deleteEntry(tx *bolt.Tx, id string) (EntryChange, *Entry, error) {
 	if err != nil {
 		return EntryChange{}, nil, err
 	}
-	if err := tx.Bucket(bucketByIdentity).Delete([]byte(old.identityKey())); err != nil {
+	if err := tx.Bucket(bucketByIdentity).Delete(boltIdentityKey(old)); err != nil {
 		return EntryChange{}, nil, err
 	}
 	if err := tx.Bucket(bucketByParent).Delete(parentKey(old.ParentID, old.ID)); err != nil {
@@ -377,4 +378,21 @@ func ReadCAJournal(path string) (ca.JournalState, error) {
 		return ca.JournalState{}, fmt.Errorf("datastore: read CA journal: %w", err)
 	}
 	return state, nil
+}
+
+// boltMaxKey is bbolt's largest key.
+const boltMaxKey = bolt.MaxKeySize
+
+// boltIdentityKey is an entry's key in the identity index: its identity
+// (SPIFFE ID, parent, sorted selectors) as is, or, when that is longer than
+// bbolt's largest key (an entry may be up to 64 KiB), its SHA-256 behind a
+// prefix no plain identity has. Stores written before this rule hold only
+// identities short enough to be kept as is, so they read the same.
+func boltIdentityKey(e *Entry) []byte {
+	raw := e.identityKey()
+	if len(raw) <= boltMaxKey {
+		return []byte(raw)
+	}
+	sum := sha256.Sum256([]byte(raw))
+	return append([]byte("\x01sha256:"), sum[:]...)
 }

@@ -274,6 +274,37 @@ func TestWriteEntriesBatchHasPerWriteResults(t *testing.T) {
 
 var errStopWatch = errors.New("stop")
 
+// An entry whose identity (SPIFFE ID, parent, selectors) is longer than
+// bbolt's largest key (32 KiB; entries may be 64 KiB) is stored, found as a
+// duplicate, updated and deleted like any other.
+func TestEntryWithAnIdentityLongerThanAKey(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		s := b.handle(t)
+		ctx := context.Background()
+		big := entry("spiffe://td/big", "spiffe://td/agent/x")
+		for k := range 12 {
+			big.Selectors = append(big.Selectors, attest.Selector{Type: "unix", Value: fmt.Sprintf("path:/%d/%s", k, strings.Repeat("p", 3000))})
+		}
+		e, err := s.CreateEntry(ctx, big)
+		if err != nil {
+			t.Fatalf("create: %v", err)
+		}
+		if _, err := s.CreateEntry(ctx, big); !errors.Is(err, datastore.ErrAlreadyExists) {
+			t.Fatalf("duplicate: %v, want ErrAlreadyExists", err)
+		}
+		e.Hint = "updated"
+		if _, err := s.UpdateEntry(ctx, e); err != nil {
+			t.Fatalf("update: %v", err)
+		}
+		if err := s.DeleteEntry(ctx, e.ID); err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+		if _, err := s.CreateEntry(ctx, big); err != nil {
+			t.Fatalf("create again after the delete: %v", err)
+		}
+	})
+}
+
 func TestListEntriesByParentPagesExactly(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		s := b.handle(t)

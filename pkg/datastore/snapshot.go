@@ -101,7 +101,7 @@ func (s *Bolt) Import(_ context.Context, snap *Snapshot) error {
 		}
 		ident := tx.Bucket(bucketByIdentity)
 		for _, e := range snap.Entries {
-			if existing := ident.Get([]byte(e.identityKey())); existing != nil {
+			if existing := ident.Get(boltIdentityKey(e)); existing != nil {
 				return fmt.Errorf("entry %s: %w", e.ID, &ExistsError{ID: string(existing)})
 			}
 			if err := putJSON(tx.Bucket(bucketEntries), []byte(e.ID), e); err != nil {
@@ -110,7 +110,7 @@ func (s *Bolt) Import(_ context.Context, snap *Snapshot) error {
 			if err := tx.Bucket(bucketByParent).Put(parentKey(e.ParentID, e.ID), nil); err != nil {
 				return err
 			}
-			if err := ident.Put([]byte(e.identityKey()), []byte(e.ID)); err != nil {
+			if err := ident.Put(boltIdentityKey(e), []byte(e.ID)); err != nil {
 				return err
 			}
 			if _, err := touchParents(tx, e.ParentID); err != nil {

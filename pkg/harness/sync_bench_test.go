@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -139,5 +140,75 @@ func pollSize(b *testing.B, c agentv1.AgentAPIClient) int {
 		if !msg.GetMore() {
 			return size
 		}
+	}
+}
+
+// BenchmarkSyncPages is an agent's full read of entries of three sizes
+// (a plain entry, 9 KB and 60 KB, near the 64 KiB limit), about 5 MB of
+// entries each: more than gRPC's 4 MiB message limit in one message. It
+// reports the largest page against that limit (page/4MiB; it must stay well
+// under 1) and the pages sent.
+func BenchmarkSyncPages(b *testing.B) {
+	for _, size := range []struct {
+		name string
+		n    int
+		pad  int // bytes of unix:path selectors added to each entry
+	}{{"plain", 20_000, 0}, {"9KB", 600, 9_000}, {"60KB", 90, 60_000}} {
+		b.Run("entries="+size.name, func(b *testing.B) {
+			srv := harness.StartServer(b, func(c *server.Config) { c.Logger = slog.New(slog.DiscardHandler) })
+			a := harness.AttestRaw(b, srv)
+			ctx := context.Background()
+			per := min(100, (2<<20)/(size.pad+200)) // calls well under the admin API's 4 MiB
+			for from := 0; from < size.n; from += per {
+				req := &adminv1.BatchCreateEntryRequest{}
+				for i := from; i < min(from+per, size.n); i++ {
+					sels := []string{fmt.Sprintf("unix:uid:%d", 1000+i)}
+					for k := 0; k < size.pad; k += 3000 { // a selector holds at most 4 KiB
+						sels = append(sels, fmt.Sprintf("unix:path:/%d/%s", k, strings.Repeat("p", min(3000, size.pad-k))))
+					}
+					req.Entries = append(req.Entries, &adminv1.Entry{SpiffeId: fmt.Sprintf("spiffe://example.org/page/%d", i), ParentId: a.ID.String(), Selectors: sels})
+				}
+				resp, err := srv.Admin.BatchCreateEntry(ctx, req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if r := resp.GetResults()[0]; r.GetStatusCode() != 0 {
+					b.Fatal(r.GetStatusMessage())
+				}
+			}
+			largest, pages := 0, 0
+			for b.Loop() {
+				largest, pages = 0, 0
+				sctx, cancel := context.WithCancel(ctx)
+				stream, err := a.Client.Sync(sctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := stream.Send(&agentv1.SyncRequest{}); err != nil {
+					b.Fatal(err)
+				}
+				got := 0
+				for {
+					msg, err := stream.Recv()
+					if err != nil {
+						b.Fatal(err)
+					}
+					if n := len(msg.GetEntries()); n > 0 {
+						got += n
+						pages++
+					}
+					largest = max(largest, proto.Size(msg))
+					if msg.GetState() != nil {
+						break
+					}
+				}
+				cancel()
+				if got != size.n {
+					b.Fatalf("read %d of %d entries", got, size.n)
+				}
+			}
+			b.ReportMetric(float64(largest)/float64(4<<20), "page/4MiB")
+			b.ReportMetric(float64(pages), "pages")
+		})
 	}
 }
