@@ -28,7 +28,7 @@ awk '
   /^BenchmarkBareUDSStream-/    { for (i=1;i<=NF;i++) if ($(i+1)=="ns/op") { bare+=$i; nu++ } }
   /^BenchmarkEntryRegistration\/single-/ { for (i=1;i<=NF;i++) if ($(i+1)=="entries/s") regone=$i }
   /^BenchmarkEntryRegistration\/batch-/  { for (i=1;i<=NF;i++) if ($(i+1)=="entries/s") regbatch=$i }
-  /^BenchmarkSyncPages\/entries=/ { for (i=1;i<=NF;i++) if ($(i+1)=="page/4MiB") { split($1, nm, /[=-]/); pages = pages sprintf("sync pages of %s entries: the largest is %.3f of gRPC's 4 MiB limit\n", nm[2], $i) } }
+  /^BenchmarkSyncPages\/entries=/ { for (i=1;i<=NF;i++) if ($(i+1)=="page/4MiB") { split($1, nm, /[=-]/); pages = pages sprintf("sync pages of %s entries: the largest is %.3f of the 4 MiB gRPC limit\n", nm[2], $i) } }
   /^BenchmarkAgentCache\/entries=/ {
     for (i=1;i<=NF;i++) { if ($(i+1)=="ns/svid") ns=$i; if ($(i+1)=="live-B/svid") live=$i }
     split($1, nm, /[=-]/); agent[nm[2]] = ns; agentlive[nm[2]] = live
