@@ -120,9 +120,9 @@ type Queue struct {
 
 	mu        sync.Mutex
 	work      *sync.Cond
-	pending   pendingHeap            // most urgent first: what workers take
-	victims   victimHeap             // least urgent first: what a full queue sheds
-	perCaller map[string]*callerHeap // each caller's waiting jobs, least urgent first
+	pending   *jobHeap            // most urgent first: what workers take
+	victims   *jobHeap            // least urgent first: what a full queue sheds
+	perCaller map[string]*jobHeap // each caller's waiting jobs, least urgent first
 	seq       uint64
 	closed    bool
 	// service is a moving average of one job's run time, for the signing
@@ -141,7 +141,9 @@ func New(cfg Config) *Queue {
 	if cfg.Workers <= 0 {
 		cfg.Workers = runtime.GOMAXPROCS(0)
 	}
-	q := &Queue{cfg: cfg, perCaller: map[string]*callerHeap{}}
+	q := &Queue{cfg: cfg, perCaller: map[string]*jobHeap{},
+		pending: &jobHeap{less: mostUrgentFirst, place: func(j *Job) *int { return &j.pendingIdx }},
+		victims: &jobHeap{less: leastUrgentFirst, place: func(j *Job) *int { return &j.victimIdx }}}
 	q.work = sync.NewCond(&q.mu)
 	q.stopCtx, q.stop = context.WithCancel(context.Background())
 	if cfg.PerSecond > 0 {
@@ -163,8 +165,8 @@ func (q *Queue) Close() {
 		return
 	}
 	q.closed = true
-	for len(q.pending) > 0 {
-		j := q.pending[0]
+	for q.pending.Len() > 0 {
+		j := q.pending.jobs[0]
 		q.removeLocked(j)
 		q.shedLocked(j, ReasonClosed, 0)
 		q.finishLocked(j)
@@ -179,7 +181,7 @@ func (q *Queue) Close() {
 func (q *Queue) Len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.pending)
+	return q.pending.Len()
 }
 
 // Busy reports whether the queue is at least half full: callers should
@@ -187,7 +189,7 @@ func (q *Queue) Len() int {
 func (q *Queue) Busy() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return 2*len(q.pending) >= q.limitLocked()
+	return 2*q.pending.Len() >= q.limitLocked()
 }
 
 // Do admits caller's jobs (the most urgent first, within the queue's bound
@@ -216,7 +218,7 @@ func (q *Queue) Do(ctx context.Context, caller string, jobs []*Job) {
 			q.shedLocked(j, ReasonClosed, 0)
 			continue
 		}
-		if len(q.pending) < limit {
+		if q.pending.Len() < limit {
 			q.pushLocked(j, now)
 			continue
 		}
@@ -224,7 +226,7 @@ func (q *Queue) Do(ctx context.Context, caller string, jobs []*Job) {
 		// one; or, for one as urgent from a caller under its share, the
 		// least urgent job of the caller with the most waiting, if that
 		// caller is over its share and the job is no more urgent.
-		if v := q.victims[0]; j.Urgency.Before(v.Urgency) {
+		if v := q.victims.jobs[0]; j.Urgency.Before(v.Urgency) {
 			q.displaceLocked(v, retry)
 			q.pushLocked(j, now)
 			continue
@@ -272,14 +274,14 @@ func (q *Queue) worker() {
 	defer q.wg.Done()
 	for {
 		q.mu.Lock()
-		for len(q.pending) == 0 && !q.closed {
+		for q.pending.Len() == 0 && !q.closed {
 			q.work.Wait()
 		}
-		if q.closed && len(q.pending) == 0 {
+		if q.closed && q.pending.Len() == 0 {
 			q.mu.Unlock()
 			return
 		}
-		j := q.pending[0]
+		j := q.pending.jobs[0]
 		q.removeLocked(j)
 		q.mu.Unlock()
 
@@ -369,7 +371,7 @@ func (q *Queue) RetryAfter() time.Duration {
 func (q *Queue) retryAfterLocked() time.Duration {
 	d := q.cfg.MaxWait
 	if r := q.rateLocked(); r > 0 {
-		excess := max(0, len(q.pending)-q.limitLocked()/2)
+		excess := max(0, q.pending.Len()-q.limitLocked()/2)
 		d = time.Duration(math.Ceil(float64(excess) / r * float64(time.Second)))
 	}
 	return min(max(d, minRetryAfter), q.cfg.MaxWait)
@@ -378,11 +380,11 @@ func (q *Queue) retryAfterLocked() time.Duration {
 func (q *Queue) pushLocked(j *Job, now time.Time) {
 	q.seq++
 	j.seq, j.enqueued = q.seq, now
-	heap.Push(&q.pending, j)
-	heap.Push(&q.victims, j)
+	heap.Push(q.pending, j)
+	heap.Push(q.victims, j)
 	ch := q.perCaller[j.b.caller]
 	if ch == nil {
-		ch = &callerHeap{}
+		ch = &jobHeap{less: leastUrgentFirst, place: func(j *Job) *int { return &j.callerIdx }}
 		q.perCaller[j.b.caller] = ch
 	}
 	heap.Push(ch, j)
@@ -401,7 +403,7 @@ func (q *Queue) waitingLocked(caller string) int {
 // caller with work waiting, but only when a full queue must choose between
 // callers' equally urgent work.
 func (q *Queue) fairVictimLocked(share int) *Job {
-	var biggest *callerHeap
+	var biggest *jobHeap
 	for _, ch := range q.perCaller {
 		if biggest == nil || ch.Len() > biggest.Len() {
 			biggest = ch
@@ -410,7 +412,7 @@ func (q *Queue) fairVictimLocked(share int) *Job {
 	if biggest == nil || biggest.Len() <= share {
 		return nil
 	}
-	return (*biggest)[0]
+	return biggest.jobs[0]
 }
 
 // displaceLocked sheds a waiting job to make room for another.
@@ -421,13 +423,13 @@ func (q *Queue) displaceLocked(v *Job, retry time.Duration) {
 }
 
 func (q *Queue) isPendingLocked(j *Job) bool {
-	return j.pendingIdx >= 0 && j.pendingIdx < len(q.pending) && q.pending[j.pendingIdx] == j
+	return j.pendingIdx >= 0 && j.pendingIdx < q.pending.Len() && q.pending.jobs[j.pendingIdx] == j
 }
 
 // removeLocked takes a waiting job out of the queue.
 func (q *Queue) removeLocked(j *Job) {
-	heap.Remove(&q.pending, j.pendingIdx)
-	heap.Remove(&q.victims, j.victimIdx)
+	heap.Remove(q.pending, j.pendingIdx)
+	heap.Remove(q.victims, j.victimIdx)
 	ch := q.perCaller[j.b.caller]
 	heap.Remove(ch, j.callerIdx)
 	if ch.Len() == 0 {
@@ -452,79 +454,41 @@ func (q *Queue) finishLocked(j *Job) {
 	}
 }
 
-// pendingHeap orders jobs most urgent first, then first come.
-type pendingHeap []*Job
+// jobHeap is a heap of jobs under one order (container/heap); each job
+// keeps its place in it, in the field place points to, so it can be
+// removed from the middle.
+type jobHeap struct {
+	jobs  []*Job
+	less  func(a, b *Job) bool
+	place func(*Job) *int
+}
 
-func (h pendingHeap) Len() int { return len(h) }
-func (h pendingHeap) Less(a, b int) bool {
-	if c := h[a].Urgency.Compare(h[b].Urgency); c != 0 {
+func (h *jobHeap) Len() int           { return len(h.jobs) }
+func (h *jobHeap) Less(a, b int) bool { return h.less(h.jobs[a], h.jobs[b]) }
+func (h *jobHeap) Swap(a, b int) {
+	h.jobs[a], h.jobs[b] = h.jobs[b], h.jobs[a]
+	*h.place(h.jobs[a]), *h.place(h.jobs[b]) = a, b
+}
+func (h *jobHeap) Push(x any) {
+	j := x.(*Job)
+	*h.place(j) = len(h.jobs)
+	h.jobs = append(h.jobs, j)
+}
+func (h *jobHeap) Pop() any {
+	j := h.jobs[len(h.jobs)-1]
+	h.jobs[len(h.jobs)-1] = nil
+	h.jobs = h.jobs[:len(h.jobs)-1]
+	return j
+}
+
+// mostUrgentFirst orders the workers' heap: most urgent, then first come.
+func mostUrgentFirst(a, b *Job) bool {
+	if c := a.Urgency.Compare(b.Urgency); c != 0 {
 		return c < 0
 	}
-	return h[a].seq < h[b].seq
-}
-func (h pendingHeap) Swap(a, b int) {
-	h[a], h[b] = h[b], h[a]
-	h[a].pendingIdx, h[b].pendingIdx = a, b
-}
-func (h *pendingHeap) Push(x any) {
-	j := x.(*Job)
-	j.pendingIdx = len(*h)
-	*h = append(*h, j)
-}
-func (h *pendingHeap) Pop() any {
-	old := *h
-	j := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	return j
+	return a.seq < b.seq
 }
 
-// victimHeap orders jobs least urgent first, then last come.
-type victimHeap []*Job
-
-func (h victimHeap) Len() int { return len(h) }
-func (h victimHeap) Less(a, b int) bool {
-	if c := h[a].Urgency.Compare(h[b].Urgency); c != 0 {
-		return c > 0
-	}
-	return h[a].seq > h[b].seq
-}
-func (h victimHeap) Swap(a, b int) {
-	h[a], h[b] = h[b], h[a]
-	h[a].victimIdx, h[b].victimIdx = a, b
-}
-func (h *victimHeap) Push(x any) {
-	j := x.(*Job)
-	j.victimIdx = len(*h)
-	*h = append(*h, j)
-}
-func (h *victimHeap) Pop() any {
-	old := *h
-	j := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	return j
-}
-
-// callerHeap is one caller's waiting jobs, least urgent first, then last
-// come.
-type callerHeap []*Job
-
-func (h callerHeap) Len() int           { return len(h) }
-func (h callerHeap) Less(a, b int) bool { return victimHeap(h).Less(a, b) }
-func (h callerHeap) Swap(a, b int) {
-	h[a], h[b] = h[b], h[a]
-	h[a].callerIdx, h[b].callerIdx = a, b
-}
-func (h *callerHeap) Push(x any) {
-	j := x.(*Job)
-	j.callerIdx = len(*h)
-	*h = append(*h, j)
-}
-func (h *callerHeap) Pop() any {
-	old := *h
-	j := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	return j
-}
+// leastUrgentFirst orders the heaps of what to shed: least urgent, then
+// last come.
+func leastUrgentFirst(a, b *Job) bool { return mostUrgentFirst(b, a) }
