@@ -42,6 +42,12 @@ type Config struct {
 	DataDir      string
 	SocketPath   string        // default /run/shortleaf/agent.sock
 	SyncInterval time.Duration // default 5s
+	// X509SVIDCacheMaxSize, when above 0, makes the agent obtain an entry's
+	// X.509-SVID only once a workload asks for it, and keep renewing the
+	// most recently asked-for ones up to this many (a soft limit: the
+	// identities of one fetch are all kept). 0: every entry's SVID is
+	// obtained ahead, whether or not a workload asks.
+	X509SVIDCacheMaxSize int
 	// WorkloadAttestor defaults to Unix peer credentials.
 	WorkloadAttestor workloadapi.Attestor
 	// WorkloadAPI bounds the connections local processes may hold.
@@ -163,6 +169,7 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 		}
 	}()
 	a := &Agent{cfg: cfg, servers: newServerAddrs(cfg.ServerAddrs), store: storage{dir: cfg.DataDir}, cache: newCache(cfg.TrustDomain), unlock: unlock, syncWake: make(chan struct{}, 1)}
+	a.cache.onDemand(cfg.X509SVIDCacheMaxSize, a.syncWake, cfg.Clock.Now)
 	a.metrics = telemetry.NewAgent(cfg.Registry, func() (int, int) { return a.cache.svidCounts(a.cfg.Clock.Now()) })
 	if a.cfg.WorkloadAttestor == nil {
 		ua := unix.New()

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"container/list"
 	"crypto/x509"
 	"maps"
 	"slices"
@@ -81,8 +82,90 @@ type cache struct {
 	identities []*workloadapi.Identity
 	bySelector map[attest.Selector][]int32
 
+	// On demand (maxSVIDs above 0): only the entries workloads asked for
+	// get SVIDs. wanted holds them with when each was last asked for, most
+	// recent first; wake tells the manage loop one is wanted that has none.
+	maxSVIDs int
+	wanted   *list.List // of *wantedEntry
+	wantedAt map[string]*list.Element
+	wake     chan<- struct{}
+	now      func() time.Time
+
 	state   *workloadapi.State
 	changed chan struct{}
+}
+
+// wantedEntry is an entry a workload asked for, and when it last did.
+type wantedEntry struct {
+	id   string
+	last time.Time
+}
+
+// demandGrace is how long an entry asked for stays wanted even past the
+// cache's size: a workload whose stream is open asks again at every change
+// of the agent's state, so only entries nobody has asked for in this long
+// are let go. Without it, two workloads wanting more than the size between
+// them would take each other's SVIDs in turn.
+const demandGrace = time.Minute
+
+// onDemand turns on-demand mode on with max SVIDs kept (0: off).
+func (c *cache) onDemand(max int, wake chan<- struct{}, now func() time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.maxSVIDs, c.wake, c.now = max, wake, now
+	c.wanted, c.wantedAt = list.New(), map[string]*list.Element{}
+}
+
+// Want implements workloadapi.Demand: the entries a workload matched are
+// the most recently wanted; one without an SVID wakes the manage loop; past
+// the size, the least recently wanted that nobody asked for within
+// demandGrace are let go, with their SVIDs.
+func (c *cache) Want(entryIDs []string) {
+	c.mu.Lock()
+	if c.maxSVIDs <= 0 {
+		c.mu.Unlock()
+		return
+	}
+	now := c.now()
+	missing := false
+	for _, id := range entryIDs {
+		if _, ok := c.entries[id]; !ok {
+			continue
+		}
+		if el, ok := c.wantedAt[id]; ok {
+			el.Value.(*wantedEntry).last = now
+			c.wanted.MoveToFront(el)
+			continue
+		}
+		c.wantedAt[id] = c.wanted.PushFront(&wantedEntry{id: id, last: now})
+		if _, held := c.svids[id]; !held {
+			missing = true
+		}
+	}
+	var dropped []string
+	for c.wanted.Len() > c.maxSVIDs {
+		el := c.wanted.Back()
+		w := el.Value.(*wantedEntry)
+		if now.Sub(w.last) < demandGrace {
+			break // the rest are as recent: keep them, past the soft limit
+		}
+		c.wanted.Remove(el)
+		delete(c.wantedAt, w.id)
+		if _, held := c.svids[w.id]; held {
+			delete(c.svids, w.id)
+			dropped = append(dropped, w.id)
+		}
+	}
+	if len(dropped) > 0 {
+		c.publish(dropped...)
+	}
+	c.mu.Unlock()
+	if missing {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func newCache(td spiffeid.TrustDomain) *cache {
@@ -233,6 +316,12 @@ func (c *cache) setEntries(entries map[string]*entry) {
 			delete(c.svids, id)
 		}
 	}
+	for id, el := range c.wantedAt {
+		if _, ok := entries[id]; !ok {
+			c.wanted.Remove(el)
+			delete(c.wantedAt, id)
+		}
+	}
 	c.entries = entries
 	c.selectorPrefixes = selectorPrefixes(entries)
 	if changed {
@@ -307,6 +396,9 @@ func (c *cache) due(now time.Time) (due []*entry, next time.Time) {
 	horizon := now.Add(renewCoalesce)
 	var expiry map[string]time.Time
 	for id, e := range c.entries {
+		if c.maxSVIDs > 0 && c.wantedAt[id] == nil {
+			continue // on demand: nobody asked for it
+		}
 		s, ok := c.svids[id]
 		if !ok || s.Revision != e.Revision || !horizon.Before(s.RenewAt) {
 			due = append(due, e)

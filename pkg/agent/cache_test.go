@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/shortleaf/shortleaf/pkg/workloadapi"
 )
 
 // A backlog is served most urgent first: entries without an SVID, then the
@@ -26,5 +28,53 @@ func TestDueOrdersByUrgency(t *testing.T) {
 	}
 	if len(got) != 3 || got[0] != "new" || got[1] != "soon" || got[2] != "late" {
 		t.Fatalf("due order = %v, want [new soon late]", got)
+	}
+}
+
+// On demand, only entries a workload asked for are due; one asked for
+// without an SVID wakes the manage loop; past the size, the least recently
+// asked-for are let go with their SVIDs, but not within demandGrace of
+// being asked for.
+func TestOnDemandCacheWantsAndLetsGo(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	c := newCache(spiffeid.RequireTrustDomainFromString("example.org"))
+	wake := make(chan struct{}, 1)
+	c.onDemand(2, wake, func() time.Time { return now })
+	entries := map[string]*entry{}
+	for _, id := range []string{"a", "b", "c"} {
+		entries[id] = &entry{ID: id, Revision: 1, Registration: workloadapi.Registration{EntryID: id,
+			SPIFFEID: spiffeid.RequireFromString("spiffe://example.org/" + id)}}
+	}
+	c.setEntries(entries)
+	if due, _ := c.due(now); len(due) != 0 {
+		t.Fatalf("%d entries due before any workload asked", len(due))
+	}
+	c.Want([]string{"a"})
+	select {
+	case <-wake:
+	default:
+		t.Fatal("an entry asked for without an SVID did not wake the manage loop")
+	}
+	if due, _ := c.due(now); len(due) != 1 || due[0].ID != "a" {
+		t.Fatalf("due = %v, want [a]", due)
+	}
+	held := func(id string) { c.svids[id] = &svid{Revision: 1, NotAfter: now.Add(time.Hour), RenewAt: now.Add(30 * time.Minute), Signer: &signer{}} }
+	held("a")
+	c.Want([]string{"b"})
+	held("b")
+	// Within the grace, c is kept past the size of 2.
+	c.Want([]string{"c"})
+	if len(c.wantedAt) != 3 {
+		t.Fatalf("%d entries wanted, want 3 (a soft limit within the grace)", len(c.wantedAt))
+	}
+	// Later, a is the least recently asked-for and nobody asked for it
+	// within the grace: it goes, with its SVID.
+	now = now.Add(2 * demandGrace)
+	c.Want([]string{"b", "c"})
+	if _, ok := c.wantedAt["a"]; ok || c.svids["a"] != nil {
+		t.Fatal("the least recently wanted entry and its SVID were kept past the size")
+	}
+	if len(c.wantedAt) != 2 {
+		t.Fatalf("%d entries wanted, want 2", len(c.wantedAt))
 	}
 }

@@ -27,8 +27,11 @@ type AgentFile struct {
 	DataDir           string      `yaml:"data_dir"`
 	SocketPath        string      `yaml:"socket_path"`
 	SyncInterval      Duration    `yaml:"sync_interval"`
-	MetricsAddress    string      `yaml:"metrics_address"`
-	LogLevel          string      `yaml:"log_level"`
+	// X509SVIDCacheMaxSize > 0 obtains SVIDs only for entries workloads
+	// ask for, keeping that many warm (SPIRE's LRU SVID cache).
+	X509SVIDCacheMaxSize int    `yaml:"x509_svid_cache_max_size"`
+	MetricsAddress       string `yaml:"metrics_address"`
+	LogLevel             string `yaml:"log_level"`
 	// WorkloadAPI bounds what local processes can make the agent hold.
 	WorkloadAPI *WorkloadAPIFile `yaml:"workload_api"`
 }
@@ -114,6 +117,9 @@ func (f *AgentFile) Resolve() (Agent, error) {
 	if f.SyncInterval != 0 && (time.Duration(f.SyncInterval) < time.Second || time.Duration(f.SyncInterval) > 10*time.Minute) {
 		return Agent{}, fieldErr("sync_interval", "%s is out of range (1s to 10m)", time.Duration(f.SyncInterval))
 	}
+	if f.X509SVIDCacheMaxSize < 0 {
+		return Agent{}, fieldErr("x509_svid_cache_max_size", "%d is negative (0: every entry's SVID is obtained ahead)", f.X509SVIDCacheMaxSize)
+	}
 	if f.TrustBundlePath != "" && f.InsecureBootstrap {
 		return Agent{}, fieldErr("insecure_bootstrap", "cannot be combined with trust_bundle_path")
 	}
@@ -125,6 +131,7 @@ func (f *AgentFile) Resolve() (Agent, error) {
 		Agent: agent.Config{
 			ServerAddrs: f.ServerAddress, TrustDomain: td, InsecureBootstrap: f.InsecureBootstrap,
 			JoinToken: f.JoinToken, DataDir: f.DataDir, SocketPath: f.SocketPath, SyncInterval: time.Duration(f.SyncInterval),
+			X509SVIDCacheMaxSize: f.X509SVIDCacheMaxSize,
 		},
 		MetricsAddr: f.MetricsAddress,
 		LogLevel:    level,

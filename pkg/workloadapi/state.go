@@ -115,6 +115,14 @@ type JWTSource interface {
 	FetchJWTSVID(ctx context.Context, entryID string, audience []string) (string, error)
 }
 
+// Demand is implemented by a Source that obtains SVIDs only for the
+// identities workloads ask for (the agent with x509_svid_cache_max_size):
+// Want is told the entries a caller matched each time its fetch looks, so
+// what open streams use stays wanted and an SVID not held yet is obtained.
+type Demand interface {
+	Want(entryIDs []string)
+}
+
 // Source provides the current state and a channel closed at its next change.
 type Source interface {
 	Current() (*State, <-chan struct{})
