@@ -58,7 +58,9 @@ func TestOnDemandCacheWantsAndLetsGo(t *testing.T) {
 	if due, _ := c.due(now); len(due) != 1 || due[0].ID != "a" {
 		t.Fatalf("due = %v, want [a]", due)
 	}
-	held := func(id string) { c.svids[id] = &svid{Revision: 1, NotAfter: now.Add(time.Hour), RenewAt: now.Add(30 * time.Minute), Signer: &signer{}} }
+	held := func(id string) {
+		c.svids[id] = &svid{Revision: 1, NotAfter: now.Add(time.Hour), RenewAt: now.Add(30 * time.Minute), Signer: &signer{}}
+	}
 	held("a")
 	c.Want([]string{"b"})
 	held("b")
