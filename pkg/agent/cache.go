@@ -120,7 +120,7 @@ func (c *cache) onDemand(max int, wake chan<- struct{}, now func() time.Time) {
 // the most recently wanted; one without an SVID wakes the manage loop; past
 // the size, the least recently wanted that nobody asked for within
 // demandGrace are let go, with their SVIDs.
-func (c *cache) Want(entryIDs []string) {
+func (c *cache) Want(ids []*workloadapi.Identity) {
 	c.mu.Lock()
 	if c.maxSVIDs <= 0 {
 		c.mu.Unlock()
@@ -128,7 +128,8 @@ func (c *cache) Want(entryIDs []string) {
 	}
 	now := c.now()
 	missing := false
-	for _, id := range entryIDs {
+	for _, ident := range ids {
+		id := ident.EntryID
 		if _, ok := c.entries[id]; !ok {
 			continue
 		}

@@ -49,7 +49,14 @@ func TestOnDemandCacheWantsAndLetsGo(t *testing.T) {
 	if due, _ := c.due(now); len(due) != 0 {
 		t.Fatalf("%d entries due before any workload asked", len(due))
 	}
-	c.Want([]string{"a"})
+	want := func(names ...string) {
+		var ids []*workloadapi.Identity
+		for _, n := range names {
+			ids = append(ids, &workloadapi.Identity{Registration: &entries[n].Registration})
+		}
+		c.Want(ids)
+	}
+	want("a")
 	select {
 	case <-wake:
 	default:
@@ -62,17 +69,17 @@ func TestOnDemandCacheWantsAndLetsGo(t *testing.T) {
 		c.svids[id] = &svid{Revision: 1, NotAfter: now.Add(time.Hour), RenewAt: now.Add(30 * time.Minute), Signer: &signer{}}
 	}
 	held("a")
-	c.Want([]string{"b"})
+	want("b")
 	held("b")
 	// Within the grace, c is kept past the size of 2.
-	c.Want([]string{"c"})
+	want("c")
 	if len(c.wantedAt) != 3 {
 		t.Fatalf("%d entries wanted, want 3 (a soft limit within the grace)", len(c.wantedAt))
 	}
 	// Later, a is the least recently asked-for and nobody asked for it
 	// within the grace: it goes, with its SVID.
 	now = now.Add(2 * demandGrace)
-	c.Want([]string{"b", "c"})
+	want("b", "c")
 	if _, ok := c.wantedAt["a"]; ok || c.svids["a"] != nil {
 		t.Fatal("the least recently wanted entry and its SVID were kept past the size")
 	}

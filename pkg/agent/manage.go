@@ -691,7 +691,16 @@ func (c *cache) newSVID(e *entry, key crypto.Signer, chainDER [][]byte, now time
 	if err != nil {
 		return nil, fmt.Errorf("agent: server returned an unreadable SVID for entry %s: %w", e.ID, err)
 	}
-	rest := bytes.Join(chainDER[1:], nil)
+	// Chains are leaf + one intermediate: then no copy is made to look the
+	// intermediate up.
+	var rest []byte
+	switch len(chainDER) {
+	case 1:
+	case 2:
+		rest = chainDER[1]
+	default:
+		rest = bytes.Join(chainDER[1:], nil)
+	}
 	sg := c.lookupSigner(rest)
 	if sg == nil {
 		if _, err := x509.ParseCertificates(rest); err != nil {

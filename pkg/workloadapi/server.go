@@ -89,11 +89,7 @@ func (s *Server) matching(ctx context.Context, sels []attest.Selector) (*State, 
 		return nil, nil, nil, status.Error(codes.PermissionDenied, "no identity issued")
 	}
 	if d, ok := s.cfg.Source.(Demand); ok {
-		want := make([]string, len(ids))
-		for i, id := range ids {
-			want[i] = id.EntryID
-		}
-		d.Want(want)
+		d.Want(ids)
 	}
 	return state, ids, changed, nil
 }

@@ -117,10 +117,11 @@ type JWTSource interface {
 
 // Demand is implemented by a Source that obtains SVIDs only for the
 // identities workloads ask for (the agent with x509_svid_cache_max_size):
-// Want is told the entries a caller matched each time its fetch looks, so
-// what open streams use stays wanted and an SVID not held yet is obtained.
+// Want is told the identities a caller matched each time its fetch looks,
+// so what open streams use stays wanted and an SVID not held yet is
+// obtained.
 type Demand interface {
-	Want(entryIDs []string)
+	Want(ids []*Identity)
 }
 
 // Source provides the current state and a channel closed at its next change.
