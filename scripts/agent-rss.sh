@@ -2,7 +2,7 @@
 # The real agent's memory per cached SVID: a `shortleaf server` and a
 # `shortleaf agent`, N entries (default 100000) registered for the agent with
 # `entry create --file`, and the agent's RSS before and once it holds every
-# SVID. Prints (RSS with N - RSS with none) / N. Needs curl.
+# SVID. Prints (RSS with N - RSS with none) / N. Needs curl and python3 (for free ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${ENTRIES:-100000}
