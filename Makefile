@@ -78,6 +78,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzFederationFromProto -fuzztime 30s ./pkg/api/
 	$(GO) test -run '^$$' -fuzz FuzzValidateJWTSVID -fuzztime 30s ./pkg/workloadapi/
 	$(GO) test -run '^$$' -fuzz FuzzParseCgroups -fuzztime 30s ./attest/k8s/
+	$(GO) test -run '^$$' -fuzz FuzzParsePodList -fuzztime 30s ./attest/k8s/
 	$(GO) test -run '^$$' -fuzz FuzzSDSRequest -fuzztime 30s ./pkg/workloadapi/
 	$(GO) test -run '^$$' -fuzz FuzzParsePEMCertificates -fuzztime 30s ./pkg/federation/
 	$(GO) test -run '^$$' -fuzz FuzzRelationshipValidate -fuzztime 30s ./pkg/federation/

@@ -6,7 +6,12 @@
 //	/kubepods/burstable/pod<uid>/<container id>
 //	/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid with _>.slice/cri-containerd-<id>.scope
 //
-// The pod's details (namespace, service account, labels, image), which
-// become k8s:* selectors, come from the kubelet's pod list, still to be
-// built; so is the attestor itself.
+// Selectors turns that container, found in the kubelet's pod list
+// (ParsePodList decodes its /pods answer), into k8s:* selectors: namespace,
+// service account, pod name, UID and labels, node, container name and
+// image. Still to be built: the kubelet client (its HTTPS port with the
+// node's token, or the read-only port), the retry while a new pod is not
+// yet listed, the attestor wired into the agent, and the k8s selector type
+// in attest's table (until then entries cannot name k8s selectors, so none
+// is registered that nothing could attest).
 package k8s
