@@ -9,9 +9,11 @@
 // Selectors turns that container, found in the kubelet's pod list
 // (ParsePodList decodes its /pods answer), into k8s:* selectors: namespace,
 // service account, pod name, UID and labels, node, container name and
-// image. Still to be built: the kubelet client (its HTTPS port with the
-// node's token, or the read-only port), the retry while a new pod is not
-// yet listed, the attestor wired into the agent, and the k8s selector type
-// in attest's table (until then entries cannot name k8s selectors, so none
-// is registered that nothing could attest).
+// image. Kubelet reads that list from the node's kubelet (its HTTPS port
+// with the agent's service-account token, read again for every request, or
+// the read-only port) and asks again briefly while a new pod is not yet
+// listed. Still to be built: the attestor wired into the agent (pid →
+// /proc/<pid>/cgroup → Container → selectors) with its config, and the k8s
+// selector type in attest's table (until then entries cannot name k8s
+// selectors, so none is registered that nothing could attest).
 package k8s
