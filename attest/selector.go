@@ -31,6 +31,17 @@ var knownKeys = map[string]map[string]*regexp.Regexp{
 	"join_token": {
 		"id": regexp.MustCompile(`^[0-9a-f]{1,64}$`),
 	},
+	// Kubernetes workloads (attest/k8s); names as the API allows them.
+	"k8s": {
+		"ns":              regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`),
+		"sa":              regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`),
+		"pod-name":        regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`),
+		"pod-uid":         regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`),
+		"node-name":       regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`),
+		"pod-label":       regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9./_-]{0,316}:([a-zA-Z0-9]([a-zA-Z0-9._-]{0,61}[a-zA-Z0-9])?)?$`),
+		"container-name":  regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`),
+		"container-image": regexp.MustCompile(`^\S+$`), // the length is bounded for every selector
+	},
 }
 
 // maxSelectorValue bounds a selector value (PATH_MAX).

@@ -9,7 +9,10 @@ import (
 
 func TestParseSelector(t *testing.T) {
 	good := []string{"unix:uid:0", "unix:gid:1000", "unix:user:www-data", "unix:group:staff", "unix:path:/usr/bin/app",
-		"unix:sha256:" + strings.Repeat("ab", 32), "join_token:id:0123abcd"}
+		"unix:sha256:" + strings.Repeat("ab", 32), "join_token:id:0123abcd",
+		"k8s:ns:payments", "k8s:sa:web", "k8s:pod-name:web-7f9c6d5b8-x2k4q", "k8s:pod-uid:7d4a2d5b-0c1e-4b7a-9d1e-3a6f1b2c4d5e",
+		"k8s:node-name:node-3.internal", "k8s:pod-label:app.kubernetes.io/name:web", "k8s:pod-label:tier:", "k8s:container-name:app",
+		"k8s:container-image:registry.internal/web@sha256:" + strings.Repeat("ab", 32)}
 	for _, s := range good {
 		sel, err := attest.ParseSelector(s)
 		if err != nil {
@@ -23,7 +26,9 @@ func TestParseSelector(t *testing.T) {
 	bad := map[string]string{
 		"":                        "type:key:value",
 		"unix":                    "type:key:value",
-		"k8s:ns:default":          "unknown type",
+		"docker:label:x":          "unknown type",
+		"k8s:ns:Default":          "malformed",
+		"k8s:pod-uid:1234":        "malformed",
 		"unix:pid:1":              "unknown key",
 		"unix:uid:-1":             "malformed",
 		"unix:uid":                "type:key:value",

@@ -47,18 +47,21 @@ func Selectors(pods *corev1.PodList, c Container) ([]attest.Selector, bool) {
 		if !ok {
 			return nil, false
 		}
-		sel := func(key, value string) attest.Selector { return attest.Selector{Type: "k8s", Value: key + ":" + value} }
-		out := []attest.Selector{
-			sel("ns", pod.Namespace),
-			sel("sa", pod.Spec.ServiceAccountName),
-			sel("pod-name", pod.Name),
-			sel("pod-uid", string(pod.UID)),
-			sel("node-name", pod.Spec.NodeName),
-			sel("container-name", status.Name),
-			sel("container-image", status.Image),
+		var out []attest.Selector
+		add := func(key, value string) { // an empty field makes no selector
+			if value != "" {
+				out = append(out, attest.Selector{Type: "k8s", Value: key + ":" + value})
+			}
 		}
-		if img := specImage(pod, status.Name); img != "" && img != status.Image {
-			out = append(out, sel("container-image", img))
+		add("ns", pod.Namespace)
+		add("sa", pod.Spec.ServiceAccountName)
+		add("pod-name", pod.Name)
+		add("pod-uid", string(pod.UID))
+		add("node-name", pod.Spec.NodeName)
+		add("container-name", status.Name)
+		add("container-image", status.Image)
+		if img := specImage(pod, status.Name); img != status.Image {
+			add("container-image", img)
 		}
 		keys := make([]string, 0, len(pod.Labels))
 		for k := range pod.Labels {
@@ -66,7 +69,7 @@ func Selectors(pods *corev1.PodList, c Container) ([]attest.Selector, bool) {
 		}
 		sort.Strings(keys)
 		for _, k := range keys {
-			out = append(out, sel("pod-label", k+":"+pod.Labels[k]))
+			out = append(out, attest.Selector{Type: "k8s", Value: "pod-label:" + k + ":" + pod.Labels[k]})
 		}
 		return out, true
 	}

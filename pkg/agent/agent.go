@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/attest/k8s"
 	"github.com/shortleaf/shortleaf/attest/unix"
 	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/safefile"
@@ -48,8 +49,12 @@ type Config struct {
 	// identities of one fetch are all kept). 0: every entry's SVID is
 	// obtained ahead, whether or not a workload asks.
 	X509SVIDCacheMaxSize int
-	// WorkloadAttestor defaults to Unix peer credentials.
+	// WorkloadAttestor defaults to Unix peer credentials, plus Kubernetes
+	// when Kubernetes is set.
 	WorkloadAttestor workloadapi.Attestor
+	// Kubernetes, when set, adds the k8s selectors of callers that run in
+	// a pod on this node (read from the kubelet).
+	Kubernetes *k8s.AttestorConfig
 	// WorkloadAPI bounds the connections local processes may hold.
 	WorkloadAPI workloadapi.Limits
 	// MaxExecutableHashSize bounds the executables hashed for unix:sha256;
@@ -177,7 +182,13 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 		if cfg.MaxExecutableHashSize > 0 {
 			ua.MaxHashSize = cfg.MaxExecutableHashSize
 		}
-		a.cfg.WorkloadAttestor = unixAttestor{a: ua, cache: a.cache}
+		wa := unixAttestor{a: ua, cache: a.cache}
+		if cfg.Kubernetes != nil {
+			if wa.k8s, err = k8s.NewAttestor(*cfg.Kubernetes); err != nil {
+				return nil, fmt.Errorf("agent: %w", err)
+			}
+		}
+		a.cfg.WorkloadAttestor = wa
 	}
 	if err := a.restore(); err != nil {
 		if cfg.JoinToken == "" {
@@ -219,12 +230,22 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 type unixAttestor struct {
 	a     *unix.Attestor
 	cache *cache
+	// k8s, when set, adds the caller's k8s selectors.
+	k8s *k8s.Attestor
 }
 
 func (u unixAttestor) Attest(ctx context.Context, c uds.PeerCred) ([]attest.Selector, error) {
 	path, hash := u.cache.executableSelectors()
-	return u.a.Attest(ctx, unix.Caller{PID: c.PID, UID: c.UID, GID: c.GID, Exe: c.Exe, Running: c.Running},
+	sels, err := u.a.Attest(ctx, unix.Caller{PID: c.PID, UID: c.UID, GID: c.GID, Exe: c.Exe, Running: c.Running},
 		unix.Options{Path: path, Hash: hash})
+	if err != nil || u.k8s == nil {
+		return sels, err
+	}
+	more, err := u.k8s.Attest(ctx, c.PID, c.Running)
+	if err != nil {
+		return nil, err
+	}
+	return append(sels, more...), nil
 }
 
 // restore loads a stored identity that is still valid.

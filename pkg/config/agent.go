@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"gopkg.in/yaml.v3"
 
+	"github.com/shortleaf/shortleaf/attest/k8s"
 	"github.com/shortleaf/shortleaf/pkg/agent"
 	"github.com/shortleaf/shortleaf/pkg/workloadapi"
 )
@@ -34,6 +36,18 @@ type AgentFile struct {
 	LogLevel             string `yaml:"log_level"`
 	// WorkloadAPI bounds what local processes can make the agent hold.
 	WorkloadAPI *WorkloadAPIFile `yaml:"workload_api"`
+	// K8s turns the Kubernetes workload attestor on.
+	K8s *K8sFile `yaml:"k8s"`
+}
+
+// K8sFile configures the Kubernetes workload attestor: where the kubelet
+// is and how to authenticate to it.
+type K8sFile struct {
+	KubeletURL              string `yaml:"kubelet_url"`
+	TokenFile               string `yaml:"token_file"`
+	KubeletCAFile           string `yaml:"kubelet_ca_file"`
+	SkipKubeletVerification bool   `yaml:"skip_kubelet_verification"`
+	ProcRoot                string `yaml:"proc_root"`
 }
 
 // AddressList is one host:port or a list of them.
@@ -117,6 +131,16 @@ func (f *AgentFile) Resolve() (Agent, error) {
 	if f.SyncInterval != 0 && (time.Duration(f.SyncInterval) < time.Second || time.Duration(f.SyncInterval) > 10*time.Minute) {
 		return Agent{}, fieldErr("sync_interval", "%s is out of range (1s to 10m)", time.Duration(f.SyncInterval))
 	}
+	if k := f.K8s; k != nil {
+		switch {
+		case k.KubeletURL != "" && !strings.HasPrefix(k.KubeletURL, "https://") && !strings.HasPrefix(k.KubeletURL, "http://"):
+			return Agent{}, fieldErr("k8s.kubelet_url", "%q: want https://host:port (or http:// for the read-only port)", k.KubeletURL)
+		case k.SkipKubeletVerification && k.KubeletCAFile != "":
+			return Agent{}, fieldErr("k8s.skip_kubelet_verification", "cannot be combined with kubelet_ca_file")
+		case !strings.HasPrefix(k.KubeletURL, "http://") && k.TokenFile == "":
+			return Agent{}, fieldErr("k8s.token_file", "is required for the kubelet's HTTPS port (the agent's service-account token)")
+		}
+	}
 	if f.X509SVIDCacheMaxSize < 0 {
 		return Agent{}, fieldErr("x509_svid_cache_max_size", "%d is negative (0: every entry's SVID is obtained ahead)", f.X509SVIDCacheMaxSize)
 	}
@@ -135,6 +159,10 @@ func (f *AgentFile) Resolve() (Agent, error) {
 		},
 		MetricsAddr: f.MetricsAddress,
 		LogLevel:    level,
+	}
+	if k := f.K8s; k != nil {
+		out.Agent.Kubernetes = &k8s.AttestorConfig{ProcRoot: k.ProcRoot, Kubelet: k8s.KubeletConfig{
+			URL: k.KubeletURL, TokenFile: k.TokenFile, CAFile: k.KubeletCAFile, SkipVerify: k.SkipKubeletVerification}}
 	}
 	if w := f.WorkloadAPI; w != nil {
 		for key, v := range map[string]int64{"workload_api.max_connections": int64(w.MaxConnections),

@@ -162,6 +162,10 @@ func TestAgentConfig(t *testing.T) {
 	if strings.Join(cfg.Agent.ServerAddrs, ",") != "127.0.0.1:8081" || !cfg.Agent.InsecureBootstrap {
 		t.Fatalf("agent config: %+v", cfg.Agent)
 	}
+	cfg, err = config.ParseAgent(strings.NewReader("server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nk8s: {kubelet_url: 'http://127.0.0.1:10255', proc_root: /host/proc}\n"))
+	if err != nil || cfg.Agent.Kubernetes == nil || cfg.Agent.Kubernetes.ProcRoot != "/host/proc" || cfg.Agent.Kubernetes.Kubelet.URL != "http://127.0.0.1:10255" {
+		t.Fatalf("k8s with the read-only port: %+v, %v", cfg.Agent.Kubernetes, err)
+	}
 	cfg, err = config.ParseAgent(strings.NewReader("server_address: [server-1:8081, 'servers.internal:8081']\ntrust_domain: example.org\ndata_dir: /d\ninsecure_bootstrap: true\n"))
 	if err != nil || strings.Join(cfg.Agent.ServerAddrs, ",") != "server-1:8081,servers.internal:8081" {
 		t.Fatalf("several server addresses: %v, %v", cfg.Agent.ServerAddrs, err)
@@ -174,6 +178,10 @@ func TestAgentConfig(t *testing.T) {
 		{"server_address: server-1\ntrust_domain: example.org\ndata_dir: /d\n", "server_address: \"server-1\" is not host:port"},
 		{"server_address: [a:1, b]\ntrust_domain: example.org\ndata_dir: /d\n", "server_address[1]"},
 		{"server_address: {a: 1}\ntrust_domain: example.org\ndata_dir: /d\n", "host:port or a list"},
+		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nk8s: {}\n", "k8s.token_file: is required"},
+		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nk8s: {kubelet_url: 'node:10250'}\n", "k8s.kubelet_url"},
+		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nk8s: {token_file: /t, kubelet_ca_file: /c, skip_kubelet_verification: true}\n", "k8s.skip_kubelet_verification"},
+		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nx509_svid_cache_max_size: -1\n", "x509_svid_cache_max_size"},
 	} {
 		if _, err := config.ParseAgent(strings.NewReader(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.field) {
 			t.Errorf("error %v does not name %q", err, tc.field)
