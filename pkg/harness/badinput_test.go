@@ -52,7 +52,7 @@ func TestAdminRejectsBadEntriesNamingTheField(t *testing.T) {
 		{"parent not an agent", "entry.parent_id", func(e *adminv1.Entry) { e.ParentId = "spiffe://example.org/web" }},
 		{"parent malformed", "entry.parent_id", func(e *adminv1.Entry) { e.ParentId = "spiffe:///agent" }},
 		{"no selectors", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = nil }},
-		{"unknown selector type", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = []string{"k8s:ns:default"} }},
+		{"unknown selector type", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = []string{"docker:label:x"} }},
 		{"unknown selector key", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = []string{"unix:shoe:9"} }},
 		{"malformed selector", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = []string{"unix"} }},
 		{"bad uid value", "entry.selectors", func(e *adminv1.Entry) { e.Selectors = []string{"unix:uid:root"} }},
