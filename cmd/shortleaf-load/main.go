@@ -53,13 +53,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/shortleaf/shortleaf/pkg/adminclient"
+	"github.com/shortleaf/shortleaf/pkg/api"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
@@ -485,10 +485,8 @@ func (s *stats) percentiles() (p50, p99 float64) {
 }
 
 func retryHint(st *status.Status) time.Duration {
-	for _, d := range st.Details() {
-		if ri, ok := d.(*errdetails.RetryInfo); ok {
-			return ri.GetRetryDelay().AsDuration()
-		}
+	if d, ok := api.RetryAfter(st); ok {
+		return d
 	}
 	return time.Second
 }

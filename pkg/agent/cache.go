@@ -121,11 +121,12 @@ func (c *cache) onDemand(max int, wake chan<- struct{}, now func() time.Time) {
 // the size, the least recently wanted that nobody asked for within
 // demandGrace are let go, with their SVIDs.
 func (c *cache) Want(ids []*workloadapi.Identity) {
-	c.mu.Lock()
+	// maxSVIDs is set before the Workload API serves and never changes: in
+	// the default mode a fetch costs no lock here.
 	if c.maxSVIDs <= 0 {
-		c.mu.Unlock()
 		return
 	}
+	c.mu.Lock()
 	now := c.now()
 	missing := false
 	for _, ident := range ids {

@@ -20,7 +20,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -588,16 +587,6 @@ func (e *serverBusyError) Error() string {
 	return fmt.Sprintf("agent: the server's signing queue is full: %d CSRs deferred; asking again in %s", e.Shed, e.RetryAfter.Round(time.Millisecond))
 }
 
-// retryAfter reads the google.rpc.RetryInfo of a refusal; def without one.
-func retryAfter(st *status.Status, def time.Duration) time.Duration {
-	for _, d := range st.Details() {
-		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
-			return ri.GetRetryDelay().AsDuration()
-		}
-	}
-	return def
-}
-
 // issueBatch sends one batch and stores what was signed; it returns how
 // many were.
 func (a *Agent) issueBatch(ctx context.Context, batch []*entry, keys map[string]crypto.Signer, req *agentv1.BatchNewX509SVIDRequest) (int, error) {
@@ -607,7 +596,11 @@ func (a *Agent) issueBatch(ctx context.Context, batch []*entry, keys map[string]
 	if st, ok := status.FromError(err); ok && err != nil && st.Code() == codes.ResourceExhausted {
 		a.serverBusy = true
 		a.metrics.SVIDRequestsShed.Add(float64(len(batch)))
-		return 0, &serverBusyError{Shed: len(batch), RetryAfter: retryAfter(st, time.Second)}
+		hint, ok := api.RetryAfter(st)
+		if !ok {
+			hint = time.Second
+		}
+		return 0, &serverBusyError{Shed: len(batch), RetryAfter: hint}
 	}
 	if err != nil {
 		return 0, fmt.Errorf("agent: new X.509-SVIDs: %w", err)

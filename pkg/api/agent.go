@@ -178,6 +178,17 @@ func retryLater(after time.Duration, format string, args ...any) error {
 	return st.Err()
 }
 
+// RetryAfter reads the google.rpc.RetryInfo detail of a refusal made by
+// retryLater; false without one.
+func RetryAfter(st *status.Status) (time.Duration, bool) {
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
+			return ri.GetRetryDelay().AsDuration(), true
+		}
+	}
+	return 0, false
+}
+
 // AttestAgent consumes a join token and issues the agent's first SVID.
 func (s *AgentService) AttestAgent(ctx context.Context, req *agentv1.AttestAgentRequest) (*agentv1.AttestAgentResponse, error) {
 	ip := peerIP(ctx)
@@ -496,14 +507,14 @@ func (s *AgentService) BatchNewX509SVID(ctx context.Context, req *agentv1.BatchN
 	}
 	// The hint is taken now, not when the work was shed: the answer comes
 	// only once the batch's admitted work is signed, and by then the queue
-	// may have drained.
+	// may have drained. A batch with nothing shed does not ask for one.
 	var retry time.Duration
-	if s.cfg.SignQueue != nil {
-		retry = s.cfg.SignQueue.RetryAfter()
-	}
 	shed := 0
 	for i, j := range jobs {
 		if sh := j.Shed(); sh != nil {
+			if shed == 0 && s.cfg.SignQueue != nil {
+				retry = s.cfg.SignQueue.RetryAfter()
+			}
 			shed++
 			sh.RetryAfter = retry
 			results[i] = &agentv1.BatchNewX509SVIDResult{EntryId: params[i].GetEntryId(), StatusCode: int32(codes.ResourceExhausted),
