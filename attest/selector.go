@@ -3,7 +3,9 @@ package attest
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -28,8 +30,28 @@ var knownKeys = map[string]map[string]*regexp.Regexp{
 		"path":   regexp.MustCompile(`^/[^\x00]*$`),
 		"sha256": regexp.MustCompile(`^[0-9a-f]{64}$`),
 	},
+	// Node selectors, from node attestors; entries use them as node
+	// aliases (see IsNodeType).
 	"join_token": {
 		"id": regexp.MustCompile(`^[0-9a-f]{1,64}$`),
+	},
+	"x509pop": {
+		"subject":      regexp.MustCompile(`^cn:[^\x00-\x1f]+$`),
+		"ca":           regexp.MustCompile(`^fingerprint:[0-9a-f]{40}$`),
+		"serialnumber": regexp.MustCompile(`^[0-9a-f]{1,40}$`),
+	},
+	"tpm": {
+		"pub_hash": regexp.MustCompile(`^[0-9a-f]{64}$`),
+	},
+	"k8s_psat": {
+		"cluster":          regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`),
+		"agent_ns":         regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`),
+		"agent_sa":         regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`),
+		"agent_pod_name":   regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`),
+		"agent_pod_uid":    regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`),
+		"agent_node_name":  regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`),
+		"agent_node_uid":   regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`),
+		"agent_node_label": regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9./_-]{0,316}:([a-zA-Z0-9]([a-zA-Z0-9._-]{0,61}[a-zA-Z0-9])?)?$`),
 	},
 	// Kubernetes workloads (attest/k8s); names as the API allows them.
 	"k8s": {
@@ -83,7 +105,15 @@ func (s Selector) Validate() error {
 }
 
 // KnownTypes returns the selector types an entry may use, sorted.
-func KnownTypes() []string { return []string{"join_token", "unix"} }
+func KnownTypes() []string { return slices.Sorted(maps.Keys(knownKeys)) }
+
+// nodeTypes are the selector types node attestors produce. An entry uses
+// them only as a node alias (parented to the server): an agent matches
+// workloads by workload selectors (unix, k8s), never by these.
+var nodeTypes = map[string]bool{"join_token": true, "x509pop": true, "tpm": true, "k8s_psat": true}
+
+// IsNodeType reports whether typ is a node selector type.
+func IsNodeType(typ string) bool { return nodeTypes[typ] }
 
 // Subset reports whether every selector in want is among have.
 func Subset(want, have []Selector) bool {

@@ -59,6 +59,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/shortleaf/shortleaf/pkg/adminclient"
+	"github.com/shortleaf/shortleaf/pkg/agent"
 	"github.com/shortleaf/shortleaf/pkg/api"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
@@ -292,8 +293,8 @@ func attest(ctx context.Context, addr string, roots []*x509.Certificate, token s
 	if err != nil {
 		return nil, err
 	}
-	resp, err := agentv1.NewAgentAPIClient(conn).AttestAgent(ctx, &agentv1.AttestAgentRequest{
-		Attestation: &agentv1.AttestAgentRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: token}}, Csr: csr})
+	resp, err := agent.AttestCall(ctx, agentv1.NewAgentAPIClient(conn), &agentv1.AttestAgentRequest{
+		Attestation: &agentv1.AttestAgentRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: token}}, Csr: csr}, nil)
 	_ = conn.Close()
 	if err != nil {
 		return nil, err

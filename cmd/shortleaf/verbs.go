@@ -57,10 +57,14 @@ func newAgentAdminCommands() []*cobra.Command {
 		}
 		rows := make([][]string, 0, len(agents))
 		for _, a := range agents {
-			rows = append(rows, []string{a.GetSpiffeId(), a.GetAttestationType(), orDash(a.GetSerialNumber()),
+			state := "attested"
+			if a.GetBanned() {
+				state = "banned"
+			}
+			rows = append(rows, []string{a.GetSpiffeId(), a.GetAttestationType(), state, orDash(a.GetSerialNumber()),
 				unixTime(a.GetNotAfter()), unixTime(a.GetLastSeen())})
 		}
-		return table(cmd.OutOrStdout(), []string{"SPIFFE ID", "ATTESTATION", "SVID SERIAL", "SVID NOT AFTER", "LAST SEEN"}, rows)
+		return table(cmd.OutOrStdout(), []string{"SPIFFE ID", "ATTESTATION", "STATE", "SVID SERIAL", "SVID NOT AFTER", "LAST SEEN"}, rows)
 	}
 	list := &cobra.Command{
 		Use:   "list",
@@ -103,10 +107,36 @@ func newAgentAdminCommands() []*cobra.Command {
 			})
 		},
 	}
-	for _, c := range []*cobra.Command{list, show, evict} {
+	ban := &cobra.Command{
+		Use:   "ban SPIFFE_ID",
+		Short: "Ban an agent: its next call fails and it may not attest again until unbanned",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
+				if _, err := c.BanAgent(ctx, &adminv1.BanAgentRequest{SpiffeId: args[0]}); err != nil {
+					return err
+				}
+				return af.done(cmd, "banned "+args[0], "banned", "spiffe_id", args[0])
+			})
+		},
+	}
+	unban := &cobra.Command{
+		Use:   "unban SPIFFE_ID",
+		Short: "Unban an agent: it may attest again (an x509pop, TPM or PSAT agent does so by itself)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return af.run(cmd, func(ctx context.Context, c *adminclient.Client) error {
+				if _, err := c.UnbanAgent(ctx, &adminv1.UnbanAgentRequest{SpiffeId: args[0]}); err != nil {
+					return err
+				}
+				return af.done(cmd, "unbanned "+args[0], "unbanned", "spiffe_id", args[0])
+			})
+		},
+	}
+	for _, c := range []*cobra.Command{list, show, evict, ban, unban} {
 		af.register(c)
 	}
-	return []*cobra.Command{list, show, evict}
+	return []*cobra.Command{list, show, evict, ban, unban}
 }
 
 func newBundleCommand() *cobra.Command {

@@ -39,7 +39,12 @@ type Config struct {
 	TrustBundle       []*x509.Certificate
 	InsecureBootstrap bool
 	// JoinToken is needed only when the data dir holds no valid agent SVID.
-	JoinToken    string
+	JoinToken string
+	// NodeAttestor, when set, attests the node instead of a join token
+	// (x509pop, k8s_psat, tpm), whenever the agent holds no valid agent
+	// SVID: at first start, after its SVID expired while the server was
+	// out of reach, and after an eviction.
+	NodeAttestor attest.NodeClient
 	DataDir      string
 	SocketPath   string        // default /run/shortleaf/agent.sock
 	SyncInterval time.Duration // default 5s
@@ -191,14 +196,14 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 		a.cfg.WorkloadAttestor = wa
 	}
 	if err := a.restore(); err != nil {
-		if cfg.JoinToken == "" {
+		if !a.canAttest() {
 			return nil, fmt.Errorf("%w; to attest again, restart the agent with a new --join-token", err)
 		}
-		cfg.Logger.Warn("the stored identity is unusable; attesting again with the join token", slog.Any("error", err))
+		cfg.Logger.Warn("the stored identity is unusable; attesting again", slog.String("attestor", a.attestorName()), slog.Any("error", err))
 		a.svidChain, a.tlsCert = nil, nil
 	}
 	if a.tlsCert == nil {
-		if cfg.JoinToken == "" {
+		if !a.canAttest() {
 			return nil, ErrNoIdentity
 		}
 		if len(cfg.TrustBundle) == 0 && !cfg.InsecureBootstrap {

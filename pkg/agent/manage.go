@@ -40,6 +40,12 @@ func (a *Agent) manage(ctx context.Context) error {
 	var nextSync, svidRetry time.Time
 	for {
 		now := a.cfg.Clock.Now()
+		if a.svidExpired(now) && a.cfg.NodeAttestor != nil {
+			// Renewal cannot help an expired SVID (the server was out of
+			// reach for its whole second half): prove the node again.
+			a.cfg.Logger.Warn("the agent SVID has expired; attesting again", slog.String("attestor", a.attestorName()))
+			a.dropIdentity()
+		}
 		if a.currentCert() == nil {
 			if err := a.attest(ctx); err != nil {
 				if perm := (*PermanentError)(nil); errors.As(err, &perm) {
@@ -182,7 +188,7 @@ func (a *Agent) refused(err error) (again bool, perr error) {
 		return false, nil
 	}
 	id := a.ID()
-	if a.cfg.JoinToken == "" || a.tokenTried {
+	if !a.canAttest() {
 		if rejected != nil {
 			return false, &PermanentError{Msg: "agent: the stored trust bundle no longer verifies the server (offline across a root rotation?); restart the agent with a new --join-token and a current trust_bundle_path", Err: rejected}
 		}
@@ -190,7 +196,7 @@ func (a *Agent) refused(err error) (again bool, perr error) {
 			Err: errors.New(status.Convert(err).Message())}
 	}
 	if rejected != nil {
-		a.cfg.Logger.Warn("the stored trust bundle no longer verifies the server; attesting again with the join token", slog.String("agent_id", id), slog.Any("error", rejected))
+		a.cfg.Logger.Warn("the stored trust bundle no longer verifies the server; attesting again", slog.String("agent_id", id), slog.String("attestor", a.attestorName()), slog.Any("error", rejected))
 		switch {
 		case len(a.cfg.TrustBundle) > 0:
 			a.cache.setBundle(a.cfg.TrustBundle, 0)
@@ -198,8 +204,36 @@ func (a *Agent) refused(err error) (again bool, perr error) {
 			a.cache.setBundle(nil, 0)
 		}
 	} else {
-		a.cfg.Logger.Warn("the server no longer accepts this agent (evicted?); attesting again with the join token", slog.String("agent_id", id), slog.String("reason", status.Convert(err).Message()))
+		a.cfg.Logger.Warn("the server no longer accepts this agent (evicted?); attesting again", slog.String("agent_id", id), slog.String("attestor", a.attestorName()), slog.String("reason", status.Convert(err).Message()))
 	}
+	a.dropIdentity()
+	return true, nil
+}
+
+// canAttest reports whether the agent can attest (again) by itself: with a
+// node attestor always, with a join token once.
+func (a *Agent) canAttest() bool {
+	return a.cfg.NodeAttestor != nil || (a.cfg.JoinToken != "" && !a.tokenTried)
+}
+
+// attestorName names how the agent attests, for logs.
+func (a *Agent) attestorName() string {
+	if a.cfg.NodeAttestor != nil {
+		return a.cfg.NodeAttestor.Type()
+	}
+	return "join_token"
+}
+
+// svidExpired reports whether the agent holds an SVID past its NotAfter.
+func (a *Agent) svidExpired(now time.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.svidChain) > 0 && !now.Before(a.svidChain[0].NotAfter)
+}
+
+// dropIdentity forgets the agent SVID and its connection, so that the next
+// pass attests again; the entries held are kept until the new sync.
+func (a *Agent) dropIdentity() {
 	a.mu.Lock()
 	a.svidChain, a.tlsCert, a.agentRenewAt = nil, nil, time.Time{}
 	old := a.conn
@@ -210,7 +244,6 @@ func (a *Agent) refused(err error) (again bool, perr error) {
 	}
 	a.closeSync()
 	a.entriesRevision, a.federatedTDs = 0, nil
-	return true, nil
 }
 
 func earliest(ts ...time.Time) time.Time {
@@ -272,8 +305,9 @@ func newKeyAndCSR(id spiffeid.ID) (*ecdsa.PrivateKey, []byte, error) {
 	return key, csr, nil
 }
 
-// attest presents the join token on a one-off connection (no client
-// certificate) and stores the resulting identity and bundle.
+// attest proves the node on a one-off connection (no client certificate),
+// with the node attestor or else the join token, and stores the resulting
+// identity and bundle.
 func (a *Agent) attest(ctx context.Context) error {
 	check := &serverCheck{}
 	tlsCfg := insecureBootstrapTLS()
@@ -291,15 +325,24 @@ func (a *Agent) attest(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
-	a.cfg.Logger.Info("attesting with the join token", slog.String("server", a.servers.String()))
-	resp, err := agentv1.NewAgentAPIClient(conn).AttestAgent(ctx, &agentv1.AttestAgentRequest{
-		Attestation: &agentv1.AttestAgentRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: a.cfg.JoinToken}},
-		Csr:         csr,
-	})
-	if err != nil {
-		return attestFailure(err, check.take())
+	a.cfg.Logger.Info("attesting", slog.String("attestor", a.attestorName()), slog.String("server", a.servers.String()))
+	first := &agentv1.AttestAgentRequest{Csr: csr}
+	var answer attest.Challenger
+	if na := a.cfg.NodeAttestor; na != nil {
+		payload, err := na.Payload(ctx)
+		if err != nil {
+			return fmt.Errorf("agent: attest: %w", err)
+		}
+		first.Attestation = &agentv1.AttestAgentRequest_Data{Data: &agentv1.AttestationData{Type: na.Type(), Payload: payload}}
+		answer = na.Answer
+	} else {
+		first.Attestation = &agentv1.AttestAgentRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: a.cfg.JoinToken}}
 	}
-	a.tokenTried = true
+	resp, err := AttestCall(ctx, agentv1.NewAgentAPIClient(conn), first, answer)
+	if err != nil {
+		return a.attestFailure(err, check.take())
+	}
+	a.tokenTried = a.cfg.NodeAttestor == nil
 	chain, err := parseNonEmpty(resp.GetSvid().GetCertChain())
 	if err != nil {
 		return fmt.Errorf("agent: attest: server returned an unreadable SVID: %w", err)
@@ -322,8 +365,9 @@ func (a *Agent) attest(ctx context.Context) error {
 }
 
 // attestFailure tells a refusal no retry can cure (the join token, the trust
-// bundle, the trust domain) from a transient failure.
-func attestFailure(err, rejected error) error {
+// bundle, the trust domain) from a transient failure. A node attestor's
+// refusal is retried: the node may be unbanned, its certificate replaced.
+func (a *Agent) attestFailure(err, rejected error) error {
 	switch {
 	case rejected != nil && errors.Is(rejected, errTrustDomainMismatch):
 		return &PermanentError{Msg: "agent: cannot attest", Err: rejected}
@@ -332,6 +376,9 @@ func attestFailure(err, rejected error) error {
 	}
 	switch status.Code(err) {
 	case codes.PermissionDenied, codes.InvalidArgument, codes.NotFound:
+		if a.cfg.NodeAttestor != nil {
+			return fmt.Errorf("agent: the server refused the %s attestation: %s", a.cfg.NodeAttestor.Type(), status.Convert(err).Message())
+		}
 		return &PermanentError{Msg: "agent: the server refused the join token; create a new one (shortleaf token create) and restart the agent with --join-token",
 			Err: errors.New(status.Convert(err).Message())}
 	}

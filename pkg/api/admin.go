@@ -32,6 +32,7 @@ type AdminStore interface {
 	ListAgents(ctx context.Context) ([]*datastore.Agent, error)
 	GetAgent(ctx context.Context, spiffeID string) (*datastore.Agent, error)
 	DeleteAgent(ctx context.Context, spiffeID string) error
+	UpdateAgent(ctx context.Context, spiffeID string, change func(*datastore.Agent) error) (*datastore.Agent, error)
 }
 
 // Join token lifetimes.
@@ -252,6 +253,38 @@ func (s *AdminService) EvictAgent(ctx context.Context, req *adminv1.EvictAgentRe
 	return &adminv1.EvictAgentResponse{}, nil
 }
 
+// BanAgent cuts an agent off at its next call and refuses its attestation
+// until UnbanAgent. Its record stays, marked, with no SVID accepted: unlike
+// an eviction, a node that can re-attest by itself stays out.
+func (s *AdminService) BanAgent(ctx context.Context, req *adminv1.BanAgentRequest) (*adminv1.Agent, error) {
+	return s.setBanned(ctx, req.GetSpiffeId(), true)
+}
+
+// UnbanAgent lets a banned agent attest again; it holds no SVID the server
+// accepts, so it must.
+func (s *AdminService) UnbanAgent(ctx context.Context, req *adminv1.UnbanAgentRequest) (*adminv1.Agent, error) {
+	return s.setBanned(ctx, req.GetSpiffeId(), false)
+}
+
+func (s *AdminService) setBanned(ctx context.Context, id string, banned bool) (*adminv1.Agent, error) {
+	if _, err := parseAgentID("spiffe_id", id, s.cfg.CA.TrustDomain()); err != nil {
+		return nil, err
+	}
+	op := map[bool]string{true: "ban agent", false: "unban agent"}[banned]
+	a, err := s.cfg.Store.UpdateAgent(ctx, id, func(a *datastore.Agent) error {
+		a.Banned = banned
+		if banned {
+			a.SerialNumber, a.NewSerialNumber = "", ""
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, objectStatus(ctx, s.cfg.Logger, op, "agent", id, err)
+	}
+	s.cfg.Logger.InfoContext(ctx, map[bool]string{true: "agent banned", false: "agent unbanned"}[banned], slog.String("agent_id", id))
+	return agentToProto(a), nil
+}
+
 // GetBundle returns the trust bundle.
 func (s *AdminService) GetBundle(ctx context.Context, _ *adminv1.GetBundleRequest) (*adminv1.Bundle, error) {
 	out := readBundle(s.cfg.CA).adminProto()
@@ -354,6 +387,7 @@ func agentToProto(a *datastore.Agent) *adminv1.Agent {
 		NotAfter:        a.NotAfter.Unix(),
 		CreatedAt:       a.CreatedAt.Unix(),
 		LastSeen:        a.LastSeen.Unix(),
+		Banned:          a.Banned,
 	}
 }
 

@@ -25,7 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/shortleaf/shortleaf/attest/jointoken"
+	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
@@ -50,6 +50,7 @@ type Authority interface {
 // AgentStore is what the agent API needs of the datastore.
 type AgentStore interface {
 	AttestJoinToken(ctx context.Context, tokenID string, secretHash []byte, now time.Time, agent *datastore.Agent) error
+	AttestAgent(ctx context.Context, agent *datastore.Agent) (*datastore.Agent, error)
 	GetAgent(ctx context.Context, spiffeID string) (*datastore.Agent, error)
 	UpdateAgent(ctx context.Context, spiffeID string, change func(*datastore.Agent) error) (*datastore.Agent, error)
 	DeleteAgent(ctx context.Context, spiffeID string) error
@@ -126,6 +127,9 @@ type AgentConfig struct {
 	// Feed pushes entry changes to Sync streams; nil: Sync is refused
 	// (Unimplemented) and agents poll SyncEntries.
 	Feed *entryfeed.Feed
+	// NodeAttestors are the node attestors agents may use besides join
+	// tokens, by type.
+	NodeAttestors map[string]attest.NodeServer
 }
 
 // AgentService implements the agent API.
@@ -187,57 +191,6 @@ func RetryAfter(st *status.Status) (time.Duration, bool) {
 		}
 	}
 	return 0, false
-}
-
-// AttestAgent consumes a join token and issues the agent's first SVID.
-func (s *AgentService) AttestAgent(ctx context.Context, req *agentv1.AttestAgentRequest) (*agentv1.AttestAgentResponse, error) {
-	ip := peerIP(ctx)
-	if !s.cfg.AttestLimit.Allow(ip, s.cfg.Clock.Now(), 1) {
-		return nil, s.refuse(ctx, "attestation_rate", ip, status.Errorf(codes.ResourceExhausted,
-			"attestation rate limit for %s exceeded (%s per source address); retry later", ip, s.cfg.AttestLimit.Describe()))
-	}
-	jt := req.GetJoinToken()
-	if jt == nil {
-		s.cfg.Metrics.AgentAttestations.WithLabelValues("none", telemetry.ResultBad).Inc()
-		return nil, invalid("attestation", "a join_token is required")
-	}
-	tokenID, hash, err := jointoken.Parse(jt.GetToken())
-	if err != nil {
-		s.cfg.Metrics.AgentAttestations.WithLabelValues(jointoken.Type, telemetry.ResultBad).Inc()
-		return nil, invalid("join_token.token", "malformed (want <id>.<secret>)")
-	}
-	td := s.cfg.CA.TrustDomain()
-	agentID, err := jointoken.AgentID(td, tokenID)
-	if err != nil {
-		return nil, invalid("join_token.token", "%v", err)
-	}
-	// The token is looked up (and, when it matches, consumed) before the CSR
-	// is parsed or its signature checked: a caller without a valid token
-	// costs one hash and one read transaction, whatever its CSR holds.
-	now := s.cfg.Clock.Now()
-	agent := &datastore.Agent{SPIFFEID: agentID.String(), AttestationType: jointoken.Type, CreatedAt: now, LastSeen: now}
-	if err := s.cfg.Store.AttestJoinToken(ctx, tokenID, hash, now, agent); err != nil {
-		s.cfg.Metrics.AgentAttestations.WithLabelValues(jointoken.Type, telemetry.ResultDenied).Inc()
-		s.refusals.Warn(ctx, now, "attestation|"+ip, "agent attestation refused", slog.String("source", ip), slog.String("join_token_id", tokenID), slog.Any("error", err))
-		return nil, toStatus(ctx, s.cfg.Logger, "attest", err)
-	}
-	csr, err := ca.ParseX509SVIDCSR(req.GetCsr(), agentID)
-	if err != nil {
-		// The token is spent, as a used token must be; the agent record it
-		// made has no SVID and is removed so that nothing half-made stays.
-		s.cfg.Metrics.AgentAttestations.WithLabelValues(jointoken.Type, telemetry.ResultBad).Inc()
-		if derr := s.cfg.Store.DeleteAgent(ctx, agent.SPIFFEID); derr != nil {
-			s.cfg.Logger.ErrorContext(ctx, "remove agent record after a refused CSR", slog.String("agent_id", agent.SPIFFEID), slog.Any("error", derr))
-		}
-		return nil, toStatus(ctx, s.cfg.Logger, "attest", err)
-	}
-	svid, err := s.signAgentSVID(ctx, agent, csr, false)
-	if err != nil {
-		return nil, err
-	}
-	s.cfg.Metrics.AgentAttestations.WithLabelValues(jointoken.Type, telemetry.ResultOK).Inc()
-	s.cfg.Logger.InfoContext(ctx, "agent attested", slog.String("agent_id", agentID.String()), slog.String("join_token_id", tokenID))
-	return &agentv1.AttestAgentResponse{Svid: svid, Bundle: s.bundleProto()}, nil
 }
 
 // RenewAgent issues a fresh agent SVID to an attested agent.
@@ -332,6 +285,9 @@ func (s *AgentService) callerAgent(ctx context.Context) (spiffeid.ID, *datastore
 	}
 	if err != nil {
 		return spiffeid.ID{}, nil, toStatus(ctx, s.cfg.Logger, "authenticate agent", err)
+	}
+	if agent.Banned {
+		return spiffeid.ID{}, nil, status.Errorf(codes.PermissionDenied, "agent %s is banned", id)
 	}
 	switch serial := leaf.SerialNumber.Text(16); serial {
 	case agent.SerialNumber:

@@ -2,6 +2,11 @@ package api
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
+	"io"
 	"net"
 	"path/filepath"
 	"testing"
@@ -9,12 +14,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/attest/x509pop"
 	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/ca/catest"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
@@ -100,10 +107,23 @@ func FuzzAttestAgent(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { _ = store.Close() })
+	nodeCA := catest.New(f)
+	roots, _ := nodeCA.Bundle()
+	pop, err := x509pop.NewServer(roots.X509Authorities(), nil)
+	if err != nil {
+		f.Fatal(err)
+	}
 	svc := NewAgentService(AgentConfig{CA: catest.New(f), Store: store, DefaultSVIDTTL: time.Minute, AgentSVIDTTL: time.Hour,
-		Metrics: telemetry.NewServer(prometheus.NewRegistry())})
+		Metrics: telemetry.NewServer(prometheus.NewRegistry()), NodeAttestors: map[string]attest.NodeServer{x509pop.Type: pop}})
+	nodeKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leaf, err := nodeCA.SignX509SVID(ca.X509SVIDParams{PublicKey: nodeKey.Public(), SPIFFEID: spiffeid.RequireFromString("spiffe://example.org/node"), TTL: time.Hour})
+	if err != nil {
+		f.Fatal(err)
+	}
+	popPayload, _ := json.Marshal(x509pop.Payload{CertChain: [][]byte{leaf[0].Raw, leaf[1].Raw}})
 	for _, req := range []*agentv1.AttestAgentRequest{
 		{Attestation: &agentv1.AttestAgentRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: "0123456789abcdef." + "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}, Csr: []byte{0x30, 0}},
+		{Attestation: &agentv1.AttestAgentRequest_Data{Data: &agentv1.AttestationData{Type: x509pop.Type, Payload: popPayload}}, Csr: []byte{0x30, 0}},
 		{},
 	} {
 		raw, _ := proto.Marshal(req)
@@ -115,9 +135,10 @@ func FuzzAttestAgent(f *testing.F) {
 		if proto.Unmarshal(raw, &req) != nil {
 			return
 		}
-		resp, err := svc.AttestAgent(ctx, &req)
+		stream := &attestStream{ctx: ctx, in: []*agentv1.AttestAgentRequest{&req}}
+		err := svc.AttestAgent(stream)
 		if err == nil {
-			t.Fatalf("attested without a token: %v", resp)
+			t.Fatalf("attested without a token: %v", stream.out)
 		}
 		switch status.Code(err) {
 		case codes.InvalidArgument, codes.PermissionDenied:
@@ -154,4 +175,29 @@ func FuzzFederationFromProto(f *testing.F) {
 			t.Fatalf("accepted %+v", fed)
 		}
 	})
+}
+
+// attestStream is an AttestAgent stream in memory: the requests to
+// receive, in order, and the responses sent.
+type attestStream struct {
+	grpc.ServerStream
+	ctx context.Context
+	in  []*agentv1.AttestAgentRequest
+	out []*agentv1.AttestAgentResponse
+}
+
+func (s *attestStream) Context() context.Context { return s.ctx }
+
+func (s *attestStream) Send(m *agentv1.AttestAgentResponse) error {
+	s.out = append(s.out, m)
+	return nil
+}
+
+func (s *attestStream) Recv() (*agentv1.AttestAgentRequest, error) {
+	if len(s.in) == 0 {
+		return nil, io.EOF
+	}
+	m := s.in[0]
+	s.in = s.in[1:]
+	return m, nil
 }

@@ -38,6 +38,20 @@ type AgentFile struct {
 	WorkloadAPI *WorkloadAPIFile `yaml:"workload_api"`
 	// K8s turns the Kubernetes workload attestor on.
 	K8s *K8sFile `yaml:"k8s"`
+	// NodeAttestor attests the node instead of a join token.
+	NodeAttestor *NodeAttestorAgentFile `yaml:"node_attestor"`
+}
+
+// NodeAttestorAgentFile chooses the agent's node attestor: exactly one.
+type NodeAttestorAgentFile struct {
+	X509Pop *X509PopAgentFile `yaml:"x509pop"`
+}
+
+// X509PopAgentFile names the node's certificate and key for x509pop.
+type X509PopAgentFile struct {
+	// CertificatePath holds the node certificate, then any intermediates.
+	CertificatePath string `yaml:"certificate_path"`
+	PrivateKeyPath  string `yaml:"private_key_path"`
 }
 
 // K8sFile configures the Kubernetes workload attestor: where the kubelet
@@ -141,6 +155,13 @@ func (f *AgentFile) Resolve() (Agent, error) {
 			return Agent{}, fieldErr("k8s.token_file", "is required for the kubelet's HTTPS port (the agent's service-account token)")
 		}
 	}
+	nodeAttestor, err := f.NodeAttestor.resolve()
+	if err != nil {
+		return Agent{}, err
+	}
+	if nodeAttestor != nil && f.JoinToken != "" {
+		return Agent{}, fieldErr("join_token", "cannot be combined with node_attestor (the agent attests with %s)", nodeAttestor.Type())
+	}
 	if f.X509SVIDCacheMaxSize < 0 {
 		return Agent{}, fieldErr("x509_svid_cache_max_size", "%d is negative (0: every entry's SVID is obtained ahead)", f.X509SVIDCacheMaxSize)
 	}
@@ -155,7 +176,7 @@ func (f *AgentFile) Resolve() (Agent, error) {
 		Agent: agent.Config{
 			ServerAddrs: f.ServerAddress, TrustDomain: td, InsecureBootstrap: f.InsecureBootstrap,
 			JoinToken: f.JoinToken, DataDir: f.DataDir, SocketPath: f.SocketPath, SyncInterval: time.Duration(f.SyncInterval),
-			X509SVIDCacheMaxSize: f.X509SVIDCacheMaxSize,
+			X509SVIDCacheMaxSize: f.X509SVIDCacheMaxSize, NodeAttestor: nodeAttestor,
 		},
 		MetricsAddr: f.MetricsAddress,
 		LogLevel:    level,

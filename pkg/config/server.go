@@ -50,6 +50,8 @@ type ServerFile struct {
 	// ReplicaID names this server among replicas sharing an etcd datastore;
 	// default the one kept in data_dir/replica_id.
 	ReplicaID string `yaml:"replica_id"`
+	// NodeAttestors are the ways agents may attest besides join tokens.
+	NodeAttestors *NodeAttestorsFile `yaml:"node_attestors"`
 }
 
 // LimitsFile configures the server's rate and connection limits. A rate of
@@ -225,6 +227,9 @@ func (f *ServerFile) resolveSettings() (server.Config, slog.Level, error) {
 		return cfg, 0, err
 	}
 	if cfg.Etcd, err = f.Datastore.resolve(); err != nil {
+		return cfg, 0, err
+	}
+	if cfg.NodeAttestors, err = f.NodeAttestors.resolve(); err != nil {
 		return cfg, 0, err
 	}
 	if f.ReplicaID != "" {

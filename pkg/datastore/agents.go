@@ -170,6 +170,49 @@ func (s *Bolt) UpdateAgent(_ context.Context, spiffeID string, change func(*Agen
 	return &a, nil
 }
 
+// AttestAgent records an agent that proved its identity with an attestor
+// that can prove it again (x509pop, TPM, PSAT): a new agent is created, a
+// known one re-attests, keeping its creation time and taking the new
+// attestation's type and selectors, with no SVID serial until one is
+// signed. A banned agent is ErrAgentBanned and is left as it is.
+func (s *Bolt) AttestAgent(_ context.Context, agent *Agent) (*Agent, error) {
+	var out Agent
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAgents)
+		var old *Agent
+		if raw := b.Get([]byte(agent.SPIFFEID)); raw != nil {
+			old = &Agent{}
+			if err := json.Unmarshal(raw, old); err != nil {
+				return fmt.Errorf("decode agent %s: %w", agent.SPIFFEID, err)
+			}
+		}
+		a, err := reattested(old, agent)
+		if err != nil {
+			return err
+		}
+		out = *a
+		return putJSON(b, []byte(agent.SPIFFEID), a)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datastore: attest agent: %w", err)
+	}
+	return &out, nil
+}
+
+// reattested is the record an attestation of agent leaves, given the one
+// stored (nil for none).
+func reattested(old, agent *Agent) (*Agent, error) {
+	a := *agent
+	a.SerialNumber, a.NewSerialNumber, a.Banned = "", "", false
+	if old != nil {
+		if old.Banned {
+			return nil, ErrAgentBanned
+		}
+		a.CreatedAt = old.CreatedAt
+	}
+	return &a, nil
+}
+
 // ListAgents returns every agent in SPIFFE ID order.
 func (s *Bolt) ListAgents(_ context.Context) ([]*Agent, error) {
 	var out []*Agent

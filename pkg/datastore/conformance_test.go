@@ -38,6 +38,7 @@ type store interface {
 	CreateJoinToken(ctx context.Context, t *datastore.JoinToken) error
 	PurgeExpiredJoinTokens(ctx context.Context, now time.Time) (int, error)
 	AttestJoinToken(ctx context.Context, tokenID string, secretHash []byte, now time.Time, agent *datastore.Agent) error
+	AttestAgent(ctx context.Context, agent *datastore.Agent) (*datastore.Agent, error)
 	GetAgent(ctx context.Context, spiffeID string) (*datastore.Agent, error)
 	UpdateAgent(ctx context.Context, spiffeID string, change func(*datastore.Agent) error) (*datastore.Agent, error)
 	ListAgents(ctx context.Context) ([]*datastore.Agent, error)
@@ -403,6 +404,44 @@ func TestEvictedAgentIsNotRecreatedByUpdate(t *testing.T) {
 		}
 		if _, err := s.UpdateAgent(ctx, a.SPIFFEID, func(*datastore.Agent) error { return nil }); !errors.Is(err, datastore.ErrNotFound) {
 			t.Fatalf("update after eviction: %v, want ErrNotFound", err)
+		}
+	})
+}
+
+// A node that re-attests keeps its agent record (creation time) with the new
+// attestation's selectors and no SVID serial; a banned one is refused and
+// its record left as it was.
+func TestReattestationAndBan(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		s := b.handle(t)
+		ctx := context.Background()
+		id := "spiffe://td/agent/x509pop/0123"
+		first := time.Unix(1000, 0).UTC()
+		a, err := s.AttestAgent(ctx, &datastore.Agent{SPIFFEID: id, AttestationType: "x509pop", CreatedAt: first,
+			Selectors: []attest.Selector{{Type: "x509pop", Value: "subject:cn:a"}}})
+		if err != nil || !a.CreatedAt.Equal(first) {
+			t.Fatalf("first attestation: %+v, %v", a, err)
+		}
+		if _, err := s.UpdateAgent(ctx, id, func(a *datastore.Agent) error { a.SerialNumber = "01"; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		a, err = s.AttestAgent(ctx, &datastore.Agent{SPIFFEID: id, AttestationType: "x509pop", CreatedAt: first.Add(time.Hour),
+			Selectors: []attest.Selector{{Type: "x509pop", Value: "subject:cn:b"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !a.CreatedAt.Equal(first) || a.SerialNumber != "" || a.Selectors[0].Value != "subject:cn:b" {
+			t.Fatalf("re-attested record: %+v", a)
+		}
+		if _, err := s.UpdateAgent(ctx, id, func(a *datastore.Agent) error { a.Banned = true; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.AttestAgent(ctx, &datastore.Agent{SPIFFEID: id, AttestationType: "x509pop"}); !errors.Is(err, datastore.ErrAgentBanned) {
+			t.Fatalf("attestation of a banned agent: %v, want ErrAgentBanned", err)
+		}
+		got, err := s.GetAgent(ctx, id)
+		if err != nil || !got.Banned || got.Selectors[0].Value != "subject:cn:b" {
+			t.Fatalf("banned record after a refused attestation: %+v, %v", got, err)
 		}
 	})
 }

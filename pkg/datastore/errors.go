@@ -15,6 +15,9 @@ var (
 	// ErrChanged means a record changed since it was read; the write based
 	// on the old copy was not made.
 	ErrChanged = errors.New("datastore: record changed since it was read")
+	// ErrAgentBanned means an agent ID is banned: it may not attest until an
+	// admin unbans it.
+	ErrAgentBanned = errors.New("datastore: agent is banned")
 )
 
 // ExistsError is ErrAlreadyExists naming the record that is already stored,

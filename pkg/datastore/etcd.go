@@ -567,6 +567,33 @@ func (s *Etcd) UpdateAgent(ctx context.Context, spiffeID string, change func(*Ag
 	return nil, fmt.Errorf("datastore: update agent: %w", ErrChanged)
 }
 
+// AttestAgent records an attested agent; see Bolt.AttestAgent.
+func (s *Etcd) AttestAgent(ctx context.Context, agent *Agent) (*Agent, error) {
+	key := s.agentKey(agent.SPIFFEID)
+	for range maxConflictRetries {
+		old, rev, err := s.getAgent(ctx, agent.SPIFFEID)
+		cmp := unchanged(key, rev)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			old, cmp = nil, absent(key)
+		case err != nil:
+			return nil, wrapErr("attest agent", err)
+		}
+		a, err := reattested(old, agent)
+		if err != nil {
+			return nil, wrapErr("attest agent", err)
+		}
+		resp, err := s.txn(ctx, []clientv3.Cmp{cmp}, []clientv3.Op{clientv3.OpPut(key, mustJSON(a))})
+		if err != nil {
+			return nil, wrapErr("attest agent", err)
+		}
+		if resp.Succeeded {
+			return a, nil
+		}
+	}
+	return nil, wrapErr("attest agent", ErrChanged)
+}
+
 // ListAgents returns every agent in SPIFFE ID order.
 func (s *Etcd) ListAgents(ctx context.Context) ([]*Agent, error) {
 	out, err := listRecords[Agent](ctx, s, s.agentKey(""))

@@ -59,6 +59,10 @@ type Agent struct {
 	// SignerKeyIDs are the key IDs (hex) of the intermediates that signed the
 	// SVIDs the agent last reported holding.
 	SignerKeyIDs []string `json:"signer_key_ids,omitempty"`
+	// Banned agents are refused on every call and at attestation, until
+	// unbanned: a node whose attestor can re-attest by itself (x509pop,
+	// TPM, PSAT) would otherwise come straight back after an eviction.
+	Banned bool `json:"banned,omitempty"`
 }
 
 // JoinToken is a single-use node attestation secret. Only the hash of the

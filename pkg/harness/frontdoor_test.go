@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/shortleaf/shortleaf/ca/catest"
+	"github.com/shortleaf/shortleaf/pkg/agent"
 	"github.com/shortleaf/shortleaf/pkg/harness"
 	"github.com/shortleaf/shortleaf/pkg/server"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
@@ -42,10 +43,10 @@ func attackerClient(t *testing.T, addr string) agentv1.AgentAPIClient {
 }
 
 func attestWith(c agentv1.AgentAPIClient, token string, csr []byte) error {
-	_, err := c.AttestAgent(context.Background(), &agentv1.AttestAgentRequest{
+	_, err := agent.AttestCall(context.Background(), c, &agentv1.AttestAgentRequest{
 		Attestation: &agentv1.AttestAgentRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: token}},
 		Csr:         csr,
-	})
+	}, nil)
 	return err
 }
 

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/pkg/agent"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
 
@@ -38,10 +39,10 @@ func Attest(t testing.TB, srv *Server, token string, csr []byte) (*agentv1.Attes
 	bundle, _ := srv.CA().Bundle()
 	cfg := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(ca.ServerID(TrustDomain)))
 	conn := dialTLS(t, srv.AgentAddr(), cfg)
-	return agentv1.NewAgentAPIClient(conn).AttestAgent(context.Background(), &agentv1.AttestAgentRequest{
+	return agent.AttestCall(context.Background(), agentv1.NewAgentAPIClient(conn), &agentv1.AttestAgentRequest{
 		Attestation: &agentv1.AttestAgentRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: token}},
 		Csr:         csr,
-	})
+	}, nil)
 }
 
 // AttestRaw attests a new agent with a fresh join token and returns a client

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/api"
 	"github.com/shortleaf/shortleaf/pkg/bundleendpoint"
@@ -77,6 +78,9 @@ type Config struct {
 	// default the ID kept in DataDir/replica_id, made at first start
 	// ("local" on bbolt, a random one on etcd).
 	ReplicaID string
+	// NodeAttestors are the node attestors agents may use besides join
+	// tokens, by type (x509pop, k8s_psat, tpm).
+	NodeAttestors map[string]attest.NodeServer
 	// Upstream, when set, signs the intermediates instead of a self-signed root.
 	Upstream *ca.Upstream
 	// BundleEndpoint, when set, serves the SPIFFE bundle to other trust domains.
@@ -338,7 +342,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.agentAPI = api.NewAgentService(api.AgentConfig{
 		CA: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, DefaultJWTTTL: cfg.DefaultJWTTTL, AgentSVIDTTL: cfg.AgentSVIDTTL,
 		Clock: cfg.Clock, Logger: cfg.Logger, Metrics: s.metrics, Feed: s.feed, SignQueue: s.signQueue,
-		AttestLimit: cfg.Limits.attestLimiter(), SignLimit: cfg.Limits.signLimiter(),
+		AttestLimit: cfg.Limits.attestLimiter(), SignLimit: cfg.Limits.signLimiter(), NodeAttestors: cfg.NodeAttestors,
 	})
 	agentv1.RegisterAgentAPIServer(s.agentSrv, s.agentAPI)
 	s.adminSrv = grpc.NewServer(append(adminLimits().ServerOptions(s.countRefusal),

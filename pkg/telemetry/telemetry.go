@@ -28,7 +28,7 @@ var (
 	// RefusalReasons are the server's resource-limit refusals.
 	RefusalReasons = []string{"attestation_rate", "signing_rate", "batch_limit", "signing_queue", "message_size", "connection_limit"}
 	// NodeAttestors are the node attestation plugins.
-	NodeAttestors = []string{"join_token"}
+	NodeAttestors = []string{"join_token", "x509pop", "tpm", "k8s_psat"}
 	// WorkloadAPIMethods are the agent socket's RPCs (Workload API and SDS).
 	WorkloadAPIMethods = []string{"FetchX509SVID", "FetchX509Bundles", "FetchJWTSVID", "FetchJWTBundles", "ValidateJWTSVID", "FetchSecrets", "StreamSecrets"}
 	// RenewalCauses are why the agent obtained a workload SVID.

@@ -857,6 +857,7 @@ type Agent struct {
 	NotAfter        int64                  `protobuf:"varint,5,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
 	CreatedAt       int64                  `protobuf:"varint,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	LastSeen        int64                  `protobuf:"varint,7,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	Banned          bool                   `protobuf:"varint,8,opt,name=banned,proto3" json:"banned,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -940,6 +941,101 @@ func (x *Agent) GetLastSeen() int64 {
 	return 0
 }
 
+func (x *Agent) GetBanned() bool {
+	if x != nil {
+		return x.Banned
+	}
+	return false
+}
+
+type BanAgentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BanAgentRequest) Reset() {
+	*x = BanAgentRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BanAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BanAgentRequest) ProtoMessage() {}
+
+func (x *BanAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BanAgentRequest.ProtoReflect.Descriptor instead.
+func (*BanAgentRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *BanAgentRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+type UnbanAgentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnbanAgentRequest) Reset() {
+	*x = UnbanAgentRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnbanAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnbanAgentRequest) ProtoMessage() {}
+
+func (x *UnbanAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnbanAgentRequest.ProtoReflect.Descriptor instead.
+func (*UnbanAgentRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *UnbanAgentRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
 type ListAgentsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -948,7 +1044,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_admin_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +1056,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_admin_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +1069,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 type ListAgentsResponse struct {
@@ -985,7 +1081,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1093,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1106,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -1029,7 +1125,7 @@ type GetAgentRequest struct {
 
 func (x *GetAgentRequest) Reset() {
 	*x = GetAgentRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1137,7 @@ func (x *GetAgentRequest) String() string {
 func (*GetAgentRequest) ProtoMessage() {}
 
 func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1150,7 @@ func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
 func (*GetAgentRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetAgentRequest) GetSpiffeId() string {
@@ -1073,7 +1169,7 @@ type EvictAgentRequest struct {
 
 func (x *EvictAgentRequest) Reset() {
 	*x = EvictAgentRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1181,7 @@ func (x *EvictAgentRequest) String() string {
 func (*EvictAgentRequest) ProtoMessage() {}
 
 func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1194,7 @@ func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentRequest.ProtoReflect.Descriptor instead.
 func (*EvictAgentRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *EvictAgentRequest) GetSpiffeId() string {
@@ -1116,7 +1212,7 @@ type EvictAgentResponse struct {
 
 func (x *EvictAgentResponse) Reset() {
 	*x = EvictAgentResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1128,7 +1224,7 @@ func (x *EvictAgentResponse) String() string {
 func (*EvictAgentResponse) ProtoMessage() {}
 
 func (x *EvictAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1141,7 +1237,7 @@ func (x *EvictAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentResponse.ProtoReflect.Descriptor instead.
 func (*EvictAgentResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 type GetBundleRequest struct {
@@ -1152,7 +1248,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1164,7 +1260,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1177,7 +1273,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 type Bundle struct {
@@ -1198,7 +1294,7 @@ type Bundle struct {
 
 func (x *Bundle) Reset() {
 	*x = Bundle{}
-	mi := &file_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1306,7 @@ func (x *Bundle) String() string {
 func (*Bundle) ProtoMessage() {}
 
 func (x *Bundle) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1319,7 @@ func (x *Bundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bundle.ProtoReflect.Descriptor instead.
 func (*Bundle) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Bundle) GetTrustDomain() string {
@@ -1279,7 +1375,7 @@ type JWTAuthority struct {
 
 func (x *JWTAuthority) Reset() {
 	*x = JWTAuthority{}
-	mi := &file_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1387,7 @@ func (x *JWTAuthority) String() string {
 func (*JWTAuthority) ProtoMessage() {}
 
 func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1400,7 @@ func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTAuthority.ProtoReflect.Descriptor instead.
 func (*JWTAuthority) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *JWTAuthority) GetKeyId() string {
@@ -1333,7 +1429,7 @@ type MintJWTSVIDRequest struct {
 
 func (x *MintJWTSVIDRequest) Reset() {
 	*x = MintJWTSVIDRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +1441,7 @@ func (x *MintJWTSVIDRequest) String() string {
 func (*MintJWTSVIDRequest) ProtoMessage() {}
 
 func (x *MintJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +1454,7 @@ func (x *MintJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*MintJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MintJWTSVIDRequest) GetSpiffeId() string {
@@ -1392,7 +1488,7 @@ type MintJWTSVIDResponse struct {
 
 func (x *MintJWTSVIDResponse) Reset() {
 	*x = MintJWTSVIDResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1500,7 @@ func (x *MintJWTSVIDResponse) String() string {
 func (*MintJWTSVIDResponse) ProtoMessage() {}
 
 func (x *MintJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1513,7 @@ func (x *MintJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*MintJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *MintJWTSVIDResponse) GetToken() string {
@@ -1448,7 +1544,7 @@ type MintX509SVIDRequest struct {
 
 func (x *MintX509SVIDRequest) Reset() {
 	*x = MintX509SVIDRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1556,7 @@ func (x *MintX509SVIDRequest) String() string {
 func (*MintX509SVIDRequest) ProtoMessage() {}
 
 func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1569,7 @@ func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MintX509SVIDRequest) GetSpiffeId() string {
@@ -1516,7 +1612,7 @@ type MintX509SVIDResponse struct {
 
 func (x *MintX509SVIDResponse) Reset() {
 	*x = MintX509SVIDResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1624,7 @@ func (x *MintX509SVIDResponse) String() string {
 func (*MintX509SVIDResponse) ProtoMessage() {}
 
 func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1637,7 @@ func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MintX509SVIDResponse) GetCertChain() [][]byte {
@@ -1594,7 +1690,7 @@ type Authority struct {
 
 func (x *Authority) Reset() {
 	*x = Authority{}
-	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1606,7 +1702,7 @@ func (x *Authority) String() string {
 func (*Authority) ProtoMessage() {}
 
 func (x *Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1619,7 +1715,7 @@ func (x *Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authority.ProtoReflect.Descriptor instead.
 func (*Authority) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Authority) GetId() string {
@@ -1729,7 +1825,7 @@ type Replica struct {
 
 func (x *Replica) Reset() {
 	*x = Replica{}
-	mi := &file_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1741,7 +1837,7 @@ func (x *Replica) String() string {
 func (*Replica) ProtoMessage() {}
 
 func (x *Replica) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1754,7 +1850,7 @@ func (x *Replica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replica.ProtoReflect.Descriptor instead.
 func (*Replica) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Replica) GetId() string {
@@ -1799,7 +1895,7 @@ type Propagation struct {
 
 func (x *Propagation) Reset() {
 	*x = Propagation{}
-	mi := &file_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1811,7 +1907,7 @@ func (x *Propagation) String() string {
 func (*Propagation) ProtoMessage() {}
 
 func (x *Propagation) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1824,7 +1920,7 @@ func (x *Propagation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Propagation.ProtoReflect.Descriptor instead.
 func (*Propagation) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Propagation) GetBundleSequence() uint64 {
@@ -1863,7 +1959,7 @@ type ListAuthoritiesRequest struct {
 
 func (x *ListAuthoritiesRequest) Reset() {
 	*x = ListAuthoritiesRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1875,7 +1971,7 @@ func (x *ListAuthoritiesRequest) String() string {
 func (*ListAuthoritiesRequest) ProtoMessage() {}
 
 func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1888,7 +1984,7 @@ func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 type ListAuthoritiesResponse struct {
@@ -1906,7 +2002,7 @@ type ListAuthoritiesResponse struct {
 
 func (x *ListAuthoritiesResponse) Reset() {
 	*x = ListAuthoritiesResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1918,7 +2014,7 @@ func (x *ListAuthoritiesResponse) String() string {
 func (*ListAuthoritiesResponse) ProtoMessage() {}
 
 func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1931,7 +2027,7 @@ func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
@@ -1997,7 +2093,7 @@ type RootRotation struct {
 
 func (x *RootRotation) Reset() {
 	*x = RootRotation{}
-	mi := &file_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_admin_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2105,7 @@ func (x *RootRotation) String() string {
 func (*RootRotation) ProtoMessage() {}
 
 func (x *RootRotation) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_admin_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2118,7 @@ func (x *RootRotation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootRotation.ProtoReflect.Descriptor instead.
 func (*RootRotation) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RootRotation) GetScheduled() bool {
@@ -2115,7 +2211,7 @@ type ServerCertificate struct {
 
 func (x *ServerCertificate) Reset() {
 	*x = ServerCertificate{}
-	mi := &file_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_admin_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2223,7 @@ func (x *ServerCertificate) String() string {
 func (*ServerCertificate) ProtoMessage() {}
 
 func (x *ServerCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_admin_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2236,7 @@ func (x *ServerCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerCertificate.ProtoReflect.Descriptor instead.
 func (*ServerCertificate) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ServerCertificate) GetSerialNumber() string {
@@ -2181,7 +2277,7 @@ type PrepareAuthorityRequest struct {
 
 func (x *PrepareAuthorityRequest) Reset() {
 	*x = PrepareAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_admin_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2289,7 @@ func (x *PrepareAuthorityRequest) String() string {
 func (*PrepareAuthorityRequest) ProtoMessage() {}
 
 func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_admin_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2302,7 @@ func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PrepareAuthorityRequest) GetKind() string {
@@ -2226,7 +2322,7 @@ type ActivateAuthorityRequest struct {
 
 func (x *ActivateAuthorityRequest) Reset() {
 	*x = ActivateAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_admin_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2238,7 +2334,7 @@ func (x *ActivateAuthorityRequest) String() string {
 func (*ActivateAuthorityRequest) ProtoMessage() {}
 
 func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_admin_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2251,7 +2347,7 @@ func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*ActivateAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ActivateAuthorityRequest) GetKind() string {
@@ -2270,7 +2366,7 @@ type TaintAuthorityRequest struct {
 
 func (x *TaintAuthorityRequest) Reset() {
 	*x = TaintAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_admin_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2282,7 +2378,7 @@ func (x *TaintAuthorityRequest) String() string {
 func (*TaintAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_admin_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2295,7 +2391,7 @@ func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *TaintAuthorityRequest) GetId() string {
@@ -2314,7 +2410,7 @@ type RevokeAuthorityRequest struct {
 
 func (x *RevokeAuthorityRequest) Reset() {
 	*x = RevokeAuthorityRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_admin_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2326,7 +2422,7 @@ func (x *RevokeAuthorityRequest) String() string {
 func (*RevokeAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_admin_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2339,7 +2435,7 @@ func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RevokeAuthorityRequest) GetId() string {
@@ -2357,7 +2453,7 @@ type PrepareRootRequest struct {
 
 func (x *PrepareRootRequest) Reset() {
 	*x = PrepareRootRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[39]
+	mi := &file_admin_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2465,7 @@ func (x *PrepareRootRequest) String() string {
 func (*PrepareRootRequest) ProtoMessage() {}
 
 func (x *PrepareRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[39]
+	mi := &file_admin_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2478,7 @@ func (x *PrepareRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareRootRequest.ProtoReflect.Descriptor instead.
 func (*PrepareRootRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 type ActivateRootRequest struct {
@@ -2395,7 +2491,7 @@ type ActivateRootRequest struct {
 
 func (x *ActivateRootRequest) Reset() {
 	*x = ActivateRootRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[40]
+	mi := &file_admin_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2407,7 +2503,7 @@ func (x *ActivateRootRequest) String() string {
 func (*ActivateRootRequest) ProtoMessage() {}
 
 func (x *ActivateRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[40]
+	mi := &file_admin_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2420,7 +2516,7 @@ func (x *ActivateRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateRootRequest.ProtoReflect.Descriptor instead.
 func (*ActivateRootRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ActivateRootRequest) GetForce() bool {
@@ -2441,7 +2537,7 @@ type ActivateRootResponse struct {
 
 func (x *ActivateRootResponse) Reset() {
 	*x = ActivateRootResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[41]
+	mi := &file_admin_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2549,7 @@ func (x *ActivateRootResponse) String() string {
 func (*ActivateRootResponse) ProtoMessage() {}
 
 func (x *ActivateRootResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[41]
+	mi := &file_admin_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2562,7 @@ func (x *ActivateRootResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateRootResponse.ProtoReflect.Descriptor instead.
 func (*ActivateRootResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ActivateRootResponse) GetAuthority() *Authority {
@@ -2491,7 +2587,7 @@ type RetireRootRequest struct {
 
 func (x *RetireRootRequest) Reset() {
 	*x = RetireRootRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[42]
+	mi := &file_admin_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2503,7 +2599,7 @@ func (x *RetireRootRequest) String() string {
 func (*RetireRootRequest) ProtoMessage() {}
 
 func (x *RetireRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[42]
+	mi := &file_admin_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2516,7 +2612,7 @@ func (x *RetireRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireRootRequest.ProtoReflect.Descriptor instead.
 func (*RetireRootRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 type ExportCAJournalRequest struct {
@@ -2527,7 +2623,7 @@ type ExportCAJournalRequest struct {
 
 func (x *ExportCAJournalRequest) Reset() {
 	*x = ExportCAJournalRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[43]
+	mi := &file_admin_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +2635,7 @@ func (x *ExportCAJournalRequest) String() string {
 func (*ExportCAJournalRequest) ProtoMessage() {}
 
 func (x *ExportCAJournalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[43]
+	mi := &file_admin_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +2648,7 @@ func (x *ExportCAJournalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportCAJournalRequest.ProtoReflect.Descriptor instead.
 func (*ExportCAJournalRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 type ExportCAJournalResponse struct {
@@ -2565,7 +2661,7 @@ type ExportCAJournalResponse struct {
 
 func (x *ExportCAJournalResponse) Reset() {
 	*x = ExportCAJournalResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[44]
+	mi := &file_admin_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2577,7 +2673,7 @@ func (x *ExportCAJournalResponse) String() string {
 func (*ExportCAJournalResponse) ProtoMessage() {}
 
 func (x *ExportCAJournalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[44]
+	mi := &file_admin_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2590,7 +2686,7 @@ func (x *ExportCAJournalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportCAJournalResponse.ProtoReflect.Descriptor instead.
 func (*ExportCAJournalResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ExportCAJournalResponse) GetJournal() []byte {
@@ -2622,7 +2718,7 @@ type Federation struct {
 
 func (x *Federation) Reset() {
 	*x = Federation{}
-	mi := &file_admin_v1_admin_proto_msgTypes[45]
+	mi := &file_admin_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2634,7 +2730,7 @@ func (x *Federation) String() string {
 func (*Federation) ProtoMessage() {}
 
 func (x *Federation) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[45]
+	mi := &file_admin_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2647,7 +2743,7 @@ func (x *Federation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Federation.ProtoReflect.Descriptor instead.
 func (*Federation) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Federation) GetTrustDomain() string {
@@ -2722,7 +2818,7 @@ type CreateFederationRequest struct {
 
 func (x *CreateFederationRequest) Reset() {
 	*x = CreateFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[46]
+	mi := &file_admin_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2734,7 +2830,7 @@ func (x *CreateFederationRequest) String() string {
 func (*CreateFederationRequest) ProtoMessage() {}
 
 func (x *CreateFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[46]
+	mi := &file_admin_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2747,7 +2843,7 @@ func (x *CreateFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateFederationRequest.ProtoReflect.Descriptor instead.
 func (*CreateFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CreateFederationRequest) GetFederation() *Federation {
@@ -2765,7 +2861,7 @@ type ListFederationsRequest struct {
 
 func (x *ListFederationsRequest) Reset() {
 	*x = ListFederationsRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[47]
+	mi := &file_admin_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2777,7 +2873,7 @@ func (x *ListFederationsRequest) String() string {
 func (*ListFederationsRequest) ProtoMessage() {}
 
 func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[47]
+	mi := &file_admin_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2790,7 +2886,7 @@ func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 type ListFederationsResponse struct {
@@ -2802,7 +2898,7 @@ type ListFederationsResponse struct {
 
 func (x *ListFederationsResponse) Reset() {
 	*x = ListFederationsResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[48]
+	mi := &file_admin_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2814,7 +2910,7 @@ func (x *ListFederationsResponse) String() string {
 func (*ListFederationsResponse) ProtoMessage() {}
 
 func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[48]
+	mi := &file_admin_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2827,7 +2923,7 @@ func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{48}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListFederationsResponse) GetFederations() []*Federation {
@@ -2846,7 +2942,7 @@ type GetFederationRequest struct {
 
 func (x *GetFederationRequest) Reset() {
 	*x = GetFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[49]
+	mi := &file_admin_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2858,7 +2954,7 @@ func (x *GetFederationRequest) String() string {
 func (*GetFederationRequest) ProtoMessage() {}
 
 func (x *GetFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[49]
+	mi := &file_admin_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2871,7 +2967,7 @@ func (x *GetFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFederationRequest.ProtoReflect.Descriptor instead.
 func (*GetFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{49}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *GetFederationRequest) GetTrustDomain() string {
@@ -2890,7 +2986,7 @@ type UpdateFederationRequest struct {
 
 func (x *UpdateFederationRequest) Reset() {
 	*x = UpdateFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[50]
+	mi := &file_admin_v1_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2902,7 +2998,7 @@ func (x *UpdateFederationRequest) String() string {
 func (*UpdateFederationRequest) ProtoMessage() {}
 
 func (x *UpdateFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[50]
+	mi := &file_admin_v1_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2915,7 +3011,7 @@ func (x *UpdateFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateFederationRequest.ProtoReflect.Descriptor instead.
 func (*UpdateFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{50}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *UpdateFederationRequest) GetFederation() *Federation {
@@ -2934,7 +3030,7 @@ type DeleteFederationRequest struct {
 
 func (x *DeleteFederationRequest) Reset() {
 	*x = DeleteFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[51]
+	mi := &file_admin_v1_admin_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2946,7 +3042,7 @@ func (x *DeleteFederationRequest) String() string {
 func (*DeleteFederationRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[51]
+	mi := &file_admin_v1_admin_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2959,7 +3055,7 @@ func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{51}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *DeleteFederationRequest) GetTrustDomain() string {
@@ -2977,7 +3073,7 @@ type DeleteFederationResponse struct {
 
 func (x *DeleteFederationResponse) Reset() {
 	*x = DeleteFederationResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[52]
+	mi := &file_admin_v1_admin_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2989,7 +3085,7 @@ func (x *DeleteFederationResponse) String() string {
 func (*DeleteFederationResponse) ProtoMessage() {}
 
 func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[52]
+	mi := &file_admin_v1_admin_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3002,7 +3098,7 @@ func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{52}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{54}
 }
 
 type RefreshFederationRequest struct {
@@ -3014,7 +3110,7 @@ type RefreshFederationRequest struct {
 
 func (x *RefreshFederationRequest) Reset() {
 	*x = RefreshFederationRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[53]
+	mi := &file_admin_v1_admin_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3026,7 +3122,7 @@ func (x *RefreshFederationRequest) String() string {
 func (*RefreshFederationRequest) ProtoMessage() {}
 
 func (x *RefreshFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[53]
+	mi := &file_admin_v1_admin_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3039,7 +3135,7 @@ func (x *RefreshFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshFederationRequest.ProtoReflect.Descriptor instead.
 func (*RefreshFederationRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{53}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RefreshFederationRequest) GetTrustDomain() string {
@@ -3063,7 +3159,7 @@ type FederatedBundle struct {
 
 func (x *FederatedBundle) Reset() {
 	*x = FederatedBundle{}
-	mi := &file_admin_v1_admin_proto_msgTypes[54]
+	mi := &file_admin_v1_admin_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3075,7 +3171,7 @@ func (x *FederatedBundle) String() string {
 func (*FederatedBundle) ProtoMessage() {}
 
 func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[54]
+	mi := &file_admin_v1_admin_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3088,7 +3184,7 @@ func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederatedBundle.ProtoReflect.Descriptor instead.
 func (*FederatedBundle) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{54}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *FederatedBundle) GetTrustDomain() string {
@@ -3134,7 +3230,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[55]
+	mi := &file_admin_v1_admin_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3146,7 +3242,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[55]
+	mi := &file_admin_v1_admin_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3159,7 +3255,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{55}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{57}
 }
 
 type ListBundlesResponse struct {
@@ -3172,7 +3268,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[56]
+	mi := &file_admin_v1_admin_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3184,7 +3280,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[56]
+	mi := &file_admin_v1_admin_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3197,7 +3293,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{56}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*FederatedBundle {
@@ -3218,7 +3314,7 @@ type SetFederatedBundleRequest struct {
 
 func (x *SetFederatedBundleRequest) Reset() {
 	*x = SetFederatedBundleRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[57]
+	mi := &file_admin_v1_admin_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3230,7 +3326,7 @@ func (x *SetFederatedBundleRequest) String() string {
 func (*SetFederatedBundleRequest) ProtoMessage() {}
 
 func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[57]
+	mi := &file_admin_v1_admin_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3243,7 +3339,7 @@ func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*SetFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{57}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *SetFederatedBundleRequest) GetTrustDomain() string {
@@ -3269,7 +3365,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[58]
+	mi := &file_admin_v1_admin_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3281,7 +3377,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[58]
+	mi := &file_admin_v1_admin_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3294,7 +3390,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{58}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -3312,7 +3408,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[59]
+	mi := &file_admin_v1_admin_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3324,7 +3420,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[59]
+	mi := &file_admin_v1_admin_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3337,7 +3433,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{59}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{61}
 }
 
 var File_admin_v1_admin_proto protoreflect.FileDescriptor
@@ -3399,7 +3495,7 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\btoken_id\x18\x02 \x01(\tR\atokenId\x12\x19\n" +
 	"\bagent_id\x18\x03 \x01(\tR\aagentId\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x04 \x01(\x03R\texpiresAt\"\xeb\x01\n" +
+	"expires_at\x18\x04 \x01(\x03R\texpiresAt\"\x83\x02\n" +
 	"\x05Agent\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12)\n" +
 	"\x10attestation_type\x18\x02 \x01(\tR\x0fattestationType\x12\x1c\n" +
@@ -3408,7 +3504,12 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\tnot_after\x18\x05 \x01(\x03R\bnotAfter\x12\x1d\n" +
 	"\n" +
 	"created_at\x18\x06 \x01(\x03R\tcreatedAt\x12\x1b\n" +
-	"\tlast_seen\x18\a \x01(\x03R\blastSeen\"\x13\n" +
+	"\tlast_seen\x18\a \x01(\x03R\blastSeen\x12\x16\n" +
+	"\x06banned\x18\b \x01(\bR\x06banned\".\n" +
+	"\x0fBanAgentRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"0\n" +
+	"\x11UnbanAgentRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x13\n" +
 	"\x11ListAgentsRequest\"G\n" +
 	"\x12ListAgentsResponse\x121\n" +
 	"\x06agents\x18\x01 \x03(\v2\x19.shortleaf.admin.v1.AgentR\x06agents\".\n" +
@@ -3567,7 +3668,7 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x06bundle\x18\x02 \x01(\fR\x06bundle\"A\n" +
 	"\x1cDeleteFederatedBundleRequest\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x1f\n" +
-	"\x1dDeleteFederatedBundleResponse2\xfd\x18\n" +
+	"\x1dDeleteFederatedBundleResponse2\x99\x1a\n" +
 	"\bAdminAPI\x12P\n" +
 	"\vCreateEntry\x12&.shortleaf.admin.v1.CreateEntryRequest\x1a\x19.shortleaf.admin.v1.Entry\x12^\n" +
 	"\vListEntries\x12&.shortleaf.admin.v1.ListEntriesRequest\x1a'.shortleaf.admin.v1.ListEntriesResponse\x12J\n" +
@@ -3582,7 +3683,10 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"ListAgents\x12%.shortleaf.admin.v1.ListAgentsRequest\x1a&.shortleaf.admin.v1.ListAgentsResponse\x12J\n" +
 	"\bGetAgent\x12#.shortleaf.admin.v1.GetAgentRequest\x1a\x19.shortleaf.admin.v1.Agent\x12[\n" +
 	"\n" +
-	"EvictAgent\x12%.shortleaf.admin.v1.EvictAgentRequest\x1a&.shortleaf.admin.v1.EvictAgentResponse\x12M\n" +
+	"EvictAgent\x12%.shortleaf.admin.v1.EvictAgentRequest\x1a&.shortleaf.admin.v1.EvictAgentResponse\x12J\n" +
+	"\bBanAgent\x12#.shortleaf.admin.v1.BanAgentRequest\x1a\x19.shortleaf.admin.v1.Agent\x12N\n" +
+	"\n" +
+	"UnbanAgent\x12%.shortleaf.admin.v1.UnbanAgentRequest\x1a\x19.shortleaf.admin.v1.Agent\x12M\n" +
 	"\tGetBundle\x12$.shortleaf.admin.v1.GetBundleRequest\x1a\x1a.shortleaf.admin.v1.Bundle\x12a\n" +
 	"\fMintX509SVID\x12'.shortleaf.admin.v1.MintX509SVIDRequest\x1a(.shortleaf.admin.v1.MintX509SVIDResponse\x12^\n" +
 	"\vMintJWTSVID\x12&.shortleaf.admin.v1.MintJWTSVIDRequest\x1a'.shortleaf.admin.v1.MintJWTSVIDResponse\x12_\n" +
@@ -3618,7 +3722,7 @@ func file_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_admin_v1_admin_proto_rawDescData
 }
 
-var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
 var file_admin_v1_admin_proto_goTypes = []any{
 	(*Entry)(nil),                         // 0: shortleaf.admin.v1.Entry
 	(*CreateEntryRequest)(nil),            // 1: shortleaf.admin.v1.CreateEntryRequest
@@ -3636,50 +3740,52 @@ var file_admin_v1_admin_proto_goTypes = []any{
 	(*CreateJoinTokenRequest)(nil),        // 13: shortleaf.admin.v1.CreateJoinTokenRequest
 	(*CreateJoinTokenResponse)(nil),       // 14: shortleaf.admin.v1.CreateJoinTokenResponse
 	(*Agent)(nil),                         // 15: shortleaf.admin.v1.Agent
-	(*ListAgentsRequest)(nil),             // 16: shortleaf.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),            // 17: shortleaf.admin.v1.ListAgentsResponse
-	(*GetAgentRequest)(nil),               // 18: shortleaf.admin.v1.GetAgentRequest
-	(*EvictAgentRequest)(nil),             // 19: shortleaf.admin.v1.EvictAgentRequest
-	(*EvictAgentResponse)(nil),            // 20: shortleaf.admin.v1.EvictAgentResponse
-	(*GetBundleRequest)(nil),              // 21: shortleaf.admin.v1.GetBundleRequest
-	(*Bundle)(nil),                        // 22: shortleaf.admin.v1.Bundle
-	(*JWTAuthority)(nil),                  // 23: shortleaf.admin.v1.JWTAuthority
-	(*MintJWTSVIDRequest)(nil),            // 24: shortleaf.admin.v1.MintJWTSVIDRequest
-	(*MintJWTSVIDResponse)(nil),           // 25: shortleaf.admin.v1.MintJWTSVIDResponse
-	(*MintX509SVIDRequest)(nil),           // 26: shortleaf.admin.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),          // 27: shortleaf.admin.v1.MintX509SVIDResponse
-	(*Authority)(nil),                     // 28: shortleaf.admin.v1.Authority
-	(*Replica)(nil),                       // 29: shortleaf.admin.v1.Replica
-	(*Propagation)(nil),                   // 30: shortleaf.admin.v1.Propagation
-	(*ListAuthoritiesRequest)(nil),        // 31: shortleaf.admin.v1.ListAuthoritiesRequest
-	(*ListAuthoritiesResponse)(nil),       // 32: shortleaf.admin.v1.ListAuthoritiesResponse
-	(*RootRotation)(nil),                  // 33: shortleaf.admin.v1.RootRotation
-	(*ServerCertificate)(nil),             // 34: shortleaf.admin.v1.ServerCertificate
-	(*PrepareAuthorityRequest)(nil),       // 35: shortleaf.admin.v1.PrepareAuthorityRequest
-	(*ActivateAuthorityRequest)(nil),      // 36: shortleaf.admin.v1.ActivateAuthorityRequest
-	(*TaintAuthorityRequest)(nil),         // 37: shortleaf.admin.v1.TaintAuthorityRequest
-	(*RevokeAuthorityRequest)(nil),        // 38: shortleaf.admin.v1.RevokeAuthorityRequest
-	(*PrepareRootRequest)(nil),            // 39: shortleaf.admin.v1.PrepareRootRequest
-	(*ActivateRootRequest)(nil),           // 40: shortleaf.admin.v1.ActivateRootRequest
-	(*ActivateRootResponse)(nil),          // 41: shortleaf.admin.v1.ActivateRootResponse
-	(*RetireRootRequest)(nil),             // 42: shortleaf.admin.v1.RetireRootRequest
-	(*ExportCAJournalRequest)(nil),        // 43: shortleaf.admin.v1.ExportCAJournalRequest
-	(*ExportCAJournalResponse)(nil),       // 44: shortleaf.admin.v1.ExportCAJournalResponse
-	(*Federation)(nil),                    // 45: shortleaf.admin.v1.Federation
-	(*CreateFederationRequest)(nil),       // 46: shortleaf.admin.v1.CreateFederationRequest
-	(*ListFederationsRequest)(nil),        // 47: shortleaf.admin.v1.ListFederationsRequest
-	(*ListFederationsResponse)(nil),       // 48: shortleaf.admin.v1.ListFederationsResponse
-	(*GetFederationRequest)(nil),          // 49: shortleaf.admin.v1.GetFederationRequest
-	(*UpdateFederationRequest)(nil),       // 50: shortleaf.admin.v1.UpdateFederationRequest
-	(*DeleteFederationRequest)(nil),       // 51: shortleaf.admin.v1.DeleteFederationRequest
-	(*DeleteFederationResponse)(nil),      // 52: shortleaf.admin.v1.DeleteFederationResponse
-	(*RefreshFederationRequest)(nil),      // 53: shortleaf.admin.v1.RefreshFederationRequest
-	(*FederatedBundle)(nil),               // 54: shortleaf.admin.v1.FederatedBundle
-	(*ListBundlesRequest)(nil),            // 55: shortleaf.admin.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),           // 56: shortleaf.admin.v1.ListBundlesResponse
-	(*SetFederatedBundleRequest)(nil),     // 57: shortleaf.admin.v1.SetFederatedBundleRequest
-	(*DeleteFederatedBundleRequest)(nil),  // 58: shortleaf.admin.v1.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil), // 59: shortleaf.admin.v1.DeleteFederatedBundleResponse
+	(*BanAgentRequest)(nil),               // 16: shortleaf.admin.v1.BanAgentRequest
+	(*UnbanAgentRequest)(nil),             // 17: shortleaf.admin.v1.UnbanAgentRequest
+	(*ListAgentsRequest)(nil),             // 18: shortleaf.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),            // 19: shortleaf.admin.v1.ListAgentsResponse
+	(*GetAgentRequest)(nil),               // 20: shortleaf.admin.v1.GetAgentRequest
+	(*EvictAgentRequest)(nil),             // 21: shortleaf.admin.v1.EvictAgentRequest
+	(*EvictAgentResponse)(nil),            // 22: shortleaf.admin.v1.EvictAgentResponse
+	(*GetBundleRequest)(nil),              // 23: shortleaf.admin.v1.GetBundleRequest
+	(*Bundle)(nil),                        // 24: shortleaf.admin.v1.Bundle
+	(*JWTAuthority)(nil),                  // 25: shortleaf.admin.v1.JWTAuthority
+	(*MintJWTSVIDRequest)(nil),            // 26: shortleaf.admin.v1.MintJWTSVIDRequest
+	(*MintJWTSVIDResponse)(nil),           // 27: shortleaf.admin.v1.MintJWTSVIDResponse
+	(*MintX509SVIDRequest)(nil),           // 28: shortleaf.admin.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),          // 29: shortleaf.admin.v1.MintX509SVIDResponse
+	(*Authority)(nil),                     // 30: shortleaf.admin.v1.Authority
+	(*Replica)(nil),                       // 31: shortleaf.admin.v1.Replica
+	(*Propagation)(nil),                   // 32: shortleaf.admin.v1.Propagation
+	(*ListAuthoritiesRequest)(nil),        // 33: shortleaf.admin.v1.ListAuthoritiesRequest
+	(*ListAuthoritiesResponse)(nil),       // 34: shortleaf.admin.v1.ListAuthoritiesResponse
+	(*RootRotation)(nil),                  // 35: shortleaf.admin.v1.RootRotation
+	(*ServerCertificate)(nil),             // 36: shortleaf.admin.v1.ServerCertificate
+	(*PrepareAuthorityRequest)(nil),       // 37: shortleaf.admin.v1.PrepareAuthorityRequest
+	(*ActivateAuthorityRequest)(nil),      // 38: shortleaf.admin.v1.ActivateAuthorityRequest
+	(*TaintAuthorityRequest)(nil),         // 39: shortleaf.admin.v1.TaintAuthorityRequest
+	(*RevokeAuthorityRequest)(nil),        // 40: shortleaf.admin.v1.RevokeAuthorityRequest
+	(*PrepareRootRequest)(nil),            // 41: shortleaf.admin.v1.PrepareRootRequest
+	(*ActivateRootRequest)(nil),           // 42: shortleaf.admin.v1.ActivateRootRequest
+	(*ActivateRootResponse)(nil),          // 43: shortleaf.admin.v1.ActivateRootResponse
+	(*RetireRootRequest)(nil),             // 44: shortleaf.admin.v1.RetireRootRequest
+	(*ExportCAJournalRequest)(nil),        // 45: shortleaf.admin.v1.ExportCAJournalRequest
+	(*ExportCAJournalResponse)(nil),       // 46: shortleaf.admin.v1.ExportCAJournalResponse
+	(*Federation)(nil),                    // 47: shortleaf.admin.v1.Federation
+	(*CreateFederationRequest)(nil),       // 48: shortleaf.admin.v1.CreateFederationRequest
+	(*ListFederationsRequest)(nil),        // 49: shortleaf.admin.v1.ListFederationsRequest
+	(*ListFederationsResponse)(nil),       // 50: shortleaf.admin.v1.ListFederationsResponse
+	(*GetFederationRequest)(nil),          // 51: shortleaf.admin.v1.GetFederationRequest
+	(*UpdateFederationRequest)(nil),       // 52: shortleaf.admin.v1.UpdateFederationRequest
+	(*DeleteFederationRequest)(nil),       // 53: shortleaf.admin.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil),      // 54: shortleaf.admin.v1.DeleteFederationResponse
+	(*RefreshFederationRequest)(nil),      // 55: shortleaf.admin.v1.RefreshFederationRequest
+	(*FederatedBundle)(nil),               // 56: shortleaf.admin.v1.FederatedBundle
+	(*ListBundlesRequest)(nil),            // 57: shortleaf.admin.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),           // 58: shortleaf.admin.v1.ListBundlesResponse
+	(*SetFederatedBundleRequest)(nil),     // 59: shortleaf.admin.v1.SetFederatedBundleRequest
+	(*DeleteFederatedBundleRequest)(nil),  // 60: shortleaf.admin.v1.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 61: shortleaf.admin.v1.DeleteFederatedBundleResponse
 }
 var file_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: shortleaf.admin.v1.CreateEntryRequest.entry:type_name -> shortleaf.admin.v1.Entry
@@ -3690,17 +3796,17 @@ var file_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 5: shortleaf.admin.v1.BatchEntryResult.entry:type_name -> shortleaf.admin.v1.Entry
 	11, // 6: shortleaf.admin.v1.BatchEntryResponse.results:type_name -> shortleaf.admin.v1.BatchEntryResult
 	15, // 7: shortleaf.admin.v1.ListAgentsResponse.agents:type_name -> shortleaf.admin.v1.Agent
-	23, // 8: shortleaf.admin.v1.Bundle.jwt_authorities:type_name -> shortleaf.admin.v1.JWTAuthority
-	28, // 9: shortleaf.admin.v1.ListAuthoritiesResponse.authorities:type_name -> shortleaf.admin.v1.Authority
-	30, // 10: shortleaf.admin.v1.ListAuthoritiesResponse.propagation:type_name -> shortleaf.admin.v1.Propagation
-	33, // 11: shortleaf.admin.v1.ListAuthoritiesResponse.root_rotation:type_name -> shortleaf.admin.v1.RootRotation
-	34, // 12: shortleaf.admin.v1.ListAuthoritiesResponse.server_certificate:type_name -> shortleaf.admin.v1.ServerCertificate
-	29, // 13: shortleaf.admin.v1.ListAuthoritiesResponse.replicas:type_name -> shortleaf.admin.v1.Replica
-	28, // 14: shortleaf.admin.v1.ActivateRootResponse.authority:type_name -> shortleaf.admin.v1.Authority
-	45, // 15: shortleaf.admin.v1.CreateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
-	45, // 16: shortleaf.admin.v1.ListFederationsResponse.federations:type_name -> shortleaf.admin.v1.Federation
-	45, // 17: shortleaf.admin.v1.UpdateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
-	54, // 18: shortleaf.admin.v1.ListBundlesResponse.bundles:type_name -> shortleaf.admin.v1.FederatedBundle
+	25, // 8: shortleaf.admin.v1.Bundle.jwt_authorities:type_name -> shortleaf.admin.v1.JWTAuthority
+	30, // 9: shortleaf.admin.v1.ListAuthoritiesResponse.authorities:type_name -> shortleaf.admin.v1.Authority
+	32, // 10: shortleaf.admin.v1.ListAuthoritiesResponse.propagation:type_name -> shortleaf.admin.v1.Propagation
+	35, // 11: shortleaf.admin.v1.ListAuthoritiesResponse.root_rotation:type_name -> shortleaf.admin.v1.RootRotation
+	36, // 12: shortleaf.admin.v1.ListAuthoritiesResponse.server_certificate:type_name -> shortleaf.admin.v1.ServerCertificate
+	31, // 13: shortleaf.admin.v1.ListAuthoritiesResponse.replicas:type_name -> shortleaf.admin.v1.Replica
+	30, // 14: shortleaf.admin.v1.ActivateRootResponse.authority:type_name -> shortleaf.admin.v1.Authority
+	47, // 15: shortleaf.admin.v1.CreateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
+	47, // 16: shortleaf.admin.v1.ListFederationsResponse.federations:type_name -> shortleaf.admin.v1.Federation
+	47, // 17: shortleaf.admin.v1.UpdateFederationRequest.federation:type_name -> shortleaf.admin.v1.Federation
+	56, // 18: shortleaf.admin.v1.ListBundlesResponse.bundles:type_name -> shortleaf.admin.v1.FederatedBundle
 	1,  // 19: shortleaf.admin.v1.AdminAPI.CreateEntry:input_type -> shortleaf.admin.v1.CreateEntryRequest
 	2,  // 20: shortleaf.admin.v1.AdminAPI.ListEntries:input_type -> shortleaf.admin.v1.ListEntriesRequest
 	4,  // 21: shortleaf.admin.v1.AdminAPI.GetEntry:input_type -> shortleaf.admin.v1.GetEntryRequest
@@ -3710,65 +3816,69 @@ var file_admin_v1_admin_proto_depIdxs = []int32{
 	9,  // 25: shortleaf.admin.v1.AdminAPI.BatchUpdateEntry:input_type -> shortleaf.admin.v1.BatchUpdateEntryRequest
 	10, // 26: shortleaf.admin.v1.AdminAPI.BatchDeleteEntry:input_type -> shortleaf.admin.v1.BatchDeleteEntryRequest
 	13, // 27: shortleaf.admin.v1.AdminAPI.CreateJoinToken:input_type -> shortleaf.admin.v1.CreateJoinTokenRequest
-	16, // 28: shortleaf.admin.v1.AdminAPI.ListAgents:input_type -> shortleaf.admin.v1.ListAgentsRequest
-	18, // 29: shortleaf.admin.v1.AdminAPI.GetAgent:input_type -> shortleaf.admin.v1.GetAgentRequest
-	19, // 30: shortleaf.admin.v1.AdminAPI.EvictAgent:input_type -> shortleaf.admin.v1.EvictAgentRequest
-	21, // 31: shortleaf.admin.v1.AdminAPI.GetBundle:input_type -> shortleaf.admin.v1.GetBundleRequest
-	26, // 32: shortleaf.admin.v1.AdminAPI.MintX509SVID:input_type -> shortleaf.admin.v1.MintX509SVIDRequest
-	24, // 33: shortleaf.admin.v1.AdminAPI.MintJWTSVID:input_type -> shortleaf.admin.v1.MintJWTSVIDRequest
-	46, // 34: shortleaf.admin.v1.AdminAPI.CreateFederation:input_type -> shortleaf.admin.v1.CreateFederationRequest
-	47, // 35: shortleaf.admin.v1.AdminAPI.ListFederations:input_type -> shortleaf.admin.v1.ListFederationsRequest
-	49, // 36: shortleaf.admin.v1.AdminAPI.GetFederation:input_type -> shortleaf.admin.v1.GetFederationRequest
-	50, // 37: shortleaf.admin.v1.AdminAPI.UpdateFederation:input_type -> shortleaf.admin.v1.UpdateFederationRequest
-	51, // 38: shortleaf.admin.v1.AdminAPI.DeleteFederation:input_type -> shortleaf.admin.v1.DeleteFederationRequest
-	53, // 39: shortleaf.admin.v1.AdminAPI.RefreshFederation:input_type -> shortleaf.admin.v1.RefreshFederationRequest
-	55, // 40: shortleaf.admin.v1.AdminAPI.ListBundles:input_type -> shortleaf.admin.v1.ListBundlesRequest
-	57, // 41: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:input_type -> shortleaf.admin.v1.SetFederatedBundleRequest
-	58, // 42: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:input_type -> shortleaf.admin.v1.DeleteFederatedBundleRequest
-	31, // 43: shortleaf.admin.v1.AdminAPI.ListAuthorities:input_type -> shortleaf.admin.v1.ListAuthoritiesRequest
-	35, // 44: shortleaf.admin.v1.AdminAPI.PrepareAuthority:input_type -> shortleaf.admin.v1.PrepareAuthorityRequest
-	36, // 45: shortleaf.admin.v1.AdminAPI.ActivateAuthority:input_type -> shortleaf.admin.v1.ActivateAuthorityRequest
-	37, // 46: shortleaf.admin.v1.AdminAPI.TaintAuthority:input_type -> shortleaf.admin.v1.TaintAuthorityRequest
-	38, // 47: shortleaf.admin.v1.AdminAPI.RevokeAuthority:input_type -> shortleaf.admin.v1.RevokeAuthorityRequest
-	39, // 48: shortleaf.admin.v1.AdminAPI.PrepareRoot:input_type -> shortleaf.admin.v1.PrepareRootRequest
-	40, // 49: shortleaf.admin.v1.AdminAPI.ActivateRoot:input_type -> shortleaf.admin.v1.ActivateRootRequest
-	42, // 50: shortleaf.admin.v1.AdminAPI.RetireRoot:input_type -> shortleaf.admin.v1.RetireRootRequest
-	43, // 51: shortleaf.admin.v1.AdminAPI.ExportCAJournal:input_type -> shortleaf.admin.v1.ExportCAJournalRequest
-	0,  // 52: shortleaf.admin.v1.AdminAPI.CreateEntry:output_type -> shortleaf.admin.v1.Entry
-	3,  // 53: shortleaf.admin.v1.AdminAPI.ListEntries:output_type -> shortleaf.admin.v1.ListEntriesResponse
-	0,  // 54: shortleaf.admin.v1.AdminAPI.GetEntry:output_type -> shortleaf.admin.v1.Entry
-	0,  // 55: shortleaf.admin.v1.AdminAPI.UpdateEntry:output_type -> shortleaf.admin.v1.Entry
-	7,  // 56: shortleaf.admin.v1.AdminAPI.DeleteEntry:output_type -> shortleaf.admin.v1.DeleteEntryResponse
-	12, // 57: shortleaf.admin.v1.AdminAPI.BatchCreateEntry:output_type -> shortleaf.admin.v1.BatchEntryResponse
-	12, // 58: shortleaf.admin.v1.AdminAPI.BatchUpdateEntry:output_type -> shortleaf.admin.v1.BatchEntryResponse
-	12, // 59: shortleaf.admin.v1.AdminAPI.BatchDeleteEntry:output_type -> shortleaf.admin.v1.BatchEntryResponse
-	14, // 60: shortleaf.admin.v1.AdminAPI.CreateJoinToken:output_type -> shortleaf.admin.v1.CreateJoinTokenResponse
-	17, // 61: shortleaf.admin.v1.AdminAPI.ListAgents:output_type -> shortleaf.admin.v1.ListAgentsResponse
-	15, // 62: shortleaf.admin.v1.AdminAPI.GetAgent:output_type -> shortleaf.admin.v1.Agent
-	20, // 63: shortleaf.admin.v1.AdminAPI.EvictAgent:output_type -> shortleaf.admin.v1.EvictAgentResponse
-	22, // 64: shortleaf.admin.v1.AdminAPI.GetBundle:output_type -> shortleaf.admin.v1.Bundle
-	27, // 65: shortleaf.admin.v1.AdminAPI.MintX509SVID:output_type -> shortleaf.admin.v1.MintX509SVIDResponse
-	25, // 66: shortleaf.admin.v1.AdminAPI.MintJWTSVID:output_type -> shortleaf.admin.v1.MintJWTSVIDResponse
-	45, // 67: shortleaf.admin.v1.AdminAPI.CreateFederation:output_type -> shortleaf.admin.v1.Federation
-	48, // 68: shortleaf.admin.v1.AdminAPI.ListFederations:output_type -> shortleaf.admin.v1.ListFederationsResponse
-	45, // 69: shortleaf.admin.v1.AdminAPI.GetFederation:output_type -> shortleaf.admin.v1.Federation
-	45, // 70: shortleaf.admin.v1.AdminAPI.UpdateFederation:output_type -> shortleaf.admin.v1.Federation
-	52, // 71: shortleaf.admin.v1.AdminAPI.DeleteFederation:output_type -> shortleaf.admin.v1.DeleteFederationResponse
-	45, // 72: shortleaf.admin.v1.AdminAPI.RefreshFederation:output_type -> shortleaf.admin.v1.Federation
-	56, // 73: shortleaf.admin.v1.AdminAPI.ListBundles:output_type -> shortleaf.admin.v1.ListBundlesResponse
-	54, // 74: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:output_type -> shortleaf.admin.v1.FederatedBundle
-	59, // 75: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:output_type -> shortleaf.admin.v1.DeleteFederatedBundleResponse
-	32, // 76: shortleaf.admin.v1.AdminAPI.ListAuthorities:output_type -> shortleaf.admin.v1.ListAuthoritiesResponse
-	28, // 77: shortleaf.admin.v1.AdminAPI.PrepareAuthority:output_type -> shortleaf.admin.v1.Authority
-	28, // 78: shortleaf.admin.v1.AdminAPI.ActivateAuthority:output_type -> shortleaf.admin.v1.Authority
-	28, // 79: shortleaf.admin.v1.AdminAPI.TaintAuthority:output_type -> shortleaf.admin.v1.Authority
-	28, // 80: shortleaf.admin.v1.AdminAPI.RevokeAuthority:output_type -> shortleaf.admin.v1.Authority
-	28, // 81: shortleaf.admin.v1.AdminAPI.PrepareRoot:output_type -> shortleaf.admin.v1.Authority
-	41, // 82: shortleaf.admin.v1.AdminAPI.ActivateRoot:output_type -> shortleaf.admin.v1.ActivateRootResponse
-	28, // 83: shortleaf.admin.v1.AdminAPI.RetireRoot:output_type -> shortleaf.admin.v1.Authority
-	44, // 84: shortleaf.admin.v1.AdminAPI.ExportCAJournal:output_type -> shortleaf.admin.v1.ExportCAJournalResponse
-	52, // [52:85] is the sub-list for method output_type
-	19, // [19:52] is the sub-list for method input_type
+	18, // 28: shortleaf.admin.v1.AdminAPI.ListAgents:input_type -> shortleaf.admin.v1.ListAgentsRequest
+	20, // 29: shortleaf.admin.v1.AdminAPI.GetAgent:input_type -> shortleaf.admin.v1.GetAgentRequest
+	21, // 30: shortleaf.admin.v1.AdminAPI.EvictAgent:input_type -> shortleaf.admin.v1.EvictAgentRequest
+	16, // 31: shortleaf.admin.v1.AdminAPI.BanAgent:input_type -> shortleaf.admin.v1.BanAgentRequest
+	17, // 32: shortleaf.admin.v1.AdminAPI.UnbanAgent:input_type -> shortleaf.admin.v1.UnbanAgentRequest
+	23, // 33: shortleaf.admin.v1.AdminAPI.GetBundle:input_type -> shortleaf.admin.v1.GetBundleRequest
+	28, // 34: shortleaf.admin.v1.AdminAPI.MintX509SVID:input_type -> shortleaf.admin.v1.MintX509SVIDRequest
+	26, // 35: shortleaf.admin.v1.AdminAPI.MintJWTSVID:input_type -> shortleaf.admin.v1.MintJWTSVIDRequest
+	48, // 36: shortleaf.admin.v1.AdminAPI.CreateFederation:input_type -> shortleaf.admin.v1.CreateFederationRequest
+	49, // 37: shortleaf.admin.v1.AdminAPI.ListFederations:input_type -> shortleaf.admin.v1.ListFederationsRequest
+	51, // 38: shortleaf.admin.v1.AdminAPI.GetFederation:input_type -> shortleaf.admin.v1.GetFederationRequest
+	52, // 39: shortleaf.admin.v1.AdminAPI.UpdateFederation:input_type -> shortleaf.admin.v1.UpdateFederationRequest
+	53, // 40: shortleaf.admin.v1.AdminAPI.DeleteFederation:input_type -> shortleaf.admin.v1.DeleteFederationRequest
+	55, // 41: shortleaf.admin.v1.AdminAPI.RefreshFederation:input_type -> shortleaf.admin.v1.RefreshFederationRequest
+	57, // 42: shortleaf.admin.v1.AdminAPI.ListBundles:input_type -> shortleaf.admin.v1.ListBundlesRequest
+	59, // 43: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:input_type -> shortleaf.admin.v1.SetFederatedBundleRequest
+	60, // 44: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:input_type -> shortleaf.admin.v1.DeleteFederatedBundleRequest
+	33, // 45: shortleaf.admin.v1.AdminAPI.ListAuthorities:input_type -> shortleaf.admin.v1.ListAuthoritiesRequest
+	37, // 46: shortleaf.admin.v1.AdminAPI.PrepareAuthority:input_type -> shortleaf.admin.v1.PrepareAuthorityRequest
+	38, // 47: shortleaf.admin.v1.AdminAPI.ActivateAuthority:input_type -> shortleaf.admin.v1.ActivateAuthorityRequest
+	39, // 48: shortleaf.admin.v1.AdminAPI.TaintAuthority:input_type -> shortleaf.admin.v1.TaintAuthorityRequest
+	40, // 49: shortleaf.admin.v1.AdminAPI.RevokeAuthority:input_type -> shortleaf.admin.v1.RevokeAuthorityRequest
+	41, // 50: shortleaf.admin.v1.AdminAPI.PrepareRoot:input_type -> shortleaf.admin.v1.PrepareRootRequest
+	42, // 51: shortleaf.admin.v1.AdminAPI.ActivateRoot:input_type -> shortleaf.admin.v1.ActivateRootRequest
+	44, // 52: shortleaf.admin.v1.AdminAPI.RetireRoot:input_type -> shortleaf.admin.v1.RetireRootRequest
+	45, // 53: shortleaf.admin.v1.AdminAPI.ExportCAJournal:input_type -> shortleaf.admin.v1.ExportCAJournalRequest
+	0,  // 54: shortleaf.admin.v1.AdminAPI.CreateEntry:output_type -> shortleaf.admin.v1.Entry
+	3,  // 55: shortleaf.admin.v1.AdminAPI.ListEntries:output_type -> shortleaf.admin.v1.ListEntriesResponse
+	0,  // 56: shortleaf.admin.v1.AdminAPI.GetEntry:output_type -> shortleaf.admin.v1.Entry
+	0,  // 57: shortleaf.admin.v1.AdminAPI.UpdateEntry:output_type -> shortleaf.admin.v1.Entry
+	7,  // 58: shortleaf.admin.v1.AdminAPI.DeleteEntry:output_type -> shortleaf.admin.v1.DeleteEntryResponse
+	12, // 59: shortleaf.admin.v1.AdminAPI.BatchCreateEntry:output_type -> shortleaf.admin.v1.BatchEntryResponse
+	12, // 60: shortleaf.admin.v1.AdminAPI.BatchUpdateEntry:output_type -> shortleaf.admin.v1.BatchEntryResponse
+	12, // 61: shortleaf.admin.v1.AdminAPI.BatchDeleteEntry:output_type -> shortleaf.admin.v1.BatchEntryResponse
+	14, // 62: shortleaf.admin.v1.AdminAPI.CreateJoinToken:output_type -> shortleaf.admin.v1.CreateJoinTokenResponse
+	19, // 63: shortleaf.admin.v1.AdminAPI.ListAgents:output_type -> shortleaf.admin.v1.ListAgentsResponse
+	15, // 64: shortleaf.admin.v1.AdminAPI.GetAgent:output_type -> shortleaf.admin.v1.Agent
+	22, // 65: shortleaf.admin.v1.AdminAPI.EvictAgent:output_type -> shortleaf.admin.v1.EvictAgentResponse
+	15, // 66: shortleaf.admin.v1.AdminAPI.BanAgent:output_type -> shortleaf.admin.v1.Agent
+	15, // 67: shortleaf.admin.v1.AdminAPI.UnbanAgent:output_type -> shortleaf.admin.v1.Agent
+	24, // 68: shortleaf.admin.v1.AdminAPI.GetBundle:output_type -> shortleaf.admin.v1.Bundle
+	29, // 69: shortleaf.admin.v1.AdminAPI.MintX509SVID:output_type -> shortleaf.admin.v1.MintX509SVIDResponse
+	27, // 70: shortleaf.admin.v1.AdminAPI.MintJWTSVID:output_type -> shortleaf.admin.v1.MintJWTSVIDResponse
+	47, // 71: shortleaf.admin.v1.AdminAPI.CreateFederation:output_type -> shortleaf.admin.v1.Federation
+	50, // 72: shortleaf.admin.v1.AdminAPI.ListFederations:output_type -> shortleaf.admin.v1.ListFederationsResponse
+	47, // 73: shortleaf.admin.v1.AdminAPI.GetFederation:output_type -> shortleaf.admin.v1.Federation
+	47, // 74: shortleaf.admin.v1.AdminAPI.UpdateFederation:output_type -> shortleaf.admin.v1.Federation
+	54, // 75: shortleaf.admin.v1.AdminAPI.DeleteFederation:output_type -> shortleaf.admin.v1.DeleteFederationResponse
+	47, // 76: shortleaf.admin.v1.AdminAPI.RefreshFederation:output_type -> shortleaf.admin.v1.Federation
+	58, // 77: shortleaf.admin.v1.AdminAPI.ListBundles:output_type -> shortleaf.admin.v1.ListBundlesResponse
+	56, // 78: shortleaf.admin.v1.AdminAPI.SetFederatedBundle:output_type -> shortleaf.admin.v1.FederatedBundle
+	61, // 79: shortleaf.admin.v1.AdminAPI.DeleteFederatedBundle:output_type -> shortleaf.admin.v1.DeleteFederatedBundleResponse
+	34, // 80: shortleaf.admin.v1.AdminAPI.ListAuthorities:output_type -> shortleaf.admin.v1.ListAuthoritiesResponse
+	30, // 81: shortleaf.admin.v1.AdminAPI.PrepareAuthority:output_type -> shortleaf.admin.v1.Authority
+	30, // 82: shortleaf.admin.v1.AdminAPI.ActivateAuthority:output_type -> shortleaf.admin.v1.Authority
+	30, // 83: shortleaf.admin.v1.AdminAPI.TaintAuthority:output_type -> shortleaf.admin.v1.Authority
+	30, // 84: shortleaf.admin.v1.AdminAPI.RevokeAuthority:output_type -> shortleaf.admin.v1.Authority
+	30, // 85: shortleaf.admin.v1.AdminAPI.PrepareRoot:output_type -> shortleaf.admin.v1.Authority
+	43, // 86: shortleaf.admin.v1.AdminAPI.ActivateRoot:output_type -> shortleaf.admin.v1.ActivateRootResponse
+	30, // 87: shortleaf.admin.v1.AdminAPI.RetireRoot:output_type -> shortleaf.admin.v1.Authority
+	46, // 88: shortleaf.admin.v1.AdminAPI.ExportCAJournal:output_type -> shortleaf.admin.v1.ExportCAJournalResponse
+	54, // [54:89] is the sub-list for method output_type
+	19, // [19:54] is the sub-list for method input_type
 	19, // [19:19] is the sub-list for extension type_name
 	19, // [19:19] is the sub-list for extension extendee
 	0,  // [0:19] is the sub-list for field type_name
@@ -3785,7 +3895,7 @@ func file_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_v1_admin_proto_rawDesc), len(file_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   60,
+			NumMessages:   62,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,6 +34,8 @@ const (
 	AdminAPI_ListAgents_FullMethodName            = "/shortleaf.admin.v1.AdminAPI/ListAgents"
 	AdminAPI_GetAgent_FullMethodName              = "/shortleaf.admin.v1.AdminAPI/GetAgent"
 	AdminAPI_EvictAgent_FullMethodName            = "/shortleaf.admin.v1.AdminAPI/EvictAgent"
+	AdminAPI_BanAgent_FullMethodName              = "/shortleaf.admin.v1.AdminAPI/BanAgent"
+	AdminAPI_UnbanAgent_FullMethodName            = "/shortleaf.admin.v1.AdminAPI/UnbanAgent"
 	AdminAPI_GetBundle_FullMethodName             = "/shortleaf.admin.v1.AdminAPI/GetBundle"
 	AdminAPI_MintX509SVID_FullMethodName          = "/shortleaf.admin.v1.AdminAPI/MintX509SVID"
 	AdminAPI_MintJWTSVID_FullMethodName           = "/shortleaf.admin.v1.AdminAPI/MintJWTSVID"
@@ -76,6 +78,11 @@ type AdminAPIClient interface {
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	GetAgent(ctx context.Context, in *GetAgentRequest, opts ...grpc.CallOption) (*Agent, error)
 	EvictAgent(ctx context.Context, in *EvictAgentRequest, opts ...grpc.CallOption) (*EvictAgentResponse, error)
+	// BanAgent cuts an agent off and refuses its attestation (a re-attesting
+	// node stays out) until UnbanAgent; the agent's record is kept.
+	BanAgent(ctx context.Context, in *BanAgentRequest, opts ...grpc.CallOption) (*Agent, error)
+	// UnbanAgent lets a banned agent attest again.
+	UnbanAgent(ctx context.Context, in *UnbanAgentRequest, opts ...grpc.CallOption) (*Agent, error)
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*Bundle, error)
 	MintX509SVID(ctx context.Context, in *MintX509SVIDRequest, opts ...grpc.CallOption) (*MintX509SVIDResponse, error)
 	MintJWTSVID(ctx context.Context, in *MintJWTSVIDRequest, opts ...grpc.CallOption) (*MintJWTSVIDResponse, error)
@@ -225,6 +232,26 @@ func (c *adminAPIClient) EvictAgent(ctx context.Context, in *EvictAgentRequest, 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(EvictAgentResponse)
 	err := c.cc.Invoke(ctx, AdminAPI_EvictAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) BanAgent(ctx context.Context, in *BanAgentRequest, opts ...grpc.CallOption) (*Agent, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Agent)
+	err := c.cc.Invoke(ctx, AdminAPI_BanAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminAPIClient) UnbanAgent(ctx context.Context, in *UnbanAgentRequest, opts ...grpc.CallOption) (*Agent, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Agent)
+	err := c.cc.Invoke(ctx, AdminAPI_UnbanAgent_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -460,6 +487,11 @@ type AdminAPIServer interface {
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	GetAgent(context.Context, *GetAgentRequest) (*Agent, error)
 	EvictAgent(context.Context, *EvictAgentRequest) (*EvictAgentResponse, error)
+	// BanAgent cuts an agent off and refuses its attestation (a re-attesting
+	// node stays out) until UnbanAgent; the agent's record is kept.
+	BanAgent(context.Context, *BanAgentRequest) (*Agent, error)
+	// UnbanAgent lets a banned agent attest again.
+	UnbanAgent(context.Context, *UnbanAgentRequest) (*Agent, error)
 	GetBundle(context.Context, *GetBundleRequest) (*Bundle, error)
 	MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error)
 	MintJWTSVID(context.Context, *MintJWTSVIDRequest) (*MintJWTSVIDResponse, error)
@@ -530,6 +562,12 @@ func (UnimplementedAdminAPIServer) GetAgent(context.Context, *GetAgentRequest) (
 }
 func (UnimplementedAdminAPIServer) EvictAgent(context.Context, *EvictAgentRequest) (*EvictAgentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EvictAgent not implemented")
+}
+func (UnimplementedAdminAPIServer) BanAgent(context.Context, *BanAgentRequest) (*Agent, error) {
+	return nil, status.Error(codes.Unimplemented, "method BanAgent not implemented")
+}
+func (UnimplementedAdminAPIServer) UnbanAgent(context.Context, *UnbanAgentRequest) (*Agent, error) {
+	return nil, status.Error(codes.Unimplemented, "method UnbanAgent not implemented")
 }
 func (UnimplementedAdminAPIServer) GetBundle(context.Context, *GetBundleRequest) (*Bundle, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetBundle not implemented")
@@ -827,6 +865,42 @@ func _AdminAPI_EvictAgent_Handler(srv interface{}, ctx context.Context, dec func
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminAPIServer).EvictAgent(ctx, req.(*EvictAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_BanAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BanAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).BanAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_BanAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).BanAgent(ctx, req.(*BanAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminAPI_UnbanAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnbanAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminAPIServer).UnbanAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminAPI_UnbanAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminAPIServer).UnbanAgent(ctx, req.(*UnbanAgentRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1263,6 +1337,14 @@ var AdminAPI_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EvictAgent",
 			Handler:    _AdminAPI_EvictAgent_Handler,
+		},
+		{
+			MethodName: "BanAgent",
+			Handler:    _AdminAPI_BanAgent_Handler,
+		},
+		{
+			MethodName: "UnbanAgent",
+			Handler:    _AdminAPI_UnbanAgent_Handler,
 		},
 		{
 			MethodName: "GetBundle",

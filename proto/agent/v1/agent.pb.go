@@ -68,21 +68,82 @@ func (x *JoinTokenAttestation) GetToken() string {
 	return ""
 }
 
-type AttestAgentRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Types that are valid to be assigned to Attestation:
-	//
-	//	*AttestAgentRequest_JoinToken
-	Attestation isAttestAgentRequest_Attestation `protobuf_oneof:"attestation"`
-	// DER PKCS#10 request for the agent SVID; its key never leaves the agent.
-	Csr           []byte `protobuf:"bytes,10,opt,name=csr,proto3" json:"csr,omitempty"`
+// AttestationData is a node attestor's evidence: type names the attestor
+// ("x509pop", "tpm", "k8s_psat"), payload is its JSON document (see
+// docs/attestation.md).
+type AttestationData struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Payload       []byte                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
+func (x *AttestationData) Reset() {
+	*x = AttestationData{}
+	mi := &file_agent_v1_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestationData) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestationData) ProtoMessage() {}
+
+func (x *AttestationData) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestationData.ProtoReflect.Descriptor instead.
+func (*AttestationData) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AttestationData) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *AttestationData) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+type AttestAgentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Set in the first message only.
+	//
+	// Types that are valid to be assigned to Attestation:
+	//
+	//	*AttestAgentRequest_JoinToken
+	//	*AttestAgentRequest_Data
+	Attestation isAttestAgentRequest_Attestation `protobuf_oneof:"attestation"`
+	// DER PKCS#10 request for the agent SVID; its key never leaves the agent.
+	// Set in the first message only.
+	Csr []byte `protobuf:"bytes,10,opt,name=csr,proto3" json:"csr,omitempty"`
+	// The answer to the server's challenge, in the message after it.
+	ChallengeResponse []byte `protobuf:"bytes,11,opt,name=challenge_response,json=challengeResponse,proto3" json:"challenge_response,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
 func (x *AttestAgentRequest) Reset() {
 	*x = AttestAgentRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[1]
+	mi := &file_agent_v1_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -94,7 +155,7 @@ func (x *AttestAgentRequest) String() string {
 func (*AttestAgentRequest) ProtoMessage() {}
 
 func (x *AttestAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[1]
+	mi := &file_agent_v1_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -107,7 +168,7 @@ func (x *AttestAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestAgentRequest.ProtoReflect.Descriptor instead.
 func (*AttestAgentRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *AttestAgentRequest) GetAttestation() isAttestAgentRequest_Attestation {
@@ -126,9 +187,25 @@ func (x *AttestAgentRequest) GetJoinToken() *JoinTokenAttestation {
 	return nil
 }
 
+func (x *AttestAgentRequest) GetData() *AttestationData {
+	if x != nil {
+		if x, ok := x.Attestation.(*AttestAgentRequest_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
 func (x *AttestAgentRequest) GetCsr() []byte {
 	if x != nil {
 		return x.Csr
+	}
+	return nil
+}
+
+func (x *AttestAgentRequest) GetChallengeResponse() []byte {
+	if x != nil {
+		return x.ChallengeResponse
 	}
 	return nil
 }
@@ -141,19 +218,29 @@ type AttestAgentRequest_JoinToken struct {
 	JoinToken *JoinTokenAttestation `protobuf:"bytes,1,opt,name=join_token,json=joinToken,proto3,oneof"`
 }
 
+type AttestAgentRequest_Data struct {
+	Data *AttestationData `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
 func (*AttestAgentRequest_JoinToken) isAttestAgentRequest_Attestation() {}
 
+func (*AttestAgentRequest_Data) isAttestAgentRequest_Attestation() {}
+
 type AttestAgentResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Svid          *X509SVID              `protobuf:"bytes,1,opt,name=svid,proto3" json:"svid,omitempty"`
-	Bundle        *Bundle                `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Set in the last message: the attestation succeeded.
+	Svid   *X509SVID `protobuf:"bytes,1,opt,name=svid,proto3" json:"svid,omitempty"`
+	Bundle *Bundle   `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// Set in a message before the last: the attestor's challenge (its JSON
+	// document, holding the nonce), to be answered with challenge_response.
+	Challenge     []byte `protobuf:"bytes,3,opt,name=challenge,proto3" json:"challenge,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AttestAgentResponse) Reset() {
 	*x = AttestAgentResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_agent_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -165,7 +252,7 @@ func (x *AttestAgentResponse) String() string {
 func (*AttestAgentResponse) ProtoMessage() {}
 
 func (x *AttestAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_agent_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -178,7 +265,7 @@ func (x *AttestAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestAgentResponse.ProtoReflect.Descriptor instead.
 func (*AttestAgentResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AttestAgentResponse) GetSvid() *X509SVID {
@@ -195,6 +282,13 @@ func (x *AttestAgentResponse) GetBundle() *Bundle {
 	return nil
 }
 
+func (x *AttestAgentResponse) GetChallenge() []byte {
+	if x != nil {
+		return x.Challenge
+	}
+	return nil
+}
+
 type X509SVID struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
@@ -207,7 +301,7 @@ type X509SVID struct {
 
 func (x *X509SVID) Reset() {
 	*x = X509SVID{}
-	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_agent_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -219,7 +313,7 @@ func (x *X509SVID) String() string {
 func (*X509SVID) ProtoMessage() {}
 
 func (x *X509SVID) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_agent_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -232,7 +326,7 @@ func (x *X509SVID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVID.ProtoReflect.Descriptor instead.
 func (*X509SVID) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *X509SVID) GetSpiffeId() string {
@@ -268,7 +362,7 @@ type Bundle struct {
 
 func (x *Bundle) Reset() {
 	*x = Bundle{}
-	mi := &file_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -280,7 +374,7 @@ func (x *Bundle) String() string {
 func (*Bundle) ProtoMessage() {}
 
 func (x *Bundle) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -293,7 +387,7 @@ func (x *Bundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bundle.ProtoReflect.Descriptor instead.
 func (*Bundle) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Bundle) GetTrustDomain() string {
@@ -335,7 +429,7 @@ type JWTAuthority struct {
 
 func (x *JWTAuthority) Reset() {
 	*x = JWTAuthority{}
-	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -347,7 +441,7 @@ func (x *JWTAuthority) String() string {
 func (*JWTAuthority) ProtoMessage() {}
 
 func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -360,7 +454,7 @@ func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTAuthority.ProtoReflect.Descriptor instead.
 func (*JWTAuthority) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JWTAuthority) GetKeyId() string {
@@ -386,7 +480,7 @@ type RenewAgentRequest struct {
 
 func (x *RenewAgentRequest) Reset() {
 	*x = RenewAgentRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +492,7 @@ func (x *RenewAgentRequest) String() string {
 func (*RenewAgentRequest) ProtoMessage() {}
 
 func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +505,7 @@ func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RenewAgentRequest) GetCsr() []byte {
@@ -430,7 +524,7 @@ type RenewAgentResponse struct {
 
 func (x *RenewAgentResponse) Reset() {
 	*x = RenewAgentResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +536,7 @@ func (x *RenewAgentResponse) String() string {
 func (*RenewAgentResponse) ProtoMessage() {}
 
 func (x *RenewAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +549,7 @@ func (x *RenewAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RenewAgentResponse) GetSvid() *X509SVID {
@@ -485,7 +579,7 @@ type SyncEntriesRequest struct {
 
 func (x *SyncEntriesRequest) Reset() {
 	*x = SyncEntriesRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +591,7 @@ func (x *SyncEntriesRequest) String() string {
 func (*SyncEntriesRequest) ProtoMessage() {}
 
 func (x *SyncEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +604,7 @@ func (x *SyncEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncEntriesRequest.ProtoReflect.Descriptor instead.
 func (*SyncEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SyncEntriesRequest) GetBundleSequence() uint64 {
@@ -551,7 +645,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +657,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +670,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Selector) GetType() string {
@@ -610,7 +704,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +716,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +729,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Entry) GetId() string {
@@ -725,7 +819,7 @@ type SyncEntriesResponse struct {
 
 func (x *SyncEntriesResponse) Reset() {
 	*x = SyncEntriesResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +831,7 @@ func (x *SyncEntriesResponse) String() string {
 func (*SyncEntriesResponse) ProtoMessage() {}
 
 func (x *SyncEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +844,7 @@ func (x *SyncEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncEntriesResponse.ProtoReflect.Descriptor instead.
 func (*SyncEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SyncEntriesResponse) GetEntries() []*Entry {
@@ -821,7 +915,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +927,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +940,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SyncRequest) GetBundleSequence() uint64 {
@@ -901,7 +995,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -913,7 +1007,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -926,7 +1020,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SyncResponse) GetEntries() []*Entry {
@@ -985,7 +1079,7 @@ type SyncState struct {
 
 func (x *SyncState) Reset() {
 	*x = SyncState{}
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1091,7 @@ func (x *SyncState) String() string {
 func (*SyncState) ProtoMessage() {}
 
 func (x *SyncState) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1104,7 @@ func (x *SyncState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncState.ProtoReflect.Descriptor instead.
 func (*SyncState) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SyncState) GetBundle() *Bundle {
@@ -1045,7 +1139,7 @@ type FederatedBundle struct {
 
 func (x *FederatedBundle) Reset() {
 	*x = FederatedBundle{}
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1057,7 +1151,7 @@ func (x *FederatedBundle) String() string {
 func (*FederatedBundle) ProtoMessage() {}
 
 func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1070,7 +1164,7 @@ func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederatedBundle.ProtoReflect.Descriptor instead.
 func (*FederatedBundle) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FederatedBundle) GetTrustDomain() string {
@@ -1100,7 +1194,7 @@ type NewX509SVIDParams struct {
 
 func (x *NewX509SVIDParams) Reset() {
 	*x = NewX509SVIDParams{}
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1206,7 @@ func (x *NewX509SVIDParams) String() string {
 func (*NewX509SVIDParams) ProtoMessage() {}
 
 func (x *NewX509SVIDParams) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1219,7 @@ func (x *NewX509SVIDParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewX509SVIDParams.ProtoReflect.Descriptor instead.
 func (*NewX509SVIDParams) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NewX509SVIDParams) GetEntryId() string {
@@ -1158,7 +1252,7 @@ type BatchNewX509SVIDRequest struct {
 
 func (x *BatchNewX509SVIDRequest) Reset() {
 	*x = BatchNewX509SVIDRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1264,7 @@ func (x *BatchNewX509SVIDRequest) String() string {
 func (*BatchNewX509SVIDRequest) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1277,7 @@ func (x *BatchNewX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *BatchNewX509SVIDRequest) GetParams() []*NewX509SVIDParams {
@@ -1208,7 +1302,7 @@ type BatchNewX509SVIDResult struct {
 
 func (x *BatchNewX509SVIDResult) Reset() {
 	*x = BatchNewX509SVIDResult{}
-	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1314,7 @@ func (x *BatchNewX509SVIDResult) String() string {
 func (*BatchNewX509SVIDResult) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1327,7 @@ func (x *BatchNewX509SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDResult.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDResult) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BatchNewX509SVIDResult) GetEntryId() string {
@@ -1283,7 +1377,7 @@ type BatchNewX509SVIDResponse struct {
 
 func (x *BatchNewX509SVIDResponse) Reset() {
 	*x = BatchNewX509SVIDResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1389,7 @@ func (x *BatchNewX509SVIDResponse) String() string {
 func (*BatchNewX509SVIDResponse) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1402,7 @@ func (x *BatchNewX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BatchNewX509SVIDResponse) GetResults() []*BatchNewX509SVIDResult {
@@ -1335,7 +1429,7 @@ type NewJWTSVIDRequest struct {
 
 func (x *NewJWTSVIDRequest) Reset() {
 	*x = NewJWTSVIDRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1347,7 +1441,7 @@ func (x *NewJWTSVIDRequest) String() string {
 func (*NewJWTSVIDRequest) ProtoMessage() {}
 
 func (x *NewJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1360,7 +1454,7 @@ func (x *NewJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*NewJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NewJWTSVIDRequest) GetEntryId() string {
@@ -1387,7 +1481,7 @@ type NewJWTSVIDResponse struct {
 
 func (x *NewJWTSVIDResponse) Reset() {
 	*x = NewJWTSVIDResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1399,7 +1493,7 @@ func (x *NewJWTSVIDResponse) String() string {
 func (*NewJWTSVIDResponse) ProtoMessage() {}
 
 func (x *NewJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1412,7 +1506,7 @@ func (x *NewJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*NewJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *NewJWTSVIDResponse) GetToken() string {
@@ -1435,16 +1529,22 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x14agent/v1/agent.proto\x12\x12shortleaf.agent.v1\",\n" +
 	"\x14JoinTokenAttestation\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\"\x80\x01\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"?\n" +
+	"\x0fAttestationData\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
+	"\apayload\x18\x02 \x01(\fR\apayload\"\xea\x01\n" +
 	"\x12AttestAgentRequest\x12I\n" +
 	"\n" +
-	"join_token\x18\x01 \x01(\v2(.shortleaf.agent.v1.JoinTokenAttestationH\x00R\tjoinToken\x12\x10\n" +
+	"join_token\x18\x01 \x01(\v2(.shortleaf.agent.v1.JoinTokenAttestationH\x00R\tjoinToken\x129\n" +
+	"\x04data\x18\x02 \x01(\v2#.shortleaf.agent.v1.AttestationDataH\x00R\x04data\x12\x10\n" +
 	"\x03csr\x18\n" +
-	" \x01(\fR\x03csrB\r\n" +
-	"\vattestation\"{\n" +
+	" \x01(\fR\x03csr\x12-\n" +
+	"\x12challenge_response\x18\v \x01(\fR\x11challengeResponseB\r\n" +
+	"\vattestation\"\x99\x01\n" +
 	"\x13AttestAgentResponse\x120\n" +
 	"\x04svid\x18\x01 \x01(\v2\x1c.shortleaf.agent.v1.X509SVIDR\x04svid\x122\n" +
-	"\x06bundle\x18\x02 \x01(\v2\x1a.shortleaf.agent.v1.BundleR\x06bundle\"e\n" +
+	"\x06bundle\x18\x02 \x01(\v2\x1a.shortleaf.agent.v1.BundleR\x06bundle\x12\x1c\n" +
+	"\tchallenge\x18\x03 \x01(\fR\tchallenge\"e\n" +
 	"\bX509SVID\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1d\n" +
 	"\n" +
@@ -1532,9 +1632,9 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x12NewJWTSVIDResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\x03R\texpiresAt2\xc4\x04\n" +
-	"\bAgentAPI\x12^\n" +
-	"\vAttestAgent\x12&.shortleaf.agent.v1.AttestAgentRequest\x1a'.shortleaf.agent.v1.AttestAgentResponse\x12[\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt2\xc8\x04\n" +
+	"\bAgentAPI\x12b\n" +
+	"\vAttestAgent\x12&.shortleaf.agent.v1.AttestAgentRequest\x1a'.shortleaf.agent.v1.AttestAgentResponse(\x010\x01\x12[\n" +
 	"\n" +
 	"RenewAgent\x12%.shortleaf.agent.v1.RenewAgentRequest\x1a&.shortleaf.agent.v1.RenewAgentResponse\x12`\n" +
 	"\vSyncEntries\x12&.shortleaf.agent.v1.SyncEntriesRequest\x1a'.shortleaf.agent.v1.SyncEntriesResponse0\x01\x12M\n" +
@@ -1555,65 +1655,67 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_agent_v1_agent_proto_rawDescData
 }
 
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(*JoinTokenAttestation)(nil),     // 0: shortleaf.agent.v1.JoinTokenAttestation
-	(*AttestAgentRequest)(nil),       // 1: shortleaf.agent.v1.AttestAgentRequest
-	(*AttestAgentResponse)(nil),      // 2: shortleaf.agent.v1.AttestAgentResponse
-	(*X509SVID)(nil),                 // 3: shortleaf.agent.v1.X509SVID
-	(*Bundle)(nil),                   // 4: shortleaf.agent.v1.Bundle
-	(*JWTAuthority)(nil),             // 5: shortleaf.agent.v1.JWTAuthority
-	(*RenewAgentRequest)(nil),        // 6: shortleaf.agent.v1.RenewAgentRequest
-	(*RenewAgentResponse)(nil),       // 7: shortleaf.agent.v1.RenewAgentResponse
-	(*SyncEntriesRequest)(nil),       // 8: shortleaf.agent.v1.SyncEntriesRequest
-	(*Selector)(nil),                 // 9: shortleaf.agent.v1.Selector
-	(*Entry)(nil),                    // 10: shortleaf.agent.v1.Entry
-	(*SyncEntriesResponse)(nil),      // 11: shortleaf.agent.v1.SyncEntriesResponse
-	(*SyncRequest)(nil),              // 12: shortleaf.agent.v1.SyncRequest
-	(*SyncResponse)(nil),             // 13: shortleaf.agent.v1.SyncResponse
-	(*SyncState)(nil),                // 14: shortleaf.agent.v1.SyncState
-	(*FederatedBundle)(nil),          // 15: shortleaf.agent.v1.FederatedBundle
-	(*NewX509SVIDParams)(nil),        // 16: shortleaf.agent.v1.NewX509SVIDParams
-	(*BatchNewX509SVIDRequest)(nil),  // 17: shortleaf.agent.v1.BatchNewX509SVIDRequest
-	(*BatchNewX509SVIDResult)(nil),   // 18: shortleaf.agent.v1.BatchNewX509SVIDResult
-	(*BatchNewX509SVIDResponse)(nil), // 19: shortleaf.agent.v1.BatchNewX509SVIDResponse
-	(*NewJWTSVIDRequest)(nil),        // 20: shortleaf.agent.v1.NewJWTSVIDRequest
-	(*NewJWTSVIDResponse)(nil),       // 21: shortleaf.agent.v1.NewJWTSVIDResponse
+	(*AttestationData)(nil),          // 1: shortleaf.agent.v1.AttestationData
+	(*AttestAgentRequest)(nil),       // 2: shortleaf.agent.v1.AttestAgentRequest
+	(*AttestAgentResponse)(nil),      // 3: shortleaf.agent.v1.AttestAgentResponse
+	(*X509SVID)(nil),                 // 4: shortleaf.agent.v1.X509SVID
+	(*Bundle)(nil),                   // 5: shortleaf.agent.v1.Bundle
+	(*JWTAuthority)(nil),             // 6: shortleaf.agent.v1.JWTAuthority
+	(*RenewAgentRequest)(nil),        // 7: shortleaf.agent.v1.RenewAgentRequest
+	(*RenewAgentResponse)(nil),       // 8: shortleaf.agent.v1.RenewAgentResponse
+	(*SyncEntriesRequest)(nil),       // 9: shortleaf.agent.v1.SyncEntriesRequest
+	(*Selector)(nil),                 // 10: shortleaf.agent.v1.Selector
+	(*Entry)(nil),                    // 11: shortleaf.agent.v1.Entry
+	(*SyncEntriesResponse)(nil),      // 12: shortleaf.agent.v1.SyncEntriesResponse
+	(*SyncRequest)(nil),              // 13: shortleaf.agent.v1.SyncRequest
+	(*SyncResponse)(nil),             // 14: shortleaf.agent.v1.SyncResponse
+	(*SyncState)(nil),                // 15: shortleaf.agent.v1.SyncState
+	(*FederatedBundle)(nil),          // 16: shortleaf.agent.v1.FederatedBundle
+	(*NewX509SVIDParams)(nil),        // 17: shortleaf.agent.v1.NewX509SVIDParams
+	(*BatchNewX509SVIDRequest)(nil),  // 18: shortleaf.agent.v1.BatchNewX509SVIDRequest
+	(*BatchNewX509SVIDResult)(nil),   // 19: shortleaf.agent.v1.BatchNewX509SVIDResult
+	(*BatchNewX509SVIDResponse)(nil), // 20: shortleaf.agent.v1.BatchNewX509SVIDResponse
+	(*NewJWTSVIDRequest)(nil),        // 21: shortleaf.agent.v1.NewJWTSVIDRequest
+	(*NewJWTSVIDResponse)(nil),       // 22: shortleaf.agent.v1.NewJWTSVIDResponse
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
 	0,  // 0: shortleaf.agent.v1.AttestAgentRequest.join_token:type_name -> shortleaf.agent.v1.JoinTokenAttestation
-	3,  // 1: shortleaf.agent.v1.AttestAgentResponse.svid:type_name -> shortleaf.agent.v1.X509SVID
-	4,  // 2: shortleaf.agent.v1.AttestAgentResponse.bundle:type_name -> shortleaf.agent.v1.Bundle
-	5,  // 3: shortleaf.agent.v1.Bundle.jwt_authorities:type_name -> shortleaf.agent.v1.JWTAuthority
-	3,  // 4: shortleaf.agent.v1.RenewAgentResponse.svid:type_name -> shortleaf.agent.v1.X509SVID
-	9,  // 5: shortleaf.agent.v1.Entry.selectors:type_name -> shortleaf.agent.v1.Selector
-	10, // 6: shortleaf.agent.v1.SyncEntriesResponse.entries:type_name -> shortleaf.agent.v1.Entry
-	4,  // 7: shortleaf.agent.v1.SyncEntriesResponse.bundle:type_name -> shortleaf.agent.v1.Bundle
-	15, // 8: shortleaf.agent.v1.SyncEntriesResponse.federated_bundles:type_name -> shortleaf.agent.v1.FederatedBundle
-	10, // 9: shortleaf.agent.v1.SyncResponse.entries:type_name -> shortleaf.agent.v1.Entry
-	14, // 10: shortleaf.agent.v1.SyncResponse.state:type_name -> shortleaf.agent.v1.SyncState
-	4,  // 11: shortleaf.agent.v1.SyncState.bundle:type_name -> shortleaf.agent.v1.Bundle
-	15, // 12: shortleaf.agent.v1.SyncState.federated_bundles:type_name -> shortleaf.agent.v1.FederatedBundle
-	16, // 13: shortleaf.agent.v1.BatchNewX509SVIDRequest.params:type_name -> shortleaf.agent.v1.NewX509SVIDParams
-	3,  // 14: shortleaf.agent.v1.BatchNewX509SVIDResult.svid:type_name -> shortleaf.agent.v1.X509SVID
-	18, // 15: shortleaf.agent.v1.BatchNewX509SVIDResponse.results:type_name -> shortleaf.agent.v1.BatchNewX509SVIDResult
-	1,  // 16: shortleaf.agent.v1.AgentAPI.AttestAgent:input_type -> shortleaf.agent.v1.AttestAgentRequest
-	6,  // 17: shortleaf.agent.v1.AgentAPI.RenewAgent:input_type -> shortleaf.agent.v1.RenewAgentRequest
-	8,  // 18: shortleaf.agent.v1.AgentAPI.SyncEntries:input_type -> shortleaf.agent.v1.SyncEntriesRequest
-	12, // 19: shortleaf.agent.v1.AgentAPI.Sync:input_type -> shortleaf.agent.v1.SyncRequest
-	17, // 20: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:input_type -> shortleaf.agent.v1.BatchNewX509SVIDRequest
-	20, // 21: shortleaf.agent.v1.AgentAPI.NewJWTSVID:input_type -> shortleaf.agent.v1.NewJWTSVIDRequest
-	2,  // 22: shortleaf.agent.v1.AgentAPI.AttestAgent:output_type -> shortleaf.agent.v1.AttestAgentResponse
-	7,  // 23: shortleaf.agent.v1.AgentAPI.RenewAgent:output_type -> shortleaf.agent.v1.RenewAgentResponse
-	11, // 24: shortleaf.agent.v1.AgentAPI.SyncEntries:output_type -> shortleaf.agent.v1.SyncEntriesResponse
-	13, // 25: shortleaf.agent.v1.AgentAPI.Sync:output_type -> shortleaf.agent.v1.SyncResponse
-	19, // 26: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:output_type -> shortleaf.agent.v1.BatchNewX509SVIDResponse
-	21, // 27: shortleaf.agent.v1.AgentAPI.NewJWTSVID:output_type -> shortleaf.agent.v1.NewJWTSVIDResponse
-	22, // [22:28] is the sub-list for method output_type
-	16, // [16:22] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	1,  // 1: shortleaf.agent.v1.AttestAgentRequest.data:type_name -> shortleaf.agent.v1.AttestationData
+	4,  // 2: shortleaf.agent.v1.AttestAgentResponse.svid:type_name -> shortleaf.agent.v1.X509SVID
+	5,  // 3: shortleaf.agent.v1.AttestAgentResponse.bundle:type_name -> shortleaf.agent.v1.Bundle
+	6,  // 4: shortleaf.agent.v1.Bundle.jwt_authorities:type_name -> shortleaf.agent.v1.JWTAuthority
+	4,  // 5: shortleaf.agent.v1.RenewAgentResponse.svid:type_name -> shortleaf.agent.v1.X509SVID
+	10, // 6: shortleaf.agent.v1.Entry.selectors:type_name -> shortleaf.agent.v1.Selector
+	11, // 7: shortleaf.agent.v1.SyncEntriesResponse.entries:type_name -> shortleaf.agent.v1.Entry
+	5,  // 8: shortleaf.agent.v1.SyncEntriesResponse.bundle:type_name -> shortleaf.agent.v1.Bundle
+	16, // 9: shortleaf.agent.v1.SyncEntriesResponse.federated_bundles:type_name -> shortleaf.agent.v1.FederatedBundle
+	11, // 10: shortleaf.agent.v1.SyncResponse.entries:type_name -> shortleaf.agent.v1.Entry
+	15, // 11: shortleaf.agent.v1.SyncResponse.state:type_name -> shortleaf.agent.v1.SyncState
+	5,  // 12: shortleaf.agent.v1.SyncState.bundle:type_name -> shortleaf.agent.v1.Bundle
+	16, // 13: shortleaf.agent.v1.SyncState.federated_bundles:type_name -> shortleaf.agent.v1.FederatedBundle
+	17, // 14: shortleaf.agent.v1.BatchNewX509SVIDRequest.params:type_name -> shortleaf.agent.v1.NewX509SVIDParams
+	4,  // 15: shortleaf.agent.v1.BatchNewX509SVIDResult.svid:type_name -> shortleaf.agent.v1.X509SVID
+	19, // 16: shortleaf.agent.v1.BatchNewX509SVIDResponse.results:type_name -> shortleaf.agent.v1.BatchNewX509SVIDResult
+	2,  // 17: shortleaf.agent.v1.AgentAPI.AttestAgent:input_type -> shortleaf.agent.v1.AttestAgentRequest
+	7,  // 18: shortleaf.agent.v1.AgentAPI.RenewAgent:input_type -> shortleaf.agent.v1.RenewAgentRequest
+	9,  // 19: shortleaf.agent.v1.AgentAPI.SyncEntries:input_type -> shortleaf.agent.v1.SyncEntriesRequest
+	13, // 20: shortleaf.agent.v1.AgentAPI.Sync:input_type -> shortleaf.agent.v1.SyncRequest
+	18, // 21: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:input_type -> shortleaf.agent.v1.BatchNewX509SVIDRequest
+	21, // 22: shortleaf.agent.v1.AgentAPI.NewJWTSVID:input_type -> shortleaf.agent.v1.NewJWTSVIDRequest
+	3,  // 23: shortleaf.agent.v1.AgentAPI.AttestAgent:output_type -> shortleaf.agent.v1.AttestAgentResponse
+	8,  // 24: shortleaf.agent.v1.AgentAPI.RenewAgent:output_type -> shortleaf.agent.v1.RenewAgentResponse
+	12, // 25: shortleaf.agent.v1.AgentAPI.SyncEntries:output_type -> shortleaf.agent.v1.SyncEntriesResponse
+	14, // 26: shortleaf.agent.v1.AgentAPI.Sync:output_type -> shortleaf.agent.v1.SyncResponse
+	20, // 27: shortleaf.agent.v1.AgentAPI.BatchNewX509SVID:output_type -> shortleaf.agent.v1.BatchNewX509SVIDResponse
+	22, // 28: shortleaf.agent.v1.AgentAPI.NewJWTSVID:output_type -> shortleaf.agent.v1.NewJWTSVIDResponse
+	23, // [23:29] is the sub-list for method output_type
+	17, // [17:23] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -1621,8 +1723,9 @@ func file_agent_v1_agent_proto_init() {
 	if File_agent_v1_agent_proto != nil {
 		return
 	}
-	file_agent_v1_agent_proto_msgTypes[1].OneofWrappers = []any{
+	file_agent_v1_agent_proto_msgTypes[2].OneofWrappers = []any{
 		(*AttestAgentRequest_JoinToken)(nil),
+		(*AttestAgentRequest_Data)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1630,7 +1733,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,9 +34,14 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type AgentAPIClient interface {
-	// AttestAgent proves the node's identity and returns its first agent SVID and
-	// the trust bundle.
-	AttestAgent(ctx context.Context, in *AttestAgentRequest, opts ...grpc.CallOption) (*AttestAgentResponse, error)
+	// AttestAgent proves the node's identity and returns an agent SVID and the
+	// trust bundle. The agent sends its attestation and CSR first. A join
+	// token is answered at once with the SVID. Any other attestor's data is
+	// answered with a challenge carrying a fresh nonce bound to this stream:
+	// the agent sends a challenge_response within the challenge's deadline
+	// and the server answers with the SVID, or refuses and ends the stream.
+	// A nonce is used once, on the stream that made it.
+	AttestAgent(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AttestAgentRequest, AttestAgentResponse], error)
 	// RenewAgent issues a fresh agent SVID for the calling agent.
 	RenewAgent(ctx context.Context, in *RenewAgentRequest, opts ...grpc.CallOption) (*RenewAgentResponse, error)
 	// SyncEntries streams every entry authorized for the calling agent, in pages,
@@ -70,15 +75,18 @@ func NewAgentAPIClient(cc grpc.ClientConnInterface) AgentAPIClient {
 	return &agentAPIClient{cc}
 }
 
-func (c *agentAPIClient) AttestAgent(ctx context.Context, in *AttestAgentRequest, opts ...grpc.CallOption) (*AttestAgentResponse, error) {
+func (c *agentAPIClient) AttestAgent(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AttestAgentRequest, AttestAgentResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(AttestAgentResponse)
-	err := c.cc.Invoke(ctx, AgentAPI_AttestAgent_FullMethodName, in, out, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &AgentAPI_ServiceDesc.Streams[0], AgentAPI_AttestAgent_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	return out, nil
+	x := &grpc.GenericClientStream[AttestAgentRequest, AttestAgentResponse]{ClientStream: stream}
+	return x, nil
 }
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentAPI_AttestAgentClient = grpc.BidiStreamingClient[AttestAgentRequest, AttestAgentResponse]
 
 func (c *agentAPIClient) RenewAgent(ctx context.Context, in *RenewAgentRequest, opts ...grpc.CallOption) (*RenewAgentResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -92,7 +100,7 @@ func (c *agentAPIClient) RenewAgent(ctx context.Context, in *RenewAgentRequest, 
 
 func (c *agentAPIClient) SyncEntries(ctx context.Context, in *SyncEntriesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SyncEntriesResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &AgentAPI_ServiceDesc.Streams[0], AgentAPI_SyncEntries_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &AgentAPI_ServiceDesc.Streams[1], AgentAPI_SyncEntries_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +119,7 @@ type AgentAPI_SyncEntriesClient = grpc.ServerStreamingClient[SyncEntriesResponse
 
 func (c *agentAPIClient) Sync(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SyncRequest, SyncResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &AgentAPI_ServiceDesc.Streams[1], AgentAPI_Sync_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &AgentAPI_ServiceDesc.Streams[2], AgentAPI_Sync_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -146,9 +154,14 @@ func (c *agentAPIClient) NewJWTSVID(ctx context.Context, in *NewJWTSVIDRequest, 
 // All implementations must embed UnimplementedAgentAPIServer
 // for forward compatibility.
 type AgentAPIServer interface {
-	// AttestAgent proves the node's identity and returns its first agent SVID and
-	// the trust bundle.
-	AttestAgent(context.Context, *AttestAgentRequest) (*AttestAgentResponse, error)
+	// AttestAgent proves the node's identity and returns an agent SVID and the
+	// trust bundle. The agent sends its attestation and CSR first. A join
+	// token is answered at once with the SVID. Any other attestor's data is
+	// answered with a challenge carrying a fresh nonce bound to this stream:
+	// the agent sends a challenge_response within the challenge's deadline
+	// and the server answers with the SVID, or refuses and ends the stream.
+	// A nonce is used once, on the stream that made it.
+	AttestAgent(grpc.BidiStreamingServer[AttestAgentRequest, AttestAgentResponse]) error
 	// RenewAgent issues a fresh agent SVID for the calling agent.
 	RenewAgent(context.Context, *RenewAgentRequest) (*RenewAgentResponse, error)
 	// SyncEntries streams every entry authorized for the calling agent, in pages,
@@ -182,8 +195,8 @@ type AgentAPIServer interface {
 // pointer dereference when methods are called.
 type UnimplementedAgentAPIServer struct{}
 
-func (UnimplementedAgentAPIServer) AttestAgent(context.Context, *AttestAgentRequest) (*AttestAgentResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method AttestAgent not implemented")
+func (UnimplementedAgentAPIServer) AttestAgent(grpc.BidiStreamingServer[AttestAgentRequest, AttestAgentResponse]) error {
+	return status.Error(codes.Unimplemented, "method AttestAgent not implemented")
 }
 func (UnimplementedAgentAPIServer) RenewAgent(context.Context, *RenewAgentRequest) (*RenewAgentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RenewAgent not implemented")
@@ -221,23 +234,12 @@ func RegisterAgentAPIServer(s grpc.ServiceRegistrar, srv AgentAPIServer) {
 	s.RegisterService(&AgentAPI_ServiceDesc, srv)
 }
 
-func _AgentAPI_AttestAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(AttestAgentRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(AgentAPIServer).AttestAgent(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: AgentAPI_AttestAgent_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(AgentAPIServer).AttestAgent(ctx, req.(*AttestAgentRequest))
-	}
-	return interceptor(ctx, in, info, handler)
+func _AgentAPI_AttestAgent_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AgentAPIServer).AttestAgent(&grpc.GenericServerStream[AttestAgentRequest, AttestAgentResponse]{ServerStream: stream})
 }
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentAPI_AttestAgentServer = grpc.BidiStreamingServer[AttestAgentRequest, AttestAgentResponse]
 
 func _AgentAPI_RenewAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RenewAgentRequest)
@@ -319,10 +321,6 @@ var AgentAPI_ServiceDesc = grpc.ServiceDesc{
 	HandlerType: (*AgentAPIServer)(nil),
 	Methods: []grpc.MethodDesc{
 		{
-			MethodName: "AttestAgent",
-			Handler:    _AgentAPI_AttestAgent_Handler,
-		},
-		{
 			MethodName: "RenewAgent",
 			Handler:    _AgentAPI_RenewAgent_Handler,
 		},
@@ -336,6 +334,12 @@ var AgentAPI_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "AttestAgent",
+			Handler:       _AgentAPI_AttestAgent_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "SyncEntries",
 			Handler:       _AgentAPI_SyncEntries_Handler,
