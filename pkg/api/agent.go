@@ -358,56 +358,60 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 	if err := s.recordReport(ctx, agentID, agent, req.GetBundleSequence(), req.GetSignerKeyIds()); err != nil {
 		return err
 	}
-	// Read the revision before listing: a change made while listing raises
-	// the parent's revision above it, so the next sync is complete again.
-	current, parentRev, err := s.cfg.Store.EntriesRevision(ctx, agentID.String())
+	parents, err := s.parents(ctx, agentID, agent)
 	if err != nil {
 		return toStatus(ctx, s.cfg.Logger, "sync", err)
 	}
-	if rev := req.GetEntriesRevision(); rev != 0 && rev >= parentRev && rev <= current {
+	// Read the revision before listing: a change made while listing raises
+	// the parent's revision above it, so the next sync is complete again.
+	// An alias entry's change (under the server's ID) counts too: it may
+	// change the aliases the agent belongs to.
+	current, latest, err := s.revisions(ctx, s.syncParents(parents))
+	if err != nil {
+		return toStatus(ctx, s.cfg.Logger, "sync", err)
+	}
+	if rev := req.GetEntriesRevision(); rev != 0 && rev >= latest && rev <= current {
 		msg := &agentv1.SyncEntriesResponse{Unchanged: true, EntriesRevision: current}
 		if err := s.finishSync(ctx, msg, req.GetFederatedTrustDomains()); err != nil {
 			return err
 		}
 		return stream.Send(msg)
 	}
-	token := ""
+	// Pages of entries, parent after parent, then a last message with the
+	// revision, the bundle and the rest of the sync state.
 	federated := map[string]bool{}
-	for {
-		entries, next, err := s.cfg.Store.ListEntriesByParent(ctx, agentID.String(), token, SyncPageSize)
-		if err != nil {
-			return toStatus(ctx, s.cfg.Logger, "sync", err)
-		}
-		page := make([]*agentv1.Entry, len(entries))
-		for i, e := range entries {
-			page[i] = s.agentEntryProto(e)
-			for _, td := range e.FederatesWith {
-				federated[td] = true
+	for _, parent := range parents {
+		token := ""
+		for {
+			entries, next, err := s.cfg.Store.ListEntriesByParent(ctx, parent, token, SyncPageSize)
+			if err != nil {
+				return toStatus(ctx, s.cfg.Logger, "sync", err)
 			}
-		}
-		start := 0
-		ends := pageEnds(len(page), func(i int) int { return proto.Size(page[i]) })
-		if len(ends) == 0 {
-			ends = []int{0} // no entries: one message still answers
-		}
-		for i, end := range ends {
-			msg := &agentv1.SyncEntriesResponse{Entries: page[start:end], More: next != "" || i < len(ends)-1}
-			start = end
-			if !msg.More {
-				msg.EntriesRevision = current
-				if err := s.finishSync(ctx, msg, slices.Collect(maps.Keys(federated))); err != nil {
-					return err
+			page := make([]*agentv1.Entry, len(entries))
+			for i, e := range entries {
+				page[i] = s.agentEntryProto(e)
+				for _, td := range e.FederatesWith {
+					federated[td] = true
 				}
 			}
-			if err := stream.Send(msg); err != nil {
-				return err
+			start := 0
+			for _, end := range pageEnds(len(page), func(i int) int { return proto.Size(page[i]) }) {
+				if err := stream.Send(&agentv1.SyncEntriesResponse{Entries: page[start:end], More: true}); err != nil {
+					return err
+				}
+				start = end
 			}
+			if next == "" {
+				break
+			}
+			token = next
 		}
-		if next == "" {
-			return nil
-		}
-		token = next
 	}
+	msg := &agentv1.SyncEntriesResponse{EntriesRevision: current}
+	if err := s.finishSync(ctx, msg, slices.Collect(maps.Keys(federated))); err != nil {
+		return err
+	}
+	return stream.Send(msg)
 }
 
 // finishSync fills the last SyncEntries message from syncState.
@@ -440,7 +444,7 @@ func (s *AgentService) syncState(ctx context.Context, federated []string) (*agen
 // BatchNewX509SVID signs each CSR whose entry is parented to the caller. Each
 // request gets its own result; one bad CSR does not fail the batch.
 func (s *AgentService) BatchNewX509SVID(ctx context.Context, req *agentv1.BatchNewX509SVIDRequest) (*agentv1.BatchNewX509SVIDResponse, error) {
-	agentID, _, err := s.callerAgent(ctx)
+	agentID, agent, err := s.callerAgent(ctx)
 	if err != nil {
 		s.cfg.Metrics.SVIDsIssued.WithLabelValues(telemetry.ResultDenied).Add(float64(len(req.GetParams())))
 		return nil, err
@@ -451,11 +455,15 @@ func (s *AgentService) BatchNewX509SVID(ctx context.Context, req *agentv1.BatchN
 	if err := s.takeSigning(ctx, agentID, len(req.GetParams())); err != nil {
 		return nil, err
 	}
+	parents, err := s.parents(ctx, agentID, agent)
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "new X509-SVID", err)
+	}
 	params := req.GetParams()
 	results := make([]*agentv1.BatchNewX509SVIDResult, len(params))
 	jobs := make([]*signqueue.Job, len(params))
 	for i, p := range params {
-		jobs[i] = &signqueue.Job{Urgency: s.urgency(p), Run: func() { results[i] = s.newX509SVID(ctx, agentID, p) }}
+		jobs[i] = &signqueue.Job{Urgency: s.urgency(p), Run: func() { results[i] = s.newX509SVID(ctx, agentID, parents, p) }}
 	}
 	s.runSigning(ctx, agentID, jobs)
 	if err := ctx.Err(); err != nil {
@@ -534,7 +542,7 @@ func checkBatch(params []*agentv1.NewX509SVIDParams) error {
 	return nil
 }
 
-func (s *AgentService) newX509SVID(ctx context.Context, agentID spiffeid.ID, p *agentv1.NewX509SVIDParams) *agentv1.BatchNewX509SVIDResult {
+func (s *AgentService) newX509SVID(ctx context.Context, agentID spiffeid.ID, parents []string, p *agentv1.NewX509SVIDParams) *agentv1.BatchNewX509SVIDResult {
 	start := time.Now()
 	res := &agentv1.BatchNewX509SVIDResult{EntryId: p.GetEntryId()}
 	fail := func(result string, err error) *agentv1.BatchNewX509SVIDResult {
@@ -544,7 +552,7 @@ func (s *AgentService) newX509SVID(ctx context.Context, agentID spiffeid.ID, p *
 		return res
 	}
 	entry, err := s.cfg.Store.GetEntry(ctx, p.GetEntryId())
-	if errors.Is(err, datastore.ErrNotFound) || (err == nil && entry.ParentID != agentID.String()) {
+	if errors.Is(err, datastore.ErrNotFound) || (err == nil && !slices.Contains(parents, entry.ParentID)) {
 		// The same answer for "no such entry" and "not yours": an agent learns
 		// nothing about other agents' entries.
 		return fail(telemetry.ResultDenied, status.Errorf(codes.PermissionDenied, "entry %q is not authorized for %s", p.GetEntryId(), agentID))
@@ -577,15 +585,19 @@ func (s *AgentService) newX509SVID(ctx context.Context, agentID spiffeid.ID, p *
 
 // NewJWTSVID signs a JWT-SVID for an entry parented to the caller.
 func (s *AgentService) NewJWTSVID(ctx context.Context, req *agentv1.NewJWTSVIDRequest) (*agentv1.NewJWTSVIDResponse, error) {
-	agentID, _, err := s.callerAgent(ctx)
+	agentID, agent, err := s.callerAgent(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if err := s.takeSigning(ctx, agentID, 1); err != nil {
 		return nil, err
 	}
+	parents, err := s.parents(ctx, agentID, agent)
+	if err != nil {
+		return nil, toStatus(ctx, s.cfg.Logger, "new JWT-SVID", err)
+	}
 	entry, err := s.cfg.Store.GetEntry(ctx, req.GetEntryId())
-	if errors.Is(err, datastore.ErrNotFound) || (err == nil && entry.ParentID != agentID.String()) {
+	if errors.Is(err, datastore.ErrNotFound) || (err == nil && !slices.Contains(parents, entry.ParentID)) {
 		return nil, status.Errorf(codes.PermissionDenied, "entry %q is not authorized for %s", req.GetEntryId(), agentID)
 	}
 	if err != nil {

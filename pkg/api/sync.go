@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	"github.com/shortleaf/shortleaf/pkg/entryfeed"
 	"github.com/shortleaf/shortleaf/pkg/grpcstream"
@@ -43,7 +45,7 @@ func (s *AgentService) Sync(stream agentv1.AgentAPI_SyncServer) error {
 	// from this one, as a gRPC stream requires.
 	requests, recvErr := grpcstream.Receive(ctx, stream.Recv)
 
-	sess := &syncSession{svc: s, stream: stream, agentID: agentID}
+	sess := &syncSession{svc: s, stream: stream, agentID: agentID, agent: agent}
 	defer sess.close()
 	if err := sess.subscribe(ctx, first.GetEntriesRevision()); err != nil {
 		return err
@@ -68,6 +70,7 @@ func (s *AgentService) Sync(stream agentv1.AgentAPI_SyncServer) error {
 			if err != nil {
 				return err
 			}
+			sess.agent = agent
 			if err := s.recordReport(ctx, agentID, agent, req.GetBundleSequence(), req.GetSignerKeyIds()); err != nil {
 				return err
 			}
@@ -90,6 +93,14 @@ type syncSession struct {
 	svc     *AgentService
 	stream  agentv1.AgentAPI_SyncServer
 	agentID spiffeid.ID
+	// agent is the agent's record, as last read: its node selectors decide
+	// the node aliases it belongs to.
+	agent *datastore.Agent
+	// parents are the parent IDs whose entries the agent holds (its own ID
+	// and its aliases'); watched also holds the server's ID, under which
+	// alias entries change.
+	parents []string
+	watched entryfeed.Parents
 	sub     *entryfeed.Subscription
 	// held is the revision up to which the agent holds every change.
 	held uint64
@@ -107,8 +118,13 @@ func (x *syncSession) close() {
 // and otherwise with a full read of its entries.
 func (x *syncSession) subscribe(ctx context.Context, after uint64) error {
 	x.close()
-	s, agent := x.svc, x.agentID.String()
-	sub, backlog, from, ok, err := s.cfg.Feed.Subscribe(ctx, agent, after)
+	s := x.svc
+	parents, err := s.parents(ctx, x.agentID, x.agent)
+	if err != nil {
+		return toStatus(ctx, s.cfg.Logger, "sync", err)
+	}
+	x.parents, x.watched = parents, s.syncParents(parents)
+	sub, backlog, from, ok, err := s.cfg.Feed.Subscribe(ctx, x.watched, after)
 	if errors.Is(err, entryfeed.ErrStopped) {
 		return status.Error(codes.Unavailable, "the server is stopping; connect to another")
 	}
@@ -119,16 +135,16 @@ func (x *syncSession) subscribe(ctx context.Context, after uint64) error {
 	if ok {
 		s.cfg.Metrics.SyncStarts.WithLabelValues("resumed").Inc()
 		x.held = after
-		return x.send(backlog)
+		return x.send(ctx, backlog)
 	}
 	if after != 0 {
-		current, parent, err := s.cfg.Store.EntriesRevision(ctx, agent)
+		current, latest, err := s.revisions(ctx, x.watched)
 		if err != nil {
 			return toStatus(ctx, s.cfg.Logger, "sync", err)
 		}
 		// after <= current: a revision from this store's history, not from
 		// a store since replaced by a restore.
-		if parent <= after && after <= current {
+		if latest <= after && after <= current {
 			s.cfg.Metrics.SyncStarts.WithLabelValues("unchanged").Inc()
 			x.held = max(after, from)
 			return nil
@@ -136,25 +152,35 @@ func (x *syncSession) subscribe(ctx context.Context, after uint64) error {
 	}
 	s.cfg.Metrics.SyncStarts.WithLabelValues("full").Inc()
 	full := true
-	rev, err := s.cfg.Store.SnapshotEntriesByParent(ctx, agent, SyncPageSize, func(page []*datastore.Entry) error {
-		entries := make([]*agentv1.Entry, len(page))
-		for i, e := range page {
-			entries[i] = s.agentEntryProto(e)
-		}
-		start := 0
-		for _, end := range pageEnds(len(entries), func(i int) int { return proto.Size(entries[i]) }) {
-			if err := x.stream.Send(&agentv1.SyncResponse{Full: full, More: true, Entries: entries[start:end]}); err != nil {
-				return err
+	// Each parent's entries are read at a revision of their own: the agent
+	// holds every change up to the oldest of them, and changes after it
+	// that a later read already held are sent again, which leaves the
+	// same entries.
+	var oldest uint64
+	for i, parent := range x.parents {
+		rev, err := s.cfg.Store.SnapshotEntriesByParent(ctx, parent, SyncPageSize, func(page []*datastore.Entry) error {
+			entries := make([]*agentv1.Entry, len(page))
+			for i, e := range page {
+				entries[i] = s.agentEntryProto(e)
 			}
-			full, start = false, end
+			start := 0
+			for _, end := range pageEnds(len(entries), func(i int) int { return proto.Size(entries[i]) }) {
+				if err := x.stream.Send(&agentv1.SyncResponse{Full: full, More: true, Entries: entries[start:end]}); err != nil {
+					return err
+				}
+				full, start = false, end
+			}
+			return nil
+		})
+		if err != nil {
+			return toStatus(ctx, s.cfg.Logger, "sync", err)
 		}
-		return nil
-	})
-	if err != nil {
-		return toStatus(ctx, s.cfg.Logger, "sync", err)
+		if i == 0 || rev < oldest {
+			oldest = rev
+		}
 	}
 	// The feed's changes up to the snapshot's revision are in it already.
-	x.held = max(rev, from)
+	x.held = max(oldest, from)
 	return x.stream.Send(&agentv1.SyncResponse{Full: full, EntriesRevision: x.held})
 }
 
@@ -162,7 +188,7 @@ func (x *syncSession) subscribe(ctx context.Context, after uint64) error {
 // subscribes again from the revision the agent holds.
 func (x *syncSession) push(ctx context.Context) error {
 	changes, lost := x.sub.Next()
-	if err := x.send(changes); err != nil {
+	if err := x.send(ctx, changes); err != nil {
 		return err
 	}
 	if lost {
@@ -172,28 +198,48 @@ func (x *syncSession) push(ctx context.Context) error {
 }
 
 // send sends the changes after the revision held as one change set, in
-// pages: each entry once, as its last change in the set left it.
-func (x *syncSession) send(changes []datastore.EntryChange) error {
-	agent := x.agentID.String()
+// pages: each entry once, as its last change in the set left it. A change
+// to an alias entry may change the aliases the agent belongs to: then it
+// reads its entries afresh.
+func (x *syncSession) send(ctx context.Context, changes []datastore.EntryChange) error {
+	server := ca.ServerID(x.svc.cfg.CA.TrustDomain()).String()
+	holds := entryfeed.NewParents(x.parents...)
 	var order []string
 	final := map[string]*agentv1.Entry{} // nil: deleted
 	last := x.held
+	aliasChanged := false
 	for _, c := range changes {
-		if c.Revision <= x.held || !entryfeed.Concerns(c, agent) {
+		if c.Revision <= x.held || !entryfeed.Concerns(c, x.watched) {
 			continue
 		}
 		last = c.Revision
+		if c.Entry.ParentID == server || c.OldParentID == server {
+			aliasChanged = true
+			if !holds[c.Entry.ParentID] && !holds[c.OldParentID] {
+				continue
+			}
+		}
 		id := c.Entry.ID
 		if _, seen := final[id]; !seen {
 			order = append(order, id)
 		}
-		if c.Deleted || c.Entry.ParentID != agent {
+		if c.Deleted || !holds[c.Entry.ParentID] {
 			final[id] = nil
 		} else {
 			final[id] = x.svc.agentEntryProto(c.Entry)
 		}
 	}
+	if aliasChanged {
+		parents, err := x.svc.parents(ctx, x.agentID, x.agent)
+		if err != nil {
+			return toStatus(ctx, x.svc.cfg.Logger, "sync", err)
+		}
+		if !slices.Equal(parents, x.parents) {
+			return x.subscribe(ctx, 0)
+		}
+	}
 	if len(order) == 0 {
+		x.held = last
 		return nil
 	}
 	x.svc.cfg.Metrics.SyncChanges.Add(float64(len(order)))

@@ -40,6 +40,37 @@ func parseWorkloadID(field, s string, td spiffeid.TrustDomain) (spiffeid.ID, err
 	return id, nil
 }
 
+// parseParentID checks an entry's parent: an agent ID; the server's ID,
+// which makes the entry a node alias; or a workload-shaped ID, a node
+// alias's SPIFFE ID, whose entries are served to every agent of the alias.
+func parseParentID(field, s string, td spiffeid.TrustDomain) (id spiffeid.ID, alias bool, err error) {
+	id, err = spiffeid.FromString(s)
+	if err != nil {
+		return spiffeid.ID{}, false, invalid(field, "%q is not a valid SPIFFE ID: %v", s, err)
+	}
+	switch {
+	case id == ca.ServerID(td):
+		return id, true, nil
+	case ca.IsAgentID(id, td):
+		return id, false, nil
+	case ca.CheckWorkloadID(field, id, td) == nil:
+		return id, false, nil
+	}
+	return spiffeid.ID{}, false, invalid(field, "%q is neither an agent ID of %s (spiffe://%s/agent/...), nor %s (for a node alias), nor a node alias's SPIFFE ID",
+		s, td, td, ca.ServerID(td))
+}
+
+// nodeTypes lists the node selector types.
+func nodeTypes() []string {
+	var out []string
+	for _, t := range attest.KnownTypes() {
+		if attest.IsNodeType(t) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 // parseAgentID checks an agent SPIFFE ID (spiffe://<td>/agent/...).
 func parseAgentID(field, s string, td spiffeid.TrustDomain) (spiffeid.ID, error) {
 	id, err := spiffeid.FromString(s)
@@ -122,7 +153,7 @@ func entryFromProto(in *adminv1.Entry, td spiffeid.TrustDomain, maxTTL time.Dura
 	if err != nil {
 		return nil, err
 	}
-	parent, err := parseAgentID("entry.parent_id", in.GetParentId(), td)
+	parent, alias, err := parseParentID("entry.parent_id", in.GetParentId(), td)
 	if err != nil {
 		return nil, err
 	}
@@ -135,10 +166,20 @@ func entryFromProto(in *adminv1.Entry, td spiffeid.TrustDomain, maxTTL time.Dura
 		if err != nil {
 			return nil, invalid("entry.selectors", "%v", err)
 		}
+		switch node := attest.IsNodeType(sel.Type); {
+		case alias && !node:
+			return nil, invalid("entry.selectors", "%q is a workload selector; a node alias (parented to %s) matches agents by node selectors (%s)",
+				sel, parent, strings.Join(nodeTypes(), ", "))
+		case !alias && node:
+			return nil, invalid("entry.selectors", "%q is a node selector; it matches agents, so it belongs to a node alias (an entry parented to %s), whose SPIFFE ID is then this entry's parent",
+				sel, ca.ServerID(td))
+		}
 		sels = append(sels, sel)
 	}
-	if err := attest.CheckIdentifiesCaller(sels); err != nil {
-		return nil, invalid("entry.selectors", "%v", err)
+	if !alias {
+		if err := attest.CheckIdentifiesCaller(sels); err != nil {
+			return nil, invalid("entry.selectors", "%v", err)
+		}
 	}
 	ttl, err := validateTTL("entry.x509_svid_ttl", in.GetX509SvidTtlSeconds(), maxTTL)
 	if err != nil {

@@ -64,7 +64,7 @@ func BenchmarkFeedFanOut(b *testing.B) {
 			var received atomic.Int64
 			var wg sync.WaitGroup
 			for i := range agents {
-				sub, _, _, _, err := feed.Subscribe(ctx, fmt.Sprintf("spiffe://td/agent/%d", i), 0)
+				sub, _, _, _, err := feed.Subscribe(ctx, entryfeed.NewParents(fmt.Sprintf("spiffe://td/agent/%d", i)), 0)
 				if err != nil {
 					b.Fatal(err)
 				}

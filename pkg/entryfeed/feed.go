@@ -184,10 +184,10 @@ func (f *Feed) publish(changes []datastore.EntryChange, revision uint64) error {
 	return nil
 }
 
-func (f *Feed) routeLocked(agentID string, c datastore.EntryChange) {
-	for s := range f.subs[agentID] {
-		if s.lost {
-			continue
+func (f *Feed) routeLocked(parentID string, c datastore.EntryChange) {
+	for s := range f.subs[parentID] {
+		if s.lost || (parentID != c.Entry.ParentID && s.parents[c.Entry.ParentID]) {
+			continue // lost, or given c under its new parent already
 		}
 		if len(s.queue) >= f.queue {
 			f.loseLocked(s)
@@ -203,15 +203,28 @@ func (f *Feed) loseLocked(s *Subscription) {
 	s.poke()
 }
 
-// Subscribe registers agentID for the changes to its entries after revision
-// after. With ok, backlog holds the changes after `after` the feed still
-// keeps, in order, and the subscription delivers every later one. Without
-// ok (after is older than the history, or 0 for an agent with nothing), the
-// caller must read the agent's entries afresh, at a revision of at least
-// from, and skip the subscription's changes up to that revision. from is the
-// revision the feed has reached. Subscribe waits for Run to start; once Run
-// has returned it fails with ErrStopped.
-func (f *Feed) Subscribe(ctx context.Context, agentID string, after uint64) (s *Subscription, backlog []datastore.EntryChange, from uint64, ok bool, err error) {
+// Parents is the set of parent IDs whose entries a subscriber holds: its
+// agent ID, and the node aliases it belongs to.
+type Parents map[string]bool
+
+// NewParents is the set of ids.
+func NewParents(ids ...string) Parents {
+	p := make(Parents, len(ids))
+	for _, id := range ids {
+		p[id] = true
+	}
+	return p
+}
+
+// Subscribe registers a subscriber for the changes to the entries of
+// parents after revision after. With ok, backlog holds the changes after
+// `after` the feed still keeps, in order, and the subscription delivers
+// every later one. Without ok (after is older than the history, or 0 for a
+// subscriber with nothing), the caller must read the entries afresh, at a
+// revision of at least from, and skip the subscription's changes up to
+// that revision. from is the revision the feed has reached. Subscribe
+// waits for Run to start; once Run has returned it fails with ErrStopped.
+func (f *Feed) Subscribe(ctx context.Context, parents Parents, after uint64) (s *Subscription, backlog []datastore.EntryChange, from uint64, ok bool, err error) {
 	select {
 	case <-f.started:
 	case <-ctx.Done():
@@ -222,32 +235,34 @@ func (f *Feed) Subscribe(ctx context.Context, agentID string, after uint64) (s *
 	if f.stopped {
 		return nil, nil, 0, false, ErrStopped
 	}
-	s = &Subscription{feed: f, agentID: agentID, notify: make(chan struct{}, 1)}
-	if f.subs[agentID] == nil {
-		f.subs[agentID] = map[*Subscription]struct{}{}
+	s = &Subscription{feed: f, parents: parents, notify: make(chan struct{}, 1)}
+	for id := range parents {
+		if f.subs[id] == nil {
+			f.subs[id] = map[*Subscription]struct{}{}
+		}
+		f.subs[id][s] = struct{}{}
 	}
-	f.subs[agentID][s] = struct{}{}
 	if after == 0 || after < f.horizon {
 		return s, nil, f.latest, false, nil
 	}
 	i := sort.Search(len(f.changes), func(i int) bool { return f.changes[i].Revision > after })
 	for _, c := range f.changes[i:] {
-		if Concerns(c, agentID) {
+		if Concerns(c, parents) {
 			backlog = append(backlog, c)
 		}
 	}
 	return s, backlog, f.latest, true, nil
 }
 
-// Concerns reports whether c changes what agentID holds.
-func Concerns(c datastore.EntryChange, agentID string) bool {
-	return c.Entry.ParentID == agentID || c.OldParentID == agentID
+// Concerns reports whether c changes what a holder of parents' entries holds.
+func Concerns(c datastore.EntryChange, parents Parents) bool {
+	return parents[c.Entry.ParentID] || (c.OldParentID != "" && parents[c.OldParentID])
 }
 
 // Subscription is one agent's stream of changes.
 type Subscription struct {
 	feed    *Feed
-	agentID string
+	parents Parents
 	notify  chan struct{}
 	// Guarded by feed.mu.
 	queue []datastore.EntryChange
@@ -290,10 +305,12 @@ func (s *Subscription) Close() {
 	f := s.feed
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if subs := f.subs[s.agentID]; subs != nil {
-		delete(subs, s)
-		if len(subs) == 0 {
-			delete(f.subs, s.agentID)
+	for id := range s.parents {
+		if subs := f.subs[id]; subs != nil {
+			delete(subs, s)
+			if len(subs) == 0 {
+				delete(f.subs, id)
+			}
 		}
 	}
 }

@@ -44,7 +44,7 @@ func create(t *testing.T, store *datastore.Bolt, id, parent string) *datastore.E
 
 func subscribe(t *testing.T, feed *entryfeed.Feed, agent string, after uint64) (*entryfeed.Subscription, []datastore.EntryChange, bool) {
 	t.Helper()
-	sub, backlog, _, ok, err := feed.Subscribe(context.Background(), agent, after)
+	sub, backlog, _, ok, err := feed.Subscribe(context.Background(), entryfeed.NewParents(agent), after)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +183,7 @@ func TestFeedRefusesSubscribersOnceStopped(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		_, _, _, _, err := feed.Subscribe(context.Background(), agentA, 0)
+		_, _, _, _, err := feed.Subscribe(context.Background(), entryfeed.NewParents(agentA), 0)
 		if errors.Is(err, entryfeed.ErrStopped) {
 			return
 		}

@@ -182,7 +182,7 @@ func TestNewJoinTokenReattestsEvictedAgent(t *testing.T) {
 	if got := svid.DefaultSVID().ID.String(); got != "spiffe://example.org/after-eviction" {
 		t.Fatalf("served %s", got)
 	}
-	if !strings.Contains(logs.String(), "attesting again with the join token") {
+	if !strings.Contains(logs.String(), `"msg":"the server no longer accepts this agent (evicted?); attesting again","agent_id":"`+oldID+`","attestor":"join_token"`) {
 		t.Errorf("no log of the re-attestation:\n%s", logs.String())
 	}
 }
