@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/agent"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
@@ -43,6 +44,15 @@ func Attest(t testing.TB, srv *Server, token string, csr []byte) (*agentv1.Attes
 		Attestation: &agentv1.AttestAgentRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: token}},
 		Csr:         csr,
 	}, nil)
+}
+
+// AttestWith runs an AttestAgent exchange over server-authenticated TLS:
+// first, then each challenge answered by answer.
+func AttestWith(t testing.TB, srv *Server, first *agentv1.AttestAgentRequest, answer attest.Challenger) (*agentv1.AttestAgentResponse, error) {
+	t.Helper()
+	bundle, _ := srv.CA().Bundle()
+	conn := dialTLS(t, srv.AgentAddr(), tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(ca.ServerID(TrustDomain))))
+	return agent.AttestCall(context.Background(), agentv1.NewAgentAPIClient(conn), first, answer)
 }
 
 // AttestRaw attests a new agent with a fresh join token and returns a client
