@@ -79,6 +79,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzValidateJWTSVID -fuzztime 30s ./pkg/workloadapi/
 	$(GO) test -run '^$$' -fuzz FuzzParseCgroups -fuzztime 30s ./attest/k8s/
 	$(GO) test -run '^$$' -fuzz FuzzParsePodList -fuzztime 30s ./attest/k8s/
+	$(GO) test -run '^$$' -fuzz FuzzParsePayload -fuzztime 30s ./attest/x509pop/
+	$(GO) test -run '^$$' -fuzz FuzzParsePayload -fuzztime 30s ./attest/k8spsat/
+	$(GO) test -run '^$$' -fuzz FuzzOfflineToken -fuzztime 30s ./attest/k8spsat/
 	$(GO) test -run '^$$' -fuzz FuzzSDSRequest -fuzztime 30s ./pkg/workloadapi/
 	$(GO) test -run '^$$' -fuzz FuzzParsePEMCertificates -fuzztime 30s ./pkg/federation/
 	$(GO) test -run '^$$' -fuzz FuzzRelationshipValidate -fuzztime 30s ./pkg/federation/

@@ -45,6 +45,16 @@ type AgentFile struct {
 // NodeAttestorAgentFile chooses the agent's node attestor: exactly one.
 type NodeAttestorAgentFile struct {
 	X509Pop *X509PopAgentFile `yaml:"x509pop"`
+	K8sPSAT *K8sPSATAgentFile `yaml:"k8s_psat"`
+}
+
+// K8sPSATAgentFile configures k8s_psat on the agent.
+type K8sPSATAgentFile struct {
+	// Cluster is the cluster's name in the server's config.
+	Cluster string `yaml:"cluster"`
+	// TokenPath is the projected token; default
+	// /var/run/secrets/tokens/shortleaf-agent.
+	TokenPath string `yaml:"token_path"`
 }
 
 // X509PopAgentFile names the node's certificate and key for x509pop.

@@ -83,6 +83,19 @@ func TestServerConfigErrorsNameTheField(t *testing.T) {
 		{"etcd CA file missing", base + "datastore:\n  type: etcd\n  endpoints: [a:2379]\n  tls:\n    ca_file: /nonexistent/ca.pem\n", "datastore.tls.ca_file"},
 		{"etcd settings on bbolt", base + "datastore:\n  endpoints: [a:2379]\n", "settings of type etcd"},
 		{"misspelt datastore key", base + "datastore:\n  type: etcd\n  endpoint: [a:2379]\n", "endpoint"},
+		{"x509pop without a CA bundle", base + "node_attestors:\n  x509pop: {}\n", "node_attestors.x509pop.ca_bundle_path: is required"},
+		{"x509pop CA bundle missing", base + "node_attestors:\n  x509pop: {ca_bundle_path: /nonexistent.pem}\n", "node_attestors.x509pop.ca_bundle_path"},
+		{"psat without clusters", base + "node_attestors:\n  k8s_psat: {}\n", "node_attestors.k8s_psat.clusters"},
+		{"psat cluster without accounts", base + "node_attestors:\n  k8s_psat:\n    clusters:\n      prod: {issuer_url: 'https://oidc'}\n",
+			"node_attestors.k8s_psat.clusters.prod.service_account_allow_list"},
+		{"psat JWKS without issuer", base + "node_attestors:\n  k8s_psat:\n    clusters:\n      prod: {service_account_allow_list: ['a:b'], jwks_file: /j}\n",
+			"node_attestors.k8s_psat.clusters.prod.issuer"},
+		{"psat two ways", base + "node_attestors:\n  k8s_psat:\n    clusters:\n      prod: {service_account_allow_list: ['a:b'], issuer_url: 'https://oidc', kube_config_file: /k}\n",
+			"node_attestors.k8s_psat.clusters.prod.kube_config_file"},
+		{"psat issuer not https", base + "node_attestors:\n  k8s_psat:\n    clusters:\n      prod: {service_account_allow_list: ['a:b'], issuer_url: 'http://oidc'}\n",
+			"node_attestors.k8s_psat.clusters.prod.issuer_url"},
+		{"psat account not ns:name", base + "node_attestors:\n  k8s_psat:\n    clusters:\n      prod: {service_account_allow_list: ['agent'], issuer_url: 'https://oidc'}\n",
+			"not namespace:name"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -182,6 +195,10 @@ func TestAgentConfig(t *testing.T) {
 		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nk8s: {kubelet_url: 'node:10250'}\n", "k8s.kubelet_url"},
 		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nk8s: {token_file: /t, kubelet_ca_file: /c, skip_kubelet_verification: true}\n", "k8s.skip_kubelet_verification"},
 		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nx509_svid_cache_max_size: -1\n", "x509_svid_cache_max_size"},
+		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nnode_attestor: {}\n", "node_attestor: names no attestor"},
+		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nnode_attestor: {k8s_psat: {}}\n", "node_attestor.k8s_psat.cluster"},
+		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nnode_attestor: {x509pop: {private_key_path: /k}}\n", "node_attestor.x509pop.certificate_path"},
+		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\njoin_token: t\nnode_attestor: {k8s_psat: {cluster: prod}}\n", "join_token: cannot be combined"},
 	} {
 		if _, err := config.ParseAgent(strings.NewReader(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.field) {
 			t.Errorf("error %v does not name %q", err, tc.field)

@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +18,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/client-go/rest"
 
 	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/attest/k8spsat"
+	"github.com/shortleaf/shortleaf/attest/k8spsat/k8spsattest"
 	"github.com/shortleaf/shortleaf/attest/x509pop"
 	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/agent"
@@ -279,4 +284,56 @@ func TestNodeAliasChangesReachRunningAgents(t *testing.T) {
 		_, err := fetchX509(t, ag.Addr(), 500*time.Millisecond)
 		return err != nil
 	})
+}
+
+// A DaemonSet agent attests with its projected service-account token; the
+// server checks it with the cluster's TokenReview API (client-go against a
+// stand-in API server) and reads the pod's node. The agent ID names the
+// cluster and node, and a node alias of the cluster's labelled nodes gives
+// a go-spiffe workload on it its SVID. A token the cluster does not
+// authenticate attests nothing.
+func TestKubernetesPSATAgentServesItsClustersAlias(t *testing.T) {
+	api := k8spsattest.NewAPIServer(t, "projected-agent-token", map[string]string{"pool": "payments"})
+	v, err := k8spsat.NewTokenReviewValidatorFor(&rest.Config{Host: api.URL, BearerToken: k8spsattest.APIToken,
+		TLSClientConfig: rest.TLSClientConfig{CAData: api.CAPEM()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	psat, err := k8spsat.NewServer([]*k8spsat.Cluster{{Name: "prod", AllowedServiceAccounts: []string{"shortleaf:shortleaf-agent"}, Validator: v}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := harness.StartServer(t, func(c *server.Config) { c.NodeAttestors = map[string]attest.NodeServer{k8spsat.Type: psat} })
+	const alias = "spiffe://example.org/k8s/prod/payments-nodes"
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: alias, ParentId: ca.ServerID(harness.TrustDomain).String(),
+		Selectors: []string{"k8s_psat:cluster:prod", "k8s_psat:agent_node_label:pool:payments"}})
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/payments/api", ParentId: alias, Selectors: []string{uidSelector()}})
+
+	tokenPath := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenPath, []byte("projected-agent-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ag := harness.StartAgent(t, srv, func(c *agent.Config) {
+		c.JoinToken, c.NodeAttestor = "", &k8spsat.Client{Cluster: "prod", TokenPath: tokenPath}
+	})
+	if want := "spiffe://example.org/agent/k8s_psat/prod/" + k8spsattest.NodeUID; ag.ID() != want {
+		t.Fatalf("agent ID %s, want %s", ag.ID(), want)
+	}
+	x, err := fetchX509(t, ag.Addr(), 15*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := x.DefaultSVID().ID.String(); got != "spiffe://example.org/payments/api" {
+		t.Fatalf("served %s", got)
+	}
+	payload, _ := json.Marshal(k8spsat.Payload{Cluster: "prod", Token: "a-token-the-cluster-never-issued"})
+	_, csr := harness.NewCSR(t, spiffeid.ID{})
+	_, err = harness.AttestWith(t, srv, &agentv1.AttestAgentRequest{Csr: csr,
+		Attestation: &agentv1.AttestAgentRequest_Data{Data: &agentv1.AttestationData{Type: k8spsat.Type, Payload: payload}}}, nil)
+	if st := status.Convert(err); st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), "did not authenticate") {
+		t.Fatalf("forged token: %v", err)
+	}
+	if strings.Contains(status.Convert(err).Message(), "a-token-the-cluster-never-issued") {
+		t.Fatal("the refusal echoes the token")
+	}
 }
