@@ -25,7 +25,7 @@ const DefaultAudience = "shortleaf-server"
 
 // Limits on what an agent may send.
 const (
-	MaxPayload = 64 << 10
+	MaxPayload = 24 << 10
 	MaxToken   = 16 << 10
 )
 

@@ -30,7 +30,7 @@ const (
 	// MaxChain bounds the certificates of a presented chain.
 	MaxChain = 8
 	// MaxPayload bounds the payload, chain included.
-	MaxPayload = 64 << 10
+	MaxPayload = 24 << 10
 )
 
 // signingContext is prefixed to the nonce before it is signed, so that a

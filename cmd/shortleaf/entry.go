@@ -27,8 +27,8 @@ type entryFlags struct {
 
 func (f *entryFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.spiffeID, "spiffe-id", "", "SPIFFE ID of the workload (spiffe://<td>/path)")
-	cmd.Flags().StringVar(&f.parentID, "parent-id", "", "SPIFFE ID of the agent that may serve it")
-	cmd.Flags().StringSliceVar(&f.selectors, "selector", nil, "workload selector type:key:value (repeat for several; all must match)")
+	cmd.Flags().StringVar(&f.parentID, "parent-id", "", "SPIFFE ID of the agent that may serve it, or of a node alias (its entries are served to every agent of the alias); spiffe://<td>/shortleaf/server makes this entry a node alias")
+	cmd.Flags().StringSliceVar(&f.selectors, "selector", nil, "selector type:key:value (repeat for several; all must match): workload selectors (unix, k8s), or node selectors (x509pop, k8s_psat, join_token) for a node alias")
 	cmd.Flags().DurationVar(&f.ttl, "x509-svid-ttl", 0, "X.509-SVID lifetime (1m to 24h; default the server's)")
 	cmd.Flags().StringSliceVar(&f.dnsNames, "dns", nil, "DNS name to add to the SVID (repeatable)")
 	cmd.Flags().StringVar(&f.hint, "hint", "", "hint telling workloads what this identity is for")

@@ -112,6 +112,15 @@ func TestAdminVerbsAgainstARealServer(t *testing.T) {
 	// permanent error (tested in pkg/harness); here only the verb is under
 	// test, so the agent is stopped first.
 	ag.Stop()
+	if out, err := shortleaf(t, "agent", "ban", ag.ID(), "--admin-socket", sock); err != nil || !strings.Contains(out, "banned "+ag.ID()) {
+		t.Fatalf("agent ban: %q %v", out, err)
+	}
+	if out, err := shortleaf(t, "agent", "list", "--admin-socket", sock); err != nil || !strings.Contains(out, "banned") {
+		t.Fatalf("agent list after a ban: %q %v", out, err)
+	}
+	if out, err := shortleaf(t, "agent", "unban", ag.ID(), "--admin-socket", sock); err != nil || !strings.Contains(out, "unbanned "+ag.ID()) {
+		t.Fatalf("agent unban: %q %v", out, err)
+	}
 	if _, err := shortleaf(t, "agent", "evict", ag.ID(), "--admin-socket", sock); err != nil {
 		t.Fatal(err)
 	}
@@ -122,6 +131,8 @@ func TestAdminVerbsAgainstARealServer(t *testing.T) {
 	}{
 		{[]string{"agent", "show", ag.ID()}, `not found: agent "` + ag.ID() + `" not found`},
 		{[]string{"agent", "evict", ag.ID()}, `agent "` + ag.ID() + `" not found`},
+		{[]string{"agent", "ban", ag.ID()}, `agent "` + ag.ID() + `" not found`},
+		{[]string{"agent", "unban", "spiffe://example.org/web"}, `spiffe_id: "spiffe://example.org/web" is not an agent ID`},
 		{[]string{"entry", "show", "nosuchentry"}, `entry "nosuchentry" not found`},
 		{[]string{"entry", "delete", "nosuchentry"}, `entry "nosuchentry" not found`},
 		{[]string{"federation", "show", "other.org"}, `federation "other.org" not found`},

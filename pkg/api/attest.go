@@ -30,8 +30,9 @@ const (
 	// ChallengeTimeout is how long an agent has to answer a challenge: a
 	// nonce is worth nothing after it.
 	ChallengeTimeout = 10 * time.Second
-	// MaxAttestationPayload bounds an attestor's payload and each answer.
-	MaxAttestationPayload = 64 << 10
+	// MaxAttestationPayload bounds an attestor's payload and each answer,
+	// within the 32 KiB the transport reads of one AttestAgent message.
+	MaxAttestationPayload = 24 << 10
 )
 
 // AttestAgent attests a node and issues its agent SVID: at once for a join

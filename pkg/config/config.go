@@ -198,3 +198,22 @@ func ParseLogLevel(s string) (slog.Level, error) {
 	}
 	return l, nil
 }
+
+// DecodeServerFile decodes a server config strictly, without resolving it
+// (no file it names is read): for tools and tests that inspect a config.
+func DecodeServerFile(r io.Reader) (*ServerFile, error) {
+	var f ServerFile
+	if err := decodeStrict("server config", r, &f); err != nil {
+		return nil, err
+	}
+	return &f, nil
+}
+
+// DecodeAgentFile is DecodeServerFile for agent.yaml.
+func DecodeAgentFile(r io.Reader) (*AgentFile, error) {
+	var f AgentFile
+	if err := decodeStrict("agent config", r, &f); err != nil {
+		return nil, err
+	}
+	return &f, nil
+}

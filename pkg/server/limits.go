@@ -99,7 +99,7 @@ func (l Limits) agentAPILimits() rpclimit.Limits {
 	return rpclimit.Limits{
 		MaxRecvMsgSize: agentAPIMaxMessage,
 		MethodRecvSize: map[string]int{
-			agentv1.AgentAPI_AttestAgent_FullMethodName: agentAPISmallCall,
+			agentv1.AgentAPI_AttestAgent_FullMethodName: 2 * agentAPISmallCall,
 			agentv1.AgentAPI_RenewAgent_FullMethodName:  agentAPISmallCall,
 			agentv1.AgentAPI_SyncEntries_FullMethodName: 2 * agentAPISmallCall,
 			agentv1.AgentAPI_Sync_FullMethodName:        2 * agentAPISmallCall,
