@@ -9,10 +9,8 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -20,60 +18,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/shortleaf/shortleaf/attest"
+	"github.com/shortleaf/shortleaf/attest/x509pop/x509poptest"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
-
-// testCA is a machine CA: a root and an intermediate that signs node
-// certificates.
-type testCA struct {
-	root, inter       *x509.Certificate
-	rootKey, interKey crypto.Signer
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	rootKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	root := issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: name + " root"}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}, rootKey.Public(), nil, rootKey)
-	interKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	inter := issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: name + " machines"}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}, interKey.Public(), root, rootKey)
-	return &testCA{root: root, inter: inter, rootKey: rootKey, interKey: interKey}
-}
-
-var serial int64
-
-func issue(t *testing.T, tpl *x509.Certificate, pub any, parent *x509.Certificate, key crypto.Signer) *x509.Certificate {
-	t.Helper()
-	serial++
-	tpl.SerialNumber = big.NewInt(serial)
-	if tpl.NotBefore.IsZero() {
-		tpl.NotBefore, tpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
-	}
-	if parent == nil {
-		parent = tpl
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tpl, parent, pub, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-// node issues a node certificate for key.
-func (ca *testCA) node(t *testing.T, cn string, key crypto.Signer, mutate func(*x509.Certificate)) []*x509.Certificate {
-	tpl := &x509.Certificate{Subject: pkix.Name{CommonName: cn}, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	if mutate != nil {
-		mutate(tpl)
-	}
-	return []*x509.Certificate{issue(t, tpl, key.Public(), ca.inter, ca.interKey), ca.inter}
-}
 
 // exchange runs an attestation of client against server, the challenge
 // answered by answer (the client's own when nil).
@@ -83,8 +31,8 @@ func exchange(t *testing.T, s *Server, payload []byte, answer attest.Challenger)
 }
 
 func TestAttestsNodesWithEachKeyType(t *testing.T) {
-	ca := newTestCA(t, "corp")
-	s, err := NewServer([]*x509.Certificate{ca.root}, nil)
+	ca := x509poptest.New(t, "corp")
+	s, err := NewServer([]*x509.Certificate{ca.Root}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +41,7 @@ func TestAttestsNodesWithEachKeyType(t *testing.T) {
 	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
 	for name, key := range map[string]crypto.Signer{"ecdsa": ecKey, "rsa": rsaKey, "ed25519": edKey} {
 		t.Run(name, func(t *testing.T) {
-			chain := ca.node(t, "node-"+name+".corp", key, nil)
+			chain := ca.Issue(t, "node-"+name+".corp", key.Public(), nil)
 			c, err := NewClient(chain, key)
 			if err != nil {
 				t.Fatal(err)
@@ -114,8 +62,8 @@ func TestAttestsNodesWithEachKeyType(t *testing.T) {
 				}
 				got[sel.String()] = true
 			}
-			for _, sel := range []string{"x509pop:subject:cn:node-" + name + ".corp", "x509pop:ca:fingerprint:" + Fingerprint(ca.inter),
-				"x509pop:ca:fingerprint:" + Fingerprint(ca.root), "x509pop:serialnumber:" + chain[0].SerialNumber.Text(16)} {
+			for _, sel := range []string{"x509pop:subject:cn:node-" + name + ".corp", "x509pop:ca:fingerprint:" + Fingerprint(ca.Intermediate),
+				"x509pop:ca:fingerprint:" + Fingerprint(ca.Root), "x509pop:serialnumber:" + chain[0].SerialNumber.Text(16)} {
 				if !got[sel] {
 					t.Errorf("selector %s missing from %v", sel, res.Selectors)
 				}
@@ -125,11 +73,11 @@ func TestAttestsNodesWithEachKeyType(t *testing.T) {
 }
 
 func TestRefusesWhatDoesNotProveTheNode(t *testing.T) {
-	ca, other := newTestCA(t, "corp"), newTestCA(t, "other")
-	s, _ := NewServer([]*x509.Certificate{ca.root}, nil)
+	ca, other := x509poptest.New(t, "corp"), x509poptest.New(t, "other")
+	s, _ := NewServer([]*x509.Certificate{ca.Root}, nil)
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	thief, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	good := ca.node(t, "node.corp", key, nil)
+	good := ca.Issue(t, "node.corp", key.Public(), nil)
 	goodClient, _ := NewClient(good, key)
 	payloadOf := func(chain []*x509.Certificate) []byte {
 		p := Payload{}
@@ -157,11 +105,11 @@ func TestRefusesWhatDoesNotProveTheNode(t *testing.T) {
 		want    error
 		msg     string
 	}{
-		"expired": {payloadOf(ca.node(t, "old.corp", key, func(c *x509.Certificate) {
+		"expired": {payloadOf(ca.Issue(t, "old.corp", key.Public(), func(c *x509.Certificate) {
 			c.NotBefore, c.NotAfter = time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour)
 		})), nil, attest.ErrRefused, "expired"},
-		"another CA":           {payloadOf(other.node(t, "node.other", key, nil)), nil, attest.ErrRefused, "does not verify"},
-		"not for clients":      {payloadOf(ca.node(t, "web.corp", key, func(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth} })), nil, attest.ErrRefused, "does not verify"},
+		"another CA":           {payloadOf(other.Issue(t, "node.other", key.Public(), nil)), nil, attest.ErrRefused, "does not verify"},
+		"not for clients":      {payloadOf(ca.Issue(t, "web.corp", key.Public(), func(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth} })), nil, attest.ErrRefused, "does not verify"},
 		"intermediate missing": {payloadOf(good[:1]), nil, attest.ErrRefused, "does not verify"},
 		"replayed signature":   {payloadOf(good), func(context.Context, []byte) ([]byte, error) { return replayed, nil }, attest.ErrRefused, "not signed by the key"},
 		"wrong key":            {payloadOf(good), thiefClient.Answer, attest.ErrRefused, "not signed by the key"},
@@ -187,10 +135,10 @@ func TestRefusesWhatDoesNotProveTheNode(t *testing.T) {
 }
 
 func TestClientRefusesAKeyThatIsNotTheCertificates(t *testing.T) {
-	ca := newTestCA(t, "corp")
+	ca := x509poptest.New(t, "corp")
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if _, err := NewClient(ca.node(t, "n", key, nil), other); err == nil {
+	if _, err := NewClient(ca.Issue(t, "n", key.Public(), nil), other); err == nil {
 		t.Fatal("accepted a key that is not the certificate's")
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/shortleaf/shortleaf/attest/k8spsat"
 	"github.com/shortleaf/shortleaf/attest/k8spsat/k8spsattest"
 	"github.com/shortleaf/shortleaf/attest/x509pop"
+	"github.com/shortleaf/shortleaf/attest/x509pop/x509poptest"
 	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/agent"
 	"github.com/shortleaf/shortleaf/pkg/harness"
@@ -33,7 +34,7 @@ import (
 )
 
 // withX509Pop has the server accept x509pop nodes of the machine CA m.
-func withX509Pop(t *testing.T, m *harness.MachineCA) func(*server.Config) {
+func withX509Pop(t *testing.T, m *x509poptest.CA) func(*server.Config) {
 	return func(c *server.Config) {
 		pop, err := x509pop.NewServer([]*x509.Certificate{m.Root}, nil)
 		if err != nil {
@@ -44,7 +45,7 @@ func withX509Pop(t *testing.T, m *harness.MachineCA) func(*server.Config) {
 }
 
 // withNode has an agent attest with node's certificate instead of a token.
-func withNode(node *harness.NodeCert) func(*agent.Config) {
+func withNode(node *x509poptest.NodeCert) func(*agent.Config) {
 	return func(c *agent.Config) {
 		c.JoinToken = ""
 		c.NodeAttestor = &x509pop.FileClient{CertPath: node.CertPath, KeyPath: node.KeyPath}
@@ -58,7 +59,7 @@ const fleetAlias = "spiffe://example.org/node-group/corp-machines"
 // gives a go-spiffe workload on each machine its SVID. Each agent's ID is
 // SPIRE's shape and its node selectors are stored with it.
 func TestX509PopNodesServeTheirNodeAliasEntries(t *testing.T) {
-	m := harness.NewMachineCA(t, "corp")
+	m := x509poptest.New(t, "corp")
 	srv := harness.StartServer(t, withX509Pop(t, m))
 	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: fleetAlias, ParentId: ca.ServerID(harness.TrustDomain).String(),
 		Selectors: []string{"x509pop:ca:fingerprint:" + x509pop.Fingerprint(m.Intermediate)}})
@@ -90,7 +91,7 @@ func TestX509PopNodesServeTheirNodeAliasEntries(t *testing.T) {
 
 // x509popAttestation is the first message of an x509pop attestation of
 // node (its leaf and the intermediate) with a fresh CSR.
-func x509popAttestation(t *testing.T, node *harness.NodeCert, m *harness.MachineCA) *agentv1.AttestAgentRequest {
+func x509popAttestation(t *testing.T, node *x509poptest.NodeCert, m *x509poptest.CA) *agentv1.AttestAgentRequest {
 	payload, _ := json.Marshal(x509pop.Payload{CertChain: [][]byte{node.Leaf.Raw, m.Intermediate.Raw}})
 	_, csr := harness.NewCSR(t, spiffeid.ID{})
 	return &agentv1.AttestAgentRequest{Attestation: &agentv1.AttestAgentRequest_Data{Data: &agentv1.AttestationData{Type: x509pop.Type, Payload: payload}}, Csr: csr}
@@ -101,7 +102,7 @@ func x509popAttestation(t *testing.T, node *harness.NodeCert, m *harness.Machine
 // certificate whose key the caller does not hold, an expired certificate,
 // one from another CA, an unknown attestor, a challenge left unanswered.
 func TestX509PopRefusesReplayAndWrongKeyWithNothingSigned(t *testing.T) {
-	m, other := harness.NewMachineCA(t, "corp"), harness.NewMachineCA(t, "other")
+	m, other := x509poptest.New(t, "corp"), x509poptest.New(t, "other")
 	srv := harness.StartServer(t, withX509Pop(t, m))
 	dir := t.TempDir()
 	node := m.IssueNode(t, dir, "host-a.corp", time.Time{}, time.Time{})
@@ -175,15 +176,10 @@ func sha256Of(b []byte) []byte {
 // its node still holds a good certificate; once unbanned it re-attests by
 // itself and its workloads are served again.
 func TestBannedAgentStaysOutUntilUnbanned(t *testing.T) {
-	m := harness.NewMachineCA(t, "corp")
+	m := x509poptest.New(t, "corp")
 	srv := harness.StartServer(t, withX509Pop(t, m))
-	node := m.IssueNode(t, t.TempDir(), "host-a.corp", time.Time{}, time.Time{})
-	ag := harness.StartAgent(t, srv, withNode(node))
+	node, ag := startServingNode(t, srv, m)
 	id := ag.ID()
-	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: id, Selectors: []string{uidSelector()}})
-	if _, err := fetchX509(t, ag.Addr(), 15*time.Second); err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
 	if _, err := srv.Admin.BanAgent(ctx, &adminv1.BanAgentRequest{SpiffeId: id}); err != nil {
 		t.Fatal(err)
@@ -213,7 +209,20 @@ func TestBannedAgentStaysOutUntilUnbanned(t *testing.T) {
 	}
 }
 
-func mustClient(t *testing.T, node *harness.NodeCert, m *harness.MachineCA) *x509pop.Client {
+// startServingNode starts an x509pop agent for a new node of m, with an
+// entry for this test process that it serves.
+func startServingNode(t *testing.T, srv *harness.Server, m *x509poptest.CA) (*x509poptest.NodeCert, *harness.Agent) {
+	t.Helper()
+	node := m.IssueNode(t, t.TempDir(), "host-a.corp", time.Time{}, time.Time{})
+	ag := harness.StartAgent(t, srv, withNode(node))
+	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: ag.ID(), Selectors: []string{uidSelector()}})
+	if _, err := fetchX509(t, ag.Addr(), 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return node, ag
+}
+
+func mustClient(t *testing.T, node *x509poptest.NodeCert, m *x509poptest.CA) *x509pop.Client {
 	c, err := x509pop.NewClient([]*x509.Certificate{node.Leaf, m.Intermediate}, node.Key)
 	if err != nil {
 		t.Fatal(err)
@@ -226,18 +235,13 @@ func mustClient(t *testing.T, node *harness.NodeCert, m *harness.MachineCA) *x50
 // itself (no new token) and goes on serving its workloads under the same
 // agent ID.
 func TestAgentReattestsAfterItsSVIDExpiredWhileServerWasDown(t *testing.T) {
-	m := harness.NewMachineCA(t, "corp")
+	m := x509poptest.New(t, "corp")
 	srv := harness.StartServer(t, withX509Pop(t, m), func(c *server.Config) {
 		c.AgentSVIDTTL, c.DefaultSVIDTTL, c.MaxSVIDTTL = 4*time.Second, 4*time.Second, 4*time.Second
 	})
 	srv.Config.AgentAPIAddr = srv.AgentAddr() // where the agent looks for it after the restart
-	node := m.IssueNode(t, t.TempDir(), "host-a.corp", time.Time{}, time.Time{})
-	ag := harness.StartAgent(t, srv, withNode(node))
+	_, ag := startServingNode(t, srv, m)
 	id := ag.ID()
-	srv.CreateEntry(t, &adminv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: id, Selectors: []string{uidSelector()}})
-	if _, err := fetchX509(t, ag.Addr(), 15*time.Second); err != nil {
-		t.Fatal(err)
-	}
 	srv.Stop()
 	time.Sleep(5 * time.Second) // past the agent SVID's 4s life
 	srv = srv.Restart(t)
@@ -260,7 +264,7 @@ func TestAgentReattestsAfterItsSVIDExpiredWhileServerWasDown(t *testing.T) {
 // agent connected brings its entries to the agent's sync stream, and
 // deleting it takes them away again.
 func TestNodeAliasChangesReachRunningAgents(t *testing.T) {
-	m := harness.NewMachineCA(t, "corp")
+	m := x509poptest.New(t, "corp")
 	srv := harness.StartServer(t, withX509Pop(t, m))
 	node := m.IssueNode(t, t.TempDir(), "host-a.corp", time.Time{}, time.Time{})
 	ag := harness.StartAgent(t, srv, withNode(node))
