@@ -193,3 +193,34 @@ func TestFeedRefusesSubscribersOnceStopped(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A subscriber of several parents (an agent and its node alias) gets the
+// changes of each, and an entry moved between two of them once.
+func TestFeedRoutesEachParentOfASubscriber(t *testing.T) {
+	feed, store, _ := run(t, entryfeed.Config{})
+	const alias = "spiffe://td/node-group/corp"
+	sub, _, _, _, err := feed.Subscribe(context.Background(), entryfeed.NewParents(agentA, alias), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sub.Close)
+	create(t, store, "spiffe://td/w1", agentA)
+	e := create(t, store, "spiffe://td/w2", alias)
+	create(t, store, "spiffe://td/w3", agentB)
+	var got []string
+	for len(got) < 2 {
+		changes, _ := next(t, sub)
+		got = append(got, ids(changes)...)
+	}
+	if len(got) != 2 {
+		t.Fatalf("got changes of %v, want w1 and w2 only", got)
+	}
+	e.ParentID = agentA
+	if _, err := store.UpdateEntry(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+	changes, _ := next(t, sub)
+	if len(changes) != 1 || changes[0].Entry.ID != e.ID || !entryfeed.Concerns(changes[0], entryfeed.NewParents(alias)) {
+		t.Fatalf("a move between two held parents came as %+v, want once", changes)
+	}
+}
