@@ -15,12 +15,15 @@ build:
 install:
 	$(GO) install -buildvcs=auto ./cmd/shortleaf
 
-## test: linters, generated code current, vet, every test with the race detector, then the
+## test: linters, generated code current, vet, every test with the race detector, the TPM
+## attestor's tests on the TPM 2.0 simulator (cgo, -tags tpmsimulator), then the
 ## 30-day rotation and 5-day root-lifetime simulations (single-goroutine logic: run once
 ## without -race, after the timing-sensitive tests rather than beside them)
 test: deps lint generate-check
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags tpmsimulator ./attest/tpm/... ./pkg/harness/
 	$(GO) test -race -short -count=1 -timeout 20m $(PKGS)
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m -tags tpmsimulator -run 'TPM' ./attest/tpm/ ./pkg/harness/
 	$(GO) test -count=1 -timeout 10m -run 'TestThirtyDaysOfRotation|TestRootLifetimeRotation' ./ca/
 
 ## deps: what the tests need beyond Go (softhsm2, from Debian's packages)
@@ -82,6 +85,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParsePayload -fuzztime 30s ./attest/x509pop/
 	$(GO) test -run '^$$' -fuzz FuzzParsePayload -fuzztime 30s ./attest/k8spsat/
 	$(GO) test -run '^$$' -fuzz FuzzOfflineToken -fuzztime 30s ./attest/k8spsat/
+	$(GO) test -run '^$$' -fuzz FuzzAttestPayload -fuzztime 30s ./attest/tpm/
 	$(GO) test -run '^$$' -fuzz FuzzSDSRequest -fuzztime 30s ./pkg/workloadapi/
 	$(GO) test -run '^$$' -fuzz FuzzParsePEMCertificates -fuzztime 30s ./pkg/federation/
 	$(GO) test -run '^$$' -fuzz FuzzRelationshipValidate -fuzztime 30s ./pkg/federation/

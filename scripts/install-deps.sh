@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond Go, from Debian's packages:
-#   softhsm2 — a real PKCS#11 token for the HSM key tests.
+#   softhsm2   — a real PKCS#11 token for the HSM key tests;
+#   libssl-dev — OpenSSL's headers, for the TPM 2.0 simulator (cgo) of the
+#                tpm attestor's tests (built with -tags tpmsimulator).
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
 
-if command -v softhsm2-util >/dev/null 2>&1 && [ -e /usr/lib/softhsm/libsofthsm2.so ]; then
+missing=()
+if ! command -v softhsm2-util >/dev/null 2>&1 || [ ! -e /usr/lib/softhsm/libsofthsm2.so ]; then
+  missing+=(softhsm2)
+fi
+if [ ! -e /usr/include/openssl/evp.h ]; then
+  missing+=(libssl-dev)
+fi
+if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
   if ! command -v sudo >/dev/null 2>&1; then
-    echo "install-deps: softhsm2 is missing and this user cannot install it (run as root: apt-get install softhsm2)" >&2
+    echo "install-deps: ${missing[*]} missing and this user cannot install them (run as root: apt-get install ${missing[*]})" >&2
     exit 1
   fi
   sudo=sudo
 fi
-echo "install-deps: installing softhsm2"
+echo "install-deps: installing ${missing[*]}"
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 >/dev/null
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -46,6 +46,16 @@ type AgentFile struct {
 type NodeAttestorAgentFile struct {
 	X509Pop *X509PopAgentFile `yaml:"x509pop"`
 	K8sPSAT *K8sPSATAgentFile `yaml:"k8s_psat"`
+	TPM     *TPMAgentFile     `yaml:"tpm"`
+}
+
+// TPMAgentFile configures tpm on the agent.
+type TPMAgentFile struct {
+	// DevicePath is the TPM; default /dev/tpmrm0.
+	DevicePath string `yaml:"device_path"`
+	// EKCertPath, when set, is the EK certificate (PEM) to present, for a
+	// TPM that does not hold its own.
+	EKCertPath string `yaml:"ek_cert_path"`
 }
 
 // K8sPSATAgentFile configures k8s_psat on the agent.
@@ -165,7 +175,7 @@ func (f *AgentFile) Resolve() (Agent, error) {
 			return Agent{}, fieldErr("k8s.token_file", "is required for the kubelet's HTTPS port (the agent's service-account token)")
 		}
 	}
-	nodeAttestor, err := f.NodeAttestor.resolve()
+	nodeAttestor, err := f.NodeAttestor.resolve(f.DataDir)
 	if err != nil {
 		return Agent{}, err
 	}

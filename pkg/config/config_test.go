@@ -94,6 +94,8 @@ func TestServerConfigErrorsNameTheField(t *testing.T) {
 			"node_attestors.k8s_psat.clusters.prod.kube_config_file"},
 		{"psat issuer not https", base + "node_attestors:\n  k8s_psat:\n    clusters:\n      prod: {service_account_allow_list: ['a:b'], issuer_url: 'http://oidc'}\n",
 			"node_attestors.k8s_psat.clusters.prod.issuer_url"},
+		{"tpm trusting nothing", base + "node_attestors:\n  tpm: {}\n", "node_attestors.tpm: tpm: neither manufacturer CAs nor allowed EK hashes"},
+		{"tpm hash malformed", base + "node_attestors:\n  tpm: {ek_hash_allow_list: [ABC]}\n", "node_attestors.tpm.ek_hash_allow_list[0]"},
 		{"psat account not ns:name", base + "node_attestors:\n  k8s_psat:\n    clusters:\n      prod: {service_account_allow_list: ['agent'], issuer_url: 'https://oidc'}\n",
 			"not namespace:name"},
 	}
@@ -199,6 +201,8 @@ func TestAgentConfig(t *testing.T) {
 		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nnode_attestor: {k8s_psat: {}}\n", "node_attestor.k8s_psat.cluster"},
 		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nnode_attestor: {x509pop: {private_key_path: /k}}\n", "node_attestor.x509pop.certificate_path"},
 		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\njoin_token: t\nnode_attestor: {k8s_psat: {cluster: prod}}\n", "join_token: cannot be combined"},
+		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nnode_attestor: {tpm: {ek_cert_path: /nonexistent.pem}}\n", "node_attestor.tpm.ek_cert_path"},
+		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nnode_attestor: {tpm: {}, k8s_psat: {cluster: prod}}\n", "names more than one attestor"},
 	} {
 		if _, err := config.ParseAgent(strings.NewReader(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.field) {
 			t.Errorf("error %v does not name %q", err, tc.field)

@@ -1,12 +1,17 @@
 package config
 
 import (
+	"crypto/x509"
+	"fmt"
 	"maps"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 
 	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/attest/k8spsat"
+	"github.com/shortleaf/shortleaf/attest/tpm"
 	"github.com/shortleaf/shortleaf/attest/x509pop"
 	"github.com/shortleaf/shortleaf/pkg/safefile"
 )
@@ -16,6 +21,14 @@ import (
 type NodeAttestorsFile struct {
 	X509Pop *X509PopServerFile `yaml:"x509pop"`
 	K8sPSAT *K8sPSATServerFile `yaml:"k8s_psat"`
+	TPM     *TPMServerFile     `yaml:"tpm"`
+}
+
+// TPMServerFile configures tpm on the server: which endorsement keys are
+// trusted, by their manufacturer's CA or by their public key's hash.
+type TPMServerFile struct {
+	EKCABundlePath  string   `yaml:"ek_ca_bundle_path"`
+	EKHashAllowList []string `yaml:"ek_hash_allow_list"`
 }
 
 // K8sPSATServerFile configures k8s_psat on the server: the clusters whose
@@ -62,6 +75,25 @@ func (f *NodeAttestorsFile) resolve() (map[string]attest.NodeServer, error) {
 			return nil, fieldErr("node_attestors.x509pop.ca_bundle_path", "%v", err)
 		}
 		out[x509pop.Type] = s
+	}
+	if p := f.TPM; p != nil {
+		var cas []*x509.Certificate
+		if p.EKCABundlePath != "" {
+			var err error
+			if cas, err = ReadPEMCertificates(p.EKCABundlePath); err != nil {
+				return nil, fieldErr("node_attestors.tpm.ek_ca_bundle_path", "%v", err)
+			}
+		}
+		for i, h := range p.EKHashAllowList {
+			if !ekHash.MatchString(h) {
+				return nil, fieldErr(fmt.Sprintf("node_attestors.tpm.ek_hash_allow_list[%d]", i), "%q is not a hex SHA-256 (64 lowercase hex digits)", h)
+			}
+		}
+		s, err := tpm.NewServer(cas, p.EKHashAllowList, nil)
+		if err != nil {
+			return nil, fieldErr("node_attestors.tpm", "%v", err)
+		}
+		out[tpm.Type] = s
 	}
 	if p := f.K8sPSAT; p != nil {
 		s, err := p.resolve()
@@ -120,7 +152,7 @@ func (f *K8sPSATServerFile) resolve() (*k8spsat.Server, error) {
 }
 
 // resolve builds the agent's node attestor; nil when none is configured.
-func (f *NodeAttestorAgentFile) resolve() (attest.NodeClient, error) {
+func (f *NodeAttestorAgentFile) resolve(dataDir string) (attest.NodeClient, error) {
 	if f == nil {
 		return nil, nil
 	}
@@ -149,8 +181,24 @@ func (f *NodeAttestorAgentFile) resolve() (attest.NodeClient, error) {
 		}
 		out = &k8spsat.Client{Cluster: p.Cluster, TokenPath: p.TokenPath}
 	}
+	if p := f.TPM; p != nil {
+		if out != nil {
+			return nil, fieldErr("node_attestor", "names more than one attestor")
+		}
+		c := &tpm.Client{Open: tpm.OpenDevice(p.DevicePath, filepath.Join(dataDir, "tpm"))}
+		if p.EKCertPath != "" {
+			certs, err := ReadPEMCertificates(p.EKCertPath)
+			if err != nil {
+				return nil, fieldErr("node_attestor.tpm.ek_cert_path", "%v", err)
+			}
+			c.EKCert = certs[0]
+		}
+		out = c
+	}
 	if out == nil {
-		return nil, fieldErr("node_attestor", "names no attestor (x509pop, k8s_psat)")
+		return nil, fieldErr("node_attestor", "names no attestor (x509pop, k8s_psat, tpm)")
 	}
 	return out, nil
 }
+
+var ekHash = regexp.MustCompile(`^[0-9a-f]{64}$`)
