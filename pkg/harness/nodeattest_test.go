@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"os"
 	"path/filepath"
@@ -339,5 +340,55 @@ func TestKubernetesPSATAgentServesItsClustersAlias(t *testing.T) {
 	}
 	if strings.Contains(status.Convert(err).Message(), "a-token-the-cluster-never-issued") {
 		t.Fatal("the refusal echoes the token")
+	}
+}
+
+// The shortleaf binaries, configured by their YAML files alone: a server
+// process accepting x509pop nodes of a CA bundle file, and an agent process
+// attesting with a certificate and key on disk, serve a go-spiffe workload
+// the entry of a node alias.
+func TestX509PopProcessesFromTheirConfigFiles(t *testing.T) {
+	m := x509poptest.New(t, "corp")
+	dir := harness.ShortDir(t)
+	caPath := filepath.Join(dir, "machine-ca.pem")
+	if err := os.WriteFile(caPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m.Root.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := harness.StartServerProcess(t, harness.ProcessConfig{Extra: "node_attestors:\n  x509pop:\n    ca_bundle_path: " + caPath + "\n"})
+	admin := srv.Admin(t)
+	ctx := context.Background()
+	for _, e := range []*adminv1.Entry{
+		{SpiffeId: fleetAlias, ParentId: ca.ServerID(harness.TrustDomain).String(), Selectors: []string{"x509pop:ca:fingerprint:" + x509pop.Fingerprint(m.Root)}},
+		{SpiffeId: "spiffe://example.org/fleet/web", ParentId: fleetAlias, Selectors: []string{uidSelector()}},
+	} {
+		if _, err := admin.CreateEntry(ctx, &adminv1.CreateEntryRequest{Entry: e}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := admin.GetBundle(ctx, &adminv1.GetBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var roots []*x509.Certificate
+	for _, der := range b.GetX509Authorities() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots = append(roots, c)
+	}
+	node := m.IssueNode(t, dir, "host-a.corp", time.Time{}, time.Time{})
+	ag := harness.StartAgentProcess(t, harness.AgentProcessConfig{ServerAddr: srv.AgentAddr, Bundle: roots,
+		DataDir: filepath.Join(dir, "agent"), SocketPath: filepath.Join(dir, "agent.sock"),
+		Extra: "node_attestor:\n  x509pop:\n    certificate_path: " + node.CertPath + "\n    private_key_path: " + node.KeyPath + "\n"})
+	x, err := fetchX509(t, "unix://"+filepath.Join(dir, "agent.sock"), 15*time.Second)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, ag.Logs())
+	}
+	if got := x.DefaultSVID().ID.String(); got != "spiffe://example.org/fleet/web" {
+		t.Fatalf("served %s", got)
+	}
+	if !strings.Contains(ag.Logs(), "agent/x509pop/"+x509pop.Fingerprint(node.Leaf)) {
+		t.Fatalf("the agent did not attest as its certificate's agent ID:\n%s", ag.Logs())
 	}
 }

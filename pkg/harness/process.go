@@ -92,6 +92,7 @@ type AgentProcessConfig struct {
 	JoinToken  string              // needed only while DataDir holds no identity
 	DataDir    string
 	SocketPath string
+	Extra      string // more YAML keys, e.g. a node_attestor section
 }
 
 // StartAgentProcess runs `shortleaf agent` and waits until it runs
@@ -121,6 +122,7 @@ func WriteAgentYAML(t testing.TB, ac AgentProcessConfig) string {
 	if ac.JoinToken != "" {
 		yaml += "join_token: " + ac.JoinToken + "\n"
 	}
+	yaml += ac.Extra
 	cfgPath := filepath.Join(ac.DataDir, "..", filepath.Base(ac.DataDir)+"-agent.yaml")
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
