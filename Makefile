@@ -86,6 +86,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParsePayload -fuzztime 30s ./attest/k8spsat/
 	$(GO) test -run '^$$' -fuzz FuzzOfflineToken -fuzztime 30s ./attest/k8spsat/
 	$(GO) test -run '^$$' -fuzz FuzzAttestPayload -fuzztime 30s ./attest/tpm/
+	$(GO) test -run '^$$' -fuzz FuzzAKParameters -fuzztime 30s ./attest/tpm/
 	$(GO) test -run '^$$' -fuzz FuzzSDSRequest -fuzztime 30s ./pkg/workloadapi/
 	$(GO) test -run '^$$' -fuzz FuzzParsePEMCertificates -fuzztime 30s ./pkg/federation/
 	$(GO) test -run '^$$' -fuzz FuzzRelationshipValidate -fuzztime 30s ./pkg/federation/
