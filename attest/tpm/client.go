@@ -17,8 +17,13 @@ var errNoEK = errors.New("tpm: the TPM has no endorsement key")
 
 func wrap(op string, err error) error { return fmt.Errorf("tpm: %s: %w", op, err) }
 
-// akName is the name of the agent's AK in the TPM's key store.
-const akName = "shortleaf-agent"
+// The names of the agent's AK, and of the key it attested (whose
+// certification by the AK carries the server's nonce), in the TPM's key
+// store.
+const (
+	akName  = "shortleaf-agent"
+	keyName = "shortleaf-agent-nonce"
+)
 
 // Client is the agent's side: a TPM, opened per attestation.
 type Client struct {
@@ -28,6 +33,7 @@ type Client struct {
 	// (for TPMs whose certificate is not in their NV memory).
 	EKCert *x509.Certificate
 	ak     *steptpm.AK
+	key    *steptpm.Key
 }
 
 // Type implements attest.NodeClient.
@@ -58,7 +64,16 @@ func (c *Client) Payload(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, wrap("the attestation key's parameters", err)
 	}
-	c.ak = ak
+	key, err := t.GetKey(ctx, keyName)
+	if err != nil || key.AttestedBy() != akName {
+		if err == nil {
+			_ = t.DeleteKey(ctx, keyName)
+		}
+		if key, err = t.AttestKey(ctx, akName, keyName, steptpm.AttestKeyConfig{Algorithm: "ECDSA", Size: 256, QualifyingData: []byte("shortleaf")}); err != nil {
+			return nil, wrap("create the key the AK attests", err)
+		}
+	}
+	c.ak, c.key = ak, key
 	p := Payload{AK: AKParameters{Public: params.Public, CreateData: params.CreateData, CreateAttestation: params.CreateAttestation, CreateSignature: params.CreateSignature}}
 	switch {
 	case c.EKCert != nil:
@@ -86,7 +101,12 @@ func (c *Client) Answer(ctx context.Context, challenge []byte) ([]byte, error) {
 	if err != nil {
 		return nil, wrap("activate the credential", err)
 	}
-	return json.Marshal(Response{Secret: secret}) //nolint:gosec // the one-time activation secret is the answer the server asked for
+	cert, err := c.key.Recertify(ctx, steptpm.RecertifyConfig{QualifyingData: ch.Nonce})
+	if err != nil {
+		return nil, wrap("have the AK sign the nonce", err)
+	}
+	return json.Marshal(Response{Secret: secret, Certification: AKParameters{Public: cert.Public, CreateData: cert.CreateData, //nolint:gosec // the one-time activation secret is the answer the server asked for
+		CreateAttestation: cert.CreateAttestation, CreateSignature: cert.CreateSignature}})
 }
 
 // DefaultDevice is the kernel's TPM resource manager.

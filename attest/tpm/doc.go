@@ -6,6 +6,8 @@
 // signing key made by a TPM, and challenges with a credential only the TPM
 // holding that EK can activate, and only for that AK: a fresh random
 // secret, encrypted to the EK and bound to the AK's name, which the agent
-// returns decrypted. The agent ID is
+// returns decrypted, with the AK's signature over a fresh nonce (a
+// TPM2_Certify of a key the AK attested, the nonce as qualifying data).
+// The agent ID is
 // spiffe://<td>/agent/tpm/<SHA-256 of the EK public key>.
 package tpm

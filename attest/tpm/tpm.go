@@ -12,6 +12,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/google/go-tpm/legacy/tpm2"
 	"github.com/smallstep/go-attestation/attest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -45,15 +46,19 @@ type AKParameters struct {
 	CreateSignature   []byte `json:"create_signature"`
 }
 
-// Challenge is the credential to activate.
+// Challenge is the credential to activate and the nonce the AK signs.
 type Challenge struct {
 	Credential []byte `json:"credential"`
 	Secret     []byte `json:"secret"`
+	Nonce      []byte `json:"nonce"`
 }
 
-// Response is the activated credential's secret.
+// Response is the activated credential's secret and a TPM2_Certify, by the
+// AK, of a key the AK attested, with the nonce as its qualifying data: the
+// AK's signature over the nonce.
 type Response struct {
-	Secret []byte `json:"secret"`
+	Secret        []byte       `json:"secret"`
+	Certification AKParameters `json:"certification"`
 }
 
 // ParsePayload reads and bounds an agent's payload.
@@ -173,7 +178,11 @@ func (s *Server) Attest(ctx context.Context, td spiffeid.TrustDomain, payload []
 	if err != nil {
 		return nil, sl.Refused("tpm: the AK is not a TPM-made attestation key: %v", err)
 	}
-	ch, err := json.Marshal(Challenge{Credential: cred.Credential, Secret: cred.Secret}) //nolint:gosec // the encrypted seed, readable only by the TPM
+	nonce, err := sl.NewNonce()
+	if err != nil {
+		return nil, err
+	}
+	ch, err := json.Marshal(Challenge{Credential: cred.Credential, Secret: cred.Secret, Nonce: nonce}) //nolint:gosec // the encrypted seed, readable only by the TPM
 	if err != nil {
 		return nil, err
 	}
@@ -188,9 +197,34 @@ func (s *Server) Attest(ctx context.Context, td spiffeid.TrustDomain, payload []
 	if subtle.ConstantTimeCompare(resp.Secret, secret) != 1 {
 		return nil, sl.Refused("tpm: the credential was not activated by the TPM of EK %s with this AK", hash)
 	}
+	if err := checkNonceSigned(p.AK.Public, resp.Certification, nonce); err != nil {
+		return nil, sl.Refused("tpm: the AK did not sign the nonce: %v", err)
+	}
 	id, err := spiffeid.FromSegments(td, "agent", Type, hash)
 	if err != nil {
 		return nil, err
 	}
 	return &sl.NodeResult{AgentID: id, Selectors: []sl.Selector{{Type: Type, Value: "pub_hash:" + hash}}}, nil
+}
+
+// checkNonceSigned checks a TPM2_Certify made by the AK (akPublic, a
+// TPMT_PUBLIC): signed by the AK, over a TPM-made key, with nonce as its
+// qualifying data.
+func checkNonceSigned(akPublic []byte, c AKParameters, nonce []byte) error {
+	ak, err := attest.ParseAKPublic(attest.TPMVersion20, akPublic)
+	if err != nil {
+		return err
+	}
+	cert := attest.CertificationParameters{Public: c.Public, CreateData: c.CreateData, CreateAttestation: c.CreateAttestation, CreateSignature: c.CreateSignature}
+	if err := cert.Verify(attest.VerifyOpts{Public: ak.Public, Hash: ak.Hash}); err != nil {
+		return err
+	}
+	att, err := tpm2.DecodeAttestationData(c.CreateAttestation)
+	if err != nil {
+		return err
+	}
+	if subtle.ConstantTimeCompare(att.ExtraData, nonce) != 1 {
+		return errors.New("the certification is for another nonce")
+	}
+	return nil
 }

@@ -83,7 +83,28 @@ func TestRefusesWhatDoesNotProveTheTPM(t *testing.T) {
 		want    error
 		msg     string
 	}{
-		"replayed activation":         {payload, func(context.Context, []byte) ([]byte, error) { return recorded, nil }, sl.ErrRefused, "not activated"},
+		"replayed activation": {payload, func(context.Context, []byte) ([]byte, error) { return recorded, nil }, sl.ErrRefused, "not activated"},
+		"certification of an earlier nonce": {payload, func(ctx context.Context, ch []byte) ([]byte, error) {
+			fresh, err := honest.Answer(ctx, ch)
+			if err != nil {
+				return nil, err
+			}
+			var now, old Response
+			_ = json.Unmarshal(fresh, &now)
+			_ = json.Unmarshal(recorded, &old)
+			now.Certification = old.Certification
+			return json.Marshal(now)
+		}, sl.ErrRefused, "another nonce"},
+		"no certification": {payload, func(ctx context.Context, ch []byte) ([]byte, error) {
+			fresh, err := honest.Answer(ctx, ch)
+			if err != nil {
+				return nil, err
+			}
+			var r Response
+			_ = json.Unmarshal(fresh, &r)
+			r.Certification = AKParameters{}
+			return json.Marshal(r)
+		}, sl.ErrRefused, "did not sign the nonce"},
 		"guessed secret":              {payload, func(context.Context, []byte) ([]byte, error) { return json.Marshal(Response{Secret: make([]byte, 32)}) }, sl.ErrRefused, "not activated"},
 		"another manufacturer":        {foreignPayload, nil, sl.ErrRefused, "does not verify"},
 		"no certificate, not allowed": {noCert, nil, sl.ErrRefused, "not in the allow list"},
