@@ -3,6 +3,7 @@ package attest
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -76,4 +77,22 @@ func NewNonce() ([]byte, error) {
 		return nil, fmt.Errorf("attest: nonce: %w", err)
 	}
 	return n, nil
+}
+
+// Ask sends challenge, as JSON, through ask and decodes the agent's answer
+// into a T; an answer that is not one is ErrMalformed naming what.
+func Ask[T any](ctx context.Context, ask Challenger, challenge any, what string) (*T, error) {
+	raw, err := json.Marshal(challenge)
+	if err != nil {
+		return nil, err
+	}
+	answer, err := ask(ctx, raw)
+	if err != nil {
+		return nil, err
+	}
+	var out T
+	if err := json.Unmarshal(answer, &out); err != nil {
+		return nil, Malformed("%s: %v", what, err)
+	}
+	return &out, nil
 }

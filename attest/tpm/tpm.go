@@ -182,17 +182,9 @@ func (s *Server) Attest(ctx context.Context, td spiffeid.TrustDomain, payload []
 	if err != nil {
 		return nil, err
 	}
-	ch, err := json.Marshal(Challenge{Credential: cred.Credential, Secret: cred.Secret, Nonce: nonce}) //nolint:gosec // the encrypted seed, readable only by the TPM
+	resp, err := sl.Ask[Response](ctx, challenge, Challenge{Credential: cred.Credential, Secret: cred.Secret, Nonce: nonce}, "tpm challenge response")
 	if err != nil {
 		return nil, err
-	}
-	answer, err := challenge(ctx, ch)
-	if err != nil {
-		return nil, err
-	}
-	var resp Response
-	if err := json.Unmarshal(answer, &resp); err != nil {
-		return nil, sl.Malformed("tpm challenge response: %v", err)
 	}
 	if subtle.ConstantTimeCompare(resp.Secret, secret) != 1 {
 		return nil, sl.Refused("tpm: the credential was not activated by the TPM of EK %s with this AK", hash)

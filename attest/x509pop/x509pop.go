@@ -141,17 +141,9 @@ func (s *Server) Attest(ctx context.Context, td spiffeid.TrustDomain, payload []
 	if err != nil {
 		return nil, err
 	}
-	ch, err := json.Marshal(Challenge{Nonce: nonce})
+	resp, err := attest.Ask[Response](ctx, challenge, Challenge{Nonce: nonce}, "x509pop challenge response")
 	if err != nil {
 		return nil, err
-	}
-	answer, err := challenge(ctx, ch)
-	if err != nil {
-		return nil, err
-	}
-	var resp Response
-	if err := json.Unmarshal(answer, &resp); err != nil {
-		return nil, attest.Malformed("x509pop challenge response: %v", err)
 	}
 	if err := verifySignature(leaf.PublicKey, nonce, resp.Signature); err != nil {
 		return nil, attest.Refused("x509pop: the challenge was not signed by the key of certificate %s: %v", leaf.SerialNumber.Text(16), err)
