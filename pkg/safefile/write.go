@@ -26,7 +26,7 @@ func Write(path string, data []byte) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("safefile: %w", err)
 	}
-	return syncDir(filepath.Dir(path))
+	return SyncDir(filepath.Dir(path))
 }
 
 // WriteKeepingPrevious is Write that first keeps the current content of path
@@ -55,7 +55,7 @@ func WriteKeepingPrevious(path string, data []byte) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("safefile: %w", err)
 	}
-	return syncDir(filepath.Dir(path))
+	return SyncDir(filepath.Dir(path))
 }
 
 func writeTemp(path string, data []byte) (string, error) {
@@ -80,7 +80,9 @@ func writeTemp(path string, data []byte) (string, error) {
 	return f.Name(), nil
 }
 
-func syncDir(dir string) error {
+// SyncDir fsyncs dir, so that files created, renamed or removed in it stay
+// so after a crash.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir) //nolint:gosec // the directory of a path the caller chose
 	if err != nil {
 		return fmt.Errorf("safefile: %w", err)
