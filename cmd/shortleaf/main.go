@@ -45,6 +45,7 @@ func newRootCommand() *cobra.Command {
 		newCACommand(),
 		newJWTCommand(),
 		newFederationCommand(),
+		newAuditCommand(),
 		newDatastoreCommand(),
 		newHealthcheckCommand(),
 		newAPICommand(),

@@ -14,6 +14,7 @@ import (
 
 	"github.com/shortleaf/shortleaf/attest/jointoken"
 	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/pkg/audit"
 	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
@@ -72,12 +73,17 @@ type AdminConfig struct {
 	LeaderID func(ctx context.Context) (string, error)
 	Clock    clock.Clock
 	Logger   *slog.Logger
+	// Audit records minted certificates and tokens (the other admin calls
+	// are recorded by AdminAuditInterceptor); Actor names the caller.
+	Audit Auditor
+	Actor func(ctx context.Context) string
 }
 
 // AdminService implements the admin API.
 type AdminService struct {
 	adminv1.UnimplementedAdminAPIServer
-	cfg AdminConfig
+	cfg   AdminConfig
+	trail auditTrail
 }
 
 // NewAdminService returns the admin API.
@@ -91,7 +97,10 @@ func NewAdminService(cfg AdminConfig) *AdminService {
 	if cfg.MaxSVIDTTL == 0 {
 		cfg.MaxSVIDTTL = MaxX509SVIDTTL
 	}
-	return &AdminService{cfg: cfg}
+	if cfg.Actor == nil {
+		cfg.Actor = func(context.Context) string { return "admin" }
+	}
+	return &AdminService{cfg: cfg, trail: auditTrail{log: cfg.Audit, clock: cfg.Clock}}
 }
 
 // CreateEntry validates and stores a registration entry.
@@ -350,6 +359,9 @@ func (s *AdminService) MintX509SVID(ctx context.Context, req *adminv1.MintX509SV
 	for _, c := range b.X509Authorities() {
 		resp.Bundle = append(resp.Bundle, c.Raw)
 	}
+	if err := s.trail.wait(ctx, s.trail.record(certRecord(s.cfg.Actor(ctx), audit.ActionX509SVIDIssue, id.String(), chain))); err != nil {
+		return nil, err
+	}
 	s.cfg.Logger.InfoContext(ctx, "X.509-SVID minted", slog.String("spiffe_id", id.String()), slog.String("serial", chain[0].SerialNumber.Text(16)))
 	return resp, nil
 }
@@ -370,9 +382,13 @@ func (s *AdminService) MintJWTSVID(ctx context.Context, req *adminv1.MintJWTSVID
 	if ttl == 0 {
 		ttl = s.cfg.DefaultJWTTTL
 	}
+	now := s.cfg.Clock.Now()
 	token, exp, err := s.cfg.CA.SignJWTSVID(ca.JWTSVIDParams{SPIFFEID: id, Audience: req.GetAudience(), TTL: ttl})
 	if err != nil {
 		return nil, toStatus(ctx, s.cfg.Logger, "mint JWT", err)
+	}
+	if err := s.trail.wait(ctx, s.trail.record(jwtRecord(s.cfg.Actor(ctx), id.String(), id.String(), token, req.GetAudience(), now, exp))); err != nil {
+		return nil, err
 	}
 	s.cfg.Logger.InfoContext(ctx, "JWT-SVID minted", slog.String("spiffe_id", id.String()), slog.Time("expires_at", exp))
 	return &adminv1.MintJWTSVIDResponse{Token: token, ExpiresAt: exp.Unix()}, nil

@@ -27,6 +27,7 @@ import (
 
 	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/pkg/audit"
 	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	"github.com/shortleaf/shortleaf/pkg/entryfeed"
@@ -130,6 +131,8 @@ type AgentConfig struct {
 	// NodeAttestors are the node attestors agents may use besides join
 	// tokens, by type.
 	NodeAttestors map[string]attest.NodeServer
+	// Audit records every signature and attestation; nil: none.
+	Audit Auditor
 }
 
 // AgentService implements the agent API.
@@ -137,8 +140,12 @@ type AgentService struct {
 	agentv1.UnimplementedAgentAPIServer
 	cfg      AgentConfig
 	refusals *ratelimit.Sampler
-	seen     lastSeen
-	signed   signedUntil
+	trail    auditTrail
+	// auditRefusals samples the refusals that become audit records: one
+	// per source a minute, the next one counting those left out.
+	auditRefusals *ratelimit.Sampler
+	seen          lastSeen
+	signed        signedUntil
 }
 
 // refusalLogInterval is how often one source may add a line to the log about
@@ -153,7 +160,24 @@ func NewAgentService(cfg AgentConfig) *AgentService {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &AgentService{cfg: cfg, refusals: ratelimit.NewSampler(cfg.Logger, refusalLogInterval)}
+	return &AgentService{cfg: cfg, refusals: ratelimit.NewSampler(cfg.Logger, refusalLogInterval),
+		trail: auditTrail{log: cfg.Audit, clock: cfg.Clock}, auditRefusals: ratelimit.NewSampler(cfg.Logger, refusalLogInterval)}
+}
+
+// auditRefusal records a refused call whose caller is not (or no longer) an
+// agent in good standing, sampled per peer: a refused agent retries.
+func (s *AgentService) auditRefusal(ctx context.Context, action, object string, err error) {
+	actor := peerActor(ctx)
+	suppressed, ok := s.auditRefusals.Take(s.cfg.Clock.Now(), action+"|"+actor)
+	if !ok {
+		return
+	}
+	r := refusalRecord(actor, action, object, err)
+	r.Details = map[string]string{"source": peerIP(ctx)}
+	if suppressed > 0 {
+		r.Details["suppressed_since_last"] = fmt.Sprint(suppressed)
+	}
+	s.trail.record(r)
 }
 
 // refuse counts and logs (sampled per key) a request refused by a limit.
@@ -198,6 +222,7 @@ func (s *AgentService) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRe
 	agentID, agent, err := s.callerAgent(ctx)
 	if err != nil {
 		s.cfg.Metrics.AgentRenewals.WithLabelValues(telemetry.ResultDenied).Inc()
+		s.auditRefusal(ctx, audit.ActionAgentRenew, "", err)
 		return nil, err
 	}
 	if err := s.takeSigning(ctx, agentID, 1); err != nil {
@@ -211,6 +236,7 @@ func (s *AgentService) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRe
 	svid, err := s.signAgentSVID(ctx, agent, csr, true)
 	if err != nil {
 		s.cfg.Metrics.AgentRenewals.WithLabelValues(telemetry.ResultError).Inc()
+		s.auditRefusal(ctx, audit.ActionAgentRenew, agentID.String(), err)
 		return nil, err
 	}
 	s.cfg.Metrics.AgentRenewals.WithLabelValues(telemetry.ResultOK).Inc()
@@ -219,7 +245,8 @@ func (s *AgentService) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRe
 
 // signAgentSVID signs an agent SVID. At attestation it becomes the agent's
 // serial at once; at renewal it is recorded as the new serial, promoted on
-// first use (see datastore.Agent).
+// first use (see datastore.Agent). It returns once the signature is in the
+// audit log.
 func (s *AgentService) signAgentSVID(ctx context.Context, agent *datastore.Agent, csr *x509.CertificateRequest, renewal bool) (*agentv1.X509SVID, error) {
 	id, err := spiffeid.FromString(agent.SPIFFEID)
 	if err != nil {
@@ -245,6 +272,14 @@ func (s *AgentService) signAgentSVID(ctx context.Context, agent *datastore.Agent
 			return nil, status.Error(codes.PermissionDenied, "agent was evicted; attest again")
 		}
 		return nil, toStatus(ctx, s.cfg.Logger, "record agent SVID", err)
+	}
+	rec := certRecord(agent.SPIFFEID, audit.ActionAgentAttest, agent.SPIFFEID, chain)
+	rec.Details = map[string]string{"attestor": agent.AttestationType, "source": peerIP(ctx)}
+	if renewal {
+		rec.Action, rec.Details = audit.ActionAgentRenew, nil
+	}
+	if err := s.trail.wait(ctx, s.trail.record(rec)); err != nil {
+		return nil, err
 	}
 	return svidProto(id, chain), nil
 }
@@ -447,6 +482,7 @@ func (s *AgentService) BatchNewX509SVID(ctx context.Context, req *agentv1.BatchN
 	agentID, agent, err := s.callerAgent(ctx)
 	if err != nil {
 		s.cfg.Metrics.SVIDsIssued.WithLabelValues(telemetry.ResultDenied).Add(float64(len(req.GetParams())))
+		s.auditRefusal(ctx, audit.ActionX509SVIDIssue, fmt.Sprintf("%d entries", len(req.GetParams())), err)
 		return nil, err
 	}
 	if err := checkBatch(req.GetParams()); err != nil {
@@ -461,13 +497,19 @@ func (s *AgentService) BatchNewX509SVID(ctx context.Context, req *agentv1.BatchN
 	}
 	params := req.GetParams()
 	results := make([]*agentv1.BatchNewX509SVIDResult, len(params))
+	tickets := make([]uint64, len(params))
 	jobs := make([]*signqueue.Job, len(params))
 	for i, p := range params {
-		jobs[i] = &signqueue.Job{Urgency: s.urgency(p), Run: func() { results[i] = s.newX509SVID(ctx, agentID, parents, p) }}
+		jobs[i] = &signqueue.Job{Urgency: s.urgency(p), Run: func() { results[i], tickets[i] = s.newX509SVID(ctx, agentID, parents, p) }}
 	}
 	s.runSigning(ctx, agentID, jobs)
 	if err := ctx.Err(); err != nil {
 		return nil, status.FromContextError(err).Err()
+	}
+	// One wait for the whole batch: the records are written in order, so
+	// the last ticket's commit covers them all.
+	if err := s.trail.wait(ctx, slices.Max(append(tickets, 0))); err != nil {
+		return nil, err
 	}
 	// The hint is taken now, not when the work was shed: the answer comes
 	// only once the batch's admitted work is signed, and by then the queue
@@ -542,14 +584,16 @@ func checkBatch(params []*agentv1.NewX509SVIDParams) error {
 	return nil
 }
 
-func (s *AgentService) newX509SVID(ctx context.Context, agentID spiffeid.ID, parents []string, p *agentv1.NewX509SVIDParams) *agentv1.BatchNewX509SVIDResult {
+// newX509SVID signs one CSR of a batch and records the outcome in the audit
+// log, returning the record's ticket.
+func (s *AgentService) newX509SVID(ctx context.Context, agentID spiffeid.ID, parents []string, p *agentv1.NewX509SVIDParams) (*agentv1.BatchNewX509SVIDResult, uint64) {
 	start := time.Now()
 	res := &agentv1.BatchNewX509SVIDResult{EntryId: p.GetEntryId()}
-	fail := func(result string, err error) *agentv1.BatchNewX509SVIDResult {
+	fail := func(result string, err error) (*agentv1.BatchNewX509SVIDResult, uint64) {
 		s.cfg.Metrics.SVIDsIssued.WithLabelValues(result).Inc()
 		st := status.Convert(err)
 		res.StatusCode, res.StatusMessage = int32(st.Code()), st.Message()
-		return res
+		return res, s.trail.record(refusalRecord(agentID.String(), audit.ActionX509SVIDIssue, p.GetEntryId(), err))
 	}
 	entry, err := s.cfg.Store.GetEntry(ctx, p.GetEntryId())
 	if errors.Is(err, datastore.ErrNotFound) || (err == nil && !slices.Contains(parents, entry.ParentID)) {
@@ -580,18 +624,27 @@ func (s *AgentService) newX509SVID(ctx context.Context, agentID spiffeid.ID, par
 	telemetry.ObserveSince(s.cfg.Metrics.SignDuration, start)
 	s.signed.put(entry.ID, chain[0].NotAfter, s.cfg.Clock.Now())
 	res.Svid = svidProto(id, chain)
-	return res
+	return res, s.trail.record(certRecord(agentID.String(), audit.ActionX509SVIDIssue, entry.ID, chain))
 }
 
 // NewJWTSVID signs a JWT-SVID for an entry parented to the caller.
 func (s *AgentService) NewJWTSVID(ctx context.Context, req *agentv1.NewJWTSVIDRequest) (*agentv1.NewJWTSVIDResponse, error) {
 	agentID, agent, err := s.callerAgent(ctx)
 	if err != nil {
+		s.auditRefusal(ctx, audit.ActionJWTSVIDIssue, req.GetEntryId(), err)
 		return nil, err
 	}
 	if err := s.takeSigning(ctx, agentID, 1); err != nil {
 		return nil, err
 	}
+	resp, err := s.newJWTSVID(ctx, agentID, agent, req)
+	if err != nil {
+		s.trail.record(refusalRecord(agentID.String(), audit.ActionJWTSVIDIssue, req.GetEntryId(), err))
+	}
+	return resp, err
+}
+
+func (s *AgentService) newJWTSVID(ctx context.Context, agentID spiffeid.ID, agent *datastore.Agent, req *agentv1.NewJWTSVIDRequest) (*agentv1.NewJWTSVIDResponse, error) {
 	parents, err := s.parents(ctx, agentID, agent)
 	if err != nil {
 		return nil, toStatus(ctx, s.cfg.Logger, "new JWT-SVID", err)
@@ -611,9 +664,14 @@ func (s *AgentService) NewJWTSVID(ctx context.Context, req *agentv1.NewJWTSVIDRe
 	if ttl == 0 {
 		ttl = s.cfg.DefaultJWTTTL
 	}
+	now := s.cfg.Clock.Now()
 	token, exp, err := s.cfg.CA.SignJWTSVID(ca.JWTSVIDParams{SPIFFEID: id, Audience: req.GetAudience(), TTL: ttl})
 	if err != nil {
 		return nil, toStatus(ctx, s.cfg.Logger, "new JWT-SVID", err)
+	}
+	ticket := s.trail.record(jwtRecord(agentID.String(), entry.ID, id.String(), token, req.GetAudience(), now, exp))
+	if err := s.trail.wait(ctx, ticket); err != nil {
+		return nil, err
 	}
 	return &agentv1.NewJWTSVIDResponse{Token: token, ExpiresAt: exp.Unix()}, nil
 }
@@ -655,6 +713,19 @@ func peerIP(ctx context.Context) string {
 		return "unknown"
 	}
 	return rpclimit.HostOf(p.Addr)
+}
+
+// peerActor names a caller that may not be an agent in good standing: the
+// SPIFFE ID of its client certificate, or its address.
+func peerActor(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok {
+		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.PeerCertificates) > 0 {
+			if id, err := x509svid.IDFromCert(info.State.PeerCertificates[0]); err == nil {
+				return id.String()
+			}
+		}
+	}
+	return peerIP(ctx)
 }
 
 func svidProto(id spiffeid.ID, chain []*x509.Certificate) *agentv1.X509SVID {

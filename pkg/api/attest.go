@@ -16,6 +16,7 @@ import (
 	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/attest/jointoken"
 	"github.com/shortleaf/shortleaf/ca"
+	"github.com/shortleaf/shortleaf/pkg/audit"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
 	"github.com/shortleaf/shortleaf/pkg/grpcstream"
 	"github.com/shortleaf/shortleaf/pkg/telemetry"
@@ -52,8 +53,10 @@ func (s *AgentService) AttestAgent(stream agentv1.AgentAPI_AttestAgentServer) er
 		return err
 	}
 	var resp *agentv1.AttestAgentResponse
+	attestor := "none"
 	switch a := first.GetAttestation().(type) {
 	case *agentv1.AttestAgentRequest_JoinToken:
+		attestor = jointoken.Type
 		resp, err = s.attestJoinToken(ctx, ip, a.JoinToken, first.GetCsr())
 	case *agentv1.AttestAgentRequest_Data:
 		challenge := func(ctx context.Context, challenge []byte) ([]byte, error) {
@@ -76,12 +79,18 @@ func (s *AgentService) AttestAgent(stream agentv1.AgentAPI_AttestAgentServer) er
 			}
 			return answer.GetChallengeResponse(), nil
 		}
+		if _, known := s.cfg.NodeAttestors[a.Data.GetType()]; known {
+			attestor = a.Data.GetType()
+		}
 		resp, err = s.attestNode(ctx, ip, a.Data, first.GetCsr(), challenge)
 	default:
 		s.cfg.Metrics.AgentAttestations.WithLabelValues("none", telemetry.ResultBad).Inc()
-		return invalid("attestation", "a join_token or attestation data is required")
+		err = invalid("attestation", "a join_token or attestation data is required")
 	}
 	if err != nil {
+		// The attestor's name only when it is one we know: the record
+		// carries nothing a caller chose freely but the bounded reason.
+		s.auditRefusal(ctx, audit.ActionAgentAttest, attestor, err)
 		return err
 	}
 	return stream.Send(resp)

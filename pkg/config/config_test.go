@@ -96,6 +96,11 @@ func TestServerConfigErrorsNameTheField(t *testing.T) {
 			"node_attestors.k8s_psat.clusters.prod.issuer_url"},
 		{"tpm trusting nothing", base + "node_attestors:\n  tpm: {}\n", "node_attestors.tpm: tpm: neither manufacturer CAs nor allowed EK hashes"},
 		{"tpm hash malformed", base + "node_attestors:\n  tpm: {ek_hash_allow_list: [ABC]}\n", "node_attestors.tpm.ek_hash_allow_list[0]"},
+		{"audit file size out of range", base + "audit:\n  max_file_size_mb: 5000\n", "audit.max_file_size_mb"},
+		{"audit total smaller than two files", base + "audit:\n  max_file_size_mb: 100\n  max_total_size_mb: 150\n", "audit.max_total_size_mb"},
+		{"audit checkpoint interval too long", base + "audit:\n  checkpoint_interval: 2h\n", "audit.checkpoint_interval"},
+		{"audit retention too short", base + "audit:\n  retention: 10m\n", "audit.retention"},
+		{"misspelt audit key", base + "audit:\n  retension: 10m\n", "retension"},
 		{"psat account not ns:name", base + "node_attestors:\n  k8s_psat:\n    clusters:\n      prod: {service_account_allow_list: ['agent'], issuer_url: 'https://oidc'}\n",
 			"not namespace:name"},
 	}

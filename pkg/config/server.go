@@ -52,6 +52,47 @@ type ServerFile struct {
 	ReplicaID string `yaml:"replica_id"`
 	// NodeAttestors are the ways agents may attest besides join tokens.
 	NodeAttestors *NodeAttestorsFile `yaml:"node_attestors"`
+	// Audit configures the audit log; on by default.
+	Audit *AuditFile `yaml:"audit"`
+}
+
+// AuditFile configures the audit log.
+type AuditFile struct {
+	// Enabled defaults to true.
+	Enabled            *bool    `yaml:"enabled"`
+	Dir                string   `yaml:"dir"`
+	MaxFileSizeMB      int64    `yaml:"max_file_size_mb"`
+	MaxFileAge         Duration `yaml:"max_file_age"`
+	MaxTotalSizeMB     int64    `yaml:"max_total_size_mb"`
+	Retention          Duration `yaml:"retention"`
+	CheckpointInterval Duration `yaml:"checkpoint_interval"`
+}
+
+func (a *AuditFile) resolve() (server.AuditConfig, error) {
+	if a == nil {
+		return server.AuditConfig{}, nil
+	}
+	if a.Enabled != nil && !*a.Enabled {
+		return server.AuditConfig{Disabled: true}, nil
+	}
+	if a.MaxFileSizeMB < 0 || a.MaxFileSizeMB > 4096 {
+		return server.AuditConfig{}, fieldErr("audit.max_file_size_mb", "%d is out of range (1 to 4096; 0 for the default of 64)", a.MaxFileSizeMB)
+	}
+	if a.MaxTotalSizeMB < 0 || (a.MaxTotalSizeMB != 0 && a.MaxTotalSizeMB < max(a.MaxFileSizeMB, 1)*2) {
+		return server.AuditConfig{}, fieldErr("audit.max_total_size_mb", "%d must be at least twice max_file_size_mb (0 for the default of 1024)", a.MaxTotalSizeMB)
+	}
+	for _, d := range []struct {
+		key      string
+		v        Duration
+		min, max time.Duration
+	}{{"audit.max_file_age", a.MaxFileAge, time.Minute, 30 * 24 * time.Hour}, {"audit.retention", a.Retention, time.Hour, 100 * 365 * 24 * time.Hour},
+		{"audit.checkpoint_interval", a.CheckpointInterval, time.Second, time.Hour}} {
+		if v := time.Duration(d.v); v != 0 && (v < d.min || v > d.max) {
+			return server.AuditConfig{}, fieldErr(d.key, "%s is out of range (%s to %s)", v, d.min, d.max)
+		}
+	}
+	return server.AuditConfig{Dir: a.Dir, MaxFileSize: a.MaxFileSizeMB << 20, MaxFileAge: time.Duration(a.MaxFileAge),
+		MaxTotalSize: a.MaxTotalSizeMB << 20, MaxAge: time.Duration(a.Retention), CheckpointInterval: time.Duration(a.CheckpointInterval)}, nil
 }
 
 // LimitsFile configures the server's rate and connection limits. A rate of
@@ -230,6 +271,9 @@ func (f *ServerFile) resolveSettings() (server.Config, slog.Level, error) {
 		return cfg, 0, err
 	}
 	if cfg.NodeAttestors, err = f.NodeAttestors.resolve(); err != nil {
+		return cfg, 0, err
+	}
+	if cfg.Audit, err = f.Audit.resolve(); err != nil {
 		return cfg, 0, err
 	}
 	if f.ReplicaID != "" {

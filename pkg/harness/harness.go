@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/shortleaf/shortleaf/pkg/adminclient"
 	"github.com/shortleaf/shortleaf/pkg/agent"
+	"github.com/shortleaf/shortleaf/pkg/audit"
 	"github.com/shortleaf/shortleaf/pkg/server"
 	adminv1 "github.com/shortleaf/shortleaf/proto/admin/v1"
 )
@@ -103,7 +105,9 @@ func startServer(t testing.TB, cfg server.Config) *Server {
 			cancel()
 			<-exited
 			stopped, err = true, runErr
+			bundle, _ := srv.CA().Bundle()
 			_ = srv.Close()
+			CheckAuditLog(t, cfg, bundle.X509Authorities())
 		})
 		return stopped, err
 	}
@@ -118,6 +122,29 @@ func startServer(t testing.TB, cfg server.Config) *Server {
 	}
 	t.Cleanup(s.stop)
 	return s
+}
+
+// CheckAuditLog verifies the audit log of a stopped server (every harness
+// server's, at its stop): whatever a test did, the chain is whole, its
+// checkpoints verify against roots, and it ends at a final checkpoint.
+func CheckAuditLog(t testing.TB, cfg server.Config, roots []*x509.Certificate) {
+	t.Helper()
+	if cfg.Audit.Disabled {
+		return
+	}
+	dir := cfg.AuditDir()
+	now := time.Now()
+	if cfg.Clock != nil {
+		now = cfg.Clock.Now()
+	}
+	rep, err := audit.Verify(audit.VerifyOptions{Dir: dir, Roots: roots, Now: now})
+	if err != nil {
+		t.Errorf("audit verify: %v", err)
+		return
+	}
+	for _, p := range rep.Problems {
+		t.Errorf("audit log of the stopped server: %s", p)
+	}
 }
 
 // Halt stops the server and returns what its Run returned, for a test in

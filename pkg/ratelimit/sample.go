@@ -7,8 +7,8 @@ import (
 	"time"
 )
 
-// Sampler logs at most one line per key per interval; the next line after a
-// quiet spell says how many were suppressed.
+// Sampler logs (or lets its caller record) at most one line per key per
+// interval; the next line after a quiet spell says how many were suppressed.
 type Sampler struct {
 	log      *slog.Logger
 	interval time.Duration
@@ -31,12 +31,25 @@ func NewSampler(log *slog.Logger, interval time.Duration) *Sampler {
 // Warn logs msg at warning level for key unless key already had a line in
 // the last interval, in which case it is only counted.
 func (s *Sampler) Warn(ctx context.Context, now time.Time, key, msg string, attrs ...any) {
+	suppressed, ok := s.Take(now, key)
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		attrs = append(attrs, slog.Int("suppressed_since_last", suppressed))
+	}
+	s.log.WarnContext(ctx, msg, attrs...)
+}
+
+// Take reports whether key may have its sample now (none in the last
+// interval) and, if so, how many were suppressed since the last one.
+func (s *Sampler) Take(now time.Time, key string) (suppressed int, ok bool) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	sm, ok := s.keys[key]
 	if ok && now.Sub(sm.logged) < s.interval {
 		sm.suppressed++
-		s.mu.Unlock()
-		return
+		return 0, false
 	}
 	if !ok {
 		if len(s.keys) >= s.maxKeys {
@@ -45,13 +58,9 @@ func (s *Sampler) Warn(ctx context.Context, now time.Time, key, msg string, attr
 		sm = &sample{}
 		s.keys[key] = sm
 	}
-	suppressed := sm.suppressed
+	suppressed = sm.suppressed
 	sm.logged, sm.suppressed = now, 0
-	s.mu.Unlock()
-	if suppressed > 0 {
-		attrs = append(attrs, slog.Int("suppressed_since_last", suppressed))
-	}
-	s.log.WarnContext(ctx, msg, attrs...)
+	return suppressed, true
 }
 
 // forget drops keys quiet for an interval, then an arbitrary half if needed.

@@ -30,6 +30,7 @@ import (
 	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/ca"
 	"github.com/shortleaf/shortleaf/pkg/api"
+	"github.com/shortleaf/shortleaf/pkg/audit"
 	"github.com/shortleaf/shortleaf/pkg/bundleendpoint"
 	"github.com/shortleaf/shortleaf/pkg/clock"
 	"github.com/shortleaf/shortleaf/pkg/datastore"
@@ -87,6 +88,8 @@ type Config struct {
 	BundleEndpoint *BundleEndpointConfig
 	// Limits bound what clients may make the server do and hold.
 	Limits Limits
+	// Audit configures the audit log (on unless Disabled).
+	Audit AuditConfig
 	// KeyManagerURI, when set, keeps CA keys in that KMS (pkcs11:...) instead
 	// of encrypted files under DataDir/keys.
 	KeyManagerURI string
@@ -111,6 +114,18 @@ type BundleEndpointConfig struct {
 	RefreshHint time.Duration
 }
 
+// AuditConfig configures the audit log. Zero values take audit's defaults.
+type AuditConfig struct {
+	Disabled bool
+	// Dir is where the log's files are; default <DataDir>/audit.
+	Dir                string
+	MaxFileSize        int64
+	MaxFileAge         time.Duration
+	MaxTotalSize       int64
+	MaxAge             time.Duration
+	CheckpointInterval time.Duration
+}
+
 // Defaults.
 const (
 	DefaultAgentAPIAddr     = "127.0.0.1:8081"
@@ -122,6 +137,7 @@ const (
 	adminSocketName         = "admin.sock"
 	datastoreFileName       = "datastore.db"
 	keysDirName             = "keys"
+	auditDirName            = "audit"
 	shutdownGrace           = 5 * time.Second
 	serverSVIDPathSegment   = "shortleaf"
 )
@@ -245,6 +261,7 @@ type Server struct {
 	agentAPI  *api.AgentService
 	signQueue *signqueue.Queue
 	caMetrics *telemetry.CA
+	auditLog  *audit.Log
 	poller    *federation.Poller
 	bundleEP  *bundleendpoint.Server
 	closers   []func() error
@@ -313,6 +330,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		keys = soft
 	}
+	if err := s.openAuditLog(); err != nil {
+		return nil, err
+	}
 	gate := cfg.propagationGate(s.store)
 	s.ca, err = ca.New(ctx, ca.Config{
 		TrustDomain: cfg.TrustDomain, KeyType: cfg.KeyType, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
@@ -320,6 +340,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Upstream: cfg.Upstream, Keys: keys, Journal: s.store, ReplicaID: cfg.ReplicaID, Leadership: leadership, Clock: cfg.Clock, Logger: cfg.Logger,
 		OnTransition: func(t ca.Transition) {
 			s.caMetrics.Transitions.WithLabelValues(string(t.Kind), t.What).Inc()
+			s.auditTransition(t)
 			if t.Kind == ca.KindIntermediate && s.tlsCert != nil && t.What == "activated" {
 				s.tlsCert.refresh() // follow the new signer now, not at the next handshake
 			}
@@ -343,15 +364,18 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		CA: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, DefaultJWTTTL: cfg.DefaultJWTTTL, AgentSVIDTTL: cfg.AgentSVIDTTL,
 		Clock: cfg.Clock, Logger: cfg.Logger, Metrics: s.metrics, Feed: s.feed, SignQueue: s.signQueue,
 		AttestLimit: cfg.Limits.attestLimiter(), SignLimit: cfg.Limits.signLimiter(), NodeAttestors: cfg.NodeAttestors,
+		Audit: s.auditor(),
 	})
 	agentv1.RegisterAgentAPIServer(s.agentSrv, s.agentAPI)
 	s.adminSrv = grpc.NewServer(append(adminLimits().ServerOptions(s.countRefusal),
-		grpc.Creds(uds.NewCredentials()), grpc.ChainUnaryInterceptor(adminUnaryCheck), grpc.ChainStreamInterceptor(adminStreamCheck))...)
+		grpc.Creds(uds.NewCredentials()), grpc.ChainUnaryInterceptor(api.AdminAuditInterceptor(s.auditor(), cfg.Clock, adminActor), adminUnaryCheck),
+		grpc.ChainStreamInterceptor(adminStreamCheck))...)
 	s.poller = federation.NewPoller(s.store, cfg.Clock, cfg.Logger)
 	s.admin = api.NewAdminService(api.AdminConfig{
 		Federation: s.store, Refresher: s.poller, BundleRefreshHint: bundleRefreshHint(cfg.BundleEndpoint),
 		CA: s.ca, Lifecycle: s.ca, Store: s.store, DefaultSVIDTTL: cfg.DefaultSVIDTTL, DefaultJWTTTL: cfg.DefaultJWTTTL, MaxSVIDTTL: cfg.MaxSVIDTTL,
 		AgentLiveness: cfg.AgentLiveness, ServerChain: s.tlsCert.presented, Journal: s.store, LeaderID: leaderID, Clock: cfg.Clock, Logger: cfg.Logger,
+		Audit: s.auditor(), Actor: adminActor,
 	})
 	adminv1.RegisterAdminAPIServer(s.adminSrv, s.admin)
 	healthpb.RegisterHealthServer(s.adminSrv, health.NewServer())
@@ -373,7 +397,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		if s.metricLis, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
 			return nil, fmt.Errorf("server: metrics listener: %w", err)
 		}
-		s.httpSrv = &http.Server{Handler: telemetry.Handler(cfg.Registry, s.ca.CheckSigner), ReadHeaderTimeout: 5 * time.Second}
+		s.httpSrv = &http.Server{Handler: telemetry.Handler(cfg.Registry, s.ready), ReadHeaderTimeout: 5 * time.Second}
 	}
 	ok = true
 	return s, nil
@@ -723,6 +747,11 @@ func (s *Server) Close() error {
 		}
 		if s.signQueue != nil {
 			s.signQueue.Close()
+		}
+		if s.auditLog != nil {
+			if cerr := s.auditLog.Close(); cerr != nil {
+				s.cfg.Logger.Error("audit log: the final checkpoint was not written", slog.Any("error", cerr))
+			}
 		}
 		if s.bundleEP != nil {
 			_ = s.bundleEP.Close()

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/shortleaf/shortleaf/pkg/audit"
 	"github.com/shortleaf/shortleaf/pkg/signqueue"
 )
 
@@ -305,4 +306,30 @@ func Handler(g prometheus.Gatherer, ready func() error) http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	return mux
+}
+
+// WatchAudit registers the audit log's metrics, read at each scrape from
+// stats and queued.
+func WatchAudit(reg prometheus.Registerer, stats func() audit.Stats, queued func() int) {
+	counter := func(name, help string, v func(audit.Stats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v(stats())) })
+	}
+	reg.MustRegister(
+		counter("shortleaf_audit_records_total", "Audit records written (fsynced).", func(s audit.Stats) uint64 { return s.Records }),
+		counter("shortleaf_audit_commits_total", "Audit log writes, each one fsync of a batch of records.", func(s audit.Stats) uint64 { return s.Commits }),
+		counter("shortleaf_audit_write_errors_total", "Failed audit log writes; issuance waits while they fail.", func(s audit.Stats) uint64 { return s.WriteErrors }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "shortleaf_audit_queue_depth", Help: "Audit records waiting to be written."},
+			func() float64 { return float64(queued()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "shortleaf_audit_head_seq", Help: "Sequence number of the last audit record written."},
+			func() float64 { return float64(stats().Head) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "shortleaf_audit_last_checkpoint_timestamp_seconds",
+			Help: "When the audit log's head was last signed (Unix time; 0 before the first checkpoint)."},
+			func() float64 {
+				t := stats().LastCheckpoint
+				if t.IsZero() {
+					return 0
+				}
+				return float64(t.Unix())
+			}),
+	)
 }
