@@ -79,7 +79,7 @@ func newAgentCommand() *cobra.Command {
 			}
 			defer ag.Close()
 			if cfg.MetricsAddr != "" {
-				stop, err := serveMetrics(cfg.MetricsAddr, reg, logger)
+				stop, err := serveMetrics(cfg.MetricsAddr, reg, ag.Ready, logger)
 				if err != nil {
 					return err
 				}
@@ -95,13 +95,14 @@ func newAgentCommand() *cobra.Command {
 	return cmd
 }
 
-// serveMetrics serves /metrics and /healthz for the agent.
-func serveMetrics(addr string, reg *prometheus.Registry, logger *slog.Logger) (func(), error) {
+// serveMetrics serves /metrics, /healthz and /readyz (ready) for the agent.
+func serveMetrics(addr string, reg *prometheus.Registry, ready func() error, logger *slog.Logger) (func(), error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listener: %w", err)
 	}
-	srv := &http.Server{Handler: telemetry.Handler(reg, func() error { return nil }), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: telemetry.Handler(reg, ready), ReadHeaderTimeout: 5 * time.Second}
+	logger.Info("serving /metrics, /healthz and /readyz", slog.String("address", lis.Addr().String()))
 	go func() {
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			logger.Error("metrics server stopped", slog.Any("error", err))

@@ -136,7 +136,7 @@ func newAgentAdminCommands() []*cobra.Command {
 	for _, c := range []*cobra.Command{list, show, evict, ban, unban} {
 		af.register(c)
 	}
-	return []*cobra.Command{list, show, evict, ban, unban}
+	return []*cobra.Command{list, show, evict, ban, unban, newAgentHealthcheckCommand()}
 }
 
 func newBundleCommand() *cobra.Command {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,6 +49,9 @@ type Config struct {
 	DataDir      string
 	SocketPath   string        // default /run/shortleaf/agent.sock
 	SyncInterval time.Duration // default 5s
+	// SyncDeadline is how long the agent may go without a sync answer from
+	// the server and still be ready (Ready); default DefaultSyncDeadline.
+	SyncDeadline time.Duration
 	// X509SVIDCacheMaxSize, when above 0, makes the agent obtain an entry's
 	// X.509-SVID only once a workload asks for it, and keep renewing the
 	// most recently asked-for ones up to this many (a soft limit: the
@@ -76,6 +80,7 @@ const (
 	// be created first by another user (uds.Listen refuses one it does not own).
 	DefaultSocketPath   = "/run/shortleaf/agent.sock"
 	DefaultSyncInterval = 5 * time.Second
+	DefaultSyncDeadline = time.Minute
 	rpcTimeout          = 30 * time.Second
 	shutdownGrace       = 5 * time.Second
 )
@@ -106,6 +111,9 @@ type Agent struct {
 	// yet tried), and whether the first sync has completed.
 	tokenTried bool
 	synced     bool
+	// lastSync is when the server last answered a sync (Unix nanoseconds),
+	// read by Ready and the metrics.
+	lastSync atomic.Int64
 
 	// Used by the manage loop only, for the server's signing queue: whether
 	// its last answer said it was busy (renew early), the most CSRs a pass
@@ -153,6 +161,9 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 	if cfg.SyncInterval == 0 {
 		cfg.SyncInterval = DefaultSyncInterval
 	}
+	if cfg.SyncDeadline == 0 {
+		cfg.SyncDeadline = max(DefaultSyncDeadline, 3*cfg.SyncInterval)
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real
 	}
@@ -181,6 +192,7 @@ func New(_ context.Context, cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, servers: newServerAddrs(cfg.ServerAddrs), store: storage{dir: cfg.DataDir}, cache: newCache(cfg.TrustDomain), unlock: unlock, syncWake: make(chan struct{}, 1)}
 	a.cache.onDemand(cfg.X509SVIDCacheMaxSize, a.syncWake, cfg.Clock.Now)
 	a.metrics = telemetry.NewAgent(cfg.Registry, func() (int, int) { return a.cache.svidCounts(a.cfg.Clock.Now()) })
+	a.metrics.WatchSync(cfg.Registry, a.LastSync)
 	if a.cfg.WorkloadAttestor == nil {
 		ua := unix.New()
 		ua.Logger = cfg.Logger

@@ -501,6 +501,31 @@ func (c *cache) svidCounts(now time.Time) (cached, expired int) {
 	return len(c.svids), expired
 }
 
+// unserved counts the entries the agent serves (on demand: those asked
+// for) without a valid SVID: none yet (or none for the entry's current
+// revision), or one past its NotAfter; first names one of them.
+func (c *cache) unserved(now time.Time) (missing, expired int, first string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, e := range c.entries {
+		if c.maxSVIDs > 0 && c.wantedAt[id] == nil {
+			continue
+		}
+		switch s, ok := c.svids[id]; {
+		case !ok || s.Revision != e.Revision:
+			missing++
+		case !now.Before(s.NotAfter):
+			expired++
+		default:
+			continue
+		}
+		if first == "" || e.SPIFFEID.String() < first {
+			first = e.SPIFFEID.String()
+		}
+	}
+	return missing, expired, first
+}
+
 func (c *cache) lookup(id string) (*entry, *svid) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -87,3 +87,27 @@ func TestOnDemandCacheWantsAndLetsGo(t *testing.T) {
 		t.Fatalf("%d entries wanted, want 2", len(c.wantedAt))
 	}
 }
+
+// Readiness counts the entries served without a valid SVID: none, one for
+// an older revision of the entry, or one past its NotAfter.
+func TestUnservedEntries(t *testing.T) {
+	now := time.Now()
+	c := newCache(spiffeid.RequireTrustDomainFromString("example.org"))
+	for _, id := range []string{"fresh", "none", "stale", "expired"} {
+		c.entries[id] = &entry{ID: id, Revision: 2, Registration: workloadapi.Registration{EntryID: id,
+			SPIFFEID: spiffeid.RequireFromString("spiffe://example.org/" + id)}}
+	}
+	c.svids["fresh"] = &svid{Revision: 2, NotAfter: now.Add(time.Minute)}
+	c.svids["stale"] = &svid{Revision: 1, NotAfter: now.Add(time.Minute)}
+	c.svids["expired"] = &svid{Revision: 2, NotAfter: now}
+	missing, expired, first := c.unserved(now)
+	if missing != 2 || expired != 1 || first != "spiffe://example.org/expired" {
+		t.Fatalf("unserved = %d missing, %d expired, first %q", missing, expired, first)
+	}
+	delete(c.entries, "none")
+	delete(c.entries, "stale")
+	delete(c.entries, "expired")
+	if m, e, _ := c.unserved(now); m+e != 0 {
+		t.Fatalf("a served entry with a valid SVID counted as unserved (%d, %d)", m, e)
+	}
+}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/shortleaf/shortleaf/attest"
 	"github.com/shortleaf/shortleaf/pkg/api"
+	"github.com/shortleaf/shortleaf/pkg/telemetry"
 	"github.com/shortleaf/shortleaf/pkg/workloadapi"
 	agentv1 "github.com/shortleaf/shortleaf/proto/agent/v1"
 )
@@ -116,6 +117,7 @@ func (a *Agent) manage(ctx context.Context) error {
 		}
 		if answered {
 			syncB.reset()
+			a.lastSync.Store(a.cfg.Clock.Now().UnixNano())
 			if !a.synced {
 				a.synced = true
 				a.cfg.Logger.Info("agent running", slog.String("agent_id", a.ID()), slog.String("socket", a.cfg.SocketPath),
@@ -639,7 +641,15 @@ func (e *serverBusyError) Error() string {
 func (a *Agent) issueBatch(ctx context.Context, batch []*entry, keys map[string]crypto.Signer, req *agentv1.BatchNewX509SVIDRequest) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
+	start := time.Now()
 	resp, err := a.client.BatchNewX509SVID(ctx, req)
+	telemetry.ObserveSince(a.metrics.IssueDuration, start)
+	if err != nil {
+		a.metrics.IssueResults.WithLabelValues(status.Code(err).String()).Add(float64(len(batch)))
+	}
+	for _, r := range resp.GetResults() {
+		a.metrics.IssueResults.WithLabelValues(codes.Code(r.GetStatusCode()).String()).Inc()
+	}
 	if st, ok := status.FromError(err); ok && err != nil && st.Code() == codes.ResourceExhausted {
 		a.serverBusy = true
 		a.metrics.SVIDRequestsShed.Add(float64(len(batch)))

@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"fmt"
 	"math/big"
 	"os"
@@ -395,4 +396,77 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// BenchmarkAppendAndWait is a record's cost as issuance pays it: many
+// callers append and wait for durability, and the writer commits them in
+// batches (one write and fsync each).
+func BenchmarkAppendAndWait(b *testing.B) {
+	l, err := Open(Config{Dir: filepath.Join(b.TempDir(), "audit"), Replica: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	rec := issuance(time.Now(), 1)
+	ctx := context.Background()
+	b.SetParallelism(32)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := l.Wait(ctx, l.Append(rec)); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	s := l.Stats()
+	b.ReportMetric(float64(s.Records)/float64(max(s.Commits, 1)), "records/commit")
+}
+
+// switchingSigner signs with whichever test CA is current.
+type switchingSigner struct{ cur *testCA }
+
+func (s *switchingSigner) SignDetached(msg []byte) ([]byte, []*x509.Certificate, error) {
+	return s.cur.SignDetached(msg)
+}
+
+func rootRecord(c *testCA) Record {
+	return Record{Time: t0, Actor: ActorServer, Action: ActionBundle, Object: c.root.Subject.CommonName, Result: ResultOK,
+		Details: map[string]string{DetailRoots: base64.StdEncoding.EncodeToString(c.root.Raw)}}
+}
+
+// After a root rotation the bundle holds only the new root, yet the early
+// checkpoints, signed under the old one, still verify: a checkpoint signed
+// under the new root vouches for the record that named the old root. A
+// root the log never named, or a bundle of another CA, does not verify.
+func TestCheckpointsSignedUnderARetiredRoot(t *testing.T) {
+	oldCA, newCA := newTestCA(t), newTestCA(t)
+	sw := &switchingSigner{cur: oldCA}
+	f := newFixture(t, func(c *Config) { c.Signer = sw })
+	l := f.open()
+	l.Append(rootRecord(oldCA))
+	f.clock.Add(time.Minute) // a checkpoint under the old root
+	waitFor(t, func() bool { return !l.Stats().LastCheckpoint.IsZero() })
+	l.Append(rootRecord(newCA))
+	first := l.Stats().LastCheckpoint
+	f.clock.Add(time.Minute) // the old root's last checkpoint names the new root
+	waitFor(t, func() bool { return l.Stats().LastCheckpoint.After(first) })
+	sw.cur = newCA
+	if err := l.Close(); err != nil { // the final checkpoint, under the new root
+		t.Fatal(err)
+	}
+	for name, roots := range map[string][]*x509.Certificate{"new root": {newCA.root}, "old root": {oldCA.root}} {
+		rep, err := Verify(VerifyOptions{Dir: f.dir, Roots: roots, Now: f.clock.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rep.OK() || rep.SignedCheckpoints != 3 {
+			t.Fatalf("with the %s: %d signed, problems %v", name, rep.SignedCheckpoints, rep.Problems)
+		}
+	}
+	rep, err := Verify(VerifyOptions{Dir: f.dir, Roots: []*x509.Certificate{f.ca.root}, Now: f.clock.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantProblem(t, rep, "does not chain to the trust bundle")
 }

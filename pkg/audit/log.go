@@ -45,8 +45,12 @@ type Config struct {
 	// beyond it, so no record is ever dropped.
 	QueueSize int
 	Signer    Signer
-	Clock     clock.Clock
-	Logger    *slog.Logger
+	// FileHeader, when set, gives a record written first in every file
+	// (the server's trust bundle), so each file carries what verifying
+	// its checkpoints needs; false: none now.
+	FileHeader func() (Record, bool)
+	Clock      clock.Clock
+	Logger     *slog.Logger
 
 	// maxBatch bounds the records of one write (default 1024; tests lower it).
 	maxBatch int
@@ -471,6 +475,11 @@ func (l *Log) commit(batch []Record) error {
 	}
 	if err := l.rotateIfDue(batch[0].Time); err != nil {
 		return err
+	}
+	if l.fileSize == 0 && l.cfg.FileHeader != nil {
+		if h, ok := l.cfg.FileHeader(); ok {
+			batch = append([]Record{h}, batch...)
+		}
 	}
 	seq, head := l.seq, l.head
 	l.buf.Reset()

@@ -96,11 +96,16 @@ const (
 	ActionAgentAttest      = "agent.attest"
 	ActionAgentRenew       = "agent.renew"
 	ActionCATransition     = "ca.transition"
+	ActionBundle           = "ca.bundle"
 	ActionLogOpened        = "audit.opened"
 	ActionLogCheckpoint    = "audit.checkpoint"
 	ActionLogRetention     = "audit.retention"
 	ActionAttestSuppressed = "agent.attest.suppressed"
 )
+
+// DetailRoots is the detail of a ca.bundle record that lists the bundle's
+// root certificates (base64 DER, space-separated).
+const DetailRoots = "roots"
 
 // ActorServer is the actor of the server's own work (rotation, the log).
 const ActorServer = "server"

@@ -6,12 +6,14 @@ import (
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -87,6 +89,23 @@ type verifier struct {
 	retained  map[uint64]string
 	witnesses map[uint64]string
 	lastCP    *Record
+	// signed are the checkpoints whose signature verified by their own
+	// certificate; whether that chains to a trusted root is decided at
+	// the end, once every root the log names is known.
+	signed []signedCheckpoint
+	// roots are the root certificates the log's bundle records name.
+	roots []namedRoot
+}
+
+type signedCheckpoint struct {
+	rec   *Record
+	where Problem
+	chain []*x509.Certificate
+}
+
+type namedRoot struct {
+	seq  uint64
+	cert *x509.Certificate
 }
 
 // Verify checks every file of the log in opts.Dir: each record's hash, the
@@ -207,6 +226,14 @@ func (v *verifier) record(r *Record, where Problem) {
 		delete(v.witnesses, r.Seq)
 	}
 	switch r.Action {
+	case ActionBundle:
+		for _, der := range strings.Fields(r.Details[DetailRoots]) {
+			if raw, err := base64.StdEncoding.DecodeString(der); err == nil {
+				if c, err := x509.ParseCertificate(raw); err == nil {
+					v.roots = append(v.roots, namedRoot{seq: r.Seq, cert: c})
+				}
+			}
+		}
 	case ActionLogRetention:
 		last, err := strconv.ParseUint(r.Details["last_seq"], 10, 64)
 		if err == nil {
@@ -243,26 +270,26 @@ func (v *verifier) checkpoint(r *Record, where Problem) {
 		v.rep.Notes = append(v.rep.Notes, fmt.Sprintf("record %d: an unsigned checkpoint (%s)", r.Seq, r.Reason))
 		return
 	}
-	if err := checkCheckpointSignature(r, v.opts.Roots); err != nil {
+	chain, err := checkCheckpointSignature(r)
+	if err != nil {
 		v.problem(where, "checkpoint signature: %v", err)
 		return
 	}
-	v.rep.SignedCheckpoints++
+	v.signed = append(v.signed, signedCheckpoint{rec: r, where: where, chain: chain})
 }
 
 // checkCheckpointSignature checks r's signature by its chain's first
-// certificate and, given roots, that the chain leads to one of them at the
-// checkpoint's time.
-func checkCheckpointSignature(r *Record, roots []*x509.Certificate) error {
+// certificate and returns the chain.
+func checkCheckpointSignature(r *Record) ([]*x509.Certificate, error) {
 	cp := r.Checkpoint
 	if len(cp.Chain) == 0 {
-		return errors.New("no signer certificate")
+		return nil, errors.New("no signer certificate")
 	}
 	certs := make([]*x509.Certificate, 0, len(cp.Chain))
 	for _, der := range cp.Chain {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
-			return fmt.Errorf("signer chain: %w", err)
+			return nil, fmt.Errorf("signer chain: %w", err)
 		}
 		certs = append(certs, c)
 	}
@@ -276,32 +303,73 @@ func checkCheckpointSignature(r *Record, roots []*x509.Certificate) error {
 	case ed25519.PublicKey:
 		algo = x509.PureEd25519
 	default:
-		return fmt.Errorf("signer key type %T", signer.PublicKey)
+		return nil, fmt.Errorf("signer key type %T", signer.PublicKey)
 	}
 	if err := signer.CheckSignature(algo, CheckpointMessage(r.Replica, cp, r.Time), cp.Signature); err != nil {
-		return fmt.Errorf("does not verify: %w", err)
+		return nil, fmt.Errorf("does not verify: %w", err)
 	}
-	if roots == nil {
-		return nil
-	}
-	opts := x509.VerifyOptions{Roots: x509.NewCertPool(), Intermediates: x509.NewCertPool(), CurrentTime: r.Time,
+	return certs, nil
+}
+
+// chainsTo says whether chain (signer first) leads to one of roots at t.
+func chainsTo(chain []*x509.Certificate, roots []*x509.Certificate, t time.Time) error {
+	opts := x509.VerifyOptions{Roots: x509.NewCertPool(), Intermediates: x509.NewCertPool(), CurrentTime: t,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}
 	for _, root := range roots {
 		opts.Roots.AddCert(root)
 	}
-	for _, c := range certs[1:] {
+	for _, c := range chain[1:] {
 		opts.Intermediates.AddCert(c)
 	}
-	if _, err := signer.Verify(opts); err != nil {
-		return fmt.Errorf("the signer %q does not chain to the trust bundle: %w", signer.Subject.String(), err)
+	_, err := chain[0].Verify(opts)
+	return err
+}
+
+// trustCheckpoints decides which checkpoints chain to a trusted root. The
+// bundle's roots are trusted; so is every root the log names before a
+// checkpoint signed under a trusted root, since that checkpoint vouches for
+// everything before it. Roots retired long ago, whose keys signed the
+// early checkpoints, are thus trusted through the later ones.
+func (v *verifier) trustCheckpoints() {
+	if v.opts.Roots == nil {
+		v.rep.SignedCheckpoints = len(v.signed)
+		if len(v.signed) > 0 {
+			v.rep.Notes = append(v.rep.Notes, "checkpoint signers were not checked against a trust bundle (give --bundle)")
+		}
+		return
 	}
-	return nil
+	trusted := append([]*x509.Certificate(nil), v.opts.Roots...)
+	named := 0 // the roots of v.roots already trusted, in order of seq
+	ok := make([]bool, len(v.signed))
+	for changed := true; changed; {
+		changed = false
+		vouched := uint64(0)
+		for i, sc := range v.signed {
+			if !ok[i] && chainsTo(sc.chain, trusted, sc.rec.Time) == nil {
+				ok[i], changed = true, true
+			}
+			if ok[i] {
+				vouched = max(vouched, sc.rec.Checkpoint.Seq)
+			}
+		}
+		for named < len(v.roots) && v.roots[named].seq <= vouched {
+			trusted = append(trusted, v.roots[named].cert)
+			named++
+			changed = true
+		}
+	}
+	for i, sc := range v.signed {
+		if ok[i] {
+			v.rep.SignedCheckpoints++
+			continue
+		}
+		err := chainsTo(sc.chain, trusted, sc.rec.Time)
+		v.problem(sc.where, "checkpoint signature: the signer %q does not chain to the trust bundle or a root the log vouches for: %v", sc.chain[0].Subject.String(), err)
+	}
 }
 
 func (v *verifier) finish() {
-	if v.opts.Roots == nil && v.rep.SignedCheckpoints > 0 {
-		v.rep.Notes = append(v.rep.Notes, "checkpoint signers were not checked against a trust bundle (give --bundle)")
-	}
+	v.trustCheckpoints()
 	if s := v.start; s != nil && (s.Seq != 1 || s.Prev != genesis) {
 		if h, ok := v.retained[s.Seq-1]; ok && h == s.Prev {
 			v.rep.Notes = append(v.rep.Notes, fmt.Sprintf("records %s were removed by retention (recorded)", seqRange(1, s.Seq-1)))

@@ -29,6 +29,7 @@ type AgentFile struct {
 	DataDir           string      `yaml:"data_dir"`
 	SocketPath        string      `yaml:"socket_path"`
 	SyncInterval      Duration    `yaml:"sync_interval"`
+	SyncDeadline      Duration    `yaml:"sync_deadline"`
 	// X509SVIDCacheMaxSize > 0 obtains SVIDs only for entries workloads
 	// ask for, keeping that many warm (SPIRE's LRU SVID cache).
 	X509SVIDCacheMaxSize int    `yaml:"x509_svid_cache_max_size"`
@@ -165,6 +166,9 @@ func (f *AgentFile) Resolve() (Agent, error) {
 	if f.SyncInterval != 0 && (time.Duration(f.SyncInterval) < time.Second || time.Duration(f.SyncInterval) > 10*time.Minute) {
 		return Agent{}, fieldErr("sync_interval", "%s is out of range (1s to 10m)", time.Duration(f.SyncInterval))
 	}
+	if d := time.Duration(f.SyncDeadline); d != 0 && (d < 2*durationOr(f.SyncInterval, agent.DefaultSyncInterval) || d > 24*time.Hour) {
+		return Agent{}, fieldErr("sync_deadline", "%s is out of range (twice sync_interval to 24h)", d)
+	}
 	if k := f.K8s; k != nil {
 		switch {
 		case k.KubeletURL != "" && !strings.HasPrefix(k.KubeletURL, "https://") && !strings.HasPrefix(k.KubeletURL, "http://"):
@@ -196,6 +200,7 @@ func (f *AgentFile) Resolve() (Agent, error) {
 		Agent: agent.Config{
 			ServerAddrs: f.ServerAddress, TrustDomain: td, InsecureBootstrap: f.InsecureBootstrap,
 			JoinToken: f.JoinToken, DataDir: f.DataDir, SocketPath: f.SocketPath, SyncInterval: time.Duration(f.SyncInterval),
+			SyncDeadline:         time.Duration(f.SyncDeadline),
 			X509SVIDCacheMaxSize: f.X509SVIDCacheMaxSize, NodeAttestor: nodeAttestor,
 		},
 		MetricsAddr: f.MetricsAddress,

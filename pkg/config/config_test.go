@@ -194,6 +194,7 @@ func TestAgentConfig(t *testing.T) {
 		{"trust_domain: example.org\ndata_dir: /d\n", "server_address"},
 		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nsocket: /x\n", "socket"},
 		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nsync_interval: 1ms\n", "sync_interval"},
+		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\nsync_deadline: 6s\n", "sync_deadline: 6s is out of range (twice sync_interval"},
 		{"server_address: a:1\ntrust_domain: example.org\ndata_dir: /d\ntrust_bundle_path: /nonexistent\n", "trust_bundle_path"},
 		{"server_address: server-1\ntrust_domain: example.org\ndata_dir: /d\n", "server_address: \"server-1\" is not host:port"},
 		{"server_address: [a:1, b]\ntrust_domain: example.org\ndata_dir: /d\n", "server_address[1]"},

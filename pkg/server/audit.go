@@ -3,11 +3,13 @@ package server
 import (
 	"context"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/shortleaf/shortleaf/ca"
@@ -28,7 +30,7 @@ func (s *Server) openAuditLog() error {
 	}
 	l, err := audit.Open(audit.Config{Dir: s.cfg.AuditDir(), Replica: s.cfg.ReplicaID, MaxFileSize: ac.MaxFileSize, MaxFileAge: ac.MaxFileAge,
 		MaxTotalSize: ac.MaxTotalSize, MaxAge: ac.MaxAge, CheckpointInterval: ac.CheckpointInterval,
-		Signer: checkpointSigner{s}, Clock: s.cfg.Clock, Logger: s.cfg.Logger})
+		Signer: checkpointSigner{s}, FileHeader: s.bundleRecord, Clock: s.cfg.Clock, Logger: s.cfg.Logger})
 	if err != nil {
 		return fmt.Errorf("server: audit: %w", err)
 	}
@@ -63,15 +65,49 @@ func (s *Server) auditTransition(t ca.Transition) {
 		Result: audit.ResultOK, Details: map[string]string{"kind": string(t.Kind), "transition": t.What}})
 }
 
+// bundleRecord is the record of the trust bundle's roots: at the start of
+// every audit file, and whenever the bundle changes. With it, a verifier
+// that trusts a later root also trusts the checkpoints signed under the
+// roots before it (see audit.Verify). False before the CA is loaded.
+func (s *Server) bundleRecord() (audit.Record, bool) {
+	authority := s.auditCA.Load()
+	if authority == nil {
+		return audit.Record{}, false
+	}
+	b, seq := authority.Bundle()
+	roots := make([]string, 0, len(b.X509Authorities()))
+	for _, c := range b.X509Authorities() {
+		roots = append(roots, base64.StdEncoding.EncodeToString(c.Raw))
+	}
+	return audit.Record{Time: s.cfg.Clock.Now(), Actor: audit.ActorServer, Action: audit.ActionBundle, Object: strconv.FormatUint(seq, 10),
+		Result: audit.ResultOK, Details: map[string]string{audit.DetailRoots: strings.Join(roots, " ")}}, true
+}
+
+// auditBundle records the bundle when its sequence number has changed since
+// the last record (rotate loop only).
+func (s *Server) auditBundle() {
+	if s.auditLog == nil {
+		return
+	}
+	if _, seq := s.ca.Bundle(); seq == s.auditedBundleSeq {
+		return
+	}
+	if r, ok := s.bundleRecord(); ok {
+		s.auditLog.Append(r)
+		s.auditedBundleSeq, _ = strconv.ParseUint(r.Object, 10, 64)
+	}
+}
+
 // checkpointSigner signs the audit log's checkpoints with the CA's active
 // intermediate, once there is a CA.
 type checkpointSigner struct{ s *Server }
 
 func (c checkpointSigner) SignDetached(msg []byte) ([]byte, []*x509.Certificate, error) {
-	if c.s.ca == nil {
+	authority := c.s.auditCA.Load()
+	if authority == nil {
 		return nil, nil, errors.New("the CA is not loaded yet")
 	}
-	return c.s.ca.SignDetached(msg)
+	return authority.SignDetached(msg)
 }
 
 // ready is the server's readiness: the CA can sign and the audit log writes.

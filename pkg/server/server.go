@@ -262,12 +262,16 @@ type Server struct {
 	signQueue *signqueue.Queue
 	caMetrics *telemetry.CA
 	auditLog  *audit.Log
+	// auditCA is ca for the audit log's writer, which starts before it.
+	auditCA   atomic.Pointer[ca.CA]
 	poller    *federation.Poller
 	bundleEP  *bundleendpoint.Server
 	closers   []func() error
 	closeOnce sync.Once
 	// lastRootAlarm is when a blocked root rotation was last logged (rotate loop only).
 	lastRootAlarm time.Time
+	// auditedBundleSeq is the bundle sequence last recorded in the audit log (rotate loop only).
+	auditedBundleSeq uint64
 }
 
 // New opens the datastore, loads or creates the CA and opens every listener.
@@ -349,6 +353,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	s.auditCA.Store(s.ca)
 	if s.tlsCert, err = newServerCertificate(s.ca, cfg.Clock, min(serverSVIDTTL, cfg.MaxSVIDTTL), cfg.Logger); err != nil {
 		return nil, err
 	}
@@ -610,6 +615,7 @@ func (s *Server) rotate(ctx context.Context) {
 			s.cfg.Logger.Error("CA rotation failed; retrying", slog.Any("error", err))
 		}
 		s.tlsCert.refresh()
+		s.auditBundle()
 		s.observeAuthorities(ctx)
 		select {
 		case <-ctx.Done():

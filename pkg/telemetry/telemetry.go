@@ -214,6 +214,28 @@ type Agent struct {
 	WorkloadRefusals *prometheus.CounterVec
 	// OpenStreams is the number of Workload API and SDS streams open now.
 	OpenStreams *prometheus.GaugeVec
+	// IssueDuration is a BatchNewX509SVID call's round trip as the agent
+	// sees it (queueing, signing and the audit record on the server
+	// included); IssueResults counts the CSRs by the gRPC code answered.
+	IssueDuration prometheus.Histogram
+	IssueResults  *prometheus.CounterVec
+}
+
+// IssueCodes are the codes IssueResults starts with at 0.
+var IssueCodes = []string{"OK", "PermissionDenied", "InvalidArgument", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "Internal"}
+
+// WatchSync registers the time of the agent's last answered sync, read at
+// each scrape (0 before the first): alert on time() minus it.
+func (m *Agent) WatchSync(reg prometheus.Registerer, last func() time.Time) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "shortleaf_agent_last_sync_timestamp_seconds",
+		Help: "When the server last answered the agent's entry sync (Unix time; 0 before the first).",
+	}, func() float64 {
+		if t := last(); !t.IsZero() {
+			return float64(t.UnixNano()) / 1e9
+		}
+		return 0
+	}))
 }
 
 // SVIDCounts reports how many X.509-SVIDs an agent holds and how many of
@@ -271,10 +293,21 @@ func NewAgent(reg prometheus.Registerer, counts SVIDCounts) *Agent {
 		Name: "shortleaf_agent_workload_api_streams",
 		Help: "Workload API and SDS streams open now, by method.",
 	}, []string{"method"})
+	m.IssueDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "shortleaf_agent_x509_svid_issuance_duration_seconds",
+		Help:    "Round trip of one batch of X.509-SVID requests to the server, as the agent sees it.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .2, .5, 1, 2.5, 5, 10, 30},
+	})
+	m.IssueResults = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "shortleaf_agent_x509_svid_issuance_results_total",
+		Help: "X.509-SVID requests the agent sent, by the gRPC code answered (a failed call counts each of its CSRs).",
+	}, []string{"code"})
 	initLabels(m.WorkloadRequests, WorkloadAPIMethods, []string{ResultOK, ResultDenied, ResultError})
 	initLabels(m.SVIDRenewals, RenewalCauses)
 	initLabels(m.WorkloadRefusals, []string{"connection_limit"})
-	reg.MustRegister(m.WorkloadRequests, m.SVIDRenewals, m.SVIDRequestsShed, m.SyncFailures, m.CachedSVIDs, m.ExpiredSVIDs, m.FirstResponse, m.WorkloadRefusals, m.OpenStreams)
+	initLabels(m.IssueResults, IssueCodes)
+	reg.MustRegister(m.WorkloadRequests, m.SVIDRenewals, m.SVIDRequestsShed, m.SyncFailures, m.CachedSVIDs, m.ExpiredSVIDs, m.FirstResponse, m.WorkloadRefusals, m.OpenStreams,
+		m.IssueDuration, m.IssueResults)
 	return m
 }
 
