@@ -109,6 +109,7 @@ func (a *Agent) askSync(entriesRevision uint64) error {
 	a.mu.Unlock()
 	err := a.stream.stream.Send(&agentv1.SyncRequest{
 		BundleSequence: seq, SignerKeyIds: signers, EntriesRevision: entriesRevision, FederatedTrustDomains: a.federatedTDs,
+		AgentTimeUnixMs: a.cfg.Clock.Now().UnixMilli(),
 	})
 	if err != nil {
 		// Send reports only that the stream is broken; Recv has the reason.

@@ -145,6 +145,7 @@ type AgentService struct {
 	// per source a minute, the next one counting those left out.
 	auditRefusals *ratelimit.Sampler
 	seen          lastSeen
+	skews         clockSkews
 	signed        signedUntil
 }
 
@@ -358,7 +359,9 @@ func (s *AgentService) callerAgent(ctx context.Context) (spiffeid.ID, *datastore
 // propagation gate and revoke decide on (the bundle it holds, the keys that
 // signed its SVIDs) is written now; a sync that moves only the time is kept
 // in memory and written in the next batch (RunLastSeenFlusher).
-func (s *AgentService) recordReport(ctx context.Context, agentID spiffeid.ID, agent *datastore.Agent, bundleSeq uint64, signerKeyIDs [][]byte) error {
+func (s *AgentService) recordReport(ctx context.Context, agentID spiffeid.ID, agent *datastore.Agent, r syncReport) error {
+	bundleSeq, signerKeyIDs := r.GetBundleSequence(), r.GetSignerKeyIds()
+	s.skews.observe(ctx, s, agentID.String(), r.GetAgentTimeUnixMs())
 	if n := len(signerKeyIDs); n > MaxSignerKeyIDs {
 		return s.refuse(ctx, "batch_limit", agentID.String(), invalid("signer_key_ids", "has %d key IDs, more than the limit of %d", n, MaxSignerKeyIDs))
 	}
@@ -390,7 +393,7 @@ func (s *AgentService) SyncEntries(req *agentv1.SyncEntriesRequest, stream agent
 	if err != nil {
 		return err
 	}
-	if err := s.recordReport(ctx, agentID, agent, req.GetBundleSequence(), req.GetSignerKeyIds()); err != nil {
+	if err := s.recordReport(ctx, agentID, agent, req); err != nil {
 		return err
 	}
 	parents, err := s.parents(ctx, agentID, agent)
@@ -479,6 +482,7 @@ func (s *AgentService) syncState(ctx context.Context, federated []string) (*agen
 // BatchNewX509SVID signs each CSR whose entry is parented to the caller. Each
 // request gets its own result; one bad CSR does not fail the batch.
 func (s *AgentService) BatchNewX509SVID(ctx context.Context, req *agentv1.BatchNewX509SVIDRequest) (*agentv1.BatchNewX509SVIDResponse, error) {
+	defer telemetry.ObserveSince(s.cfg.Metrics.BatchDuration, time.Now())
 	agentID, agent, err := s.callerAgent(ctx)
 	if err != nil {
 		s.cfg.Metrics.SVIDsIssued.WithLabelValues(telemetry.ResultDenied).Add(float64(len(req.GetParams())))

@@ -35,7 +35,7 @@ func (s *AgentService) Sync(stream agentv1.AgentAPI_SyncServer) error {
 	if err != nil {
 		return err
 	}
-	if err := s.recordReport(ctx, agentID, agent, first.GetBundleSequence(), first.GetSignerKeyIds()); err != nil {
+	if err := s.recordReport(ctx, agentID, agent, first); err != nil {
 		return err
 	}
 	s.cfg.Metrics.SyncStreams.Inc()
@@ -71,7 +71,7 @@ func (s *AgentService) Sync(stream agentv1.AgentAPI_SyncServer) error {
 				return err
 			}
 			sess.agent = agent
-			if err := s.recordReport(ctx, agentID, agent, req.GetBundleSequence(), req.GetSignerKeyIds()); err != nil {
+			if err := s.recordReport(ctx, agentID, agent, req); err != nil {
 				return err
 			}
 			if err := sess.push(ctx); err != nil {

@@ -372,6 +372,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Audit: s.auditor(),
 	})
 	agentv1.RegisterAgentAPIServer(s.agentSrv, s.agentAPI)
+	s.metrics.WatchClockSkew(cfg.Registry, func() time.Duration { return s.agentAPI.MaxClockSkew(cfg.AgentLiveness) })
 	s.adminSrv = grpc.NewServer(append(adminLimits().ServerOptions(s.countRefusal),
 		grpc.Creds(uds.NewCredentials()), grpc.ChainUnaryInterceptor(api.AdminAuditInterceptor(s.auditor(), cfg.Clock, adminActor), adminUnaryCheck),
 		grpc.ChainStreamInterceptor(adminStreamCheck))...)
@@ -664,6 +665,10 @@ func (s *Server) observeAuthorities(ctx context.Context) {
 		s.caMetrics.AuthorityNotAfter.WithLabelValues(k[0], k[1]).Set(float64(t.Unix()))
 	}
 	s.observeRootRotation(ctx)
+	if next := s.ca.NextEvent(); !next.IsZero() {
+		s.caMetrics.NextTransition.Set(float64(next.Unix()))
+	}
+	s.observeFederation(ctx)
 	resp, err := s.admin.ListAuthorities(ctx, &adminv1.ListAuthoritiesRequest{})
 	if err != nil {
 		return
@@ -674,6 +679,30 @@ func (s *Server) observeAuthorities(ctx context.Context) {
 		ratio = float64(p.GetCurrentAgents()) / float64(p.GetLiveAgents())
 	}
 	s.caMetrics.Propagation.Set(ratio)
+}
+
+// observeFederation refreshes the federation metrics from the stored
+// relationships (a handful: they are configured by hand).
+func (s *Server) observeFederation(ctx context.Context) {
+	feds, err := s.store.ListFederations(ctx)
+	if err != nil {
+		return
+	}
+	m := s.caMetrics
+	m.FederationLastRefresh.Reset()
+	m.FederationFailing.Reset()
+	for _, f := range feds {
+		last := 0.0
+		if !f.LastRefresh.IsZero() {
+			last = float64(f.LastRefresh.Unix())
+		}
+		m.FederationLastRefresh.WithLabelValues(f.TrustDomain).Set(last)
+		failing := 0.0
+		if f.LastError != "" {
+			failing = 1
+		}
+		m.FederationFailing.WithLabelValues(f.TrustDomain).Set(failing)
+	}
 }
 
 // rootAlarmInterval is how often a blocked root rotation is logged again.

@@ -73,6 +73,21 @@ type Server struct {
 	// SignQueueShed counts those it refused or dropped, by reason.
 	SignQueueWait prometheus.Histogram
 	SignQueueShed *prometheus.CounterVec
+	// BatchDuration is a BatchNewX509SVID call on the server, from its
+	// arrival to its answer: queueing, signing and the audit record.
+	BatchDuration prometheus.Histogram
+	// ClockSkew is the agents' clock skew (absolute), one observation per
+	// sync request.
+	ClockSkew prometheus.Histogram
+}
+
+// WatchClockSkew registers the largest clock skew among the live agents,
+// read at each scrape.
+func (m *Server) WatchClockSkew(reg prometheus.Registerer, most func() time.Duration) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "shortleaf_server_agent_clock_skew_max_seconds",
+		Help: "The largest clock skew (absolute, server clock minus agent clock) among agents that synced within the liveness window.",
+	}, func() float64 { return most().Seconds() }))
 }
 
 // SignQueueShedReasons are the values of SignQueueShed's reason label.
@@ -135,13 +150,24 @@ func NewServer(reg prometheus.Registerer) *Server {
 		Name: "shortleaf_server_signing_shed_total",
 		Help: "CSRs the signing queue refused (queue_full, fair_share), gave up for more urgent ones (displaced), or dropped unsigned (too_late, caller_gone, closed).",
 	}, []string{"reason"})
+	m.BatchDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "shortleaf_server_x509_svid_batch_duration_seconds",
+		Help:    "Time from a BatchNewX509SVID call's arrival to its answer (queueing, signing, the audit record).",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .2, .5, 1, 2.5, 5, 10, 30},
+	})
+	m.ClockSkew = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "shortleaf_server_agent_clock_skew_seconds",
+		Help:    "Agents' clock skew (absolute, server clock minus agent clock), one observation per sync request.",
+		Buckets: []float64{.05, .1, .25, .5, 1, 2, 5, 10, 15, 30, 60, 300},
+	})
 	initLabels(m.SignQueueShed, SignQueueShedReasons)
 	initLabels(m.SVIDsIssued, Results)
 	initLabels(m.AgentAttestations, NodeAttestors, Results)
 	initLabels(m.AgentRenewals, Results)
 	initLabels(m.Refusals, RefusalReasons)
 	initLabels(m.SyncStarts, SyncStartKinds)
-	reg.MustRegister(m.SVIDsIssued, m.SignDuration, m.AgentAttestations, m.AgentRenewals, m.Refusals, m.SyncStreams, m.SyncStarts, m.SyncChanges, m.SignQueueWait, m.SignQueueShed)
+	reg.MustRegister(m.SVIDsIssued, m.SignDuration, m.AgentAttestations, m.AgentRenewals, m.Refusals, m.SyncStreams, m.SyncStarts, m.SyncChanges, m.SignQueueWait, m.SignQueueShed,
+		m.BatchDuration, m.ClockSkew)
 	return m
 }
 
@@ -156,6 +182,12 @@ type CA struct {
 	RootDeadline     prometheus.Gauge
 	RootGateBlocked  prometheus.Gauge
 	RootGateBlockers prometheus.Gauge
+	// NextTransition is when the key schedule next changes an authority.
+	NextTransition prometheus.Gauge
+	// FederationLastRefresh is each federated bundle's last successful
+	// fetch; FederationFailing is 1 while its last fetch failed.
+	FederationLastRefresh *prometheus.GaugeVec
+	FederationFailing     *prometheus.GaugeVec
 }
 
 // NewCA registers the key lifecycle metrics on reg.
@@ -190,7 +222,20 @@ func NewCA(reg prometheus.Registerer) *CA {
 		Name: "shortleaf_ca_root_gate_blockers",
 		Help: "Live agents and federated consumers that still lack the prepared next root, at the last gate check (0 when none waits).",
 	})
-	reg.MustRegister(m.AuthorityNotAfter, m.Transitions, m.Propagation, m.RootTimeToExpiry, m.RootDeadline, m.RootGateBlocked, m.RootGateBlockers)
+	m.NextTransition = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "shortleaf_ca_next_transition_timestamp_seconds",
+		Help: "When the key schedule next prepares, activates or retires an authority (Unix time); alert when it lies in the past for long: rotation is stuck.",
+	})
+	m.FederationLastRefresh = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "shortleaf_federation_last_refresh_timestamp_seconds",
+		Help: "When each federated trust domain's bundle was last fetched successfully (Unix time; 0 never).",
+	}, []string{"trust_domain"})
+	m.FederationFailing = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "shortleaf_federation_refresh_failing",
+		Help: "1 while the last fetch of a federated trust domain's bundle failed (the last good bundle is kept), else 0.",
+	}, []string{"trust_domain"})
+	reg.MustRegister(m.AuthorityNotAfter, m.Transitions, m.Propagation, m.RootTimeToExpiry, m.RootDeadline, m.RootGateBlocked, m.RootGateBlockers,
+		m.NextTransition, m.FederationLastRefresh, m.FederationFailing)
 	return m
 }
 

@@ -573,8 +573,11 @@ type SyncEntriesRequest struct {
 	// With entries_revision: the foreign trust domains the held entries
 	// federate with, whose bundles the server should send.
 	FederatedTrustDomains []string `protobuf:"bytes,4,rep,name=federated_trust_domains,json=federatedTrustDomains,proto3" json:"federated_trust_domains,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// The agent's clock when it sent this (Unix milliseconds), from which
+	// the server measures the agent's clock skew; 0 from older agents.
+	AgentTimeUnixMs int64 `protobuf:"varint,5,opt,name=agent_time_unix_ms,json=agentTimeUnixMs,proto3" json:"agent_time_unix_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SyncEntriesRequest) Reset() {
@@ -633,6 +636,13 @@ func (x *SyncEntriesRequest) GetFederatedTrustDomains() []string {
 		return x.FederatedTrustDomains
 	}
 	return nil
+}
+
+func (x *SyncEntriesRequest) GetAgentTimeUnixMs() int64 {
+	if x != nil {
+		return x.AgentTimeUnixMs
+	}
+	return 0
 }
 
 type Selector struct {
@@ -909,8 +919,10 @@ type SyncRequest struct {
 	// The foreign trust domains the held entries federate with, whose
 	// bundles the answer carries.
 	FederatedTrustDomains []string `protobuf:"bytes,4,rep,name=federated_trust_domains,json=federatedTrustDomains,proto3" json:"federated_trust_domains,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// The agent's clock when it sent this (see SyncEntriesRequest).
+	AgentTimeUnixMs int64 `protobuf:"varint,5,opt,name=agent_time_unix_ms,json=agentTimeUnixMs,proto3" json:"agent_time_unix_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SyncRequest) Reset() {
@@ -969,6 +981,13 @@ func (x *SyncRequest) GetFederatedTrustDomains() []string {
 		return x.FederatedTrustDomains
 	}
 	return nil
+}
+
+func (x *SyncRequest) GetAgentTimeUnixMs() int64 {
+	if x != nil {
+		return x.AgentTimeUnixMs
+	}
+	return 0
 }
 
 type SyncResponse struct {
@@ -1563,12 +1582,13 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x11RenewAgentRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"F\n" +
 	"\x12RenewAgentResponse\x120\n" +
-	"\x04svid\x18\x01 \x01(\v2\x1c.shortleaf.agent.v1.X509SVIDR\x04svid\"\xc6\x01\n" +
+	"\x04svid\x18\x01 \x01(\v2\x1c.shortleaf.agent.v1.X509SVIDR\x04svid\"\xf3\x01\n" +
 	"\x12SyncEntriesRequest\x12'\n" +
 	"\x0fbundle_sequence\x18\x01 \x01(\x04R\x0ebundleSequence\x12$\n" +
 	"\x0esigner_key_ids\x18\x02 \x03(\fR\fsignerKeyIds\x12)\n" +
 	"\x10entries_revision\x18\x03 \x01(\x04R\x0fentriesRevision\x126\n" +
-	"\x17federated_trust_domains\x18\x04 \x03(\tR\x15federatedTrustDomains\"4\n" +
+	"\x17federated_trust_domains\x18\x04 \x03(\tR\x15federatedTrustDomains\x12+\n" +
+	"\x12agent_time_unix_ms\x18\x05 \x01(\x03R\x0fagentTimeUnixMs\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"\xc8\x02\n" +
@@ -1589,12 +1609,13 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x0ftainted_key_ids\x18\x04 \x03(\fR\rtaintedKeyIds\x12P\n" +
 	"\x11federated_bundles\x18\x05 \x03(\v2#.shortleaf.agent.v1.FederatedBundleR\x10federatedBundles\x12)\n" +
 	"\x10entries_revision\x18\x06 \x01(\x04R\x0fentriesRevision\x12\x1c\n" +
-	"\tunchanged\x18\a \x01(\bR\tunchanged\"\xbf\x01\n" +
+	"\tunchanged\x18\a \x01(\bR\tunchanged\"\xec\x01\n" +
 	"\vSyncRequest\x12'\n" +
 	"\x0fbundle_sequence\x18\x01 \x01(\x04R\x0ebundleSequence\x12$\n" +
 	"\x0esigner_key_ids\x18\x02 \x03(\fR\fsignerKeyIds\x12)\n" +
 	"\x10entries_revision\x18\x03 \x01(\x04R\x0fentriesRevision\x126\n" +
-	"\x17federated_trust_domains\x18\x04 \x03(\tR\x15federatedTrustDomains\"\xf7\x01\n" +
+	"\x17federated_trust_domains\x18\x04 \x03(\tR\x15federatedTrustDomains\x12+\n" +
+	"\x12agent_time_unix_ms\x18\x05 \x01(\x03R\x0fagentTimeUnixMs\"\xf7\x01\n" +
 	"\fSyncResponse\x123\n" +
 	"\aentries\x18\x01 \x03(\v2\x19.shortleaf.agent.v1.EntryR\aentries\x12*\n" +
 	"\x11deleted_entry_ids\x18\x02 \x03(\tR\x0fdeletedEntryIds\x12\x12\n" +
