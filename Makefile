@@ -4,7 +4,7 @@ BUF     := tools/bin/buf
 LINTER  := tools/bin/golangci-lint
 PKGS    := ./...
 
-.PHONY: all build install deps test lint generate generate-check demo bench loadtest fuzz soak clean
+.PHONY: all build install deps test lint monitoring-check generate generate-check demo bench loadtest fuzz soak clean
 
 all: build
 
@@ -15,16 +15,21 @@ build:
 install:
 	$(GO) install -buildvcs=auto ./cmd/shortleaf
 
-## test: linters, generated code current, vet, every test with the race detector, the TPM
+## test: linters, generated code current, alert rules checked and unit-tested (promtool), vet, every test with the race detector, the TPM
 ## attestor's tests on the TPM 2.0 simulator (cgo, -tags tpmsimulator), then the
 ## 30-day rotation and 5-day root-lifetime simulations (single-goroutine logic: run once
 ## without -race, after the timing-sensitive tests rather than beside them)
-test: deps lint generate-check
+test: deps lint generate-check monitoring-check
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags tpmsimulator ./attest/tpm/... ./pkg/harness/
 	$(GO) test -race -short -count=1 -timeout 20m $(PKGS)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m -tags tpmsimulator -run 'TPM' ./attest/tpm/ ./pkg/harness/
 	$(GO) test -count=1 -timeout 10m -run 'TestThirtyDaysOfRotation|TestRootLifetimeRotation' ./ca/
+
+## monitoring-check: the alert rules are valid and each passes its promtool unit tests
+monitoring-check: deps
+	promtool check rules docs/monitoring/alerts.yml
+	cd docs/monitoring && promtool test rules alerts_test.yml
 
 ## deps: what the tests need beyond Go (softhsm2, from Debian's packages)
 deps:
