@@ -139,6 +139,7 @@ func newDevCommand() *cobra.Command {
 	cmd.Flags().StringVar(&cfg.SocketPath, "socket", "", "Workload API socket path (default <data-dir>/agent.sock)")
 	cmd.Flags().DurationVar(&cfg.X509SVIDTTL, "x509-svid-ttl", server.DefaultX509SVIDTTL, "X.509-SVID lifetime (1m to 24h)")
 	cmd.Flags().DurationVar(&cfg.IntermediateTTL, "intermediate-ttl", 24*time.Hour, "intermediate CA (and JWT key) lifetime; at least twice the SVID TTL")
+	cmd.Flags().StringVar(&cfg.StatusAddr, "status-address", devmode.DefaultStatusAddr, "where to serve the read-only status page (loopback; port 0 picks one), or off")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "log at info level instead of warn (same as --log-level info)")
 	lf.register(cmd, "warn")
 	return cmd

@@ -26,6 +26,7 @@ type ServerFile struct {
 	AgentAPIAddress   string   `yaml:"agent_api_address"`
 	AdminSocket       string   `yaml:"admin_socket"`
 	MetricsAddress    string   `yaml:"metrics_address"`
+	StatusAddress     string   `yaml:"status_address"`
 	X509SVIDTTL       Duration `yaml:"x509_svid_ttl"`
 	JWTSVIDTTL        Duration `yaml:"jwt_svid_ttl"`
 	AgentSVIDTTL      Duration `yaml:"agent_svid_ttl"`
@@ -254,6 +255,7 @@ func (f *ServerFile) resolveSettings() (server.Config, slog.Level, error) {
 		AgentAPIAddr:      orDefault(f.AgentAPIAddress, server.DefaultAgentAPIAddr),
 		AdminSocket:       f.AdminSocket,
 		MetricsAddr:       orDefault(f.MetricsAddress, DefaultMetricsAddress),
+		StatusAddr:        f.StatusAddress,
 		DefaultSVIDTTL:    durationOr(f.X509SVIDTTL, server.DefaultX509SVIDTTL),
 		DefaultJWTTTL:     time.Duration(f.JWTSVIDTTL),
 		AgentSVIDTTL:      durationOr(f.AgentSVIDTTL, server.DefaultAgentSVIDTTL),

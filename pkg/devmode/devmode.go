@@ -34,10 +34,16 @@ type Config struct {
 	X509SVIDTTL     time.Duration // default 5m
 	IntermediateTTL time.Duration // default 24h
 	SyncInterval    time.Duration // default 1s: dev wants entry changes to show at once
-	Logger          *slog.Logger
+	// StatusAddr is where the status page is served: default
+	// DefaultStatusAddr (loopback, a free port); "off" turns it off.
+	StatusAddr string
+	Logger     *slog.Logger
 	// Out receives the human instructions (the export line).
 	Out io.Writer
 }
+
+// DefaultStatusAddr is dev mode's status page address: loopback only.
+const DefaultStatusAddr = "127.0.0.1:0"
 
 // DefaultDataDir is where dev mode keeps its state unless told otherwise.
 const DefaultDataDir = "/tmp/shortleaf/dev"
@@ -76,6 +82,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if scfg.IntermediateTTL == 0 {
 		scfg.IntermediateTTL = 24 * time.Hour
 	}
+	switch cfg.StatusAddr {
+	case "":
+		scfg.StatusAddr = DefaultStatusAddr
+	case "off":
+	default:
+		scfg.StatusAddr = cfg.StatusAddr
+	}
 	// Agent SVIDs are signed by the intermediates too: keep them short enough
 	// that a short --intermediate-ttl still rotates on schedule.
 	if scfg.AgentSVIDTTL > scfg.IntermediateTTL/4 {
@@ -113,6 +126,9 @@ func Run(ctx context.Context, cfg Config) error {
 	fmt.Fprintf(cfg.Out, "shortleaf dev is running (trust domain %s)\n", TrustDomain)
 	fmt.Fprintf(cfg.Out, "  workload identity: %s\n", devID(td))
 	fmt.Fprintf(cfg.Out, "  admin socket:      %s\n", srv.AdminSocket())
+	if u := srv.StatusURL(); u != "" {
+		fmt.Fprintf(cfg.Out, "  status page:       %s\n", u)
+	}
 	fmt.Fprintf(cfg.Out, "export SHORTLEAF_ADMIN_SOCKET=%s\n", srv.AdminSocket())
 	fmt.Fprintf(cfg.Out, "export SPIFFE_ENDPOINT_SOCKET=unix://%s\n", cfg.SocketPath)
 	return g.Wait()

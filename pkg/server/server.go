@@ -48,11 +48,13 @@ import (
 
 // Config configures a server. Zero values take the documented defaults.
 type Config struct {
-	TrustDomain    spiffeid.TrustDomain
-	DataDir        string
-	AgentAPIAddr   string        // default 127.0.0.1:8081; ":0" picks a port
-	AdminSocket    string        // default <DataDir>/admin.sock
-	MetricsAddr    string        // empty: no metrics listener
+	TrustDomain  spiffeid.TrustDomain
+	DataDir      string
+	AgentAPIAddr string // default 127.0.0.1:8081; ":0" picks a port
+	AdminSocket  string // default <DataDir>/admin.sock
+	MetricsAddr  string // empty: no metrics listener
+	// StatusAddr, when set, serves the read-only status page there.
+	StatusAddr     string
 	DefaultSVIDTTL time.Duration // default 5m
 	DefaultJWTTTL  time.Duration // default 5m (at most MaxSVIDTTL)
 	AgentSVIDTTL   time.Duration // default 1h
@@ -255,6 +257,7 @@ type Server struct {
 	agentSrv  *grpc.Server
 	adminSrv  *grpc.Server
 	httpSrv   *http.Server
+	status    *statusPage
 	tlsCert   *serverCertificate
 	metrics   *telemetry.Server
 	admin     *api.AdminService
@@ -404,6 +407,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("server: metrics listener: %w", err)
 		}
 		s.httpSrv = &http.Server{Handler: telemetry.Handler(cfg.Registry, s.ready), ReadHeaderTimeout: 5 * time.Second}
+	}
+	if cfg.StatusAddr != "" {
+		if s.status, err = s.newStatusPage(cfg.StatusAddr); err != nil {
+			return nil, err
+		}
 	}
 	ok = true
 	return s, nil
@@ -596,11 +604,15 @@ func (s *Server) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return s.poller.Run(gctx) })
+	if s.status != nil {
+		g.Go(func() error { return s.status.run(gctx) })
+	}
 	if s.bundleEP != nil {
 		g.Go(func() error { return s.bundleEP.Run(gctx) })
 	}
 	s.cfg.Logger.Info("server running", slog.String("trust_domain", s.cfg.TrustDomain.Name()), slog.String("replica_id", s.cfg.ReplicaID),
-		slog.String("agent_api", s.AgentAddr()), slog.String("admin_socket", s.cfg.AdminSocket), slog.String("metrics", s.MetricsAddr()))
+		slog.String("agent_api", s.AgentAddr()), slog.String("admin_socket", s.cfg.AdminSocket), slog.String("metrics", s.MetricsAddr()),
+		slog.String("status_page", s.StatusURL()))
 	// Listener errors caused by our own shutdown are not failures.
 	if err := g.Wait(); err != nil && ctx.Err() == nil {
 		return err
@@ -790,6 +802,9 @@ func (s *Server) Close() error {
 		}
 		if s.bundleEP != nil {
 			_ = s.bundleEP.Close()
+		}
+		if s.status != nil {
+			_ = s.status.close()
 		}
 		for _, l := range []net.Listener{s.agentLis, s.adminLis, s.metricLis} {
 			if l != nil {

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/shortleaf/shortleaf/pkg/audit"
 	"github.com/shortleaf/shortleaf/pkg/signqueue"
@@ -99,6 +100,19 @@ func (m *Server) WatchSignQueue(reg prometheus.Registerer, depth func() int) {
 		Name: "shortleaf_server_signing_queue_depth",
 		Help: "CSRs waiting in the signing queue now.",
 	}, func() float64 { return float64(depth()) }))
+}
+
+// IssuedTotals reads the X.509-SVID request counters by result, for the
+// status page's history.
+func (m *Server) IssuedTotals() map[string]float64 {
+	out := make(map[string]float64, len(Results))
+	for _, r := range Results {
+		var d dto.Metric
+		if err := m.SVIDsIssued.WithLabelValues(r).Write(&d); err == nil {
+			out[r] = d.GetCounter().GetValue()
+		}
+	}
+	return out
 }
 
 // SyncStartKinds are the values of SyncStarts' kind label.
