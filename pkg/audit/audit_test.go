@@ -470,3 +470,36 @@ func TestCheckpointsSignedUnderARetiredRoot(t *testing.T) {
 	}
 	wantProblem(t, rep, "does not chain to the trust bundle")
 }
+
+// A disk that fails (here a file that is /dev/full: every write fails with
+// ENOSPC) holds issuance back instead of losing records: Wait does not
+// return, Healthy names the error, the errors are counted, and the writer
+// keeps trying.
+func TestFailingDiskHoldsRecordsBack(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Skip("no /dev/full")
+	}
+	f := newFixture(t, nil)
+	if err := os.MkdirAll(f.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/dev/full", filepath.Join(f.dir, fileName(1))); err != nil {
+		t.Fatal(err)
+	}
+	l := f.open()
+	ticket := l.Append(issuance(t0, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := l.Wait(ctx, ticket); err == nil {
+		t.Fatal("a record was reported durable on a disk that takes no write")
+	}
+	waitFor(t, func() bool { return l.Healthy() != nil && l.Stats().WriteErrors > 0 })
+	if err := l.Healthy(); !strings.Contains(err.Error(), "no space left on device") {
+		t.Fatalf("Healthy: %v", err)
+	}
+	f.clock.Add(writeRetry) // the writer tries again, and fails again
+	waitFor(t, func() bool { return l.Stats().WriteErrors > 1 })
+	if err := l.Close(); err == nil {
+		t.Fatal("Close reported success with records unwritten")
+	}
+}

@@ -6,6 +6,7 @@ func (l *Log) abandon() {
 	l.mu.Lock()
 	l.closing, l.crashed = true, true
 	l.signalSpaceLocked()
+	close(l.closed)
 	l.mu.Unlock()
 	select {
 	case l.wake <- struct{}{}:

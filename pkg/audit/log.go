@@ -113,6 +113,9 @@ type Log struct {
 	committed       chan struct{} // closed and replaced at each commit
 	space           chan struct{} // closed and replaced when the queue drains
 	wake            chan struct{}
+	// closed is closed by Close, so that a writer waiting to retry a
+	// failed write gives up after one more try.
+	closed chan struct{}
 	failure         error // the last write error, nil once a write succeeds
 	closing         bool
 	// crashed stops the writer as a crash would: no final checkpoint (tests).
@@ -156,7 +159,8 @@ func Open(cfg Config) (*Log, error) {
 	if err := safefile.CheckPrivateDir(cfg.Dir); err != nil {
 		return nil, fmt.Errorf("audit: dir: %w", err)
 	}
-	l := &Log{cfg: cfg, committed: make(chan struct{}), space: make(chan struct{}), wake: make(chan struct{}, 1), done: make(chan struct{}), head: genesis}
+	l := &Log{cfg: cfg, committed: make(chan struct{}), space: make(chan struct{}), wake: make(chan struct{}, 1), closed: make(chan struct{}),
+		done: make(chan struct{}), head: genesis}
 	opened := Record{Time: cfg.Clock.Now(), Actor: ActorServer, Action: ActionLogOpened, Result: ResultOK, Details: map[string]string{}}
 	if err := l.resume(opened.Details); err != nil {
 		return nil, err
@@ -364,6 +368,7 @@ func (l *Log) Close() error {
 	}
 	l.closing = true
 	l.signalSpaceLocked()
+	close(l.closed)
 	l.mu.Unlock()
 	select {
 	case l.wake <- struct{}{}:
@@ -431,8 +436,9 @@ func (l *Log) run(nextCheckpoint <-chan time.Time) {
 	}
 }
 
-// commitRetrying writes batch until it succeeds (or, when closing, tries
-// once more and gives up).
+// commitRetrying writes batch until it succeeds, or, once the log is
+// closing, tries once more and gives up: a stop must not hang on a dead
+// disk (the records' callers then get an error from Wait).
 func (l *Log) commitRetrying(batch []Record, closing bool) {
 	for attempt := 0; ; attempt++ {
 		err := l.commit(batch)
@@ -452,7 +458,11 @@ func (l *Log) commitRetrying(batch []Record, closing bool) {
 		if closing && attempt > 0 {
 			return
 		}
-		<-l.cfg.Clock.After(writeRetry)
+		select {
+		case <-l.cfg.Clock.After(writeRetry):
+		case <-l.closed:
+			closing = true // one more try, then give up
+		}
 	}
 }
 
