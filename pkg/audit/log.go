@@ -115,9 +115,9 @@ type Log struct {
 	wake            chan struct{}
 	// closed is closed by Close, so that a writer waiting to retry a
 	// failed write gives up after one more try.
-	closed chan struct{}
-	failure         error // the last write error, nil once a write succeeds
-	closing         bool
+	closed  chan struct{}
+	failure error // the last write error, nil once a write succeeds
+	closing bool
 	// crashed stops the writer as a crash would: no final checkpoint (tests).
 	crashed bool
 
