@@ -153,7 +153,11 @@ func AdminAuditInterceptor(log Auditor, clk clock.Clock, actor func(context.Cont
 		if b, ok := resp.(*adminv1.BatchEntryResponse); ok && err == nil {
 			r.Object, r.Details = batchSummary(b)
 		}
-		trail.record(r)
+		// The change is made; its record is waited for (admin calls are
+		// rare) so that the caller's answer means it is on disk. A failed
+		// wait does not undo the change: the log's failure is alarmed on
+		// by itself.
+		_ = trail.wait(ctx, trail.record(r))
 		return resp, err
 	}
 }

@@ -66,6 +66,9 @@ const (
 	defaultQueueSize          = 1 << 16
 	// writeRetry is how long the writer waits after a failed write.
 	writeRetry = time.Second
+	// flushDelay is the longest a record nobody waits for stays unwritten
+	// (real time: it bounds what a crash can lose, not a logical delay).
+	flushDelay = 20 * time.Millisecond
 )
 
 func (c *Config) applyDefaults() {
@@ -108,8 +111,12 @@ type Log struct {
 	mu      sync.Mutex
 	pending []Record
 	// queued counts records ever queued, durable those written and fsynced;
-	// a caller waits for durable to pass its record's number.
-	queued, durable uint64
+	// a caller waits for durable to pass its record's number. waitFor is
+	// the highest number a caller waits for: while it is above durable the
+	// writer commits at once, otherwise it lets records gather (up to
+	// flushDelay or maxBatch), so that issuance pays one fsync per batch of
+	// CSRs rather than one per record.
+	queued, durable, waitFor uint64
 	committed       chan struct{} // closed and replaced at each commit
 	space           chan struct{} // closed and replaced when the queue drains
 	wake            chan struct{}
@@ -300,12 +307,21 @@ func (l *Log) Append(r Record) uint64 {
 	l.pending = append(l.pending, r)
 	l.queued++
 	ticket := l.queued
+	// The writer needs waking only to arm its flush timer (the first
+	// record) or to write a full batch; a caller that waits wakes it too.
+	wake := len(l.pending) == 1 || len(l.pending) >= l.cfg.maxBatch
 	l.mu.Unlock()
+	if wake {
+		l.wakeWriter()
+	}
+	return ticket
+}
+
+func (l *Log) wakeWriter() {
 	select {
 	case l.wake <- struct{}{}:
 	default:
 	}
-	return ticket
 }
 
 // signalSpaceLocked wakes the callers of Append waiting for room.
@@ -323,7 +339,12 @@ func (l *Log) Wait(ctx context.Context, ticket uint64) error {
 			return nil
 		}
 		ch := l.committed
+		urge := ticket > l.waitFor
+		l.waitFor = max(l.waitFor, ticket)
 		l.mu.Unlock()
+		if urge {
+			l.wakeWriter()
+		}
 		select {
 		case <-ch:
 		case <-l.done:
@@ -389,15 +410,27 @@ func (l *Log) run(nextCheckpoint <-chan time.Time) {
 			_ = l.file.Close()
 		}
 	}()
+	var flush <-chan time.Time
 	for {
-		checkpoint := false
+		checkpoint, flushed := false, false
 		select {
 		case <-l.wake:
+		case <-flush:
+			flushed = true
 		case <-nextCheckpoint:
 			checkpoint = true
 			nextCheckpoint = l.cfg.Clock.After(l.cfg.CheckpointInterval)
 		}
 		l.mu.Lock()
+		if !flushed && !checkpoint && !l.closing && l.waitFor <= l.durable && len(l.pending) < l.cfg.maxBatch {
+			// Nobody waits: let records gather, at most flushDelay.
+			if len(l.pending) > 0 && flush == nil {
+				flush = time.After(flushDelay)
+			}
+			l.mu.Unlock()
+			continue
+		}
+		flush = nil
 		batch, closing, crashed := l.pending, l.closing, l.crashed
 		l.pending = l.spare[:0]
 		if len(batch) > l.cfg.maxBatch {
@@ -407,10 +440,7 @@ func (l *Log) run(nextCheckpoint <-chan time.Time) {
 			l.pending = append(l.pending, batch[l.cfg.maxBatch:]...)
 			batch = batch[:l.cfg.maxBatch]
 			closing = false
-			select {
-			case l.wake <- struct{}{}:
-			default:
-			}
+			l.wakeWriter()
 		}
 		if len(batch) > 0 {
 			l.signalSpaceLocked()
