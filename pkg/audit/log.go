@@ -117,9 +117,9 @@ type Log struct {
 	// flushDelay or maxBatch), so that issuance pays one fsync per batch of
 	// CSRs rather than one per record.
 	queued, durable, waitFor uint64
-	committed       chan struct{} // closed and replaced at each commit
-	space           chan struct{} // closed and replaced when the queue drains
-	wake            chan struct{}
+	committed                chan struct{} // closed and replaced at each commit
+	space                    chan struct{} // closed and replaced when the queue drains
+	wake                     chan struct{}
 	// closed is closed by Close, so that a writer waiting to retry a
 	// failed write gives up after one more try.
 	closed  chan struct{}

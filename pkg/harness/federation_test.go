@@ -120,6 +120,12 @@ func TestFederatedWorkloadsDoMTLSAcrossTrustDomains(t *testing.T) {
 	if err != nil || strings.TrimSpace(line) != idB.String() {
 		t.Fatalf("server saw %q, %v", line, err)
 	}
+	// The refreshes show in the metrics (the ShortleafFederationStale alert).
+	harness.Eventually(t, 15*time.Second, func() bool {
+		last, ok := labeledGauge(t, a.Registry, "shortleaf_federation_last_refresh_timestamp_seconds", "trust_domain", "other.org")
+		failing, _ := labeledGauge(t, a.Registry, "shortleaf_federation_refresh_failing", "trust_domain", "other.org")
+		return ok && time.Since(time.Unix(int64(last), 0)) < time.Minute && failing == 0
+	})
 	// Never merged: each trust domain's bundle holds only its own roots.
 	x, _ := fetchX509(t, agA.Addr(), 5*time.Second)
 	own, _ := x.Bundles.Get(harness.TrustDomain)
@@ -208,6 +214,11 @@ func TestBadForeignBundlesAreRejected(t *testing.T) {
 	if f.GetLastError() == "" {
 		t.Error("the failed refresh is not recorded")
 	}
+	// The failure shows in the metrics the ShortleafFederationStale alert reads.
+	harness.Eventually(t, 15*time.Second, func() bool {
+		v, ok := labeledGauge(t, a.Registry, "shortleaf_federation_refresh_failing", "trust_domain", "other.org")
+		return ok && v == 1
+	})
 	// Validation of the relationship itself.
 	for name, fed := range map[string]*adminv1.Federation{
 		"http URL":                 {TrustDomain: "x.org", BundleEndpointUrl: "http://x", Profile: "https_web"},

@@ -27,7 +27,7 @@ type statusPage struct {
 func (s *Server) newStatusPage(addr string) (*statusPage, error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("server: status page listener: %w", err)
+		return nil, fmt.Errorf("server: status_address: %w", err)
 	}
 	history := &statuspage.History{}
 	cfg := statuspage.Config{TrustDomain: s.cfg.TrustDomain, ReplicaID: s.cfg.ReplicaID, CA: s.ca, Store: s.store, Issuance: history, IssuedTotals: s.metrics.IssuedTotals,
