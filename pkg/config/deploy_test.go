@@ -3,6 +3,7 @@ package config_test
 import (
 	"bytes"
 	"encoding/pem"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -285,5 +286,17 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	if !ag.Spec.Template.Spec.HostPID {
 		t.Error("the agent needs hostPID to read its callers' cgroups")
+	}
+	// The probes ask the agent's health listener: /healthz for liveness,
+	// /readyz (valid SVIDs, a recent sync) for readiness.
+	_, metricsPort, _ := net.SplitHostPort(agentFile.MetricsAddress)
+	c := ag.Spec.Template.Spec.Containers[0]
+	for name, probe := range map[string]struct {
+		p    *corev1.Probe
+		path string
+	}{"liveness": {c.LivenessProbe, "/healthz"}, "readiness": {c.ReadinessProbe, "/readyz"}} {
+		if probe.p == nil || probe.p.HTTPGet == nil || probe.p.HTTPGet.Path != probe.path || probe.p.HTTPGet.Port.String() != metricsPort {
+			t.Errorf("the agent's %s probe should GET %s on the metrics_address port %s: %+v", name, probe.path, metricsPort, probe.p)
+		}
 	}
 }
