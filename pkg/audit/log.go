@@ -380,21 +380,22 @@ func (l *Log) Queued() int {
 }
 
 // Close writes what is queued and a final checkpoint, then stops.
-func (l *Log) Close() error {
+func (l *Log) Close() error { return l.stop(false) }
+
+// stop ends the writer: after writing what is queued and a final
+// checkpoint, or, crashed (tests), as a crash would, writing nothing more.
+func (l *Log) stop(crashed bool) error {
 	l.mu.Lock()
 	if l.closing {
 		l.mu.Unlock()
 		<-l.done
 		return nil
 	}
-	l.closing = true
+	l.closing, l.crashed = true, crashed
 	l.signalSpaceLocked()
 	close(l.closed)
 	l.mu.Unlock()
-	select {
-	case l.wake <- struct{}{}:
-	default:
-	}
+	l.wakeWriter()
 	<-l.done
 	l.mu.Lock()
 	defer l.mu.Unlock()

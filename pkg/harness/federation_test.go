@@ -122,9 +122,10 @@ func TestFederatedWorkloadsDoMTLSAcrossTrustDomains(t *testing.T) {
 	}
 	// The refreshes show in the metrics (the ShortleafFederationStale alert).
 	harness.Eventually(t, 15*time.Second, func() bool {
-		last, ok := labeledGauge(t, a.Registry, "shortleaf_federation_last_refresh_timestamp_seconds", "trust_domain", "other.org")
-		failing, _ := labeledGauge(t, a.Registry, "shortleaf_federation_refresh_failing", "trust_domain", "other.org")
-		return ok && time.Since(time.Unix(int64(last), 0)) < time.Minute && failing == 0
+		td := map[string]string{"trust_domain": "other.org"}
+		last := harness.MetricValue(t, a.Registry, "shortleaf_federation_last_refresh_timestamp_seconds", td)
+		return last > 0 && time.Since(time.Unix(int64(last), 0)) < time.Minute &&
+			harness.MetricValue(t, a.Registry, "shortleaf_federation_refresh_failing", td) == 0
 	})
 	// Never merged: each trust domain's bundle holds only its own roots.
 	x, _ := fetchX509(t, agA.Addr(), 5*time.Second)
@@ -216,8 +217,7 @@ func TestBadForeignBundlesAreRejected(t *testing.T) {
 	}
 	// The failure shows in the metrics the ShortleafFederationStale alert reads.
 	harness.Eventually(t, 15*time.Second, func() bool {
-		v, ok := labeledGauge(t, a.Registry, "shortleaf_federation_refresh_failing", "trust_domain", "other.org")
-		return ok && v == 1
+		return harness.MetricValue(t, a.Registry, "shortleaf_federation_refresh_failing", map[string]string{"trust_domain": "other.org"}) == 1
 	})
 	// Validation of the relationship itself.
 	for name, fed := range map[string]*adminv1.Federation{

@@ -46,7 +46,7 @@ func TestServerMeasuresAgentClockSkewAndIssuanceMetrics(t *testing.T) {
 	if n := histogramCount(t, agentReg, "shortleaf_agent_x509_svid_issuance_duration_seconds"); n == 0 {
 		t.Error("no agent issuance round trip observed")
 	}
-	if ok := counterValue(t, agentReg, "shortleaf_agent_x509_svid_issuance_results_total", "code", "OK"); ok < 1 {
+	if ok := harness.MetricValue(t, agentReg, "shortleaf_agent_x509_svid_issuance_results_total", map[string]string{"code": "OK"}); ok < 1 {
 		t.Errorf("issuance results OK = %v", ok)
 	}
 	if next := gaugeValue(t, srv.Registry, "shortleaf_ca_next_transition_timestamp_seconds"); !time.Unix(int64(next), 0).After(time.Now()) {
@@ -55,28 +55,6 @@ func TestServerMeasuresAgentClockSkewAndIssuanceMetrics(t *testing.T) {
 	if last := gaugeValue(t, agentReg, "shortleaf_agent_last_sync_timestamp_seconds"); time.Since(time.Unix(int64(last), 0)) > time.Minute+20*time.Second {
 		t.Errorf("last sync gauge %v is not recent", last)
 	}
-}
-
-// labeledGauge reads the gauge of name whose label has value.
-func labeledGauge(t *testing.T, reg *prometheus.Registry, name, label, value string) (float64, bool) {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					return m.GetGauge().GetValue(), true
-				}
-			}
-		}
-	}
-	return 0, false
 }
 
 func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 {
@@ -91,27 +69,5 @@ func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 
 		}
 	}
 	t.Fatalf("no histogram %s", name)
-	return 0
-}
-
-func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	t.Fatalf("no counter %s{%s=%q}", name, label, value)
 	return 0
 }
