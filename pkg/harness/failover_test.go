@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
@@ -180,15 +181,27 @@ func TestExpiredSVIDGaugeIsLiveWhileTheAgentWaits(t *testing.T) {
 // gaugeValue reads an unlabelled gauge from reg.
 func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
+	return unlabelled(t, reg, name).GetGauge().GetValue()
+}
+
+// histogramCount reads the observations of an unlabelled histogram.
+func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 {
+	t.Helper()
+	return unlabelled(t, reg, name).GetHistogram().GetSampleCount()
+}
+
+// unlabelled finds the one series of name in reg, or fails the test.
+func unlabelled(t *testing.T, reg *prometheus.Registry, name string) *dto.Metric {
+	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range families {
 		if f.GetName() == name && len(f.GetMetric()) == 1 {
-			return f.GetMetric()[0].GetGauge().GetValue()
+			return f.GetMetric()[0]
 		}
 	}
-	t.Fatalf("no gauge %s", name)
-	return 0
+	t.Fatalf("no unlabelled metric %s", name)
+	return nil
 }

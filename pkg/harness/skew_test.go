@@ -56,18 +56,3 @@ func TestServerMeasuresAgentClockSkewAndIssuanceMetrics(t *testing.T) {
 		t.Errorf("last sync gauge %v is not recent", last)
 	}
 }
-
-func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() == name && len(f.GetMetric()) == 1 {
-			return f.GetMetric()[0].GetHistogram().GetSampleCount()
-		}
-	}
-	t.Fatalf("no histogram %s", name)
-	return 0
-}
